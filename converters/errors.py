@@ -1,0 +1,60 @@
+"""Typed errors of the converter chain.
+
+::
+
+    ConverterError
+    ├── ModelInputError     the model file is missing, not a model, truncated, or of an unknown kind
+    ├── UnsupportedModelError  the model uses an op or feature no route can handle
+    ├── DataError           calibration / evaluation data or labels do not fit the model
+    ├── ConversionError     an export failed or did not reproduce the source framework's outputs
+    ├── QuantizationError   every quantization configuration failed
+    └── GateError           the parity gate refused the candidate (carries the report)
+
+Every message names the file or tensor, what was observed, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConversionError",
+    "ConverterError",
+    "DataError",
+    "GateError",
+    "ModelInputError",
+    "QuantizationError",
+    "UnsupportedModelError",
+]
+
+
+class ConverterError(Exception):
+    """Base class of every error the converters raise on purpose."""
+
+
+class ModelInputError(ConverterError):
+    """The model file is missing, not a model, truncated, or of a kind no route reads."""
+
+
+class UnsupportedModelError(ConverterError):
+    """The model uses an operator or feature that no conversion route handles."""
+
+
+class DataError(ConverterError):
+    """Calibration or evaluation data, or labels, do not fit the model."""
+
+
+class ConversionError(ConverterError):
+    """An export failed, or the exported model does not reproduce the source framework."""
+
+
+class QuantizationError(ConverterError):
+    """Every quantization configuration that was tried failed."""
+
+
+class GateError(ConverterError):
+    """The parity gate refused a candidate model; `report` holds the full parity report."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report

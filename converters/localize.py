@@ -1,0 +1,183 @@
+"""Where does int8 hurt? Per-tensor SQNR of float vs QDQ activations, and a ranking of nodes by damage.
+
+The QDQ model keeps every float tensor name of the model it was made from (QuantizeLinear and
+DequantizeLinear are inserted beside them), so both models can expose the same intermediate tensors as
+outputs. A node's damage is how much SQNR it loses between its worst input and its output: the error that
+quantizing this node adds, rather than the error it inherits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.data import Dataset
+from converters.parity import IDENTICAL_SQNR_DB
+from device_runtime.engines import load_engine
+
+__all__ = ["NodeDamage", "as_report_rows", "ensure_node_names", "localize", "quantized_nodes"]
+
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_DQ_SUFFIX = "_DequantizeLinear_Output"
+
+
+@dataclass(frozen=True)
+class NodeDamage:
+    """One quantized node: its output SQNR and the SQNR it loses relative to its inputs."""
+
+    node: str
+    op_type: str
+    tensor: str
+    sqnr_db: float
+    damage_db: float
+    order: int  # position in the graph (topological), for stable ties and plots
+
+
+def ensure_node_names(model_path: Path) -> None:
+    """Give every unnamed node a stable name (`nodes_to_exclude` addresses nodes by name)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    used = {n.name for n in model.graph.node if n.name}
+    changed = False
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+            changed = True
+    if changed:
+        onnx.save(model, str(model_path))
+
+
+def quantized_nodes(qdq_model_path: Path) -> list[str]:
+    """Names of the compute nodes that consume at least one DequantizeLinear output (the int8 nodes)."""
+    import onnx
+
+    model = onnx.load(str(qdq_model_path), load_external_data=False)
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type not in _QDQ_OPS and any(i in dequantized for i in n.input)
+    ]
+
+
+def _produced(model: Any) -> set[str]:
+    return {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+
+
+def _with_outputs(model: Any, tensors: dict[str, str], destination: Path) -> set[str]:
+    """Save a copy of `model` exposing the mapped tensors as outputs; return the keys that were exposed.
+
+    `tensors` maps a float tensor name to the name of the tensor to expose in this model.
+    """
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    existing = {o.name for o in model.graph.output}
+    produced = _produced(model)
+    exposed = set()
+    for key, name in tensors.items():
+        if name in existing:
+            exposed.add(key)
+        elif name in produced and name in types and types[name].tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            value = onnx.ValueInfoProto()
+            value.name = name
+            value.type.CopyFrom(types[name])
+            model.graph.output.append(value)
+            existing.add(name)
+            exposed.add(key)
+    onnx.save(model, str(destination))
+    return exposed
+
+
+def localize(
+    float_model: Path, qdq_model: Path, data: Dataset, workdir: Path, *, max_samples: int = 32
+) -> list[NodeDamage]:
+    """Rank the QDQ model's quantized nodes by the SQNR they lose, worst first.
+
+    A float tensor T is compared with what consumers see in the QDQ model: `T_DequantizeLinear_Output`
+    where T is quantized, else T itself (the QDQ quantizer folds Relu into the quantization of the
+    producer's output, so a raw producer output there is not yet clipped). Runs both models on up to
+    `max_samples` samples; sums of squares are accumulated batch by batch, so large activations never
+    sit in memory together.
+    """
+    import onnx
+
+    float_proto = onnx.load(str(float_model))
+    qdq_proto = onnx.load(str(qdq_model))
+    targets = set(quantized_nodes(qdq_model))
+    float_activations = _produced(float_proto)
+    qdq_produced = _produced(qdq_proto)
+    # Walk the QDQ graph: its quantized nodes read `T_DequantizeLinear_Output` for a float tensor T and
+    # write tensors whose names the float graph also has (after Relu folding, the Relu's output name).
+    nodes: list[tuple[int, Any, list[str], list[str]]] = []
+    mapping: dict[str, str] = {}
+    for order, node in enumerate(qdq_proto.graph.node):
+        if node.name not in targets:
+            continue
+        inputs = []
+        for tensor in node.input:
+            float_name = tensor.removesuffix(_DQ_SUFFIX)
+            if float_name in float_activations:
+                mapping[float_name] = tensor
+                inputs.append(float_name)
+        outputs = []
+        for tensor in node.output:
+            if tensor in float_activations:
+                dequantized = tensor + _DQ_SUFFIX
+                mapping[tensor] = dequantized if dequantized in qdq_produced else tensor
+                outputs.append(tensor)
+        nodes.append((order, node, inputs, outputs))
+    float_probe, qdq_probe = workdir / "probe_float.onnx", workdir / "probe_qdq.onnx"
+    exposed = _with_outputs(float_proto, {t: t for t in mapping}, float_probe) & _with_outputs(
+        qdq_proto, mapping, qdq_probe
+    )
+    reference, candidate = load_engine(float_probe), load_engine(qdq_probe)
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    taken = 0
+    for feeds in data.batches(8):
+        if taken >= max_samples:
+            break
+        x_out, y_out = reference.run(feeds), candidate.run(feeds)
+        for name in exposed:
+            x = x_out[name].astype(np.float64)
+            signal[name] = signal.get(name, 0.0) + float(np.sum(x * x))
+            noise[name] = noise.get(name, 0.0) + float(np.sum((x - y_out[mapping[name]]) ** 2))
+        taken += next(iter(feeds.values())).shape[0]
+    sqnr = {name: _sqnr(signal[name], noise[name]) for name in signal}
+    ranked = []
+    for order, node, node_inputs, node_outputs in nodes:
+        outputs = [t for t in node_outputs if t in sqnr]
+        if not outputs:
+            continue
+        out_sqnr = min(sqnr[t] for t in outputs)
+        in_sqnr = min((sqnr[t] for t in node_inputs if t in sqnr), default=IDENTICAL_SQNR_DB)
+        ranked.append(NodeDamage(node.name, node.op_type, outputs[0], out_sqnr, in_sqnr - out_sqnr, order))
+    ranked.sort(key=lambda d: (-d.damage_db, d.order))
+    return ranked
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return IDENTICAL_SQNR_DB
+    if signal == 0.0 or not math.isfinite(noise):
+        return -IDENTICAL_SQNR_DB
+    return min(IDENTICAL_SQNR_DB, 10.0 * math.log10(signal / noise))
+
+
+def as_report_rows(ranking: list[NodeDamage]) -> list[dict[str, Any]]:
+    """Per-tensor SQNR rows for the parity report, in graph order."""
+    return [
+        {"tensor": d.tensor, "node": d.node, "op_type": d.op_type, "sqnr_db": d.sqnr_db, "damage_db": d.damage_db}
+        for d in sorted(ranking, key=lambda d: d.order)
+    ]

@@ -1,0 +1,91 @@
+"""Reading and validating ONNX models: the checker, shape inference and a load in onnxruntime.
+
+Every failure becomes one line that names the file and the fix, instead of a protobuf or C++ traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from converters.errors import ModelInputError, UnsupportedModelError
+
+__all__ = ["check_onnx_file", "load_onnx", "onnx_opset"]
+
+_UNKNOWN_OP = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)")
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\S+)")
+
+
+def load_onnx(path: str | Path) -> Any:
+    """Load and check an ONNX model, with shape inference; return the ModelProto.
+
+    Raises:
+        ModelInputError: missing, empty, truncated or not an ONNX protobuf.
+        UnsupportedModelError: the graph uses an operator unknown to ONNX.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelInputError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise ModelInputError(f"{path}: the file is empty; re-export the model")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as e:
+        raise ModelInputError(
+            f"{path}: not a readable ONNX model ({_first_line(e)}); the file is truncated or not ONNX — "
+            "re-export it"
+        ) from e
+    if not model.graph.node and not model.graph.output:
+        raise ModelInputError(f"{path}: parsed as ONNX but holds no graph; the file is not an ONNX model")
+    try:
+        onnx.checker.check_model(model, full_check=False)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
+    except Exception as e:
+        message = _first_line(e)
+        match = _UNKNOWN_OP.search(str(e))
+        if match:
+            raise UnsupportedModelError(
+                f"{path}: operator {match.group(1)} is not defined in ONNX opset {match.group(2)}; "
+                "export with a supported operator or a newer opset"
+            ) from e
+        raise ModelInputError(f"{path}: the ONNX checker rejects the model: {message}") from e
+    return model
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """Check the model with ONNX and load it in onnxruntime (which rejects ops it has no kernel for).
+
+    Raises:
+        ModelInputError, UnsupportedModelError: as `load_onnx`, plus ops onnxruntime cannot run.
+    """
+    load_onnx(path)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        match = _NO_KERNEL.search(str(e)) or _UNKNOWN_OP.search(str(e))
+        if match:
+            raise UnsupportedModelError(
+                f"{path}: onnxruntime has no kernel for {match.group(1)}; replace the operator or "
+                "export with a different opset"
+            ) from e
+        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {_first_line(e)}") from e
+
+
+def onnx_opset(model: Any) -> int:
+    """The default-domain opset the model imports."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,243 @@
+"""The one parity contract: float reference vs candidate, per output, with a configurable gate.
+
+Definitions (QUANTIZATION.md), per output tensor, reference x vs candidate y over the evaluation set:
+top-1 agreement (share of samples with the same argmax, classification outputs only); task accuracy and
+its drop in percentage points when labels are given; SQNR dB = 20·log10(‖x‖ / ‖x − y‖), 100 when
+identical; cosine similarity; max |x − y| / max |x|.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._files import sha256_file
+from converters.data import Dataset
+from converters.errors import DataError
+from converters.progress import NullProgress, Progress
+from device_runtime.engines import Engine, load_engine
+
+__all__ = [
+    "EXPORT_GATE",
+    "FP16_GATE",
+    "INT8_GATE",
+    "Gate",
+    "OutputMetrics",
+    "compare_outputs",
+    "evaluate_gate",
+    "parity_report",
+    "run_model",
+    "sqnr_db",
+]
+
+IDENTICAL_SQNR_DB = 100.0
+HISTOGRAM_BINS = 30
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Thresholds a candidate must meet; None disables a check."""
+
+    min_agreement: float | None = 0.99
+    max_drop_pp: float | None = 1.0
+    min_sqnr_db: float | None = 20.0
+    min_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
+        if self.max_drop_pp is not None and self.max_drop_pp < 0:
+            raise ValueError(f"max_drop_pp must be >= 0, got {self.max_drop_pp}")
+
+
+INT8_GATE = Gate()
+EXPORT_GATE = Gate(min_agreement=1.0, max_drop_pp=0.0, min_sqnr_db=80.0)
+# float16 rounds every weight to 11 significant bits: ~60-70 dB is normal, so 80 dB cannot apply.
+FP16_GATE = Gate(min_agreement=0.99, max_drop_pp=0.5, min_sqnr_db=40.0)
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """Parity of one output tensor."""
+
+    name: str
+    classification: bool
+    agreement: float | None
+    sqnr_db: float
+    cosine: float
+    max_abs_error_norm: float
+    accuracy_reference: float | None = None
+    accuracy_candidate: float | None = None
+    accuracy_drop_pp: float | None = None
+    error_histogram: dict[str, list[float]] = field(default_factory=dict)
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """20·log10(‖x‖ / ‖x − y‖) in dB; 100 when identical; NaN-safe (NaN in y gives -inf)."""
+    x = reference.astype(np.float64).ravel()
+    y = candidate.astype(np.float64).ravel()
+    noise = float(np.linalg.norm(x - y))
+    if not math.isfinite(noise):
+        return -math.inf
+    if noise == 0.0:
+        return IDENTICAL_SQNR_DB
+    signal = float(np.linalg.norm(x))
+    if signal == 0.0:
+        return -math.inf
+    return min(IDENTICAL_SQNR_DB, 20.0 * math.log10(signal / noise))
+
+
+def _cosine(x: np.ndarray, y: np.ndarray) -> float:
+    a = x.astype(np.float64).ravel()
+    b = y.astype(np.float64).ravel()
+    denominator = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if denominator == 0.0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.dot(a, b) / denominator)
+
+
+def _is_classification(array: np.ndarray) -> bool:
+    return array.ndim == 2 and array.shape[1] >= 2
+
+
+def compare_outputs(
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    labels: np.ndarray | None = None,
+) -> list[OutputMetrics]:
+    """Compute the parity metrics of every output the reference has.
+
+    Raises:
+        DataError: the candidate lacks an output or its shape differs.
+    """
+    metrics = []
+    for name, x in reference.items():
+        if name not in candidate:
+            raise DataError(f"candidate has no output {name!r}; its outputs are {sorted(candidate)}")
+        y = candidate[name]
+        if x.shape != y.shape:
+            raise DataError(f"output {name!r}: reference shape {x.shape} but candidate shape {y.shape}")
+        classification = _is_classification(x)
+        agreement = None
+        acc_ref = acc_cand = drop = None
+        if classification:
+            ref_top = x.argmax(axis=1)
+            cand_top = y.argmax(axis=1)
+            agreement = float(np.mean(ref_top == cand_top))
+            if labels is not None:
+                if labels.shape[0] != x.shape[0]:
+                    raise DataError(f"{labels.shape[0]} labels for {x.shape[0]} evaluated samples")
+                acc_ref = float(np.mean(ref_top == labels))
+                acc_cand = float(np.mean(cand_top == labels))
+                drop = 100.0 * (acc_ref - acc_cand)
+        scale = float(np.max(np.abs(x))) if x.size else 0.0
+        abs_error = np.abs(x.astype(np.float64) - y.astype(np.float64))
+        max_error = float(abs_error.max()) if abs_error.size else 0.0
+        normalized = max_error / scale if scale > 0 else (0.0 if max_error == 0 else math.inf)
+        finite_error = abs_error[np.isfinite(abs_error)]
+        counts, edges = np.histogram(finite_error, bins=HISTOGRAM_BINS) if finite_error.size else ([], [])
+        metrics.append(
+            OutputMetrics(
+                name=name,
+                classification=classification,
+                agreement=agreement,
+                sqnr_db=sqnr_db(x, y),
+                cosine=_cosine(x, y),
+                max_abs_error_norm=normalized,
+                accuracy_reference=acc_ref,
+                accuracy_candidate=acc_cand,
+                accuracy_drop_pp=drop,
+                error_histogram={"bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+            )
+        )
+    return metrics
+
+
+def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
+    """Return the gate failures (empty when the candidate passes); NaN never passes."""
+    failures = []
+    for m in metrics:
+        if gate.min_agreement is not None and m.agreement is not None and not m.agreement >= gate.min_agreement:
+            failures.append(
+                f"{m.name}: top-1 agreement {100 * m.agreement:.2f}% < {100 * gate.min_agreement:.2f}%"
+            )
+        if gate.max_drop_pp is not None and m.accuracy_drop_pp is not None and not m.accuracy_drop_pp <= gate.max_drop_pp:
+            failures.append(f"{m.name}: accuracy drop {m.accuracy_drop_pp:.2f} pp > {gate.max_drop_pp:.2f} pp")
+        if gate.min_sqnr_db is not None and not m.sqnr_db >= gate.min_sqnr_db:
+            failures.append(f"{m.name}: SQNR {m.sqnr_db:.2f} dB < {gate.min_sqnr_db:.2f} dB")
+        if gate.min_cosine is not None and not m.cosine >= gate.min_cosine:
+            failures.append(f"{m.name}: cosine {m.cosine:.5f} < {gate.min_cosine:.5f}")
+    return failures
+
+
+def run_model(
+    engine: Engine, data: Dataset, *, batch_size: int = 64, progress: Progress | None = None, label: str = "run"
+) -> dict[str, np.ndarray]:
+    """Run every sample of `data` through `engine` and concatenate the outputs by name."""
+    progress = progress or NullProgress()
+    task = progress.task(label, data.size)
+    parts: dict[str, list[np.ndarray]] = {}
+    try:
+        for feeds in data.batches(batch_size):
+            for name, value in engine.run(feeds).items():
+                parts.setdefault(name, []).append(np.asarray(value))
+            task.advance(next(iter(feeds.values())).shape[0])
+    finally:
+        task.close()
+    return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
+
+
+def _model_entry(path: str | Path, engine: Engine) -> dict[str, Any]:
+    return {"path": str(path), "sha256": sha256_file(path), "engine": engine.kind}
+
+
+def parity_report(
+    reference_path: str | Path,
+    candidate_path: str | Path,
+    data: Dataset,
+    *,
+    gate: Gate = INT8_GATE,
+    labels: np.ndarray | None = None,
+    reference_outputs: Mapping[str, np.ndarray] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run both models on `data` (through the device's engines) and return the parity report dict.
+
+    `reference_outputs` skips re-running the reference when the caller has them already.
+    """
+    reference_engine = load_engine(reference_path)
+    candidate_engine = load_engine(candidate_path)
+    if reference_outputs is None:
+        reference_outputs = run_model(reference_engine, data, progress=progress, label="reference")
+    candidate_outputs = run_model(candidate_engine, data, progress=progress, label="candidate")
+    metrics = compare_outputs(reference_outputs, candidate_outputs, labels)
+    failures = evaluate_gate(metrics, gate)
+    return {
+        "schema": "edgekit.parity/v1",
+        "reference": _model_entry(reference_path, reference_engine),
+        "candidate": _model_entry(candidate_path, candidate_engine),
+        "samples": data.size,
+        "gate": asdict(gate),
+        "passed": not failures,
+        "failures": failures,
+        "outputs": [asdict(m) for m in metrics],
+    }
+
+
+def summary_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The worst figures over all outputs: what a one-line summary or a repair candidate shows."""
+    outputs = report["outputs"]
+    agreements = [o["agreement"] for o in outputs if o["agreement"] is not None]
+    drops = [o["accuracy_drop_pp"] for o in outputs if o["accuracy_drop_pp"] is not None]
+    return {
+        "passed": report["passed"],
+        "agreement": min(agreements) if agreements else None,
+        "sqnr_db": min(o["sqnr_db"] for o in outputs),
+        "cosine": min(o["cosine"] for o in outputs),
+        "accuracy_drop_pp": max(drops) if drops else None,
+    }

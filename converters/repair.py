@@ -1,0 +1,78 @@
+"""Accuracy-aware repair: the fewest top-ranked nodes to keep in float so that the gate passes.
+
+Nodes are ranked by the damage they add (`converters.localize`). Excluding the first k ranked nodes is
+tried for k = 1, 2, 4, ... until the gate passes, then the gap to the last failing k is bisected: about
+2·log2(k) evaluations instead of one per node. Each evaluation quantizes, runs the parity contract and
+records its figures, so the report can show every candidate that was tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RepairOutcome", "search_exclusions"]
+
+
+@dataclass
+class RepairOutcome:
+    """The result of the search: the chosen k (None if none passed) and every evaluation."""
+
+    excluded: list[str] | None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    stopped_because: str = ""
+
+
+def search_exclusions(
+    ranked: list[str],
+    evaluate: Callable[[list[str]], dict[str, Any]],
+    *,
+    max_excluded: int,
+    max_evaluations: int,
+) -> RepairOutcome:
+    """Find the smallest k such that excluding `ranked[:k]` passes (`evaluate(...)["passed"]`).
+
+    Args:
+        ranked: node names, most damaging first.
+        evaluate: quantizes with the given exclusions and returns summary metrics with a `passed` flag.
+        max_excluded: never exclude more nodes than this.
+        max_evaluations: never call `evaluate` more often than this.
+    """
+    limit = min(max_excluded, len(ranked))
+    outcome = RepairOutcome(excluded=None)
+    results: dict[int, dict[str, Any]] = {}
+
+    def passes(k: int) -> bool:
+        if k not in results:
+            metrics = dict(evaluate(ranked[:k]))
+            metrics["excluded"] = k
+            results[k] = metrics
+            outcome.candidates.append(metrics)
+        return bool(results[k]["passed"])
+
+    if limit == 0:
+        outcome.stopped_because = "no quantized node may be excluded"
+        return outcome
+    low, high, k = 0, None, 1
+    while k <= limit:  # (1) grow k geometrically until the gate passes
+        if len(results) >= max_evaluations:
+            outcome.stopped_because = f"evaluation budget ({max_evaluations}) spent"
+            return outcome
+        if passes(k):
+            high = k
+            break
+        low = k
+        k = limit if k < limit < 2 * k else 2 * k
+    if high is None:
+        outcome.stopped_because = f"the gate still fails with {limit} node(s) kept in float (the limit)"
+        return outcome
+    while high - low > 1 and len(results) < max_evaluations:  # (2) bisect between fail and pass
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    outcome.excluded = ranked[:high]
+    outcome.stopped_because = "smallest passing set found" if high - low <= 1 else "evaluation budget spent"
+    return outcome

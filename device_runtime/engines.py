@@ -1,0 +1,268 @@
+"""Inference engines behind one small interface: onnxruntime and ai_edge_litert.
+
+The device and the build host run models through this module, so a number measured at build time (golden
+vectors, parity) is produced by the same code path the device uses. Engines import lazily: importing this
+module loads neither onnxruntime nor LiteRT.
+
+Quantized TFLite inputs and outputs are handled from the model's own scale and zero point: float inputs are
+quantized on the way in and integer outputs are dequantized on the way out, so callers always see floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from device_runtime.errors import EngineError, InputError
+
+__all__ = ["Engine", "TensorInfo", "engine_for_path", "load_engine"]
+
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (None for a dynamic dimension), dtype and optional quantization of a model tensor."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+class Engine(Protocol):
+    """What every engine offers: tensor descriptions and one `run` call."""
+
+    kind: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output by name (float32 for quantized outputs)."""
+        ...
+
+
+def engine_for_path(path: str | Path) -> str:
+    """Name the engine for a model file by its suffix: `onnxruntime` or `litert`."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix == ".tflite":
+        return "litert"
+    raise EngineError(f"{path}: unknown model type {suffix!r}; expected a .onnx or .tflite file")
+
+
+def load_engine(
+    model: str | Path | bytes, *, kind: str | None = None, threads: int | None = None
+) -> Engine:
+    """Load a model into its engine.
+
+    Args:
+        model: a model file, or the model's bytes (the device loads exactly the bytes it verified).
+        kind: `onnxruntime` or `litert`; derived from the file suffix when omitted.
+        threads: intra-op threads (None: the engine's default).
+
+    Raises:
+        EngineError: the engine is not installed or refuses the model.
+    """
+    if kind is None:
+        if isinstance(model, bytes):
+            raise EngineError("loading a model from bytes needs kind='onnxruntime' or kind='litert'")
+        kind = engine_for_path(model)
+    if kind == "onnxruntime":
+        return _OnnxEngine(model, threads)
+    if kind == "litert":
+        return _LiteRTEngine(model, threads)
+    raise EngineError(f"unknown engine {kind!r}; expected 'onnxruntime' or 'litert'")
+
+
+def _describe(model: str | Path | bytes) -> str:
+    return f"model ({len(model)} bytes)" if isinstance(model, bytes) else str(model)
+
+
+def _check_feed(info: TensorInfo, array: np.ndarray) -> None:
+    if array.ndim != len(info.shape):
+        raise InputError(
+            f"input {info.name!r}: got {array.ndim} dimensions {tuple(array.shape)}, "
+            f"the model expects {len(info.shape)} {info.shape}"
+        )
+    for axis, (got, want) in enumerate(zip(array.shape, info.shape, strict=True)):
+        if want is not None and axis > 0 and got != want:
+            raise InputError(
+                f"input {info.name!r}: dimension {axis} is {got}, the model expects {want} "
+                f"(full shape {info.shape}, got {tuple(array.shape)})"
+            )
+
+
+class _OnnxEngine:
+    kind = "onnxruntime"
+
+    def __init__(self, model: str | Path | bytes, threads: int | None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise EngineError("onnxruntime is not installed: pip install 'edgekit[onnx]'") from e
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise EngineError(f"onnxruntime cannot load {_describe(model)}: {_first_line(e)}") from e
+        self.inputs = tuple(_onnx_info(i) for i in self._session.get_inputs())
+        self.outputs = tuple(_onnx_info(o) for o in self._session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prepared = _prepare_feeds(self.inputs, feeds)
+        try:
+            values = self._session.run(self._output_names, prepared)
+        except Exception as e:
+            raise EngineError(f"onnxruntime failed to run the model: {_first_line(e)}") from e
+        return dict(zip(self._output_names, values, strict=True))
+
+
+def _onnx_info(node: Any) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+    return TensorInfo(name=node.name, shape=shape, dtype=_ONNX_DTYPES.get(node.type, node.type))
+
+
+def _prepare_feeds(inputs: tuple[TensorInfo, ...], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    expected = {i.name for i in inputs}
+    missing = sorted(expected - set(feeds))
+    extra = sorted(set(feeds) - expected)
+    if missing or extra:
+        raise InputError(
+            f"model inputs are {sorted(expected)}; missing {missing}, unexpected {extra}"
+        )
+    prepared: dict[str, np.ndarray] = {}
+    for info in inputs:
+        array = np.asarray(feeds[info.name])
+        _check_feed(info, array)
+        if array.dtype != np.dtype(info.dtype):
+            if not np.can_cast(array.dtype, info.dtype, casting="same_kind"):
+                raise InputError(
+                    f"input {info.name!r}: dtype {array.dtype} cannot be fed to a {info.dtype} input"
+                )
+            array = array.astype(info.dtype)
+        prepared[info.name] = np.ascontiguousarray(array)
+    return prepared
+
+
+class _LiteRTEngine:
+    kind = "litert"
+
+    def __init__(self, model: str | Path | bytes, threads: int | None) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise EngineError("ai-edge-litert is not installed: pip install 'edgekit[tflite]'") from e
+        try:
+            if isinstance(model, bytes):
+                self._interpreter = Interpreter(model_content=model, num_threads=threads)
+            else:
+                self._interpreter = Interpreter(model_path=str(model), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except Exception as e:
+            raise EngineError(f"LiteRT cannot load {_describe(model)}: {_first_line(e)}") from e
+        self._input_details, self._output_details = _litert_details(self._interpreter)
+        self.inputs = tuple(_litert_info(d) for d in self._input_details)
+        self.outputs = tuple(_litert_info(d) for d in self._output_details)
+        self._batch = 1
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        float_inputs = tuple(
+            TensorInfo(i.name, i.shape, "float32" if i.scale else i.dtype) for i in self.inputs
+        )
+        prepared = _prepare_feeds(float_inputs, feeds)
+        batch = next(iter(prepared.values())).shape[0] if prepared else 1
+        try:
+            if batch != self._batch:
+                for detail in self._input_details:
+                    shape = list(detail["shape"])
+                    shape[0] = batch
+                    self._interpreter.resize_tensor_input(detail["index"], shape)
+                self._interpreter.allocate_tensors()
+                self._batch = batch
+            for detail, info in zip(self._input_details, self.inputs, strict=True):
+                self._interpreter.set_tensor(detail["index"], _quantize(prepared[info.name], info))
+            self._interpreter.invoke()
+            return {
+                info.name: _dequantize(self._interpreter.get_tensor(detail["index"]), info)
+                for detail, info in zip(self._output_details, self.outputs, strict=True)
+            }
+        except InputError:
+            raise
+        except Exception as e:
+            raise EngineError(f"LiteRT failed to run the model: {_first_line(e)}") from e
+
+
+def _litert_details(interpreter: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Tensor details named by the model's signature when it has exactly one.
+
+    Converters name signature inputs and outputs after the source model ('image', 'logits'), while the raw
+    tensor names are internal ('serving_default_image:0'); a single signature runs on subgraph 0, so its
+    tensor indices address the interpreter's own tensors.
+    """
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return inputs, outputs
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    by_index_in = {d["index"]: d for d in inputs}
+    by_index_out = {d["index"]: d for d in outputs}
+    named_in = [{**by_index_in[d["index"]], "name": n} for n, d in runner.get_input_details().items()
+                if d["index"] in by_index_in]
+    named_out = [{**by_index_out[d["index"]], "name": n} for n, d in runner.get_output_details().items()
+                 if d["index"] in by_index_out]
+    if len(named_in) != len(inputs) or len(named_out) != len(outputs):
+        return inputs, outputs
+    return named_in, named_out
+
+
+def _litert_info(detail: dict[str, Any]) -> TensorInfo:
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    shape = tuple(None if int(d) < 0 or (axis == 0) else int(d) for axis, d in enumerate(dims))
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    dtype = np.dtype(detail["dtype"]).name
+    if scale and dtype in ("int8", "uint8", "int16"):
+        return TensorInfo(detail["name"], shape, dtype, float(scale), int(zero_point))
+    return TensorInfo(detail["name"], shape, dtype)
+
+
+def _quantize(array: np.ndarray, info: TensorInfo) -> np.ndarray:
+    if info.scale is None or info.zero_point is None:
+        return array.astype(info.dtype, copy=False)
+    limits = np.iinfo(np.dtype(info.dtype))
+    q = np.round(array.astype(np.float32) / info.scale) + info.zero_point
+    return np.clip(q, limits.min, limits.max).astype(info.dtype)
+
+
+def _dequantize(array: np.ndarray, info: TensorInfo) -> np.ndarray:
+    if info.scale is None or info.zero_point is None:
+        return np.array(array)
+    return ((array.astype(np.float32) - info.zero_point) * info.scale).astype(np.float32)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:400]

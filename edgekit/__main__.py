@@ -1,0 +1,5 @@
+"""`python -m edgekit` runs the command line."""
+
+from edgekit._entry import main
+
+main()

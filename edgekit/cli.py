@@ -1,0 +1,53 @@
+"""The `edgekit` command group. Subcommands load lazily, so `edgekit --help` imports no framework."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from edgekit import __version__
+
+__all__ = ["cli"]
+
+# name -> (module, attribute, one-line help); modules import only when the command runs or shows help.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "convert": ("edgekit.commands.convert", "convert", "Export a model to ONNX or TFLite and prove fp32 parity."),
+    "quantize": ("edgekit.commands.quantize", "quantize", "Quantize to int8/fp16 behind the parity gate, with repair."),
+    "parity": ("edgekit.commands.parity", "parity", "Compare any two models under the parity contract."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attribute, _ = COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (for bug reports).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """edgekit: convert, quantize, sign and roll out ML models to edge devices, safely."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(args: list[str] | None = None) -> Any:
+    """Run the CLI (for `python -m edgekit`)."""
+    return cli.main(args=args)

@@ -1,0 +1,1 @@
+"""One module per `edgekit` subcommand; each imports its heavy dependencies only when it runs."""

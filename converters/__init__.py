@@ -1,10 +1,14 @@
 """Host-side model conversion, int8 quantization and the parity gate.
 
-    convert(source, output)             Keras / SavedModel / ONNX / scikit-learn → ONNX or TFLite, fp32 parity proven
-    export_torch(module, inputs, path)  PyTorch → ONNX (torch.onnx dynamo export), fp32 parity proven
-    quantize(model, output, calibration)   ONNX static/dynamic int8 or fp16; TFLite int8/dynamic from Keras/SavedModel;
-                                        the parity gate, accuracy-aware repair and the latency check
-    parity_report(reference, candidate, data)   the one parity contract on any two models
+    convert(source, output)
+        Keras / SavedModel / ONNX / scikit-learn -> ONNX or TFLite, fp32 parity proven
+    export_torch(module, inputs, path)
+        PyTorch -> ONNX (torch.onnx dynamo export), fp32 parity proven
+    quantize(model, output, calibration)
+        ONNX static/dynamic int8 or fp16; TFLite int8/dynamic/fp16 from Keras/SavedModel;
+        the parity gate, accuracy-aware repair and the latency check
+    parity.parity_report(reference, candidate, data)
+        the one parity contract on any two models
 
 Models run through `device_runtime` engines, so build-time numbers are the device's numbers. Heavy
 frameworks (TensorFlow, onnx, torch) are imported inside the functions that need them.

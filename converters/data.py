@@ -155,7 +155,7 @@ def _read_image_folder(
     path: Path, inputs: tuple[TensorInfo, ...], preprocess: str | Path | None
 ) -> dict[str, np.ndarray]:
     from device_runtime.errors import DeviceRuntimeError
-    from device_runtime.preprocess import list_images, load_spec, preprocess_images
+    from device_runtime.preprocess import ImageInputSpec, list_images, load_spec, preprocess_images
 
     if preprocess is None:
         raise DataError(
@@ -164,7 +164,7 @@ def _read_image_folder(
     try:
         spec = load_spec(preprocess)
         images = list_images(path)
-        image_inputs = [s for s in spec.inputs if s.kind == "image"]
+        image_inputs = [s for s in spec.inputs if isinstance(s, ImageInputSpec)]
         if len(image_inputs) != 1 or len(inputs) != 1:
             raise DataError(
                 f"{path}: a folder of images feeds a model with exactly one image input; "

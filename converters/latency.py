@@ -60,10 +60,18 @@ def compare_latency(
     `ratio` is reference time / candidate time: above 1 the candidate is faster.
     """
     config = config or LatencyConfig()
-    engines = {"reference": load_engine(reference, threads=config.threads),
-               "candidate": load_engine(candidate, threads=config.threads)}
-    result: dict[str, Any] = {"batch_sizes": list(config.batch_sizes), "threads": config.threads,
-                              "rounds": config.rounds, "reference_ms": {}, "candidate_ms": {}, "ratio": {}}
+    engines = {
+        "reference": load_engine(reference, threads=config.threads),
+        "candidate": load_engine(candidate, threads=config.threads),
+    }
+    result: dict[str, Any] = {
+        "batch_sizes": list(config.batch_sizes),
+        "threads": config.threads,
+        "rounds": config.rounds,
+        "reference_ms": {},
+        "candidate_ms": {},
+        "ratio": {},
+    }
     for batch in config.batch_sizes:
         feeds = _feeds_for(sample, batch)
         for engine in engines.values():

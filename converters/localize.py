@@ -3,7 +3,8 @@
 The QDQ model keeps every float tensor name of the model it was made from (QuantizeLinear and
 DequantizeLinear are inserted beside them), so both models can expose the same intermediate tensors as
 outputs. A node's damage is how much SQNR it loses between its worst input and its output: the error that
-quantizing this node adds, rather than the error it inherits.
+quantizing this node adds, rather than the error it inherits. SQNR is taken per channel and averaged, so
+one outlier channel that dominates a tensor's energy cannot hide the destruction of all the others.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from converters.data import Dataset
 from converters.parity import IDENTICAL_SQNR_DB
 from device_runtime.engines import load_engine
 
-__all__ = ["NodeDamage", "as_report_rows", "ensure_node_names", "localize", "quantized_nodes"]
+__all__ = [
+    "NodeDamage",
+    "as_report_rows",
+    "ensure_node_names",
+    "exclusion_units",
+    "localize",
+    "quantized_nodes",
+]
 
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _DQ_SUFFIX = "_DequantizeLinear_Output"
@@ -32,9 +40,22 @@ class NodeDamage:
     node: str
     op_type: str
     tensor: str
-    sqnr_db: float
-    damage_db: float
+    sqnr_db: float  # whole-tensor SQNR of the output
+    channel_sqnr_db: float  # mean over channels of per-channel SQNR (sees outlier channels)
+    damage_db: float  # channel SQNR lost between the node's worst input and its output
     order: int  # position in the graph (topological), for stable ties and plots
+    consumers: tuple[str, ...] = ()  # quantized nodes reading this node's output
+
+
+def _channel_axis(array: np.ndarray) -> int:
+    # ONNX convolutions are NCHW; everything else keeps features last.
+    return 1 if array.ndim == 4 else array.ndim - 1
+
+
+def _channel_sums(array: np.ndarray) -> np.ndarray:
+    axis = _channel_axis(array)
+    other = tuple(a for a in range(array.ndim) if a != axis)
+    return np.sum(array * array, axis=other) if other else array * array
 
 
 def ensure_node_names(model_path: Path) -> None:
@@ -81,14 +102,18 @@ def _with_outputs(model: Any, tensors: dict[str, str], destination: Path) -> set
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    types = {
+        v.name: v.type for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    }
     existing = {o.name for o in model.graph.output}
     produced = _produced(model)
     exposed = set()
     for key, name in tensors.items():
         if name in existing:
             exposed.add(key)
-        elif name in produced and name in types and types[name].tensor_type.elem_type == onnx.TensorProto.FLOAT:
+        elif (
+            name in produced and name in types and types[name].tensor_type.elem_type == onnx.TensorProto.FLOAT
+        ):
             value = onnx.ValueInfoProto()
             value.name = name
             value.type.CopyFrom(types[name])
@@ -142,8 +167,8 @@ def localize(
         qdq_proto, mapping, qdq_probe
     )
     reference, candidate = load_engine(float_probe), load_engine(qdq_probe)
-    signal: dict[str, float] = {}
-    noise: dict[str, float] = {}
+    signal: dict[str, np.ndarray] = {}
+    noise: dict[str, np.ndarray] = {}
     taken = 0
     for feeds in data.batches(8):
         if taken >= max_samples:
@@ -151,18 +176,41 @@ def localize(
         x_out, y_out = reference.run(feeds), candidate.run(feeds)
         for name in exposed:
             x = x_out[name].astype(np.float64)
-            signal[name] = signal.get(name, 0.0) + float(np.sum(x * x))
-            noise[name] = noise.get(name, 0.0) + float(np.sum((x - y_out[mapping[name]]) ** 2))
+            error = x - y_out[mapping[name]].astype(np.float64)
+            signal[name] = signal.get(name, 0.0) + _channel_sums(x)
+            noise[name] = noise.get(name, 0.0) + _channel_sums(error)
         taken += next(iter(feeds.values())).shape[0]
-    sqnr = {name: _sqnr(signal[name], noise[name]) for name in signal}
+    sqnr = {name: _sqnr(float(np.sum(signal[name])), float(np.sum(noise[name]))) for name in signal}
+    channel_sqnr = {
+        name: float(
+            np.mean([_sqnr(float(s), float(n)) for s, n in zip(signal[name], noise[name], strict=True)])
+        )
+        for name in signal
+    }
+    consumers: dict[str, list[str]] = {}
+    for _, node, node_inputs, _ in nodes:
+        for tensor in node_inputs:
+            consumers.setdefault(tensor, []).append(node.name)
     ranked = []
     for order, node, node_inputs, node_outputs in nodes:
         outputs = [t for t in node_outputs if t in sqnr]
         if not outputs:
             continue
-        out_sqnr = min(sqnr[t] for t in outputs)
-        in_sqnr = min((sqnr[t] for t in node_inputs if t in sqnr), default=IDENTICAL_SQNR_DB)
-        ranked.append(NodeDamage(node.name, node.op_type, outputs[0], out_sqnr, in_sqnr - out_sqnr, order))
+        out_channel = min(channel_sqnr[t] for t in outputs)
+        in_channel = min((channel_sqnr[t] for t in node_inputs if t in sqnr), default=IDENTICAL_SQNR_DB)
+        readers = tuple(dict.fromkeys(c for t in outputs for c in consumers.get(t, [])))
+        ranked.append(
+            NodeDamage(
+                node.name,
+                node.op_type,
+                outputs[0],
+                min(sqnr[t] for t in outputs),
+                out_channel,
+                in_channel - out_channel,
+                order,
+                readers,
+            )
+        )
     ranked.sort(key=lambda d: (-d.damage_db, d.order))
     return ranked
 
@@ -178,6 +226,22 @@ def _sqnr(signal: float, noise: float) -> float:
 def as_report_rows(ranking: list[NodeDamage]) -> list[dict[str, Any]]:
     """Per-tensor SQNR rows for the parity report, in graph order."""
     return [
-        {"tensor": d.tensor, "node": d.node, "op_type": d.op_type, "sqnr_db": d.sqnr_db, "damage_db": d.damage_db}
+        {
+            "tensor": d.tensor,
+            "node": d.node,
+            "op_type": d.op_type,
+            "sqnr_db": d.sqnr_db,
+            "channel_sqnr_db": d.channel_sqnr_db,
+            "damage_db": d.damage_db,
+        }
         for d in sorted(ranking, key=lambda d: d.order)
     ]
+
+
+def exclusion_units(ranking: list[NodeDamage]) -> list[list[str]]:
+    """Per ranked node, the nodes to keep in float so that its output stays float too.
+
+    A tensor is quantized when either its producer or a consumer is, so keeping a damaging node's output in
+    float means excluding the node and the quantized nodes that read its output.
+    """
+    return [[d.node, *d.consumers] for d in ranking]

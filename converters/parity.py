@@ -140,7 +140,10 @@ def compare_outputs(
         max_error = float(abs_error.max()) if abs_error.size else 0.0
         normalized = max_error / scale if scale > 0 else (0.0 if max_error == 0 else math.inf)
         finite_error = abs_error[np.isfinite(abs_error)]
-        counts, edges = np.histogram(finite_error, bins=HISTOGRAM_BINS) if finite_error.size else ([], [])
+        histogram: dict[str, list[float]] = {"bin_edges": [], "counts": []}
+        if finite_error.size:
+            counts, edges = np.histogram(finite_error, bins=HISTOGRAM_BINS)
+            histogram = {"bin_edges": [float(e) for e in edges], "counts": [float(c) for c in counts]}
         metrics.append(
             OutputMetrics(
                 name=name,
@@ -152,7 +155,7 @@ def compare_outputs(
                 accuracy_reference=acc_ref,
                 accuracy_candidate=acc_cand,
                 accuracy_drop_pp=drop,
-                error_histogram={"bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+                error_histogram=histogram,
             )
         )
     return metrics
@@ -162,12 +165,22 @@ def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
     """Return the gate failures (empty when the candidate passes); NaN never passes."""
     failures = []
     for m in metrics:
-        if gate.min_agreement is not None and m.agreement is not None and not m.agreement >= gate.min_agreement:
+        if (
+            gate.min_agreement is not None
+            and m.agreement is not None
+            and not m.agreement >= gate.min_agreement
+        ):
             failures.append(
                 f"{m.name}: top-1 agreement {100 * m.agreement:.2f}% < {100 * gate.min_agreement:.2f}%"
             )
-        if gate.max_drop_pp is not None and m.accuracy_drop_pp is not None and not m.accuracy_drop_pp <= gate.max_drop_pp:
-            failures.append(f"{m.name}: accuracy drop {m.accuracy_drop_pp:.2f} pp > {gate.max_drop_pp:.2f} pp")
+        if (
+            gate.max_drop_pp is not None
+            and m.accuracy_drop_pp is not None
+            and not m.accuracy_drop_pp <= gate.max_drop_pp
+        ):
+            failures.append(
+                f"{m.name}: accuracy drop {m.accuracy_drop_pp:.2f} pp > {gate.max_drop_pp:.2f} pp"
+            )
         if gate.min_sqnr_db is not None and not m.sqnr_db >= gate.min_sqnr_db:
             failures.append(f"{m.name}: SQNR {m.sqnr_db:.2f} dB < {gate.min_sqnr_db:.2f} dB")
         if gate.min_cosine is not None and not m.cosine >= gate.min_cosine:
@@ -176,7 +189,12 @@ def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
 
 
 def run_model(
-    engine: Engine, data: Dataset, *, batch_size: int = 64, progress: Progress | None = None, label: str = "run"
+    engine: Engine,
+    data: Dataset,
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    label: str = "run",
 ) -> dict[str, np.ndarray]:
     """Run every sample of `data` through `engine` and concatenate the outputs by name."""
     progress = progress or NullProgress()

@@ -36,7 +36,8 @@ class QuantizeOptions:
     """Everything `quantize` can be told; defaults are the documented ones."""
 
     mode: str = "static"  # static | dynamic | fp16
-    preset: str = "auto"  # auto | x86 | arm (static ONNX)
+    preset: str = "auto"  # auto | x86 | x86-reduce-range | arm (static ONNX)
+    per_channel: bool | None = None  # None: the preset's choice (per-channel weights)
     calibration_method: str = "minmax"
     samples: int = 256  # calibration samples, drawn deterministically
     eval_samples: int | None = 1000
@@ -86,7 +87,8 @@ def quantize(
         if output.suffix.lower() == ".onnx":
             if model.suffix.lower() != ".onnx":
                 raise ModelInputError(
-                    f"{model}: ONNX quantization takes an .onnx model; run `edgekit convert {model} -o model.onnx` first"
+                    f"{model}: ONNX quantization takes an .onnx model; "
+                    f"run `edgekit convert {model} -o model.onnx` first"
                 )
             return _quantize_onnx(model, output, calibration, eval_data, labels, options, progress, workdir)
         if output.suffix.lower() == ".tflite":
@@ -102,15 +104,21 @@ def _load_data(
     options: QuantizeOptions,
     progress: Progress,
 ) -> tuple[Dataset, Dataset, np.ndarray | None]:
-    calib = load_dataset(calibration, inputs, max_samples=options.samples, seed=options.seed,
-                         preprocess=options.preprocess)
+    calib = load_dataset(
+        calibration, inputs, max_samples=options.samples, seed=options.seed, preprocess=options.preprocess
+    )
     if calib.size < MIN_CALIBRATION_SAMPLES:
         progress.note(
             f"warning: only {calib.size} calibration samples (< {MIN_CALIBRATION_SAMPLES}); SQNR usually "
             "collapses while agreement still looks fine — give 256 or more"
         )
-    evaluation = load_dataset(eval_data or calibration, inputs, max_samples=options.eval_samples,
-                              seed=options.seed, preprocess=options.preprocess)
+    evaluation = load_dataset(
+        eval_data or calibration,
+        inputs,
+        max_samples=options.eval_samples,
+        seed=options.seed,
+        preprocess=options.preprocess,
+    )
     label_array = load_labels(labels, evaluation) if labels is not None else None
     return calib, evaluation, label_array
 
@@ -125,7 +133,13 @@ def _quantize_onnx(
     progress: Progress,
     workdir: Path,
 ) -> QuantizeResult:
-    from converters.localize import as_report_rows, ensure_node_names, localize, quantized_nodes
+    from converters.localize import (
+        as_report_rows,
+        ensure_node_names,
+        exclusion_units,
+        localize,
+        quantized_nodes,
+    )
     from converters.onnx_model import check_onnx_file
     from converters.quantize_onnx import (
         preprocess_for_quantization,
@@ -143,14 +157,26 @@ def _quantize_onnx(
     reference_outputs = run_model(load_engine(model), evaluation, progress=progress, label="float reference")
 
     def evaluate(candidate: Path) -> dict[str, Any]:
-        return parity_report(model, candidate, evaluation, gate=options.gate, labels=label_array,
-                             reference_outputs=reference_outputs)
+        return parity_report(
+            model,
+            candidate,
+            evaluation,
+            gate=options.gate,
+            labels=label_array,
+            reference_outputs=reference_outputs,
+        )
 
     float_model = model
     candidate = workdir / "candidate.onnx"
-    section: dict[str, Any] = {"mode": options.mode, "calibration": {
-        "source": str(calibration), "samples": calib.size, "seed": options.seed,
-        "method": options.calibration_method}}
+    section: dict[str, Any] = {
+        "mode": options.mode,
+        "calibration": {
+            "source": str(calibration),
+            "samples": calib.size,
+            "seed": options.seed,
+            "method": options.calibration_method,
+        },
+    }
     repair_section: dict[str, Any] | None = None
     per_tensor: list[dict[str, Any]] | None = None
     if options.mode == "static":
@@ -160,6 +186,8 @@ def _quantize_onnx(
             float_model = workdir / "preprocessed.onnx"
         ensure_node_names(float_model)
         config = replace(resolve_preset(options.preset), calibration=options.calibration_method)
+        if options.per_channel is not None:
+            config = replace(config, per_channel=options.per_channel)
         note = saturation_note(config)
         if note:
             progress.note(note)
@@ -175,14 +203,18 @@ def _quantize_onnx(
             task = progress.task("repairing (bisection over ranked nodes)", options.max_evaluations)
 
             def try_exclusions(exclude: list[str]) -> dict[str, Any]:
-                trial = workdir / f"trial_{len(exclude)}.onnx"
+                trial = workdir / "trial.onnx"
                 quantize_static_onnx(float_model, trial, calib, used, exclude=tuple(exclude))
                 task.advance()
                 return summary_metrics(evaluate(trial))
 
             max_excluded = max(1, int(options.max_excluded_fraction * len(quantizable)))
-            outcome = search_exclusions([d.node for d in ranking], try_exclusions,
-                                        max_excluded=max_excluded, max_evaluations=options.max_evaluations)
+            outcome = search_exclusions(
+                exclusion_units(ranking),
+                try_exclusions,
+                max_excluded=max_excluded,
+                max_evaluations=options.max_evaluations,
+            )
             task.close()
             repair_section = {
                 "quantizable_nodes": len(quantizable),
@@ -207,8 +239,9 @@ def _quantize_onnx(
     else:
         quantize_fp16_onnx(model, candidate)
         report = evaluate(candidate)
-    return _finish(report, section, repair_section, per_tensor, model, candidate, output, evaluation, options,
-                   progress)
+    return _finish(
+        report, section, repair_section, per_tensor, model, candidate, output, evaluation, options, progress
+    )
 
 
 def _quantize_tflite(
@@ -230,7 +263,9 @@ def _quantize_tflite(
             f"{model.suffix} file"
         )
     source = load_tf_source(model, workdir)
-    calib, evaluation, label_array = _load_data(source.inputs, calibration, eval_data, labels, options, progress)
+    calib, evaluation, label_array = _load_data(
+        source.inputs, calibration, eval_data, labels, options, progress
+    )
     reference = workdir / "float.tflite"
     reference.write_bytes(convert_savedmodel(source.saved_model_dir, precision="float32"))
     precision = {"static": "int8", "dynamic": "dynamic", "fp16": "float16"}[options.mode]
@@ -243,14 +278,31 @@ def _quantize_tflite(
         task.close()
 
     candidate = workdir / "candidate.tflite"
-    candidate.write_bytes(convert_savedmodel(source.saved_model_dir, precision=precision,
-                                             representative=representative if precision == "int8" else None))
-    report = parity_report(reference, candidate, evaluation, gate=options.gate, labels=label_array, progress=progress)
+    candidate.write_bytes(
+        convert_savedmodel(
+            source.saved_model_dir,
+            precision=precision,
+            representative=representative if precision == "int8" else None,
+        )
+    )
+    report = parity_report(
+        reference, candidate, evaluation, gate=options.gate, labels=label_array, progress=progress
+    )
     report["reference"]["path"] = f"{model} (float32 TFLite)"
-    section = {"mode": options.mode, "tflite_precision": precision, "calibration": {
-        "source": str(calibration), "samples": calib.size, "seed": options.seed, "method": "tflite representative"}}
+    section = {
+        "mode": options.mode,
+        "tflite_precision": precision,
+        "calibration": {
+            "source": str(calibration),
+            "samples": calib.size,
+            "seed": options.seed,
+            "method": "tflite representative",
+        },
+    }
     if not report["passed"]:
-        section["repair"] = "not available for TFLite output; quantize to .onnx to use the accuracy-aware repair"
+        section["repair"] = (
+            "not available for TFLite output; quantize to .onnx to use the accuracy-aware repair"
+        )
     return _finish(report, section, None, None, reference, candidate, output, evaluation, options, progress)
 
 
@@ -276,14 +328,17 @@ def _finish(
     report["candidate"]["path"] = str(output)
     if not report["passed"]:
         raise GateError(
-            "the quantized model fails the parity gate: " + "; ".join(report["failures"])
+            "the quantized model fails the parity gate: "
+            + "; ".join(report["failures"])
             + ". Nothing was written. Try more calibration data, --mode dynamic, or relax the gate "
             "(--min-agreement, --max-drop, --min-sqnr) if the figures are acceptable",
             report,
         )
     if options.latency is not None:
         progress.note("measuring latency (float vs quantized, interleaved)")
-        sample = {name: array[: max(options.latency.batch_sizes)] for name, array in evaluation.arrays.items()}
+        sample = {
+            name: array[: max(options.latency.batch_sizes)] for name, array in evaluation.arrays.items()
+        }
         latency = compare_latency(reference, candidate, sample, options.latency)
         latency["allowed_slower"] = options.allow_slower
         report["latency"] = latency
@@ -297,5 +352,3 @@ def _finish(
     with atomic_output(output) as tmp:
         shutil.copyfile(candidate, tmp)
     return QuantizeResult(output, report)
-
-

@@ -24,11 +24,11 @@ __all__ = [
     "CALIBRATION_METHODS",
     "PRESETS",
     "StaticConfig",
+    "cpu_has_vnni",
     "preprocess_for_quantization",
     "quantize_dynamic_onnx",
     "quantize_fp16_onnx",
     "quantize_static_onnx",
-    "cpu_has_vnni",
     "resolve_preset",
     "saturation_note",
 ]
@@ -84,13 +84,14 @@ def cpu_has_vnni() -> bool | None:
 
 def saturation_note(config: StaticConfig) -> str | None:
     """Warn when u8s8 runs on an x86 CPU without VNNI, where int16 accumulation can saturate."""
-    if config.activation_type == "uint8" and config.weight_type == "int8" and not config.reduce_range:
-        if cpu_has_vnni() is False and platform.machine().lower() in ("x86_64", "amd64"):
-            return (
-                "this CPU has no VNNI: u8s8 int8 kernels can saturate (measured: SQNR 40 -> 18 dB on the "
-                "digits CNN); the gate catches it and the repair keeps saturating layers in float. "
-                "--preset x86-reduce-range avoids it at some speed cost"
-            )
+    u8s8 = config.activation_type == "uint8" and config.weight_type == "int8" and not config.reduce_range
+    on_x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if u8s8 and on_x86 and cpu_has_vnni() is False:
+        return (
+            "this CPU has no VNNI: u8s8 int8 kernels can saturate (measured: SQNR 40 -> 18 dB on the "
+            "digits CNN); the gate catches it and the repair keeps saturating layers in float. "
+            "--preset x86-reduce-range avoids it at some speed cost"
+        )
     return None
 
 
@@ -109,9 +110,10 @@ def preprocess_for_quantization(source: Path, destination: Path, progress: Progr
             return destination
         except ImportError as e:
             raise QuantizationError(
-                "onnxruntime's quantization tools need sympy: pip install 'onnxruntime[quantization,symbolic]'"
+                "onnxruntime's quantization tools need sympy: "
+                "pip install 'onnxruntime[quantization,symbolic]'"
             ) from e
-        except Exception:  # noqa: S112 - the next (weaker) pre-processing is tried, then none at all
+        except Exception:
             continue
     progress.note("quant_pre_process failed twice; quantizing the model as exported")
     return source
@@ -155,8 +157,11 @@ def _method(name: str) -> Any:
             "calibration method 'distribution' produces garbage int8 models (SQNR about -1.6 dB on a CNN); "
             "use minmax, entropy or percentile"
         )
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     if name not in methods:
         raise QuantizationError(f"unknown calibration method {name!r}; use {', '.join(CALIBRATION_METHODS)}")
     return methods[name]
@@ -189,7 +194,9 @@ def quantize_static_onnx(
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-calib-"):
                 quantize_static(
-                    str(model), str(output), reader,
+                    str(model),
+                    str(output),
+                    reader,
                     quant_format=QuantFormat.QDQ,
                     activation_type=_qtype(attempt.activation_type),
                     weight_type=_qtype(attempt.weight_type),
@@ -210,7 +217,9 @@ def quantize_static_onnx(
         except Exception as e:
             text = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
             failures.append(f"{attempt.name}: {type(e).__name__}: {text}")
-    raise QuantizationError("onnxruntime's quantize_static failed for every configuration: " + "; ".join(failures))
+    raise QuantizationError(
+        "onnxruntime's quantize_static failed for every configuration: " + "; ".join(failures)
+    )
 
 
 def quantize_dynamic_onnx(model: Path, output: Path) -> None:

@@ -25,28 +25,32 @@ class RepairOutcome:
 
 
 def search_exclusions(
-    ranked: list[str],
+    ranked: list[list[str]],
     evaluate: Callable[[list[str]], dict[str, Any]],
     *,
     max_excluded: int,
     max_evaluations: int,
 ) -> RepairOutcome:
-    """Find the smallest k such that excluding `ranked[:k]` passes (`evaluate(...)["passed"]`).
+    """Find the smallest k such that excluding the first k units passes (`evaluate(...)["passed"]`).
 
     Args:
-        ranked: node names, most damaging first.
+        ranked: units of node names (a node and the nodes it must be excluded with), most damaging first.
         evaluate: quantizes with the given exclusions and returns summary metrics with a `passed` flag.
-        max_excluded: never exclude more nodes than this.
+        max_excluded: never exclude more nodes than this (k is capped where the union would exceed it).
         max_evaluations: never call `evaluate` more often than this.
     """
-    limit = min(max_excluded, len(ranked))
+    prefixes = _prefix_unions(ranked)
+    limit = 0
+    while limit < len(prefixes) - 1 and len(prefixes[limit + 1]) <= max_excluded:
+        limit += 1
     outcome = RepairOutcome(excluded=None)
     results: dict[int, dict[str, Any]] = {}
 
     def passes(k: int) -> bool:
         if k not in results:
-            metrics = dict(evaluate(ranked[:k]))
-            metrics["excluded"] = k
+            metrics = dict(evaluate(prefixes[k]))
+            metrics["excluded"] = len(prefixes[k])
+            metrics["excluded_nodes"] = prefixes[k]
             results[k] = metrics
             outcome.candidates.append(metrics)
         return bool(results[k]["passed"])
@@ -65,7 +69,10 @@ def search_exclusions(
         low = k
         k = limit if k < limit < 2 * k else 2 * k
     if high is None:
-        outcome.stopped_because = f"the gate still fails with {limit} node(s) kept in float (the limit)"
+        outcome.stopped_because = (
+            f"the gate still fails with {len(prefixes[limit])} node(s) kept in float "
+            f"(the limit is {max_excluded})"
+        )
         return outcome
     while high - low > 1 and len(results) < max_evaluations:  # (2) bisect between fail and pass
         middle = (low + high) // 2
@@ -73,6 +80,17 @@ def search_exclusions(
             high = middle
         else:
             low = middle
-    outcome.excluded = ranked[:high]
+    outcome.excluded = prefixes[high]
     outcome.stopped_because = "smallest passing set found" if high - low <= 1 else "evaluation budget spent"
     return outcome
+
+
+def _prefix_unions(units: list[list[str]]) -> list[list[str]]:
+    """prefixes[k] = ordered union of the first k units (prefixes[0] is empty)."""
+    prefixes: list[list[str]] = [[]]
+    seen: dict[str, None] = {}
+    for unit in units:
+        for name in unit:
+            seen.setdefault(name, None)
+        prefixes.append(list(seen))
+    return prefixes

@@ -45,7 +45,9 @@ def is_savedmodel_dir(path: Path) -> bool:
     return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
-def load_tf_source(path: str | Path, workdir: Path, input_shapes: dict[str, list[int]] | None = None) -> TFSource:
+def load_tf_source(
+    path: str | Path, workdir: Path, input_shapes: dict[str, list[int]] | None = None
+) -> TFSource:
     """Load a `.keras` file or a SavedModel folder as a TFSource.
 
     Args:
@@ -163,5 +165,3 @@ def _clean(name: str) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]
-
-

@@ -48,7 +48,9 @@ def convert_savedmodel(
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     elif precision != "float32":
-        raise ConversionError(f"unknown TFLite precision {precision!r}; use float32, float16, dynamic or int8")
+        raise ConversionError(
+            f"unknown TFLite precision {precision!r}; use float32, float16, dynamic or int8"
+        )
     try:
         return bytes(converter.convert())
     except Exception as e:

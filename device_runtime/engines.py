@@ -66,9 +66,7 @@ def engine_for_path(path: str | Path) -> str:
     raise EngineError(f"{path}: unknown model type {suffix!r}; expected a .onnx or .tflite file")
 
 
-def load_engine(
-    model: str | Path | bytes, *, kind: str | None = None, threads: int | None = None
-) -> Engine:
+def load_engine(model: str | Path | bytes, *, kind: str | None = None, threads: int | None = None) -> Engine:
     """Load a model into its engine.
 
     Args:
@@ -149,9 +147,7 @@ def _prepare_feeds(inputs: tuple[TensorInfo, ...], feeds: dict[str, np.ndarray])
     missing = sorted(expected - set(feeds))
     extra = sorted(set(feeds) - expected)
     if missing or extra:
-        raise InputError(
-            f"model inputs are {sorted(expected)}; missing {missing}, unexpected {extra}"
-        )
+        raise InputError(f"model inputs are {sorted(expected)}; missing {missing}, unexpected {extra}")
     prepared: dict[str, np.ndarray] = {}
     for info in inputs:
         array = np.asarray(feeds[info.name])
@@ -229,10 +225,16 @@ def _litert_details(interpreter: Any) -> tuple[list[dict[str, Any]], list[dict[s
     runner = interpreter.get_signature_runner(next(iter(signatures)))
     by_index_in = {d["index"]: d for d in inputs}
     by_index_out = {d["index"]: d for d in outputs}
-    named_in = [{**by_index_in[d["index"]], "name": n} for n, d in runner.get_input_details().items()
-                if d["index"] in by_index_in]
-    named_out = [{**by_index_out[d["index"]], "name": n} for n, d in runner.get_output_details().items()
-                 if d["index"] in by_index_out]
+    named_in = [
+        {**by_index_in[d["index"]], "name": n}
+        for n, d in runner.get_input_details().items()
+        if d["index"] in by_index_in
+    ]
+    named_out = [
+        {**by_index_out[d["index"]], "name": n}
+        for n, d in runner.get_output_details().items()
+        if d["index"] in by_index_out
+    ]
     if len(named_in) != len(inputs) or len(named_out) != len(outputs):
         return inputs, outputs
     return named_in, named_out

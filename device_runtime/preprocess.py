@@ -1,35 +1,9 @@
 """Preprocessing spec ``edgekit.preprocess/v1``: strict parsing, and the one implementation of it.
 
 The build host makes golden vectors and calibration data through this module and the device feeds its
-engine through it, so both compute the same bytes. The spec is one JSON object; every key not listed here
-is refused, booleans are not numbers, NaN/Infinity and duplicate keys are refused, every number is
-bounded::
-
-    {"schema": "edgekit.preprocess/v1",
-     "inputs":  [INPUT, ...],                   1..16 inputs, unique names
-     "outputs": [OUTPUT, ...]}                  0..64 outputs, unique names (optional, default [])
-
-    INPUT (tensor, passed through after dtype and shape checks):
-     {"name": str, "kind": "tensor", "dtype": "float32"|"float16"|"int8"|"uint8"|"int32"|"int64",
-      "shape": [int 1..2**31-1 or null (dynamic), ...]}                                    rank 0..8
-
-    INPUT (image; keys after "size" are optional, defaults shown):
-     {"name": str, "kind": "image", "size": [H, W] (1..8192),
-      "dtype": "float32"|"uint8"|"int8" = "float32", "layout": "NHWC"|"NCHW" = "NHWC",
-      "color": "RGB"|"BGR"|"GRAY" = "RGB", "resize": "stretch"|"shortest_edge"|"letterbox" = "stretch",
-      "interpolation": "nearest"|"bilinear"|"bicubic"|"area" = "bilinear",
-      "center_crop": [H, W] (each <= size) or null = null, "rescale": float in (0, 65536] = 1/255,
-      "mean": [float per channel] = 0, "std": [float per channel, 1e-6..1e6] = 1,
-      "quantization": {"scale": float > 0, "zero_point": int in the dtype's range} or null = null}
-
-    OUTPUT:
-     {"name": str, "kind": "classification"|"regression"|"embedding"|"detection",
-      "activation": "none"|"softmax"|"sigmoid" = "none", "top_k": int 1..1000 = 5,
-      "labels": plain file name or null = null (classification and detection only),
-      "score_threshold": float 0..1 or null = null}
-
-Names are 1..256 characters without control characters. Channels: 3 for RGB/BGR, 1 for GRAY; ``mean``
-and ``std`` hold one value per channel. ``quantization`` needs dtype uint8 or int8.
+engine through it, so both compute the same bytes. The spec format, its dataclasses and the strict parser
+(:func:`parse_spec`, :func:`load_spec`) live in :mod:`device_runtime._spec` and are re-exported here; this
+module runs a parsed spec: images and tensors in, predictions out, and the build-time check against a model.
 
 Image pipeline (:func:`preprocess_image`): (1) decode with Pillow (path, bytes, PIL image, or uint8 numpy
 (H, W) / (H, W, 1|3|4) read as RGB(A)); the first frame of animations, EXIF orientation is not applied.
@@ -44,17 +18,26 @@ uint8/int8: ``rint(x / scale) + zero_point`` (round half to even; no quantizatio
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ClassVar, NoReturn, TypeAlias
+from dataclasses import dataclass
 
 import numpy as np
 
 from device_runtime._image import list_images, to_pixels
+from device_runtime._spec import (
+    _INT_RANGE,
+    SCHEMA,
+    ImageInputSpec,
+    InputSpec,
+    OutputSpec,
+    PreprocessSpec,
+    Quantization,
+    TensorInputSpec,
+    _fail,
+    load_spec,
+    parse_spec,
+)
 from device_runtime.errors import InputError, SpecError
 
 __all__ = [
@@ -76,21 +59,6 @@ __all__ = [
     "preprocess_images",
 ]
 
-SCHEMA = "edgekit.preprocess/v1"
-MAX_INPUTS = 16
-MAX_OUTPUTS = 64
-MAX_SIDE = 8192  # pixels, for size and center_crop
-MAX_RANK = 8
-MAX_DIM = 2**31 - 1
-MAX_NAME = 256  # characters
-MAX_SPEC_BYTES = 1024 * 1024  # bytes read by load_spec
-MAX_TOP_K = 1000
-DEFAULT_RESCALE = 1 / 255
-
-TENSOR_DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
-IMAGE_DTYPES = ("float32", "uint8", "int8")
-_INT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
-_LABELS_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ONNX_DTYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -100,384 +68,6 @@ _ONNX_DTYPES = {
     "tensor(int32)": "int32",
     "tensor(int64)": "int64",
 }
-
-
-@dataclass(frozen=True)
-class Quantization:
-    """Affine input quantization: ``q = rint(x / scale) + zero_point``."""
-
-    scale: float
-    zero_point: int
-
-
-@dataclass(frozen=True)
-class TensorInputSpec:
-    """A tensor input, passed to the model as given once its dtype and shape are checked."""
-
-    kind: ClassVar[str] = "tensor"
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]
-
-
-@dataclass(frozen=True)
-class ImageInputSpec:
-    """An image input and the pipeline that turns an image into its tensor (see the module docstring).
-
-    Build it with :func:`parse_spec`; direct construction is not validated.
-    """
-
-    kind: ClassVar[str] = "image"
-    name: str
-    size: tuple[int, int]
-    dtype: str = "float32"
-    layout: str = "NHWC"
-    color: str = "RGB"
-    resize: str = "stretch"
-    interpolation: str = "bilinear"
-    center_crop: tuple[int, int] | None = None
-    rescale: float = DEFAULT_RESCALE
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    quantization: Quantization | None = None
-
-    @property
-    def channels(self) -> int:
-        """1 for GRAY, 3 for RGB and BGR."""
-        return 1 if self.color == "GRAY" else 3
-
-    @property
-    def tensor_size(self) -> tuple[int, int]:
-        """(H, W) of the tensor: ``center_crop`` if given, else ``size``."""
-        return self.center_crop or self.size
-
-    @property
-    def shape(self) -> tuple[int | None, ...]:
-        """Model tensor shape, batch axis dynamic (None)."""
-        h, w = self.tensor_size
-        return (None, h, w, self.channels) if self.layout == "NHWC" else (None, self.channels, h, w)
-
-
-InputSpec: TypeAlias = ImageInputSpec | TensorInputSpec
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """How to read one model output: activation, labels file, top-k and score threshold."""
-
-    name: str
-    kind: str
-    activation: str = "none"
-    labels: str | None = None
-    top_k: int = 5
-    score_threshold: float | None = None
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """A validated ``edgekit.preprocess/v1`` document; build it with :func:`parse_spec` or :func:`load_spec`.
-
-    Validation happens in the parsers: a directly constructed spec is not checked.
-    """
-
-    schema: str
-    inputs: tuple[InputSpec, ...]
-    outputs: tuple[OutputSpec, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-able form, every key present; ``parse_spec(s.to_dict()) == s``."""
-        return {"schema": self.schema, "inputs": _plain(self.inputs), "outputs": _plain(self.outputs)}
-
-    def to_json(self) -> bytes:
-        """Canonical JSON bytes (sorted keys, no whitespace, UTF-8), e.g. for ``preprocess.json``."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return text.encode("utf-8")
-
-
-def _plain(value: object) -> Any:
-    """Dataclasses to dicts (an input's ``kind`` included), tuples to lists."""
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-        return {"kind": value.kind, **out} if isinstance(value, (ImageInputSpec, TensorInputSpec)) else out
-    return value
-
-
-# ---------------------------------------------------------------------------------------------- parsing
-
-
-def _show(value: object) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):  # not JSON, or an int too long to print
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fail(path: str, value: object, rule: str) -> NoReturn:
-    raise SpecError(f"{path}: {_show(value)} is not allowed ({rule}); fix the spec")
-
-
-def _obj(
-    value: object, path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        _fail(path, value, "expected an object")
-    allowed = required + optional
-    for key in value:
-        if key not in allowed:
-            raise SpecError(
-                f"{path}.{key}: unknown key is not allowed (allowed: {', '.join(allowed)}); fix the spec"
-            )
-    for key in required:
-        if key not in value:
-            raise SpecError(f"{path}.{key}: missing (it is required); fix the spec")
-    return value
-
-
-def _enum(value: object, path: str, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        _fail(path, value, "allowed: " + ", ".join(json.dumps(a) for a in allowed))
-    return value
-
-
-def _int(value: object, path: str, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        _fail(path, value, f"{name} must be an integer from {lo} to {hi}")
-    return value
-
-
-def _float(
-    value: object,
-    path: str,
-    name: str,
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    le: float | None = None,
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(path, value, f"{name} must be a number")
-    try:
-        x = float(value)
-    except OverflowError:  # an int beyond float range
-        x = math.inf
-    if not math.isfinite(x):
-        _fail(path, value, f"{name} must be finite")
-    if gt is not None and not x > gt:
-        _fail(path, value, f"{name} must be > {gt:g}")
-    if ge is not None and not x >= ge:
-        _fail(path, value, f"{name} must be >= {ge:g}")
-    if le is not None and not x <= le:
-        _fail(path, value, f"{name} must be <= {le:g}")
-    return x
-
-
-def _list(value: object, path: str, name: str, lo: int, hi: int) -> Sequence[Any]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not lo <= len(value) <= hi:
-        count = f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
-        _fail(path, value, f"{name} must be a list of {count} items")
-    return value
-
-
-def _name(value: object, path: str) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME or not value.isprintable():
-        _fail(path, value, f"a name must be 1 to {MAX_NAME} printable characters")
-    return value
-
-
-def _pair(value: object, path: str, name: str) -> tuple[int, int]:
-    items = _list(value, path, name, 2, 2)
-    return (_int(items[0], f"{path}[0]", name, 1, MAX_SIDE), _int(items[1], f"{path}[1]", name, 1, MAX_SIDE))
-
-
-def _per_channel(
-    value: object, path: str, name: str, color: str, channels: int, **bounds: float
-) -> tuple[float, ...]:
-    items = _list(value, path, name, 1, 4)
-    if len(items) != channels:
-        _fail(
-            path,
-            value,
-            f"color {json.dumps(color)} has {channels} channel(s): give {channels} {name} value(s)",
-        )
-    return tuple(_float(v, f"{path}[{i}]", name, **bounds) for i, v in enumerate(items))
-
-
-_IMAGE_CHOICES = {  # key: allowed values, the first being the default
-    "dtype": IMAGE_DTYPES,
-    "layout": ("NHWC", "NCHW"),
-    "color": ("RGB", "BGR", "GRAY"),
-    "resize": ("stretch", "shortest_edge", "letterbox"),
-    "interpolation": ("bilinear", "nearest", "bicubic", "area"),
-}
-_IMAGE_KEYS = (
-    "name",
-    "kind",
-    "size",
-    *_IMAGE_CHOICES,
-    "center_crop",
-    "rescale",
-    "mean",
-    "std",
-    "quantization",
-)
-_OUTPUT_KINDS = ("classification", "regression", "embedding", "detection")
-
-
-def _parse_image(d: Mapping[str, Any], path: str) -> ImageInputSpec:
-    _obj(d, path, _IMAGE_KEYS[:3], _IMAGE_KEYS[3:])
-    c = {k: _enum(d.get(k, allowed[0]), f"{path}.{k}", allowed) for k, allowed in _IMAGE_CHOICES.items()}
-    channels = 1 if c["color"] == "GRAY" else 3
-    size = _pair(d["size"], f"{path}.size", "size")
-    crop = (
-        None
-        if d.get("center_crop") is None
-        else _pair(d["center_crop"], f"{path}.center_crop", "center_crop")
-    )
-    for i in range(2):
-        if crop is not None and crop[i] > size[i]:
-            _fail(f"{path}.center_crop[{i}]", crop[i], f"center_crop must be <= size[{i}] = {size[i]}")
-    quant = None
-    if d.get("quantization") is not None:
-        qpath, dtype = f"{path}.quantization", c["dtype"]
-        if dtype not in _INT_RANGE:
-            _fail(qpath, d["quantization"], f"quantization needs dtype uint8 or int8, not {dtype}")
-        q = _obj(d["quantization"], qpath, ("scale", "zero_point"))
-        quant = Quantization(
-            scale=_float(q["scale"], f"{qpath}.scale", "scale", gt=0.0, ge=1e-12, le=1e6),
-            zero_point=_int(
-                q["zero_point"], f"{qpath}.zero_point", f"zero_point for {dtype}", *_INT_RANGE[dtype]
-            ),
-        )
-    mean, std = d.get("mean", [0.0] * channels), d.get("std", [1.0] * channels)
-    return ImageInputSpec(
-        name=_name(d["name"], f"{path}.name"),
-        size=size,
-        dtype=c["dtype"],
-        layout=c["layout"],
-        color=c["color"],
-        resize=c["resize"],
-        interpolation=c["interpolation"],
-        center_crop=crop,
-        rescale=_float(d.get("rescale", DEFAULT_RESCALE), f"{path}.rescale", "rescale", gt=0.0, le=65536.0),
-        mean=_per_channel(mean, f"{path}.mean", "mean", c["color"], channels, ge=-1e6, le=1e6),
-        std=_per_channel(std, f"{path}.std", "std", c["color"], channels, gt=0.0, ge=1e-6, le=1e6),
-        quantization=quant,
-    )
-
-
-def _parse_tensor(d: Mapping[str, Any], path: str) -> TensorInputSpec:
-    _obj(d, path, ("name", "kind", "dtype", "shape"))
-    dims = _list(d["shape"], f"{path}.shape", "shape", 0, MAX_RANK)
-    return TensorInputSpec(
-        name=_name(d["name"], f"{path}.name"),
-        dtype=_enum(d["dtype"], f"{path}.dtype", TENSOR_DTYPES),
-        shape=tuple(
-            None if v is None else _int(v, f"{path}.shape[{i}]", "a dim", 1, MAX_DIM)
-            for i, v in enumerate(dims)
-        ),
-    )
-
-
-def _parse_output(value: object, path: str) -> OutputSpec:
-    d = _obj(value, path, ("name", "kind"), ("activation", "labels", "top_k", "score_threshold"))
-    kind = _enum(d["kind"], f"{path}.kind", _OUTPUT_KINDS)
-    labels, threshold = d.get("labels"), d.get("score_threshold")
-    if labels is not None and kind not in ("classification", "detection"):
-        _fail(f"{path}.labels", labels, f"labels are for classification and detection outputs, not {kind}")
-    if labels is not None and (not isinstance(labels, str) or not _LABELS_FILE.fullmatch(labels)):
-        _fail(f"{path}.labels", labels, 'labels must be a plain file name in the bundle, e.g. "labels.txt"')
-    return OutputSpec(
-        name=_name(d["name"], f"{path}.name"),
-        kind=kind,
-        activation=_enum(d.get("activation", "none"), f"{path}.activation", ("none", "softmax", "sigmoid")),
-        labels=labels,
-        top_k=_int(d.get("top_k", 5), f"{path}.top_k", "top_k", 1, MAX_TOP_K),
-        score_threshold=None
-        if threshold is None
-        else _float(threshold, f"{path}.score_threshold", "score_threshold", ge=0.0, le=1.0),
-    )
-
-
-def _unique(names: list[str], section: str) -> None:
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            _fail(
-                f"{section}[{i}].name",
-                name,
-                f"names must be unique; {section}[{names.index(name)}] has it too",
-            )
-
-
-def parse_spec(doc: Mapping[str, Any]) -> PreprocessSpec:
-    """Validate a decoded ``edgekit.preprocess/v1`` document and return it as a :class:`PreprocessSpec`.
-
-    Raises SpecError naming the JSON path of the first bad field, what was found and what is allowed.
-    """
-    doc = _obj(doc, "spec", ("schema", "inputs"), ("outputs",))
-    if doc["schema"] != SCHEMA:
-        _fail("schema", doc["schema"], f"expected {json.dumps(SCHEMA)}")
-    inputs: list[InputSpec] = []
-    for i, item in enumerate(_list(doc["inputs"], "inputs", "inputs", 1, MAX_INPUTS)):
-        path = f"inputs[{i}]"
-        if not isinstance(item, Mapping) or "kind" not in item:
-            _obj(item, path, ("kind",), tuple(item) if isinstance(item, Mapping) else ())  # raises
-        kind = _enum(item.get("kind"), f"{path}.kind", ("image", "tensor"))
-        inputs.append(_parse_image(item, path) if kind == "image" else _parse_tensor(item, path))
-    outputs = [
-        _parse_output(o, f"outputs[{i}]")
-        for i, o in enumerate(_list(doc.get("outputs", []), "outputs", "outputs", 0, MAX_OUTPUTS))
-    ]
-    _unique([i.name for i in inputs], "inputs")
-    _unique([o.name for o in outputs], "outputs")
-    return PreprocessSpec(schema=SCHEMA, inputs=tuple(inputs), outputs=tuple(outputs))
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise SpecError(
-                f"duplicate key {json.dumps(key)} is not allowed; keep one of them and fix the spec"
-            )
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise SpecError(f"{name} is not allowed (numbers must be finite); fix the spec")
-
-
-def load_spec(path: str | os.PathLike[str]) -> PreprocessSpec:
-    """Read, strictly parse (no duplicate keys, no NaN/Infinity, at most 1 MiB) and validate a spec file.
-
-    Raises SpecError (prefixed with the file name) when the file is unreadable, not UTF-8 JSON or invalid.
-    """
-    where = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SPEC_BYTES + 1)
-    except OSError as e:
-        raise SpecError(f"{where}: cannot read the spec ({e.strerror or e}); check the path") from e
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError(
-            f"{where}: larger than {MAX_SPEC_BYTES} bytes; a preprocessing spec is a small JSON file"
-        )
-    try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except SpecError as e:
-        raise SpecError(f"{where}: {e}") from e
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise SpecError(f"{where}: not valid UTF-8 JSON ({e}); fix the spec") from e
-    try:
-        return parse_spec(doc)
-    except SpecError as e:
-        raise SpecError(f"{where}: {e}") from e
-
-
-# ---------------------------------------------------------------------------------------------- running
 
 
 def preprocess_image(spec: ImageInputSpec, image: object) -> np.ndarray:

@@ -13,8 +13,16 @@ __all__ = ["cli"]
 
 # name -> (module, attribute, one-line help); modules import only when the command runs or shows help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "convert": ("edgekit.commands.convert", "convert", "Export a model to ONNX or TFLite and prove fp32 parity."),
-    "quantize": ("edgekit.commands.quantize", "quantize", "Quantize to int8/fp16 behind the parity gate, with repair."),
+    "convert": (
+        "edgekit.commands.convert",
+        "convert",
+        "Export a model to ONNX or TFLite and prove fp32 parity.",
+    ),
+    "quantize": (
+        "edgekit.commands.quantize",
+        "quantize",
+        "Quantize to int8/fp16 behind the parity gate, with repair.",
+    ),
     "parity": ("edgekit.commands.parity", "parity", "Compare any two models under the parity contract."),
 }
 

@@ -60,8 +60,15 @@ class ClickProgress:
         from tqdm import tqdm
 
         # disable=None: bars only on a terminal, so logs and CI output stay clean.
-        bar = tqdm(total=total, desc=description, unit="it", file=sys.stderr, leave=False,
-                   disable=True if self.quiet else None, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            desc=description,
+            unit="it",
+            file=sys.stderr,
+            leave=False,
+            disable=True if self.quiet else None,
+            dynamic_ncols=True,
+        )
         return _Task(bar)
 
     def note(self, message: str) -> None:
@@ -106,7 +113,8 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
         except ValueError:
             parsed = []
         if not sep or not name or not parsed or any(d < 1 for d in parsed):
-            raise click.BadParameter(f"{value!r}: expected NAME:D0,D1,... with positive integers",
-                                     param_hint="--input-shape")
+            raise click.BadParameter(
+                f"{value!r}: expected NAME:D0,D1,... with positive integers", param_hint="--input-shape"
+            )
         shapes[name] = parsed
     return shapes

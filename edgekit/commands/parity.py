@@ -13,13 +13,27 @@ from edgekit.commands._common import ClickProgress, echo_json, handle_errors, wr
 def gate_options(function: Any) -> Any:
     """The gate thresholds shared by `parity` and `quantize`."""
     options = [
-        click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-                     help="Minimum top-1 agreement (share of samples)."),
-        click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True,
-                     help="Maximum accuracy drop in percentage points (with --labels)."),
+        click.option(
+            "--min-agreement",
+            type=click.FloatRange(0, 1),
+            default=0.99,
+            show_default=True,
+            help="Minimum top-1 agreement (share of samples).",
+        ),
+        click.option(
+            "--max-drop",
+            type=click.FloatRange(0),
+            default=1.0,
+            show_default=True,
+            help="Maximum accuracy drop in percentage points (with --labels).",
+        ),
         click.option("--min-sqnr", type=float, default=20.0, show_default=True, help="Minimum SQNR in dB."),
-        click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
-                     help="Minimum cosine similarity (off by default)."),
+        click.option(
+            "--min-cosine",
+            type=click.FloatRange(-1, 1),
+            default=None,
+            help="Minimum cosine similarity (off by default).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -37,10 +51,15 @@ def print_summary(report: dict[str, Any]) -> None:
         if output["agreement"] is not None:
             parts.append(f"agreement {100 * output['agreement']:.2f}%")
         if output["accuracy_drop_pp"] is not None:
-            parts.append(f"accuracy {100 * output['accuracy_reference']:.2f}% -> "
-                         f"{100 * output['accuracy_candidate']:.2f}% ({output['accuracy_drop_pp']:+.2f} pp drop)")
-        parts += [f"SQNR {output['sqnr_db']:.2f} dB", f"cosine {output['cosine']:.5f}",
-                  f"max err {output['max_abs_error_norm']:.4f} (of max |x|)"]
+            parts.append(
+                f"accuracy {100 * output['accuracy_reference']:.2f}% -> "
+                f"{100 * output['accuracy_candidate']:.2f}% ({-output['accuracy_drop_pp']:+.2f} pp)"
+            )
+        parts += [
+            f"SQNR {output['sqnr_db']:.2f} dB",
+            f"cosine {output['cosine']:.5f}",
+            f"max err {output['max_abs_error_norm']:.4f} (of max |x|)",
+        ]
         click.echo(f"  {output['name']}: " + ", ".join(parts))
     for failure in report["failures"]:
         click.echo(f"  failed: {failure}")
@@ -49,8 +68,12 @@ def print_summary(report: dict[str, Any]) -> None:
 @click.command()
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
-@click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="Evaluation data: .npy, .npz (per input name) or a folder of images (with --preprocess).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Evaluation data: .npy, .npz (per input name) or a folder of images (with --preprocess).",
+)
 @click.option("--labels", type=click.Path(path_type=Path), help="Integer class ids (.npy), one per sample.")
 @click.option("--preprocess", type=click.Path(path_type=Path), help="Preprocessing spec for image folders.")
 @click.option("--samples", type=click.IntRange(1), default=None, help="Evaluate at most this many samples.")
@@ -59,9 +82,21 @@ def print_summary(report: dict[str, Any]) -> None:
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def parity(reference: Path, candidate: Path, data: Path, labels: Path | None, preprocess: Path | None,
-           samples: int | None, min_agreement: float, max_drop: float, min_sqnr: float, min_cosine: float | None,
-           report_path: Path | None, html_path: Path | None, as_json: bool) -> None:
+def parity(
+    reference: Path,
+    candidate: Path,
+    data: Path,
+    labels: Path | None,
+    preprocess: Path | None,
+    samples: int | None,
+    min_agreement: float,
+    max_drop: float,
+    min_sqnr: float,
+    min_cosine: float | None,
+    report_path: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+) -> None:
     """Compare CANDIDATE with REFERENCE (ONNX or TFLite, either engine) on DATA; exit 1 if the gate fails."""
     from converters.data import load_dataset, load_labels
     from converters.parity import Gate, parity_report
@@ -72,7 +107,9 @@ def parity(reference: Path, candidate: Path, data: Path, labels: Path | None, pr
     inputs = load_engine(reference).inputs
     dataset = load_dataset(data, inputs, max_samples=samples, preprocess=preprocess)
     label_array = load_labels(labels, dataset) if labels is not None else None
-    gate = Gate(min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine)
+    gate = Gate(
+        min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine
+    )
     report = parity_report(reference, candidate, dataset, gate=gate, labels=label_array, progress=progress)
     if report_path is not None:
         write_json(report, report_path)

@@ -13,40 +13,105 @@ from edgekit.commands.parity import gate_options, print_summary
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Destination .onnx (from an ONNX model) or .tflite (from .keras / SavedModel).")
-@click.option("--calibration", required=True, type=click.Path(path_type=Path),
-              help="Calibration data: .npy, .npz (per input name) or a folder of images (with --preprocess).")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
-              help="Evaluation data for the gate (default: the calibration data).")
-@click.option("--labels", type=click.Path(path_type=Path),
-              help="Integer class ids (.npy) for the evaluation data: enables the accuracy-drop check.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Destination .onnx (from an ONNX model) or .tflite (from .keras / SavedModel).",
+)
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Calibration data: .npy, .npz (per input name) or a folder of images (with --preprocess).",
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(path_type=Path),
+    help="Evaluation data for the gate (default: the calibration data).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    help="Integer class ids (.npy) for the evaluation data: enables the accuracy-drop check.",
+)
 @click.option("--preprocess", type=click.Path(path_type=Path), help="Preprocessing spec for image folders.")
-@click.option("--mode", type=click.Choice(["static", "dynamic", "fp16"]), default="static", show_default=True,
-              help="static int8 (calibrated), dynamic int8, or float16.")
-@click.option("--preset", type=click.Choice(["auto", "x86", "x86-reduce-range", "arm"]), default="auto",
-              show_default=True, help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; "
-              "arm = symmetric int8.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution"]),
-              default="minmax", show_default=True, help="'distribution' is refused for int8 (it yields garbage).")
-@click.option("--samples", type=click.IntRange(1), default=256, show_default=True,
-              help="Calibration samples, drawn deterministically from --seed.")
+@click.option(
+    "--mode",
+    type=click.Choice(["static", "dynamic", "fp16"]),
+    default="static",
+    show_default=True,
+    help="static int8 (calibrated), dynamic int8, or float16.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["auto", "x86", "x86-reduce-range", "arm"]),
+    default="auto",
+    show_default=True,
+    help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; arm = symmetric int8.",
+)
+@click.option(
+    "--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per-channel, +9 dB on CNNs)."
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "entropy", "percentile", "distribution"]),
+    default="minmax",
+    show_default=True,
+    help="'distribution' is refused for int8 (it yields garbage).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Calibration samples, drawn deterministically from --seed.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sampling.")
 @gate_options
-@click.option("--no-repair", is_flag=True, help="Do not search for nodes to keep in float when the gate fails.")
-@click.option("--max-evaluations", type=click.IntRange(1, 100), default=12, show_default=True,
-              help="Bound on repair evaluations.")
+@click.option(
+    "--no-repair", is_flag=True, help="Do not search for nodes to keep in float when the gate fails."
+)
+@click.option(
+    "--max-evaluations",
+    type=click.IntRange(1, 100),
+    default=12,
+    show_default=True,
+    help="Bound on repair evaluations.",
+)
 @click.option("--allow-slower", is_flag=True, help="Accept a quantized model slower than float on this host.")
 @click.option("--skip-latency", is_flag=True, help="Do not measure latency (no speed check).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def quantize(model: Path, output: Path, calibration: Path, eval_data: Path | None, labels: Path | None,
-             preprocess: Path | None, mode: str, preset: str, calibration_method: str, samples: int, seed: int,
-             min_agreement: float, max_drop: float, min_sqnr: float, min_cosine: float | None, no_repair: bool,
-             max_evaluations: int, allow_slower: bool, skip_latency: bool, report_path: Path | None,
-             html_path: Path | None, as_json: bool) -> None:
+def quantize(
+    model: Path,
+    output: Path,
+    calibration: Path,
+    eval_data: Path | None,
+    labels: Path | None,
+    preprocess: Path | None,
+    mode: str,
+    preset: str,
+    per_tensor: bool,
+    calibration_method: str,
+    samples: int,
+    seed: int,
+    min_agreement: float,
+    max_drop: float,
+    min_sqnr: float,
+    min_cosine: float | None,
+    no_repair: bool,
+    max_evaluations: int,
+    allow_slower: bool,
+    skip_latency: bool,
+    report_path: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+) -> None:
     """Quantize MODEL and write OUTPUT only if it passes the parity gate (and is not slower than float).
 
     A static int8 ONNX model that fails the gate is repaired: the nodes that lose the most SQNR are kept
@@ -61,15 +126,26 @@ def quantize(model: Path, output: Path, calibration: Path, eval_data: Path | Non
 
     progress = ClickProgress(quiet=as_json)
     options = QuantizeOptions(
-        mode=mode, preset=preset, calibration_method=calibration_method, samples=samples, seed=seed,
-        gate=Gate(min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine),
-        repair=not no_repair, max_evaluations=max_evaluations, allow_slower=allow_slower,
-        latency=None if skip_latency else LatencyConfig(), preprocess=preprocess,
+        mode=mode,
+        preset=preset,
+        per_channel=False if per_tensor else None,
+        calibration_method=calibration_method,
+        samples=samples,
+        seed=seed,
+        gate=Gate(
+            min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine
+        ),
+        repair=not no_repair,
+        max_evaluations=max_evaluations,
+        allow_slower=allow_slower,
+        latency=None if skip_latency else LatencyConfig(),
+        preprocess=preprocess,
     )
     report: dict[str, Any] | None = None
     try:
-        result = run_quantize(model, output, calibration, eval_data=eval_data, labels=labels, options=options,
-                              progress=progress)
+        result = run_quantize(
+            model, output, calibration, eval_data=eval_data, labels=labels, options=options, progress=progress
+        )
         report = result.report
     except GateError as e:
         if e.report is not None:
@@ -88,7 +164,9 @@ def quantize(model: Path, output: Path, calibration: Path, eval_data: Path | Non
     click.echo(f"wrote {output} ({size:,} bytes, {report['reference']['size_bytes'] / size:.2f}x smaller)")
 
 
-def _write_reports(report: dict[str, Any], report_path: Path | None, html_path: Path | None, write_html: Any) -> None:
+def _write_reports(
+    report: dict[str, Any], report_path: Path | None, html_path: Path | None, write_html: Any
+) -> None:
     if report_path is not None:
         write_json(report, report_path)
     if html_path is not None:
@@ -99,8 +177,10 @@ def _print_extras(report: dict[str, Any]) -> None:
     repair = report.get("repair")
     if repair:
         excluded = repair["excluded_nodes"]
-        click.echo(f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
-                   f"after {repair['evaluations']} evaluations ({repair['stopped_because']})")
+        click.echo(
+            f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
+            f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+        )
         for name in excluded:
             click.echo(f"  float: {name}")
         before, after = repair["before"], repair.get("after", {})
@@ -109,5 +189,7 @@ def _print_extras(report: dict[str, Any]) -> None:
     if latency:
         for batch in latency["batch_sizes"]:
             key = str(batch)
-            click.echo(f"latency batch {batch}: float {latency['reference_ms'][key]:.3f} ms, "
-                       f"quantized {latency['candidate_ms'][key]:.3f} ms ({latency['ratio'][key]:.2f}x speed-up)")
+            click.echo(
+                f"latency batch {batch}: float {latency['reference_ms'][key]:.3f} ms, "
+                f"quantized {latency['candidate_ms'][key]:.3f} ms ({latency['ratio'][key]:.2f}x speed-up)"
+            )

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The digits example end to end with the edgekit CLI: train, export, quantize behind the parity gate, check.
+# Usage: bash examples/digits/run.sh [BUILD_DIR]   (edgekit must be on PATH; scripts/demo.sh arranges that)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+build="${1:-$here/build}"
+step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
+
+step "1. train a Keras CNN on scikit-learn's digits (images read through the preprocessing spec)" \
+  python "$here/train.py" --out "$build"
+step "2. export to ONNX, proving fp32 parity with Keras" \
+  edgekit convert "$build/digits.keras" -o "$build/digits.onnx"
+step "3. export to TFLite (float32), proving parity" \
+  edgekit convert "$build/digits.keras" -o "$build/digits.tflite"
+step "4. quantize to int8 (static, calibrated on the image folder), gate on held-out data, repair if needed" \
+  edgekit quantize "$build/digits.onnx" -o "$build/digits.int8.onnx" \
+    --calibration "$build/images/calib" --preprocess "$build/preprocess.json" \
+    --eval "$build/eval.npy" --labels "$build/eval_labels.npy" \
+    --report "$build/digits.int8.parity.json" --html "$build/digits.int8.parity.html"
+# Full-int8 TFLite is for integer-only targets (NPUs, Edge TPU, microcontrollers). On an x86 build host
+# LiteRT's float XNNPACK kernels usually beat its int8 ones, so the host speed check is waived on purpose.
+step "5. full-int8 TFLite from the Keras source, same gate (speed check waived: int8-only targets)" \
+  edgekit quantize "$build/digits.keras" -o "$build/digits.int8.tflite" \
+    --calibration "$build/images/calib" --preprocess "$build/preprocess.json" \
+    --eval "$build/eval.npy" --labels "$build/eval_labels.npy" --report "$build/digits.int8.tflite.parity.json" \
+    --allow-slower
+step "6. cross-engine parity: float ONNX (onnxruntime) vs int8 TFLite (LiteRT)" \
+  edgekit parity "$build/digits.onnx" "$build/digits.int8.tflite" --data "$build/eval.npy" \
+    --labels "$build/eval_labels.npy"
+printf '\ndone: models, JSON and HTML parity reports in %s\n' "$build"

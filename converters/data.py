@@ -75,7 +75,9 @@ def load_dataset(
     elif path.suffix.lower() == ".npz":
         arrays = _read_npz(path, inputs)
     else:
-        raise DataError(f"{path}: unsupported data file {path.suffix!r}; use .npy, .npz or a folder of images")
+        raise DataError(
+            f"{path}: unsupported data file {path.suffix!r}; use .npy, .npz or a folder of images"
+        )
     arrays = {info.name: _fit_to_input(path, info, arrays[info.name]) for info in inputs}
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
@@ -114,6 +116,9 @@ def load_labels(path: str | Path, dataset: Dataset) -> np.ndarray:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise DataError(f"{path}: not a .npy file (no NumPy header); save arrays with numpy.save")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -159,7 +164,8 @@ def _read_image_folder(
 
     if preprocess is None:
         raise DataError(
-            f"{path}: a folder of images needs a preprocessing spec to become tensors; pass --preprocess SPEC.json"
+            f"{path}: a folder of images needs a preprocessing spec to become tensors; "
+            "pass --preprocess SPEC.json"
         )
     try:
         spec = load_spec(preprocess)
@@ -186,13 +192,19 @@ def _fit_to_input(path: Path, info: TensorInfo, array: np.ndarray) -> np.ndarray
             f"add the batch axis first (expected (N, {', '.join(str(d) for d in info.shape[1:])}))"
         )
     if array.ndim != len(info.shape) or not _matches(array.shape[1:], info.shape[1:]):
-        expected = ", ".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(info.shape))
+        expected = ", ".join(
+            "N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(info.shape)
+        )
         raise DataError(
             f"{path}: input {info.name!r} has shape {array.shape}, the model expects ({expected})"
         )
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise DataError(f"{path}: input {info.name!r} contains NaN or infinite values; clean the data")
-    target = np.dtype(info.dtype) if info.dtype in ("float32", "float16", "int8", "uint8", "int32", "int64") else None
+    target = (
+        np.dtype(info.dtype)
+        if info.dtype in ("float32", "float16", "int8", "uint8", "int32", "int64")
+        else None
+    )
     if target is not None and array.dtype != target:
         if target.kind == "f" and array.dtype.kind in "iuf":
             return array.astype(target)
@@ -205,4 +217,6 @@ def _fit_to_input(path: Path, info: TensorInfo, array: np.ndarray) -> np.ndarray
 
 
 def _matches(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
-    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected, strict=True))
+    return len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected, strict=True)
+    )

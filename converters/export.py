@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def sample_inputs(inputs: tuple[TensorInfo, ...], *, count: int = SAMPLE_COUNT, seed: int = 0) -> dict[str, np.ndarray]:
+def sample_inputs(
+    inputs: tuple[TensorInfo, ...], *, count: int = SAMPLE_COUNT, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Deterministic random inputs for the given tensors (dynamic batch becomes `count`)."""
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -55,7 +57,9 @@ def sample_inputs(inputs: tuple[TensorInfo, ...], *, count: int = SAMPLE_COUNT, 
         elif info.dtype in ("int32", "int64", "int8", "uint8"):
             feeds[info.name] = rng.integers(0, 10, size=shape).astype(info.dtype)
         else:
-            raise UnsupportedModelError(f"input {info.name!r} has dtype {info.dtype}; only numeric inputs are supported")
+            raise UnsupportedModelError(
+                f"input {info.name!r} has dtype {info.dtype}; only numeric inputs are supported"
+            )
     return feeds
 
 
@@ -77,7 +81,12 @@ def prove_parity(
     )
     failures = evaluate_gate(metrics, gate)
     outputs = [
-        {"name": m.name, "agreement": m.agreement, "sqnr_db": m.sqnr_db, "max_abs_error_norm": m.max_abs_error_norm}
+        {
+            "name": m.name,
+            "agreement": m.agreement,
+            "sqnr_db": m.sqnr_db,
+            "max_abs_error_norm": m.max_abs_error_norm,
+        }
         for m in metrics
     ]
     agreements = [m.agreement for m in metrics if m.agreement is not None]
@@ -130,18 +139,21 @@ def convert(
     if precision not in ("float32", "float16"):
         raise ModelInputError(f"precision {precision!r}: use float32 or float16")
     if precision == "float16" and suffix != ".tflite":
-        raise ModelInputError("--precision float16 applies to TFLite output; for ONNX use `edgekit quantize --mode fp16`")
+        raise ModelInputError(
+            "--precision float16 applies to TFLite output; for ONNX use `edgekit quantize --mode fp16`"
+        )
     if suffix == ".tflite" and kind not in ("keras", "savedmodel"):
+        advice = "use the .onnx model as it is" if kind == "onnx" else "convert it to .onnx instead"
         raise UnsupportedModelError(
-            f"{source}: TFLite output is made from Keras or SavedModel sources; this is a {kind} model — "
-            "convert it to .onnx instead"
+            f"{source}: TFLite output is made from Keras or SavedModel sources, not from a {kind} model; "
+            f"{advice}"
         )
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         workdir = Path(tmp)
         if kind in ("keras", "savedmodel"):
             return _export_tf(source, output, workdir, opset, input_shapes, precision, sample_data)
         if kind == "onnx":
-            return _export_onnx(source, output, sample_data)
+            return _export_onnx(source, output, sample_data, input_shapes)
         return _export_sklearn(source, output, opset, sample_data)
 
 
@@ -153,18 +165,38 @@ def _source_kind(source: Path) -> str:
             return "savedmodel"
         raise ModelInputError(f"{source}: a folder but not a SavedModel (no saved_model.pb)")
     suffix = source.suffix.lower()
-    kinds = {".keras": "keras", ".h5": "keras", ".onnx": "onnx", ".pkl": "sklearn", ".pickle": "sklearn",
-             ".joblib": "sklearn"}
+    kinds = {
+        ".keras": "keras",
+        ".h5": "keras",
+        ".onnx": "onnx",
+        ".pkl": "sklearn",
+        ".pickle": "sklearn",
+        ".joblib": "sklearn",
+    }
     if suffix == ".tflite":
         raise UnsupportedModelError(f"{source}: a .tflite model is already converted; use it as is")
     if suffix not in kinds:
         raise ModelInputError(
-            f"{source}: unknown model type {suffix!r}; expected .keras, a SavedModel folder, .onnx, .pkl or .joblib"
+            f"{source}: unknown model type {suffix!r}; "
+            "expected .keras, a SavedModel folder, .onnx, .pkl or .joblib"
         )
     return kinds[suffix]
 
 
-def _feeds(inputs: tuple[TensorInfo, ...], sample_data: str | Path | None) -> dict[str, np.ndarray]:
+def _feeds(
+    inputs: tuple[TensorInfo, ...],
+    sample_data: str | Path | None,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    if input_shapes:
+        unknown = sorted(set(input_shapes) - {i.name for i in inputs})
+        if unknown:
+            names = [i.name for i in inputs]
+            raise ModelInputError(f"--input-shape names {unknown}, but the model inputs are {names}")
+        inputs = tuple(
+            replace(i, shape=(None, *input_shapes[i.name][1:])) if i.name in input_shapes else i
+            for i in inputs
+        )
     if sample_data is None:
         return sample_inputs(inputs)
     data = load_dataset(sample_data, inputs, max_samples=64)
@@ -212,13 +244,15 @@ def _tf_to_onnx(tf_source: Any, path: Path, opset: int) -> None:
     check_onnx_file(path)
 
 
-def _export_onnx(source: Path, output: Path, sample_data: str | Path | None) -> ExportResult:
+def _export_onnx(
+    source: Path, output: Path, sample_data: str | Path | None, input_shapes: dict[str, list[int]] | None
+) -> ExportResult:
     import onnx
 
     model = load_onnx(source)
     check_onnx_file(source)
     engine = load_engine(source)
-    feeds = _feeds(engine.inputs, sample_data)
+    feeds = _feeds(engine.inputs, sample_data, input_shapes)
     reference = engine.run(feeds)
     with atomic_output(output) as tmp:
         onnx.save(model, str(tmp))
@@ -240,5 +274,3 @@ def _export_sklearn(source: Path, output: Path, opset: int, sample_data: str | P
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]
-
-

@@ -15,6 +15,7 @@ __all__ = ["check_onnx_file", "load_onnx", "onnx_opset"]
 
 _UNKNOWN_OP = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)")
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\S+)")
+_IR_VERSION = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
 def load_onnx(path: str | Path) -> Any:
@@ -69,6 +70,12 @@ def check_onnx_file(path: str | Path) -> None:
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
+        ir = _IR_VERSION.search(str(e))
+        if ir:
+            raise UnsupportedModelError(
+                f"{path}: ONNX IR version {ir.group(1)} is newer than this onnxruntime supports "
+                f"(at most {ir.group(2)}); save the model with ir_version <= {ir.group(2)}"
+            ) from e
         match = _NO_KERNEL.search(str(e)) or _UNKNOWN_OP.search(str(e))
         if match:
             raise UnsupportedModelError(

@@ -80,6 +80,10 @@ def quantize(
     model, output = Path(model), Path(output)
     if options.mode not in ONNX_MODES:
         raise ModelInputError(f"--mode {options.mode!r}: use static, dynamic or fp16")
+    if options.mode == "static":
+        from converters.quantize_onnx import check_calibration_method
+
+        check_calibration_method(options.calibration_method)
     if options.samples < 1:
         raise ModelInputError(f"--samples must be at least 1, got {options.samples}")
     with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:

@@ -24,6 +24,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "PRESETS",
     "StaticConfig",
+    "check_calibration_method",
     "cpu_has_vnni",
     "preprocess_for_quantization",
     "quantize_dynamic_onnx",
@@ -149,21 +150,26 @@ def _qtype(name: str) -> Any:
     return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
 
 
-def _method(name: str) -> Any:
-    from onnxruntime.quantization import CalibrationMethod
-
+def check_calibration_method(name: str) -> None:
+    """Refuse calibration methods that cannot make a usable int8 model (before any work is done)."""
     if name == "distribution":
         raise QuantizationError(
             "calibration method 'distribution' produces garbage int8 models (SQNR about -1.6 dB on a CNN); "
             "use minmax, entropy or percentile"
         )
+    if name not in CALIBRATION_METHODS:
+        raise QuantizationError(f"unknown calibration method {name!r}; use {', '.join(CALIBRATION_METHODS)}")
+
+
+def _method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    check_calibration_method(name)
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    if name not in methods:
-        raise QuantizationError(f"unknown calibration method {name!r}; use {', '.join(CALIBRATION_METHODS)}")
     return methods[name]
 
 

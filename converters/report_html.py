@@ -119,16 +119,19 @@ def _header(report: Mapping[str, Any]) -> str:
     """Title, badge, what was compared, gate and failures."""
     passed = report.get("passed") is True
     badge = '<span class="badge pass">PASS</span>' if passed else '<span class="badge fail">FAIL</span>'
-    parts = [f"<h1>edgekit parity report {badge}</h1>",
-             f"<p>Schema: <code>{_e(report.get('schema'))}</code></p>",
-             "<h2>What was compared</h2>"]
+    parts = [
+        f"<h1>edgekit parity report {badge}</h1>",
+        f"<p>Schema: <code>{_e(report.get('schema'))}</code></p>",
+        "<h2>What was compared</h2>",
+    ]
     rows = []
     for role in ("reference", "candidate"):
         m = _map(report.get(role))
         sha = m.get("sha256")
         sha_txt = _e(str(sha)[:12]) if sha else "—"
-        rows.append([_td(_e(role)), _td(_e(m.get("path"))), _td(f"<code>{sha_txt}</code>"),
-                     _td(_e(m.get("engine")))])
+        rows.append(
+            [_td(_e(role)), _td(_e(m.get("path"))), _td(f"<code>{sha_txt}</code>"), _td(_e(m.get("engine")))]
+        )
     parts.append(_table(["Role", "Path", "sha256", "Engine"], rows))
     parts.append(f"<p>Samples: {_e(report.get('samples'))}</p>")
     gate = _map(report.get("gate"))
@@ -159,16 +162,18 @@ def _outputs(report: Mapping[str, Any]) -> str:
     for o in outputs:
         drop = _num(o.get("accuracy_drop_pp"))
         max_drop = _num(gate.get("max_drop_pp"))
-        rows.append([
-            _td(_e(o.get("name"))),
-            _td(_pct(o.get("agreement")), _below(o.get("agreement"), gate.get("min_agreement"))),
-            _td(_pct(o.get("accuracy_reference"))),
-            _td(_pct(o.get("accuracy_candidate"))),
-            _td(_fmt(drop, 2, " pp"), drop is not None and max_drop is not None and drop > max_drop),
-            _td(_fmt(o.get("sqnr_db"), 2), _below(o.get("sqnr_db"), gate.get("min_sqnr_db"))),
-            _td(_fmt(o.get("cosine"), 5), _below(o.get("cosine"), gate.get("min_cosine"))),
-            _td(_fmt(o.get("max_abs_error_norm"), 4)),
-        ])
+        rows.append(
+            [
+                _td(_e(o.get("name"))),
+                _td(_pct(o.get("agreement")), _below(o.get("agreement"), gate.get("min_agreement"))),
+                _td(_pct(o.get("accuracy_reference"))),
+                _td(_pct(o.get("accuracy_candidate"))),
+                _td(_fmt(drop, 2, " pp"), drop is not None and max_drop is not None and drop > max_drop),
+                _td(_fmt(o.get("sqnr_db"), 2), _below(o.get("sqnr_db"), gate.get("min_sqnr_db"))),
+                _td(_fmt(o.get("cosine"), 5), _below(o.get("cosine"), gate.get("min_cosine"))),
+                _td(_fmt(o.get("max_abs_error_norm"), 4)),
+            ]
+        )
         hist = _map(o.get("error_histogram"))
         edges = [_num(x) for x in _seq(hist.get("bin_edges"))]
         counts = [_num(x) for x in _seq(hist.get("counts"))]
@@ -186,8 +191,16 @@ def _outputs(report: Mapping[str, Any]) -> str:
                 ax.set_title(_mpl(f"Error histogram: {name}"))
 
             plots.append(f"<h3>Error histogram: {_e(name)}</h3>" + _plot(draw, (6, 3), f"histogram {name}"))
-    headers = ["Output", "Agreement", "Acc. ref", "Acc. cand", "Drop", "SQNR dB", "Cosine",
-               "Max abs err (norm)"]
+    headers = [
+        "Output",
+        "Agreement",
+        "Acc. ref",
+        "Acc. cand",
+        "Drop",
+        "SQNR dB",
+        "Cosine",
+        "Max abs err (norm)",
+    ]
     return "<h2>Outputs</h2>" + _table(headers, rows) + "\n".join(plots)
 
 
@@ -218,19 +231,34 @@ def _per_tensor(report: Mapping[str, Any]) -> str:
         ax.set_title("Per-layer SQNR (graph order)")
 
     height = min(max(2.5, 0.25 * len(vals) + 1.0), 40.0)
-    rows = [[_td(_e(e.get("node"))), _td(_e(e.get("tensor"))), _td(_e(e.get("op_type"))),
-             _td(_fmt(e.get("sqnr_db"), 2), _below(e.get("sqnr_db"), gate_sqnr))] for e in entries]
-    return ("<h2>Per-layer SQNR</h2>" + _plot(draw, (7, height), "per-layer SQNR")
-            + "<details><summary>Table</summary>"
-            + _table(["Node", "Tensor", "Op", "SQNR dB"], rows) + "</details>")
+    rows = [
+        [
+            _td(_e(e.get("node"))),
+            _td(_e(e.get("tensor"))),
+            _td(_e(e.get("op_type"))),
+            _td(_fmt(e.get("sqnr_db"), 2), _below(e.get("sqnr_db"), gate_sqnr)),
+        ]
+        for e in entries
+    ]
+    return (
+        "<h2>Per-layer SQNR</h2>"
+        + _plot(draw, (7, height), "per-layer SQNR")
+        + "<details><summary>Table</summary>"
+        + _table(["Node", "Tensor", "Op", "SQNR dB"], rows)
+        + "</details>"
+    )
 
 
 def _metric_row(label: str, m: Mapping[str, Any]) -> list[str]:
     """One before/after row of repair metrics."""
     p = m.get("passed")
-    return [_td(_e(label)), _td("—" if p is None else ("PASS" if p else "FAIL"), p is False),
-            _td(_pct(m.get("agreement"))), _td(_fmt(m.get("sqnr_db"), 2)),
-            _td(_fmt(m.get("accuracy_drop_pp"), 2, " pp"))]
+    return [
+        _td(_e(label)),
+        _td("—" if p is None else ("PASS" if p else "FAIL"), p is False),
+        _td(_pct(m.get("agreement"))),
+        _td(_fmt(m.get("sqnr_db"), 2)),
+        _td(_fmt(m.get("accuracy_drop_pp"), 2, " pp")),
+    ]
 
 
 def _repair(report: Mapping[str, Any]) -> str:
@@ -238,31 +266,41 @@ def _repair(report: Mapping[str, Any]) -> str:
     rep = report.get("repair")
     if not isinstance(rep, Mapping):
         return ""
-    parts = ["<h2>Repair</h2>",
-             f"<p>Quantizable nodes: {_e(rep.get('quantizable_nodes'))}; kept int8: "
-             f"{_e(rep.get('kept_int8'))}; evaluations: {_e(rep.get('evaluations'))}</p>"]
+    parts = [
+        "<h2>Repair</h2>",
+        f"<p>Quantizable nodes: {_e(rep.get('quantizable_nodes'))}; kept int8: "
+        f"{_e(rep.get('kept_int8'))}; evaluations: {_e(rep.get('evaluations'))}</p>",
+    ]
     excluded = _seq(rep.get("excluded_nodes"))
     if excluded:
-        parts.append("<h3>Excluded nodes (kept in float)</h3>"
-                     + _table(["#", "Node"], [[_td(str(i)), _td(_e(n))] for i, n in enumerate(excluded, 1)]))
+        parts.append(
+            "<h3>Excluded nodes (kept in float)</h3>"
+            + _table(["#", "Node"], [[_td(str(i)), _td(_e(n))] for i, n in enumerate(excluded, 1)])
+        )
     else:
         parts.append("<p>No nodes excluded.</p>")
     before, after = rep.get("before"), rep.get("after")
-    mrows = [_metric_row(lbl, m) for lbl, m in (("before", before), ("after", after))
-             if isinstance(m, Mapping)]
+    mrows = [
+        _metric_row(lbl, m) for lbl, m in (("before", before), ("after", after)) if isinstance(m, Mapping)
+    ]
     if mrows:
-        parts.append("<h3>Before / after</h3>"
-                     + _table(["", "Gate", "Agreement", "SQNR dB", "Drop"], mrows))
+        parts.append("<h3>Before / after</h3>" + _table(["", "Gate", "Agreement", "SQNR dB", "Drop"], mrows))
     cands = [_map(c) for c in _seq(rep.get("candidates"))]
     if cands:
         crow = []
         for c in cands:
             p = c.get("passed")
-            crow.append([_td(_e(c.get("excluded"))),
-                         _td("—" if p is None else ("PASS" if p else "FAIL"), p is False),
-                         _td(_fmt(c.get("sqnr_db"), 2)), _td(_pct(c.get("agreement")))])
-        parts.append("<h3>Candidates evaluated</h3>"
-                     + _table(["Excluded", "Gate", "SQNR dB", "Agreement"], crow))
+            crow.append(
+                [
+                    _td(_e(c.get("excluded"))),
+                    _td("—" if p is None else ("PASS" if p else "FAIL"), p is False),
+                    _td(_fmt(c.get("sqnr_db"), 2)),
+                    _td(_pct(c.get("agreement"))),
+                ]
+            )
+        parts.append(
+            "<h3>Candidates evaluated</h3>" + _table(["Excluded", "Gate", "SQNR dB", "Agreement"], crow)
+        )
         pts = [(_num(c.get("excluded")), _num(c.get("sqnr_db")), c.get("passed")) for c in cands]
         pts2 = [(x, y, p) for x, y, p in pts if x is not None and y is not None and math.isfinite(y)]
         if pts2:
@@ -293,15 +331,24 @@ def _latency(report: Mapping[str, Any]) -> str:
     rows = []
     for b in sizes:
         r = _num(ratio.get(b))
-        rows.append([_td(_e(b)), _td(_fmt(ref.get(b), 3)), _td(_fmt(cand.get(b), 3)),
-                     _td(_fmt(r, 2, "×"), r is not None and r < 1.0)])
-    parts = ["<h2>Latency</h2>",
-             _table(["Batch", "Reference ms", "Candidate ms", "Ratio (ref/cand)"], rows),
-             "<p>Ratio &gt; 1 means the candidate is faster.</p>"]
+        rows.append(
+            [
+                _td(_e(b)),
+                _td(_fmt(ref.get(b), 3)),
+                _td(_fmt(cand.get(b), 3)),
+                _td(_fmt(r, 2, "×"), r is not None and r < 1.0),
+            ]
+        )
+    parts = [
+        "<h2>Latency</h2>",
+        _table(["Batch", "Reference ms", "Candidate ms", "Ratio (ref/cand)"], rows),
+        "<p>Ratio &gt; 1 means the candidate is faster.</p>",
+    ]
     if lat.get("slower") is True:
         note = " (allowed)" if lat.get("allowed_slower") is True else ""
-        parts.append(f'<div class="warn">Warning: the int8 candidate is slower than the '
-                     f"reference{note}.</div>")
+        parts.append(
+            f'<div class="warn">Warning: the int8 candidate is slower than the reference{note}.</div>'
+        )
     return "\n".join(parts)
 
 
@@ -309,10 +356,15 @@ def render_html(report: Mapping[str, Any]) -> str:
     """Render a parity/quantize report dict as a self-contained HTML page."""
     passed = report.get("passed") is True
     title = f"edgekit parity: {'PASS' if passed else 'FAIL'}"
-    body = "\n".join(s for s in (_header(report), _outputs(report), _per_tensor(report),
-                                 _repair(report), _latency(report)) if s)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    body = "\n".join(
+        s
+        for s in (_header(report), _outputs(report), _per_tensor(report), _repair(report), _latency(report))
+        if s
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 def write_html(report: Mapping[str, Any], path: str | Path) -> None:

@@ -34,7 +34,8 @@ def load_sklearn(path: Path) -> Any:
         raise ModelInputError(f"{path}: not a readable pickle/joblib file ({_first_line(e)})") from e
     if not hasattr(estimator, "predict") or not hasattr(estimator, "n_features_in_"):
         raise ModelInputError(
-            f"{path}: holds a {type(estimator).__name__}, not a fitted scikit-learn estimator; fit and save it"
+            f"{path}: holds a {type(estimator).__name__}, not a fitted scikit-learn estimator; "
+            "fit and save it"
         )
     return estimator
 

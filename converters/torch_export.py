@@ -72,8 +72,16 @@ def export_torch(
         staging = Path(tmp) / "model.onnx"
         try:
             torch.onnx.export(
-                module, examples, str(staging), dynamo=True, opset_version=opset, input_names=names,
-                output_names=out_names, dynamic_shapes=dynamic, external_data=False, verbose=False,
+                module,
+                examples,
+                str(staging),
+                dynamo=True,
+                opset_version=opset,
+                input_names=names,
+                output_names=out_names,
+                dynamic_shapes=dynamic,
+                external_data=False,
+                verbose=False,
             )
         except Exception as e:
             text = (str(e).strip() or type(e).__name__).splitlines()[0][:300]

@@ -147,8 +147,12 @@ def _random_dataset(name: str, shape: tuple[int, ...], count: int, seed: int) ->
     from converters.data import Dataset
 
     array = np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
-    return Dataset(arrays={name: array}, source=f"random-normal(seed={seed})", indices=np.arange(count),
-                   source_size=count)
+    return Dataset(
+        arrays={name: array},
+        source=f"random-normal(seed={seed})",
+        indices=np.arange(count),
+        source_size=count,
+    )
 
 
 def prepare_mobilenet(workdir: Path, size: int) -> dict[str, Any]:
@@ -280,8 +284,15 @@ def bench_model(prepared: dict[str, Any], latency_config: Any, workdir: Path) ->
         quantize_s = time.perf_counter() - started
         log(f"{name} [{label}]: parity, graph and latency")
         row = measure(reference, candidate, prepared, reference_outputs, latency_config, workdir)
-        rows.append({"config": label, "requested": asdict(config), "used": asdict(used), "quantize_s": quantize_s,
-                     **row})
+        rows.append(
+            {
+                "config": label,
+                "requested": asdict(config),
+                "used": asdict(used),
+                "quantize_s": quantize_s,
+                **row,
+            }
+        )
     fp32_graph = count_compute_nodes(reference, workdir)
     return {
         "description": prepared["description"],
@@ -320,8 +331,13 @@ def bench_product(prepared: dict[str, Any], latency_config: Any, workdir: Path) 
         report = result.report
     except GateError as e:
         log(f"digits [product]: refused: {e}")
-        return {"shipped": False, "error": str(e), "report": e.report if hasattr(e, "report") else None,
-                "seconds": time.perf_counter() - started, "notes": progress.notes}
+        return {
+            "shipped": False,
+            "error": str(e),
+            "report": e.report if hasattr(e, "report") else None,
+            "seconds": time.perf_counter() - started,
+            "notes": progress.notes,
+        }
     seconds = time.perf_counter() - started
     log("digits [product]: parity on the bench's 128 held-out samples, graph and latency")
     reference_outputs = run_model(load_engine(prepared["onnx"]), prepared["eval"])
@@ -394,7 +410,9 @@ def _clean(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller models and shorter timing (smoke run)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
@@ -409,11 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         latency_config = LatencyConfig(rounds=5, seconds_per_round=0.2)
     host = host_info()
     flags = ", ".join(f"{flag}={'yes' if present else 'no'}" for flag, present in host["flags"].items())
-    print(f"host: {host['cpu']} ({host['machine']}, {host['cores']} cores), onnxruntime {host['onnxruntime']}")
+    print(
+        f"host: {host['cpu']} ({host['machine']}, {host['cores']} cores), onnxruntime {host['onnxruntime']}"
+    )
     print(f"int8 CPU flags: {flags}")
     print(BASELINE)
     print(
-        f"latency: median of {latency_config.rounds} interleaved rounds x {latency_config.seconds_per_round}s, "
+        f"latency: median of {latency_config.rounds} interleaved rounds x "
+        f"{latency_config.seconds_per_round}s per model, "
         f"{latency_config.threads} intra-op thread; x = fp32 time / int8 time (above 1: int8 faster)"
     )
     sys.stdout.flush()
@@ -447,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("columns: size x = fp32 bytes / int8 bytes; b1/b32 = ms per call at batch 1/32 (x = fp32/int8);")
     print("  top-1 = argmax agreement with fp32 on 128 held-out samples; SQNR vs fp32 outputs;")
-    print("  float / int8 = Conv/MatMul/Gemm(+Fused*) nodes left float / QLinear*, *Integer, DynamicQuantize*")
+    print(
+        "  float / int8 = Conv/MatMul/Gemm(+Fused*) nodes left float / QLinear*, *Integer, DynamicQuantize*"
+    )
     print("  nodes in onnxruntime's optimized (ORT_ENABLE_EXTENDED) int8 graph; gate = INT8 gate would pass")
     for name, model in results["models"].items():
         print(f"  {name} fp32 graph: {model['fp32_graph']['float_compute']} float compute nodes")
@@ -467,14 +490,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"product path: refused to ship: {product['error']}")
     for _, config, row in table_rows:
         if row["latency"]["slower"]:
-            print(f"WARNING: {config} int8 is SLOWER than fp32 on this host (ratios {row['latency']['ratio']})")
+            print(
+                f"WARNING: {config} int8 is SLOWER than fp32 on this host (ratios {row['latency']['ratio']})"
+            )
     notes = {n for model in results["models"].values() for n in model["notes"]} | set(product["notes"])
     for note in sorted(notes):
         print(f"note: {note}")
     results["elapsed_s"] = time.perf_counter() - _START
     print(f"elapsed: {results['elapsed_s']:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps(_clean(results), indent=2, default=_json_default) + "\n", encoding="utf-8")
+        args.json.write_text(
+            json.dumps(_clean(results), indent=2, default=_json_default) + "\n", encoding="utf-8"
+        )
         log(f"wrote {args.json}")
     return 0
 

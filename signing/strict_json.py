@@ -1,0 +1,68 @@
+"""Strict JSON for signed documents: bounded size, no duplicate keys, no NaN/Infinity, bounded integers.
+
+Python's `json` accepts duplicate keys (last one wins), `NaN` and arbitrarily large integers; an attacker
+can use each to make two parsers disagree about a signed document. Canonical output is sorted, compact
+UTF-8, so the same document always serializes to the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from signing.errors import FormatError
+
+__all__ = ["MAX_INTEGER", "canonical_bytes", "parse_strict"]
+
+MAX_INTEGER = 2**53 - 1  # the range every JSON implementation represents exactly
+
+
+def _reject_constant(name: str) -> Any:
+    raise FormatError(f"JSON constant {name} is not allowed in signed documents")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise FormatError(f"duplicate JSON key {key!r}")
+        result[key] = value
+    return result
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 20:
+        raise FormatError(f"integer with {len(text)} digits is out of range")
+    value = int(text)
+    if abs(value) > MAX_INTEGER:
+        raise FormatError(f"integer {value} is out of range (|n| <= 2^53-1)")
+    return value
+
+
+def parse_strict(data: bytes, *, what: str, max_bytes: int) -> Any:
+    """Parse UTF-8 JSON strictly.
+
+    Raises:
+        FormatError: too large, not UTF-8, not JSON, duplicate keys, NaN/Infinity, huge integers.
+    """
+    if len(data) > max_bytes:
+        raise FormatError(f"{what}: {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what}: not UTF-8 ({e.reason} at byte {e.start})") from e
+    try:
+        return json.loads(
+            text, object_pairs_hook=_pairs, parse_constant=_reject_constant, parse_int=_parse_int
+        )
+    except FormatError as e:
+        raise FormatError(f"{what}: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"{what}: not valid JSON ({str(e).splitlines()[0][:200]})") from e
+
+
+def canonical_bytes(document: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8, NaN refused."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()

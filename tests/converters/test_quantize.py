@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 from converters.errors import GateError, QuantizationError
-from converters.latency import is_slower
+from converters.latency import LatencyConfig, is_slower
 from converters.quantize import QuantizeOptions, quantize
 from converters.repair import search_exclusions
 from edgekit.cli import cli
 from tests.converters.models import depthwise_model, fragile_inputs, fragile_mlp
 
 NO_LATENCY = QuantizeOptions(latency=None)
+# The fragile-model tests pin the x86 preset so that `auto` (which depends on the host's CPU flags)
+# cannot change what they exercise.
+FRAGILE = QuantizeOptions(latency=None, preset="x86")
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +90,8 @@ def test_repair_keeps_the_outlier_layer_in_float_and_passes(
 ) -> None:
     model, data = fragile
     with pytest.raises(GateError):
-        quantize(model, tmp_path / "norepair.onnx", data, options=QuantizeOptions(latency=None, repair=False))
-    result = quantize(model, tmp_path / "repaired.onnx", data, options=NO_LATENCY)
+        quantize(model, tmp_path / "norepair.onnx", data, options=replace(FRAGILE, repair=False))
+    result = quantize(model, tmp_path / "repaired.onnx", data, options=FRAGILE)
     repair = result.report["repair"]
     assert result.report["passed"]
     assert "gemm_11" in repair["excluded_nodes"]
@@ -101,8 +105,8 @@ def test_repair_keeps_the_outlier_layer_in_float_and_passes(
 
 def test_same_inputs_and_seed_give_identical_bytes(fragile: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = fragile
-    first = quantize(model, tmp_path / "a.onnx", data, options=NO_LATENCY).path.read_bytes()
-    second = quantize(model, tmp_path / "b.onnx", data, options=NO_LATENCY).path.read_bytes()
+    first = quantize(model, tmp_path / "a.onnx", data, options=FRAGILE).path.read_bytes()
+    second = quantize(model, tmp_path / "b.onnx", data, options=FRAGILE).path.read_bytes()
     assert first == second
 
 
@@ -215,9 +219,9 @@ def test_slower_int8_is_refused_unless_allowed(
     model, data = fragile
     out = tmp_path / "slow.onnx"
     with pytest.raises(GateError, match="slower than float"):
-        quantize(model, out, data)
+        quantize(model, out, data, options=replace(FRAGILE, latency=LatencyConfig()))
     assert not out.exists()
-    assert quantize(model, out, data, options=QuantizeOptions(allow_slower=True)).path.is_file()
+    assert quantize(model, out, data, options=replace(FRAGILE, latency=LatencyConfig(), allow_slower=True)).path.is_file()
 
 
 def test_bisection_finds_the_smallest_passing_prefix_within_budget() -> None:
@@ -253,6 +257,8 @@ def test_cli_quantize_writes_json_and_html_reports(fragile: tuple[Path, Path], t
             "--calibration",
             str(data),
             "--skip-latency",
+            "--preset",
+            "x86",
             "--report",
             str(report),
             "--html",

@@ -24,6 +24,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Quantize to int8/fp16 behind the parity gate, with repair.",
     ),
     "parity": ("edgekit.commands.parity", "parity", "Compare any two models under the parity contract."),
+    "keygen": ("edgekit.commands.bundle", "keygen", "Create an ECDSA P-256 signing key pair."),
+    "bundle": ("edgekit.commands.bundle", "bundle", "Build, sign and write a deterministic .ekb bundle."),
+    "sign": ("edgekit.commands.bundle", "sign", "Add a signature to a bundle (k-of-n)."),
+    "verify": ("edgekit.commands.bundle", "verify", "Verify a bundle against pinned public keys."),
+    "inspect": ("edgekit.commands.bundle", "inspect", "Show a bundle's manifest, files, runtime and parity."),
+    "preprocess": (
+        "edgekit.commands.preprocess",
+        "preprocess",
+        "Preprocessing specs: import from Hugging Face.",
+    ),
 }
 
 

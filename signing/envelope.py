@@ -29,8 +29,10 @@ __all__ = [
     "MAX_SIGNATURE_BYTES",
     "PAYLOAD_TYPE",
     "Verified",
+    "add_signature",
     "pae",
     "sign_manifest",
+    "signed_payload",
     "verify_signature_document",
 ]
 
@@ -108,6 +110,38 @@ def _exact_keys(
     if missing or extra:
         raise FormatError(f"{where}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}")
     return value
+
+
+def _envelope(data: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """Steps (1) and (2): the document, its envelope and the payload bytes (nothing verified yet)."""
+    document = parse_strict(data, what="model.sig", max_bytes=MAX_SIGNATURE_BYTES)
+    top = _exact_keys(document, "model.sig", {"mediaType", "verificationMaterial", "dsseEnvelope"})
+    if top["mediaType"] != BUNDLE_MEDIA_TYPE:
+        raise FormatError(f"model.sig mediaType {top['mediaType']!r}; expected {BUNDLE_MEDIA_TYPE}")
+    envelope = _exact_keys(top["dsseEnvelope"], "dsseEnvelope", {"payload", "payloadType", "signatures"})
+    if envelope["payloadType"] != PAYLOAD_TYPE:
+        raise FormatError(
+            f"payloadType {envelope['payloadType']!r}; expected {PAYLOAD_TYPE} (type confusion)"
+        )
+    payload = _b64decode(envelope["payload"], "dsseEnvelope.payload")
+    return top, envelope, payload
+
+
+def signed_payload(data: bytes) -> bytes:
+    """The statement bytes of a well-formed model.sig, signatures NOT checked (inspection, co-signing)."""
+    return _envelope(data)[2]
+
+
+def add_signature(data: bytes, private_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """model.sig with one more signature over the same payload (k-of-n co-signing); idempotent."""
+    top, envelope, payload = _envelope(data)
+    new = base64.b64encode(
+        private_key.sign(pae(PAYLOAD_TYPE, payload), _signature_algorithm(private_key))
+    ).decode()
+    signatures = list(envelope["signatures"])
+    if all(s.get("sig") != new for s in signatures if isinstance(s, dict)):
+        signatures.append({"keyid": "", "sig": new})
+    return canonical_bytes({**top, "dsseEnvelope": {**envelope, "signatures": signatures}}) + b"\n"
 
 
 def verify_signature_document(

@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -24,7 +24,14 @@ from signing.errors import ContentError, FormatError, ManifestError, MemberError
 from signing.keys import PublicKey
 from signing.manifest import SIGNATURE_FILE, BundleManifest, FileEntry, check_member_name
 
-__all__ = ["VerifiedBundle", "VerifyPolicy", "verify_directory", "verify_ekb"]
+__all__ = [
+    "VerifiedBundle",
+    "VerifyPolicy",
+    "check_directory_contents",
+    "unsafe_extract_unverified",
+    "verify_directory",
+    "verify_ekb",
+]
 
 CHUNK = 1 << 20  # bytes
 
@@ -62,7 +69,12 @@ def check_policy(verified: Verified, policy: VerifyPolicy) -> None:
     manifest = verified.manifest
     if policy.expected_name is not None and manifest.name != policy.expected_name:
         raise PolicyError(f"bundle is for model {manifest.name!r}, this slot holds {policy.expected_name!r}")
-    if manifest.hardware_ids and policy.hardware_id not in manifest.hardware_ids:
+    # A device always states its hardware id; a host checking a bundle without one skips this step.
+    if (
+        policy.hardware_id is not None
+        and manifest.hardware_ids
+        and policy.hardware_id not in manifest.hardware_ids
+    ):
         raise PolicyError(
             f"bundle is built for hardware {list(manifest.hardware_ids)}, "
             f"this device is {policy.hardware_id!r}"
@@ -102,9 +114,24 @@ def verify_ekb(
             PolicyError.
     """
     policy = policy or VerifyPolicy()
+
+    def check(signature: bytes) -> Verified:
+        verified = verify_signature_document(signature, trusted_keys, threshold=policy.threshold)
+        check_policy(verified, policy)
+        return verified
+
+    return _stream_ekb(source, destination, policy, check)
+
+
+def _stream_ekb(
+    source: str | Path | IO[bytes],
+    destination: str | Path | None,
+    policy: VerifyPolicy,
+    check: Callable[[bytes], Verified],
+) -> VerifiedBundle:
     if isinstance(source, str | Path):
         with open(source, "rb") as handle:
-            return verify_ekb(handle, trusted_keys, destination=destination, policy=policy)
+            return _stream_ekb(handle, destination, policy, check)
     target = Path(destination) if destination is not None else None
     created = False
     try:
@@ -118,8 +145,7 @@ def verify_ekb(
             signature_stream = archive.extractfile(first)
             assert signature_stream is not None
             signature = _read_capped(signature_stream, MAX_SIGNATURE_BYTES, SIGNATURE_FILE)
-            verified = verify_signature_document(signature, trusted_keys, threshold=policy.threshold)
-            check_policy(verified, policy)
+            verified = check(signature)
             manifest = verified.manifest
             if target is not None:
                 os.mkdir(target, 0o700)  # fresh: FileExistsError if anything is there
@@ -266,6 +292,16 @@ def verify_directory(
     verified = verify_signature_document(signature, trusted_keys, threshold=policy.threshold)
     check_policy(verified, policy)
     manifest = verified.manifest
+    check_directory_contents(root, manifest)
+    return VerifiedBundle(manifest, verified.payload_sha256, verified.signer_ids, root)
+
+
+def check_directory_contents(root: Path, manifest: BundleManifest) -> None:
+    """Every entry a regular file, exactly the signed set plus model.sig, sizes and digests as signed.
+
+    Raises:
+        MemberError, ContentError.
+    """
     present: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in [*dirnames, *filenames]:
@@ -292,4 +328,23 @@ def verify_directory(
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
         with os.fdopen(os.open(file_path, flags), "rb") as handle:
             _copy_verified(handle, entry.name, entry.size, entry.sha256, None, False)
-    return VerifiedBundle(manifest, verified.payload_sha256, verified.signer_ids, root)
+
+
+def unsafe_extract_unverified(source: str | Path | IO[bytes], destination: str | Path) -> VerifiedBundle:
+    """Extract an `.ekb` checking every file against its statement, WITHOUT checking any signature.
+
+    Only for co-signing (`edgekit sign`): the co-signer vouches for the bytes it hashed here. Archive
+    safety rules (names, regular files, sizes, digests, fresh 0700 folder) all still apply.
+    """
+    import hashlib as _hashlib
+
+    from signing.envelope import signed_payload
+    from signing.manifest import parse_statement
+    from signing.strict_json import parse_strict
+
+    def check(signature: bytes) -> Verified:
+        payload = signed_payload(signature)
+        statement = parse_strict(payload, what="signed statement", max_bytes=MAX_SIGNATURE_BYTES)
+        return Verified(parse_statement(statement), _hashlib.sha256(payload).hexdigest(), ())
+
+    return _stream_ekb(source, destination, VerifyPolicy(), check)

@@ -221,7 +221,9 @@ def test_slower_int8_is_refused_unless_allowed(
     with pytest.raises(GateError, match="slower than float"):
         quantize(model, out, data, options=replace(FRAGILE, latency=LatencyConfig()))
     assert not out.exists()
-    assert quantize(model, out, data, options=replace(FRAGILE, latency=LatencyConfig(), allow_slower=True)).path.is_file()
+    assert quantize(
+        model, out, data, options=replace(FRAGILE, latency=LatencyConfig(), allow_slower=True)
+    ).path.is_file()
 
 
 def test_bisection_finds_the_smallest_passing_prefix_within_budget() -> None:

@@ -1,0 +1,281 @@
+"""`edgekit bundle`: assemble, check, sign and write a deterministic `.ekb`.
+
+A bundle holds the model (and its ONNX external data), `preprocess.json`, optional `labels.txt`, golden
+vectors made with the device's own preprocessing and engine code (`device_runtime`), and an optional
+parity report, all signed (`signing`). It refuses what a device could not use safely: a model whose
+runtime requirements cannot be stated, a spec that does not match the model's inputs, labels that do not
+match the output size or contradict labels embedded in a TFLite model. Same inputs, same bytes
+(`created` comes from `--created` or SOURCE_DATE_EPOCH when set).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._files import atomic_output
+from device_runtime.engines import Engine, load_engine
+from device_runtime.golden import golden_files
+from signing.archive import member_order, write_ekb
+from signing.envelope import sign_manifest
+from signing.keys import load_private_key
+from signing.manifest import SIGNATURE_FILE, BundleManifest, FileEntry
+
+__all__ = ["BuildResult", "BundleError", "BundleRequest", "build_bundle"]
+
+GOLDEN_SAMPLES = 8
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
+
+
+class BundleError(Exception):
+    """The inputs cannot make a safe bundle (the message says which and how to fix it)."""
+
+
+@dataclass(frozen=True)
+class BundleRequest:
+    """Everything `build_bundle` needs."""
+
+    model: Path
+    output: Path
+    name: str
+    version: str
+    keys: Sequence[Path]
+    passphrase: bytes | None = None
+    preprocess: Path | None = None
+    labels: Path | None = None
+    golden: Path | None = None
+    parity: Path | None = None
+    hardware_ids: tuple[str, ...] = ()
+    release_counter: int = 0
+    created: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The written bundle."""
+
+    path: Path
+    manifest: BundleManifest
+    payload_sha256: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _created(request: BundleRequest) -> str:
+    if request.created:
+        return request.created
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch else _dt.datetime.now(_dt.UTC)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def build_bundle(request: BundleRequest) -> BuildResult:
+    """Check the inputs, build the bundle directory in a private temp folder, sign it, write the `.ekb`.
+
+    Raises:
+        BundleError: bad inputs (nothing is written).
+    """
+    from edgekit.runtime_requirements import RequirementsError, onnx_external_data, runtime_requirements
+
+    model = request.model
+    if not _NAME.fullmatch(request.name):
+        raise BundleError(
+            f"--name {request.name!r}: use lower-case letters, digits, '.', '_' or '-' (max 64)"
+        )
+    if not _VERSION.fullmatch(request.version):
+        raise BundleError(
+            f"--version {request.version!r}: use letters, digits, '.', '+', '_' or '-' (max 64)"
+        )
+    if request.output.suffix != ".ekb":
+        raise BundleError(f"{request.output}: the bundle file must end in .ekb")
+    if request.release_counter < 0:
+        raise BundleError("--release-counter must be >= 0")
+    if not model.is_file() or model.suffix.lower() not in (".onnx", ".tflite"):
+        raise BundleError(f"{model}: a bundle carries an existing .onnx or .tflite model")
+    if not request.keys:
+        raise BundleError("give at least one signing key (--key)")
+    private_keys = [load_private_key(k, request.passphrase) for k in request.keys]
+    try:
+        runtime = runtime_requirements(model)
+        external = onnx_external_data(model) if model.suffix.lower() == ".onnx" else []
+    except RequirementsError as e:
+        raise BundleError(str(e)) from e
+    engine = load_engine(model)
+    spec = _load_or_default_spec(request.preprocess, engine)
+    labels = _read_labels(request.labels, model, engine, spec)
+    bundle_name = f"{request.name}-{request.version}"
+    entrypoint = "model" + model.suffix.lower()
+    with tempfile.TemporaryDirectory(prefix="edgekit-bundle-") as tmp:
+        root = Path(tmp) / bundle_name
+        root.mkdir()
+        files: dict[str, tuple[bytes | Path, str]] = {entrypoint: (model, "model")}
+        for location in external:
+            files[location] = (model.parent / location, "external-data")
+        files["preprocess.json"] = (
+            json.dumps(spec.to_dict(), indent=2, sort_keys=True).encode() + b"\n",
+            "preprocess",
+        )
+        if labels is not None:
+            files["labels.txt"] = ("\n".join(labels).encode("utf-8") + b"\n", "labels")
+        for name, data in _golden(request.golden, engine, spec, model).items():
+            files[name] = (data, "golden")
+        if request.parity is not None:
+            files["parity.json"] = (_read_parity(request.parity), "parity")
+        entries = {}
+        for name, (content, role) in files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_bytes(content)
+            from converters._files import sha256_file
+
+            entries[name] = FileEntry(name, target.stat().st_size, sha256_file(target), role)
+        manifest = BundleManifest(
+            bundle_name=bundle_name,
+            name=request.name,
+            version=request.version,
+            release_counter=request.release_counter,
+            hardware_ids=tuple(request.hardware_ids),
+            runtime=runtime,
+            entrypoint=entrypoint,
+            files=entries,
+            created=_created(request),
+        )
+        (root / SIGNATURE_FILE).write_bytes(sign_manifest(manifest, private_keys))
+        from signing.envelope import verify_signature_document
+        from signing.keys import PublicKey, key_id
+
+        publics = [PublicKey(k.public_key(), key_id(k.public_key())) for k in private_keys]
+        verified = verify_signature_document(
+            (root / SIGNATURE_FILE).read_bytes(), publics, threshold=len(publics)
+        )
+        with atomic_output(request.output) as out:
+            write_ekb(root, member_order(verified.manifest), out)
+    return BuildResult(request.output, verified.manifest, verified.payload_sha256)
+
+
+def _load_or_default_spec(path: Path | None, engine: Engine) -> Any:
+    from device_runtime.errors import SpecError
+    from device_runtime.preprocess import check_against_model, load_spec, parse_spec
+
+    if path is None:  # the model's own tensors, passed through: the device still checks shapes and dtypes
+        document = {
+            "schema": "edgekit.preprocess/v1",
+            "inputs": [
+                {"name": i.name, "kind": "tensor", "dtype": i.dtype, "shape": list(i.shape)}
+                for i in engine.inputs
+            ],
+            "outputs": [],
+        }
+        return parse_spec(document)
+    spec = load_spec(path)
+    try:
+        check_against_model(
+            spec,
+            {i.name: (i.shape, i.dtype) for i in engine.inputs},
+            model_outputs={o.name: (o.shape, o.dtype) for o in engine.outputs},
+            model_quantization={
+                i.name: (i.scale, i.zero_point)
+                for i in engine.inputs
+                if i.scale is not None and i.zero_point is not None
+            },
+        )
+    except SpecError as e:
+        raise BundleError(f"{path}: does not match the model: {e}") from e
+    return spec
+
+
+def _read_labels(path: Path | None, model: Path, engine: Engine, spec: Any) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: cannot read labels as UTF-8 text ({e})") from e
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines or any(not line.strip() for line in lines):
+        raise BundleError(f"{path}: one non-empty label per line expected")
+    sizes = [o.shape[-1] for o in engine.outputs if len(o.shape) >= 2 and o.shape[-1] is not None]
+    if sizes and len(lines) not in sizes:
+        raise BundleError(
+            f"{path}: {len(lines)} labels, but the model's outputs have {sizes} classes; "
+            "give one label per class"
+        )
+    embedded = _tflite_embedded_labels(model)
+    if embedded is not None and embedded != lines:
+        differ = next((i for i, (a, b) in enumerate(zip(embedded, lines, strict=False)) if a != b), None)
+        where = f"line {differ + 1}" if differ is not None else f"{len(embedded)} vs {len(lines)} labels"
+        raise BundleError(
+            f"{path}: contradicts the labels embedded in {model.name} ({where}); "
+            "use the embedded labels or re-export the model"
+        )
+    return lines
+
+
+def _tflite_embedded_labels(model: Path) -> list[str] | None:
+    """Labels packed into a TFLite model's metadata zip (associated files), if any."""
+    if model.suffix.lower() != ".tflite" or not zipfile.is_zipfile(model):
+        return None
+    with zipfile.ZipFile(model) as archive:
+        for info in archive.infolist():
+            if info.filename.lower().endswith(".txt") and info.file_size < (1 << 20):
+                return archive.read(info).decode("utf-8", errors="replace").strip().splitlines()
+    return None
+
+
+def _golden(data: Path | None, engine: Engine, spec: Any, model: Path) -> dict[str, bytes]:
+    from converters.data import load_dataset
+    from converters.export import sample_inputs
+
+    images: list[tuple[str, bytes]] = []
+    if data is None:
+        feeds = sample_inputs(engine.inputs, count=GOLDEN_SAMPLES, seed=0)
+    else:
+        if data.is_dir():
+            from device_runtime.preprocess import list_images
+
+            chosen = list_images(data)[:GOLDEN_SAMPLES]
+            images = [(p.suffix.lower(), p.read_bytes()) for p in chosen]
+            spec_path = Path(tempfile.mkdtemp(prefix="edgekit-spec-")) / "spec.json"
+            spec_path.write_bytes(spec.to_json())
+            try:
+                dataset = load_dataset(data, engine.inputs, max_samples=None, preprocess=spec_path)
+            finally:
+                shutil.rmtree(spec_path.parent, ignore_errors=True)
+            feeds = {k: v[:GOLDEN_SAMPLES] for k, v in dataset.arrays.items()}
+        else:
+            dataset = load_dataset(data, engine.inputs, max_samples=GOLDEN_SAMPLES, seed=0)
+            feeds = dict(dataset.arrays)
+    outputs = engine.run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+    return golden_files(feeds, outputs, images=images)
+
+
+def _read_parity(path: Path) -> bytes:
+    from signing.errors import FormatError
+    from signing.strict_json import parse_strict
+
+    try:
+        document = parse_strict(path.read_bytes(), what=str(path), max_bytes=16 << 20)
+    except (OSError, FormatError) as e:
+        raise BundleError(f"{path}: not a readable parity report ({e})") from e
+    if not isinstance(document, dict) or document.get("schema") != "edgekit.parity/v1":
+        raise BundleError(
+            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); use --report output"
+        )
+    if document.get("passed") is not True:
+        raise BundleError(f"{path}: the parity report did not pass its gate; refusing to ship that model")
+    return json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"

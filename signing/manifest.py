@@ -219,6 +219,9 @@ def parse_statement(statement: Any) -> BundleManifest:
         order.append(name)
     if order != sorted(order, key=PurePosixPath):
         raise ManifestError("predicate.resources are not in canonical (PurePosixPath) order")
+    folders = {"/".join(n.split("/")[:i]) for n in order for i in range(1, n.count("/") + 1)}
+    if clash := sorted(folders & set(digests)):
+        raise ManifestError(f"resources {clash} are both files and folders of other files")
     ext = _object(
         predicate["edgekit"],
         "predicate.edgekit",

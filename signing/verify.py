@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20  # bytes
+# Bytes an archive may hold beyond its signed contents: tarfile reads ahead up to two CHUNKs, and each member
+# brings headers (ustar, pax, GNU long name; names are at most 512 characters) and padding.
+READ_AHEAD = 2 * CHUNK + (64 << 10)  # bytes
+MEMBER_OVERHEAD = 8 << 10  # bytes
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,32 @@ def check_policy(verified: Verified, policy: VerifyPolicy) -> None:
         )
 
 
+class _BoundedReader:
+    """The download as tarfile sees it, refusing to deliver more than `limit` bytes (attacks 9 and 10).
+
+    tarfile buffers pax and GNU long-name headers whole, whatever size their header claims: without this
+    bound an endless or hostile stream is read into memory before model.sig is even reached.
+    """
+
+    def __init__(self, source: IO[bytes], limit: int) -> None:
+        self._source = source
+        self.limit = limit
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        allowed = self.limit - self.count + 1
+        data = self._source.read(allowed if size is None or size < 0 else min(size, allowed))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise FormatError(f".ekb archive holds more than {self.limit} bytes, beyond its signed files")
+        return data
+
+
 def _read_capped(stream: IO[bytes], limit: int, what: str) -> bytes:
-    data = stream.read(limit + 1)
+    try:
+        data = stream.read(limit + 1)
+    except (tarfile.TarError, EOFError) as e:  # tarfile: "unexpected end of data"
+        raise FormatError(f"{what}: the archive ends inside it ({e})") from e
     if len(data) > limit:
         raise FormatError(f"{what} is larger than {limit} bytes")
     return data
@@ -135,7 +163,8 @@ def _stream_ekb(
     target = Path(destination) if destination is not None else None
     created = False
     try:
-        with _open_archive(source) as archive:
+        bounded = _BoundedReader(source, MAX_SIGNATURE_BYTES + READ_AHEAD)
+        with _open_archive(bounded) as archive:
             members = iter(archive)
             first = _next_member(members)
             if first is None or first.name != SIGNATURE_FILE or not first.isreg():
@@ -147,6 +176,7 @@ def _stream_ekb(
             signature = _read_capped(signature_stream, MAX_SIGNATURE_BYTES, SIGNATURE_FILE)
             verified = check(signature)
             manifest = verified.manifest
+            bounded.limit += sum(e.size for e in manifest.files.values()) + MEMBER_OVERHEAD * policy.max_members
             if target is not None:
                 os.mkdir(target, 0o700)  # fresh: FileExistsError if anything is there
                 created = True
@@ -173,17 +203,17 @@ def _stream_ekb(
         raise
 
 
-def _open_archive(source: IO[bytes]) -> tarfile.TarFile:
+def _open_archive(source: _BoundedReader) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK)
-    except (tarfile.TarError, OSError, EOFError) as e:
+        return tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # ValueError: bad pax numbers
         raise FormatError(f"not an .ekb archive ({e})") from e
 
 
 def _next_member(members: object) -> tarfile.TarInfo | None:
     try:
         return next(members, None)  # type: ignore[call-overload, no-any-return]
-    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as e:
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # ValueError: bad pax numbers, names
         raise FormatError(f"corrupt .ekb archive ({e})") from e
 
 
@@ -245,7 +275,10 @@ def _copy_verified(
     handle = os.fdopen(_open_new(target, name), "wb") if target is not None else None
     try:
         while remaining > 0:
-            chunk = stream.read(min(CHUNK, remaining))
+            try:
+                chunk = stream.read(min(CHUNK, remaining))
+            except (tarfile.TarError, EOFError) as e:  # tarfile: "unexpected end of data"
+                raise ContentError(f"{name}: archive ends {remaining} bytes early ({e})") from e
             if not chunk:
                 raise ContentError(f"{name}: archive ends {remaining} bytes early")
             remaining -= len(chunk)

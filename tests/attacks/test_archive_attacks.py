@@ -13,6 +13,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,20 +82,16 @@ def test_attack_01_appended_model_byte_in_ekb_is_refused(
     outside.clean_failure()
 
 
-def test_attack_01_appended_byte_hidden_by_the_header_size_is_refused(
+def test_attack_01_bytes_past_the_declared_size_are_never_extracted(
     bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
 ) -> None:
-    """The header keeps the signed size, but the data gains a byte: the shift corrupts what follows."""
+    """A byte slipped into a member's padding is not part of the member: what is extracted is what was hashed."""
     members = [raw_member("model.sig", bundle.signature)]
     for name, data in bundle.members()[1:]:
-        if name == "labels.txt":
-            members.append(ustar_header(name, len(data)) + data + b"!" + b"\0" * (-(len(data) + 1) % 512))
-        else:
-            members.append(raw_member(name, data))
-    with pytest.raises((ContentError, MemberError)) as caught:
-        verify_bytes(raw_tar(*members), keys, outside, policy)
-    assert type(caught.value) in (ContentError, MemberError)
-    outside.clean_failure()
+        tail = b"!" + b"\0" * (-(len(data) + 1) % 512) if name == "labels.txt" else b"\0" * (-len(data) % 512)
+        members.append(ustar_header(name, len(data)) + data + tail)
+    verify_bytes(raw_tar(*members), keys, outside, policy)
+    assert (outside.dest / "labels.txt").read_bytes() == bundle.files["labels.txt"]
 
 
 def test_attack_01_flipped_byte_in_a_small_file_is_refused(
@@ -227,7 +224,7 @@ def test_attack_05_swapped_member_names_are_refused(
     """golden/input_0.npy and golden/output_0.npy have the same size: swap their names in the archive."""
     swap = {"golden/input_0.npy": "golden/output_0.npy", "golden/output_0.npy": "golden/input_0.npy"}
     members = [(swap.get(n, n), d) for n, d in bundle.members()[1:]]
-    with refuses(ContentError, "golden/input_0.npy: SHA-256"):
+    with refuses(ContentError, "golden/output_0.npy: SHA-256"):
         verify_bytes(ekb_of(bundle.signature, members), keys, outside, policy)
     outside.clean_failure()
 
@@ -252,37 +249,51 @@ def test_attack_05_swapped_contents_in_directory_are_refused(
         verify_directory(bundle.directory, [keys.trusted.public], policy=policy)
 
 
-def relabelled_statement(bundle: Bundle) -> dict[str, object]:
-    """The statement with the two golden files' digests swapped: a different statement, the same ROOT."""
-    statement = statement_of(bundle.manifest)
-    resources = statement["predicate"]["resources"]
-    index = {r["name"]: r for r in resources}
-    one, two = index["golden/input_0.npy"], index["golden/output_0.npy"]
-    one["digest"], two["digest"] = two["digest"], one["digest"]
-    return statement
-
-
-def test_attack_05_relabelled_statement_keeps_root_but_not_the_signature(
+def test_attack_05_renamed_member_is_refused(
     bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
 ) -> None:
-    statement = relabelled_statement(bundle)
-    forged = sign_statement(statement, [keys.attacker.private], hint=keys.trusted.key_id)
-    with refuses(SignatureError, "0 of the required 1 pinned key(s) signed"):
-        verify_bytes(ekb_of(forged, members_except(bundle)), keys, outside, policy)
+    """input_0 -> input_1 keeps the resource order, so ROOT is unchanged: names are checked, not ROOT."""
+    members = [("golden/input_1.npy" if n == "golden/input_0.npy" else n, d) for n, d in members_except(bundle)]
+    with refuses(MemberError, "archive member 'golden/input_1.npy' is not signed"):
+        verify_bytes(ekb_of(bundle.signature, members), keys, outside, policy)
     outside.clean_failure()
 
 
-def test_attack_05_relabelled_statement_signed_by_mistake_is_refused_on_content(
+def renamed_statement(bundle: Bundle) -> dict[str, Any]:
+    """The statement with golden/input_0.npy renamed golden/input_1.npy: another statement, the same ROOT."""
+    statement = statement_of(bundle.manifest)
+    predicate = statement["predicate"]
+    for resource in predicate["resources"]:
+        if resource["name"] == "golden/input_0.npy":
+            resource["name"] = "golden/input_1.npy"
+    files = predicate["edgekit"]["files"]
+    files["golden/input_1.npy"] = files.pop("golden/input_0.npy")
+    return statement
+
+
+def test_attack_05_renamed_statement_keeps_root_but_not_the_signature(
     bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
 ) -> None:
-    """Same ROOT, different identity: the payload hash tells them apart and the bytes do not match."""
-    relabelled = sign_statement(relabelled_statement(bundle), [keys.trusted.private])
+    statement = renamed_statement(bundle)
+    assert statement["subject"] == statement_of(bundle.manifest)["subject"]  # same ROOT
+    forged = sign_statement(statement, [keys.attacker.private], hint=keys.trusted.key_id)
+    renamed = [("golden/input_1.npy" if n == "golden/input_0.npy" else n, d) for n, d in members_except(bundle)]
+    with refuses(SignatureError, "0 of the required 1 pinned key(s) signed"):
+        verify_bytes(ekb_of(forged, renamed), keys, outside, policy)
+    outside.clean_failure()
+
+
+def test_attack_05_same_root_is_not_the_same_bundle(
+    bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
+) -> None:
+    """Even validly signed, a renamed statement has another identity and refuses the original names."""
+    renamed = sign_statement(renamed_statement(bundle), [keys.trusted.private])
     honest = verify_signature_document(bundle.signature, [keys.trusted.public])
-    mislabelled = verify_signature_document(relabelled, [keys.trusted.public])
-    assert honest.manifest.root == mislabelled.manifest.root
-    assert honest.payload_sha256 != mislabelled.payload_sha256
-    with refuses(ContentError, "golden/input_0.npy: SHA-256"):
-        verify_bytes(ekb_of(relabelled, members_except(bundle)), keys, outside, policy)
+    other = verify_signature_document(renamed, [keys.trusted.public])
+    assert honest.manifest.root == other.manifest.root
+    assert honest.payload_sha256 != other.payload_sha256
+    with refuses(MemberError, "archive member 'golden/input_0.npy' is not signed"):
+        verify_bytes(ekb_of(renamed, members_except(bundle)), keys, outside, policy)
     outside.clean_failure()
 
 

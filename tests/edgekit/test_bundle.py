@@ -1,4 +1,4 @@
-"""Bundles end to end: build, verify, inspect, co-sign, refuse bad inputs, and interoperate with model_signing."""
+"""Bundles end to end: build, verify, inspect, co-sign, refuse bad inputs, interoperate with model_signing."""
 
 from __future__ import annotations
 

@@ -5,14 +5,18 @@
     RuntimeErrorBase (DeviceRuntimeError)
     ├── SpecError          preprocessing spec is malformed or out of bounds
     ├── InputError         a request does not match the model (shape, dtype, undecodable image)
-    └── EngineError        the inference engine is missing or failed to load / run a model
+    ├── EngineError        the inference engine is missing or failed to load / run a model
+    ├── InstallError       a verified bundle could not be installed (self-test, runtime requirements)
+    └── NoModelError       nothing verified is installed
+
+Bundle verification failures are `signing.errors.VerificationError` (never retried).
 
 Every message says what was observed, what was expected and how to fix it.
 """
 
 from __future__ import annotations
 
-__all__ = ["DeviceRuntimeError", "EngineError", "InputError", "SpecError"]
+__all__ = ["DeviceRuntimeError", "EngineError", "InputError", "InstallError", "NoModelError", "SpecError"]
 
 
 class DeviceRuntimeError(Exception):
@@ -29,3 +33,15 @@ class InputError(DeviceRuntimeError):
 
 class EngineError(DeviceRuntimeError):
     """The inference engine is not installed, or cannot load or run the model."""
+
+
+class InstallError(DeviceRuntimeError):
+    """A verified bundle could not be installed (self-test failed, runtime requirements unmet, storage)."""
+
+    def __init__(self, message: str, reason: str = "install") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NoModelError(DeviceRuntimeError):
+    """No verified model is installed, so nothing can be predicted."""

@@ -7,6 +7,7 @@ BUNDLE.md step 4 and refuses anything else: this is pure code, with no IO.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -195,7 +196,9 @@ def parse_statement(statement: Any) -> BundleManifest:
     digest = _object(subject["digest"], "subject[0].digest", {"sha256"})
     expected_root = _string(digest["sha256"], "subject[0].digest.sha256", _HEX64)
     predicate = _object(top["predicate"], "predicate", {"serialization", "resources", "edgekit"})
-    if predicate["serialization"] != SERIALIZATION:
+    # Compared as JSON text: in Python 0 == False == 0.0, and those are not edgekit's values (attack 16).
+    serialization = json.dumps(predicate["serialization"], sort_keys=True, default=repr)
+    if serialization != json.dumps(SERIALIZATION, sort_keys=True):
         raise ManifestError(
             f"serialization policy {predicate['serialization']!r} is not edgekit's {SERIALIZATION!r} "
             "(ignore_paths must be exactly ['model.sig'], symlinks never allowed)"

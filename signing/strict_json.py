@@ -8,6 +8,7 @@ UTF-8, so the same document always serializes to the same bytes.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from signing.errors import FormatError
@@ -39,6 +40,13 @@ def _parse_int(text: str) -> int:
     return value
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 is Infinity spelled as a number
+        raise FormatError(f"number {text[:40]} overflows to {value}")
+    return value
+
+
 def parse_strict(data: bytes, *, what: str, max_bytes: int) -> Any:
     """Parse UTF-8 JSON strictly.
 
@@ -53,7 +61,11 @@ def parse_strict(data: bytes, *, what: str, max_bytes: int) -> Any:
         raise FormatError(f"{what}: not UTF-8 ({e.reason} at byte {e.start})") from e
     try:
         return json.loads(
-            text, object_pairs_hook=_pairs, parse_constant=_reject_constant, parse_int=_parse_int
+            text,
+            object_pairs_hook=_pairs,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
         )
     except FormatError as e:
         raise FormatError(f"{what}: {e}") from e

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import random
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -379,7 +378,10 @@ def envelope_document(
             "payload": b64(payload, urlsafe=urlsafe, padded=not urlsafe),
             "payloadType": payload_type,
             "signatures": [
-                {"keyid": keyid, "sig": s if isinstance(s, str) else b64(s, urlsafe=urlsafe, padded=not urlsafe)}
+                {
+                    "keyid": keyid,
+                    "sig": s if isinstance(s, str) else b64(s, urlsafe=urlsafe, padded=not urlsafe),
+                }
                 for s in signatures
             ],
         },

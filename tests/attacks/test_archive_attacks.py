@@ -85,7 +85,7 @@ def test_attack_01_appended_model_byte_in_ekb_is_refused(
 def test_attack_01_bytes_past_the_declared_size_are_never_extracted(
     bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
 ) -> None:
-    """A byte slipped into a member's padding is not part of the member: what is extracted is what was hashed."""
+    """A byte slipped into a member's padding is not part of it: what is extracted is what was hashed."""
     members = [raw_member("model.sig", bundle.signature)]
     for name, data in bundle.members()[1:]:
         tail = b"!" + b"\0" * (-(len(data) + 1) % 512) if name == "labels.txt" else b"\0" * (-len(data) % 512)
@@ -253,7 +253,9 @@ def test_attack_05_renamed_member_is_refused(
     bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
 ) -> None:
     """input_0 -> input_1 keeps the resource order, so ROOT is unchanged: names are checked, not ROOT."""
-    members = [("golden/input_1.npy" if n == "golden/input_0.npy" else n, d) for n, d in members_except(bundle)]
+    members = [
+        ("golden/input_1.npy" if n == "golden/input_0.npy" else n, d) for n, d in members_except(bundle)
+    ]
     with refuses(MemberError, "archive member 'golden/input_1.npy' is not signed"):
         verify_bytes(ekb_of(bundle.signature, members), keys, outside, policy)
     outside.clean_failure()
@@ -277,7 +279,9 @@ def test_attack_05_renamed_statement_keeps_root_but_not_the_signature(
     statement = renamed_statement(bundle)
     assert statement["subject"] == statement_of(bundle.manifest)["subject"]  # same ROOT
     forged = sign_statement(statement, [keys.attacker.private], hint=keys.trusted.key_id)
-    renamed = [("golden/input_1.npy" if n == "golden/input_0.npy" else n, d) for n, d in members_except(bundle)]
+    renamed = [
+        ("golden/input_1.npy" if n == "golden/input_0.npy" else n, d) for n, d in members_except(bundle)
+    ]
     with refuses(SignatureError, "0 of the required 1 pinned key(s) signed"):
         verify_bytes(ekb_of(forged, renamed), keys, outside, policy)
     outside.clean_failure()
@@ -383,9 +387,13 @@ def test_attack_07_unsafe_raw_ustar_name_is_refused(
 @pytest.mark.parametrize(
     ("info", "kind"),
     [
-        pytest.param(special("labels.txt", tarfile.SYMTYPE, "/etc/passwd"), "symlink", id="attack-08-symlink"),
+        pytest.param(
+            special("labels.txt", tarfile.SYMTYPE, "/etc/passwd"), "symlink", id="attack-08-symlink"
+        ),
         pytest.param(special("labels.txt", tarfile.SYMTYPE, "../../x"), "symlink", id="attack-08-symlink-up"),
-        pytest.param(special("labels.txt", tarfile.LNKTYPE, "model.sig"), "hardlink", id="attack-08-hardlink"),
+        pytest.param(
+            special("labels.txt", tarfile.LNKTYPE, "model.sig"), "hardlink", id="attack-08-hardlink"
+        ),
         pytest.param(
             special("labels.txt", tarfile.LNKTYPE, "/etc/shadow"), "hardlink", id="attack-08-hardlink-abs"
         ),
@@ -671,7 +679,9 @@ def test_attack_10_truncated_download_is_refused(
     [
         pytest.param(lambda b: b.ekb_bytes.find(b.signature) + 100, id="attack-10-truncated-in-signature"),
         pytest.param(lambda b: 300, id="attack-10-truncated-in-first-header"),
-        pytest.param(lambda b: b.ekb_bytes.find(b.files["labels.txt"]) + 3, id="attack-10-truncated-in-labels"),
+        pytest.param(
+            lambda b: b.ekb_bytes.find(b.files["labels.txt"]) + 3, id="attack-10-truncated-in-labels"
+        ),
     ],
 )
 def test_attack_10_truncated_download_anywhere_is_a_verification_error(
@@ -690,7 +700,9 @@ def test_attack_10_truncated_download_anywhere_is_a_verification_error(
     [
         pytest.param({"GNU.sparse.size": "many"}, id="attack-09-pax-bad-sparse-size"),
         pytest.param({"GNU.sparse.realsize": "x"}, id="attack-09-pax-bad-sparse-realsize"),
-        pytest.param({"GNU.sparse.map": "1,x", "GNU.sparse.numblocks": "1"}, id="attack-09-pax-bad-sparse-map"),
+        pytest.param(
+            {"GNU.sparse.map": "1,x", "GNU.sparse.numblocks": "1"}, id="attack-09-pax-bad-sparse-map"
+        ),
     ],
 )
 @pytest.mark.parametrize("position", ["first", "after-signature"])

@@ -106,5 +106,7 @@ def test_standard_base64_payload_with_url_safe_signature_is_accepted(bundle: Bun
 
 
 def test_release_at_the_floor_and_matching_hardware_pass(bundle: Bundle, keys: Keys) -> None:
-    exact = VerifyPolicy(hardware_id="rpi4", release_floor=5, max_total_bytes=sum(map(len, bundle.files.values())))
+    exact = VerifyPolicy(
+        hardware_id="rpi4", release_floor=5, max_total_bytes=sum(map(len, bundle.files.values()))
+    )
     assert verify_ekb(bundle.ekb, [keys.trusted.public], policy=exact).manifest.release_counter == 5

@@ -1,0 +1,596 @@
+"""The Runtime an app embeds: install into A/B slots, self-test, trial and local revert, predict, telemetry.
+
+    rt = Runtime(RuntimeConfig(store_dir=..., trusted_keys=[...], device_id=..., hardware_id=...))
+    rt.install("model-1.2.0.ekb")      # verify -> inactive slot -> golden self-test -> atomic activate
+    result = rt.predict(image)         # preprocessing spec -> engine -> outputs, labels, top-k
+    rt.feedback(result.prediction_id, true_label)
+    rt.status()
+
+Store layout: `slots/a`, `slots/b` (verified private copies), `state.json` (atomic pointer), `inflight`
+(marker written around trial inferences), `telemetry.db`. Every persisted step is write-temp, fsync,
+rename; at start the runtime removes half-finished installs, turns an in-flight marker into a strike, and
+re-verifies the active slot, so a kill at any instant leaves a verified model that loads. The previous
+model keeps serving until the pointer swap and after any failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+from device_runtime.config import RuntimeConfig
+from device_runtime.errors import EngineError, InputError, InstallError, NoModelError
+from device_runtime.state import (
+    SlotRecord,
+    State,
+    TrialState,
+    atomic_write,
+    fsync_dir,
+    load_state,
+    save_state,
+)
+from device_runtime.telemetry import TelemetryQueue
+from signing.errors import PolicyError, VerificationError
+from signing.keys import PublicKey, load_public_key
+from signing.manifest import BundleManifest
+from signing.verify import VerifiedBundle, VerifyPolicy, verify_directory, verify_ekb
+
+__all__ = ["InstallResult", "PredictionResult", "Runtime"]
+
+FEEDBACK_MEMORY = 1000  # predictions remembered for feedback
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What an install did."""
+
+    name: str
+    version: str
+    bundle_id: str
+    slot: str
+    self_test: dict[str, float]
+    already_active: bool = False
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """One prediction: raw outputs by name, top-k of the first classification output, provenance."""
+
+    prediction_id: str
+    outputs: dict[str, Any]
+    top_k: list[tuple[str | int, float]]
+    model: str
+    version: str
+    bundle_id: str
+    latency_ms: float
+
+
+@dataclass
+class _Loaded:
+    record: SlotRecord
+    manifest: BundleManifest
+    engine: Any
+    spec: Any
+    labels: list[str] | None
+
+
+def _reason(error: BaseException) -> str:
+    """A stable reason code for telemetry."""
+    if isinstance(error, PolicyError):
+        text = str(error)
+        return "rollback" if "rollback" in text else "hardware" if "hardware" in text else "policy"
+    if isinstance(error, InstallError):
+        return error.reason
+    if isinstance(error, VerificationError):
+        return type(error).__name__.removesuffix("Error").lower()
+    return type(error).__name__
+
+
+class Runtime:
+    """One model on one device, with A/B slots. Thread-safe; one Runtime per store directory."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self._config = config
+        self._root = config.store_dir
+        (self._root / "slots").mkdir(parents=True, exist_ok=True)
+        self._keys: list[PublicKey] = [load_public_key(k) for k in config.trusted_keys]
+        self._lock = threading.RLock()
+        self.telemetry = TelemetryQueue(
+            self._root / "telemetry.db", max_events=config.telemetry_max_events, clock=config.clock
+        )
+        self._loaded: _Loaded | None = None
+        self._manifests: dict[str, BundleManifest] = {}
+        self._feedback: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._state = self._recover()
+
+    # ---- paths and persistence -------------------------------------------------------------------
+    @property
+    def _state_path(self) -> Path:
+        return self._root / "state.json"
+
+    @property
+    def _marker(self) -> Path:
+        return self._root / "inflight"
+
+    def _slot_dir(self, slot: str) -> Path:
+        return self._root / "slots" / slot
+
+    def _save(self, state: State) -> None:
+        save_state(self._state_path, state)
+        self._state = state
+
+    def _policy(self) -> VerifyPolicy:
+        return VerifyPolicy(
+            threshold=self._config.threshold,
+            hardware_id=self._config.hardware_id,
+            max_total_bytes=self._config.max_bundle_bytes,
+            fsync=True,
+        )
+
+    # ---- start-up recovery -----------------------------------------------------------------------
+    def _recover(self) -> State:
+        now = self._config.clock()
+        for leftover in (self._root / "slots").glob(".incoming-*"):  # an install killed before its swap
+            shutil.rmtree(leftover, ignore_errors=True)
+        state = load_state(self._state_path) or self._rebuild_state(now)
+        state = self._check_marker(state, now)
+        state = self._verify_slots(state, now)
+        save_state(self._state_path, state)
+        return state
+
+    def _rebuild_state(self, now: float) -> State:
+        """No readable state.json: trust whichever slots verify, newest release first."""
+        found = []
+        for slot in ("a", "b"):
+            record = self._verify_slot(slot)
+            if record is not None:
+                found.append(record)
+        found.sort(key=lambda r: r.release_counter, reverse=True)
+        state = State(active=found[0] if found else None, previous=found[1] if len(found) > 1 else None)
+        return state.with_event(now, "state-rebuilt", slots=[r.slot for r in found])
+
+    def _verify_slot(self, slot: str) -> SlotRecord | None:
+        path = self._slot_dir(slot)
+        if not path.is_dir():
+            return None
+        try:
+            verified = verify_directory(path, self._keys, policy=self._policy())
+        except (VerificationError, OSError) as e:
+            self.telemetry.record("slot-verify-failed", slot=slot, reason=_reason(e), detail=str(e)[:300])
+            return None
+        self._manifests[slot] = verified.manifest
+        manifest = verified.manifest
+        return SlotRecord(
+            slot, verified.payload_sha256, manifest.name, manifest.version, manifest.release_counter
+        )
+
+    def _verify_slots(self, state: State, now: float) -> State:
+        for label in ("active", "previous"):
+            record: SlotRecord | None = getattr(state, label)
+            if record is None:
+                continue
+            current = self._verify_slot(record.slot)
+            if current is None or current.bundle_id != record.bundle_id:
+                state = replace(state, active=None) if label == "active" else replace(state, previous=None)
+                state = state.with_event(now, "slot-lost", slot=record.slot, role=label)
+        if state.active is None and state.previous is not None:
+            state = replace(state, active=state.previous, previous=None, trial=None).with_event(
+                now, "fell-back", to=state.previous.version
+            )
+        return state
+
+    def _check_marker(self, state: State, now: float) -> State:
+        try:
+            marker = json.loads(self._marker.read_bytes())
+        except (OSError, ValueError):
+            return state
+        with contextlib.suppress(FileNotFoundError):
+            self._marker.unlink()
+        if state.active is None or state.trial is None or marker.get("bundle_id") != state.active.bundle_id:
+            return state
+        self.telemetry.record(
+            "crash", bundle_id=state.active.bundle_id, version=state.active.version, during="inference"
+        )
+        return self._strike(state, now, "crash: the process died during an inference")
+
+    # ---- trial -----------------------------------------------------------------------------------
+    def _strike(self, state: State, now: float, reason: str) -> State:
+        assert state.trial is not None and state.active is not None
+        reverted = state.active
+        trial = replace(state.trial, strikes=state.trial.strikes + 1, reasons=(*state.trial.reasons, reason))
+        state = replace(state, trial=trial).with_event(now, "strike", reason=reason, strikes=trial.strikes)
+        if trial.strikes < self._config.max_strikes:
+            return state
+        self.telemetry.record(
+            "trial",
+            outcome="reverted",
+            bundle_id=reverted.bundle_id,
+            version=reverted.version,
+            strikes=trial.strikes,
+            reasons=list(trial.reasons),
+        )
+        self._loaded = None
+        return replace(
+            state,
+            active=state.previous,
+            previous=None,
+            trial=None,
+            bad_releases=(*state.bad_releases, reverted.bundle_id)[-20:],
+        ).with_event(now, "reverted", version=reverted.version, reasons=list(trial.reasons))
+
+    def _after_trial_inference(self, now: float) -> None:
+        state = self._state
+        assert state.trial is not None and state.active is not None
+        trial = replace(state.trial, successes=state.trial.successes + 1)
+        if (
+            trial.successes >= self._config.trial_inferences
+            and now - trial.started >= self._config.trial_seconds
+        ):
+            active = state.active
+            floors = dict(state.floors)
+            floors[active.name] = max(floors.get(active.name, 0), active.release_counter)
+            self.telemetry.record(
+                "trial",
+                outcome="committed",
+                bundle_id=active.bundle_id,
+                version=active.version,
+                successes=trial.successes,
+            )
+            self._save(
+                replace(state, trial=None, floors=floors).with_event(now, "committed", version=active.version)
+            )
+        else:
+            self._save(replace(state, trial=trial))
+
+    # ---- install ---------------------------------------------------------------------------------
+    def install(self, source: str | Path | IO[bytes]) -> InstallResult:
+        """Verify, extract into the inactive slot, self-test on this engine, then activate atomically.
+
+        Raises:
+            VerificationError: the bundle must not be trusted (including rollback and other hardware).
+            InstallError: verified but not installable here (self-test, runtime requirements).
+        """
+        with self._lock:
+            now = self._config.clock()
+            state = self._state
+            incoming = self._root / "slots" / f".incoming-{uuid.uuid4().hex}"
+            try:
+                verified = verify_ekb(source, self._keys, destination=incoming, policy=self._policy())
+                self._check_installable(verified, state)
+                if state.active is not None and state.active.bundle_id == verified.payload_sha256:
+                    shutil.rmtree(incoming, ignore_errors=True)
+                    return InstallResult(
+                        verified.manifest.name,
+                        verified.manifest.version,
+                        verified.payload_sha256,
+                        state.active.slot,
+                        {},
+                        already_active=True,
+                    )
+                loaded = self._load(incoming, verified.manifest, None)
+                quality = self._self_test(incoming, loaded)
+            except BaseException as e:
+                shutil.rmtree(incoming, ignore_errors=True)
+                if isinstance(e, VerificationError | InstallError | EngineError):
+                    self.telemetry.record(
+                        "install", outcome="refused", reason=_reason(e), detail=str(e)[:300]
+                    )
+                raise
+            return self._activate(incoming, verified, loaded, quality, now)
+
+    def _check_installable(self, verified: VerifiedBundle, state: State) -> None:
+        manifest = verified.manifest
+        floor = state.floors.get(manifest.name, 0)
+        if state.active is not None and state.active.name == manifest.name:
+            floor = max(floor, state.active.release_counter if state.trial is None else floor)
+        if manifest.release_counter < floor:
+            raise PolicyError(
+                f"release_counter {manifest.release_counter} of {manifest.name} {manifest.version} is below "
+                f"this device's floor {floor}: a validly signed older release is refused (rollback)"
+            )
+        if verified.payload_sha256 in state.bad_releases:
+            raise InstallError(
+                f"{manifest.name} {manifest.version} was reverted on this device before; "
+                "publish a new release",
+                reason="previously-reverted",
+            )
+        _check_engine_version(manifest)
+
+    def _self_test(self, directory: Path, loaded: _Loaded) -> dict[str, float]:
+        from device_runtime.golden import check_golden
+
+        if not (directory / "golden" / "golden.json").is_file():
+            raise InstallError(
+                "the bundle has no golden vectors; rebuild it with edgekit bundle", reason="self-test"
+            )
+        result = check_golden(directory, loaded.engine.run, preprocess=self._image_preprocessor(loaded))
+        if not result.passed:
+            raise InstallError(
+                "golden self-test failed on this device's engine: " + "; ".join(result.details),
+                reason="self-test",
+            )
+        return dict(result.sqnr_db)
+
+    def _image_preprocessor(self, loaded: _Loaded) -> Any:
+        from device_runtime.preprocess import ImageInputSpec, prepare_inputs
+
+        if not any(isinstance(i, ImageInputSpec) for i in loaded.spec.inputs):
+            return None
+        return lambda path: prepare_inputs(loaded.spec, path)
+
+    def _activate(
+        self, incoming: Path, verified: VerifiedBundle, loaded: _Loaded, quality: dict[str, float], now: float
+    ) -> InstallResult:
+        state = self._state
+        target = "b" if state.active is not None and state.active.slot == "a" else "a"
+        try:
+            if state.previous is not None and state.previous.slot == target:  # its slot is about to be reused
+                self._save(replace(state, previous=None))
+            shutil.rmtree(self._slot_dir(target), ignore_errors=True)
+            os.replace(incoming, self._slot_dir(target))
+            fsync_dir(self._root / "slots")
+        except OSError as e:
+            shutil.rmtree(incoming, ignore_errors=True)
+            self.telemetry.record("install", outcome="failed", reason="storage", detail=str(e)[:300])
+            raise InstallError(f"cannot write the slot: {e}", reason="storage") from e
+        manifest = verified.manifest
+        record = SlotRecord(
+            target, verified.payload_sha256, manifest.name, manifest.version, manifest.release_counter
+        )
+        self._manifests[target] = manifest
+        new_state = replace(
+            self._state, previous=self._state.active, active=record, trial=TrialState(started=now)
+        )
+        self._save(new_state.with_event(now, "activated", version=manifest.version, slot=target))  # the swap
+        loaded.record = record
+        self._loaded = loaded
+        self.telemetry.record(
+            "install",
+            outcome="activated",
+            bundle_id=record.bundle_id,
+            version=record.version,
+            model_sha256=manifest.files[manifest.entrypoint].sha256,
+            self_test_sqnr_db=quality,
+        )
+        return InstallResult(manifest.name, manifest.version, record.bundle_id, target, quality)
+
+    # ---- loading ---------------------------------------------------------------------------------
+    def _load(self, directory: Path, manifest: BundleManifest, record: SlotRecord | None) -> _Loaded:
+        from device_runtime.engines import load_engine
+        from device_runtime.preprocess import load_spec
+
+        entry = manifest.files[manifest.entrypoint]
+        data = _read_exact(directory / entry.name, entry.size)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:  # the bytes loaded are the bytes verified
+            raise VerificationError(f"{entry.name} changed after verification; refusing to load it")
+        kind = manifest.runtime.engine
+        engine = load_engine(data, kind=kind, threads=self._config.engine_threads)
+        spec = load_spec(directory / "preprocess.json")
+        labels = None
+        if "labels.txt" in manifest.files:
+            labels = (directory / "labels.txt").read_text(encoding="utf-8").splitlines()
+        placeholder = record or SlotRecord("?", "", manifest.name, manifest.version, manifest.release_counter)
+        return _Loaded(placeholder, manifest, engine, spec, labels)
+
+    def _ensure_loaded(self) -> _Loaded:
+        state = self._state
+        if state.active is None:
+            raise NoModelError("no verified model is installed; call install() with a signed bundle")
+        if self._loaded is not None and self._loaded.record.bundle_id == state.active.bundle_id:
+            return self._loaded
+        manifest = self._manifests.get(state.active.slot)
+        if manifest is None:
+            record = self._verify_slot(state.active.slot)
+            if record is None:
+                raise NoModelError("the active slot no longer verifies")
+            manifest = self._manifests[state.active.slot]
+        self._loaded = self._load(self._slot_dir(state.active.slot), manifest, state.active)
+        return self._loaded
+
+    # ---- predict ---------------------------------------------------------------------------------
+    def predict(self, request: Any) -> PredictionResult:
+        """Preprocess `request` exactly as the bundle's spec says, run the engine, post-process.
+
+        Raises:
+            NoModelError: nothing installed.  InputError: the request does not fit (the runtime keeps
+            serving).  EngineError: the model failed (in trial this is a strike).
+        """
+        from device_runtime.preprocess import prepare_inputs
+
+        with self._lock:
+            loaded = self._ensure_loaded()
+            feeds = prepare_inputs(loaded.spec, request)
+            in_trial = self._state.trial is not None
+            if in_trial:
+                atomic_write(self._marker, json.dumps({"bundle_id": loaded.record.bundle_id}).encode())
+            started = time.perf_counter()
+            try:
+                outputs = loaded.engine.run(feeds)
+            except InputError:
+                self._clear_marker()
+                raise
+            except EngineError as e:
+                self._clear_marker()
+                self.telemetry.record_inference(loaded.record.bundle_id, loaded.record.version, 0.0, ok=False)
+                if in_trial:
+                    self._save(
+                        self._strike(self._state, self._config.clock(), f"inference error: {str(e)[:120]}")
+                    )
+                raise
+            latency_ms = 1000.0 * (time.perf_counter() - started)
+            self._clear_marker()
+            self.telemetry.record_inference(
+                loaded.record.bundle_id, loaded.record.version, latency_ms, ok=True
+            )
+            if in_trial and self._state.trial is not None:
+                now = self._config.clock()
+                if latency_ms > 1000.0 * self._config.hang_seconds:
+                    self._save(self._strike(self._state, now, f"hang: {latency_ms:.0f} ms"))
+                else:
+                    self._after_trial_inference(now)
+            return self._result(loaded, outputs, latency_ms)
+
+    def _clear_marker(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._marker.unlink()
+
+    def _result(self, loaded: _Loaded, outputs: dict[str, Any], latency_ms: float) -> PredictionResult:
+        from device_runtime.preprocess import postprocess
+
+        prediction_id = uuid.uuid4().hex
+        top: list[tuple[str | int, float]] = []
+        for spec in loaded.spec.outputs:
+            if spec.kind == "classification" and spec.name in outputs:
+                first = postprocess(spec, outputs[spec.name], labels=loaded.labels)[0]
+                top = [
+                    (loaded.labels[i] if loaded.labels else i, s)
+                    for i, s in zip(first.indices, first.scores, strict=True)
+                ]
+                break
+        if not top:
+            first_output = next(iter(outputs.values()))
+            if (
+                getattr(first_output, "ndim", 0) == 2
+                and first_output.shape[0] >= 1
+                and first_output.shape[1] > 1
+            ):
+                index = int(first_output[0].argmax())
+                top = [(loaded.labels[index] if loaded.labels else index, float(first_output[0][index]))]
+        self._feedback[prediction_id] = (loaded.record.bundle_id, top[0][0] if top else None)
+        while len(self._feedback) > FEEDBACK_MEMORY:
+            self._feedback.popitem(last=False)
+        return PredictionResult(
+            prediction_id,
+            outputs,
+            top,
+            loaded.record.name,
+            loaded.record.version,
+            loaded.record.bundle_id,
+            latency_ms,
+        )
+
+    def feedback(self, prediction_id: str, true_label: str | int) -> bool:
+        """Report ground truth for a recent prediction (accuracy telemetry). False if it is unknown."""
+        with self._lock:
+            remembered = self._feedback.pop(prediction_id, None)
+        if remembered is None:
+            return False
+        bundle_id, predicted = remembered
+        self.telemetry.record("feedback", bundle_id=bundle_id, correct=bool(predicted == true_label))
+        return True
+
+    # ---- status and manual revert ----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Active, previous and trial state, floors, engine and telemetry queue figures."""
+        with self._lock:
+            state = self._state
+
+            def describe(record: SlotRecord | None) -> dict[str, Any] | None:
+                return (
+                    None
+                    if record is None
+                    else {
+                        "slot": record.slot,
+                        "name": record.name,
+                        "version": record.version,
+                        "release_counter": record.release_counter,
+                        "bundle_id": record.bundle_id,
+                    }
+                )
+
+            return {
+                "active": describe(state.active),
+                "previous": describe(state.previous),
+                "candidate": state.trial is not None,
+                "trial": None
+                if state.trial is None
+                else {
+                    "successes": state.trial.successes,
+                    "strikes": state.trial.strikes,
+                    "started": state.trial.started,
+                    "reasons": list(state.trial.reasons),
+                    "needs": {
+                        "inferences": self._config.trial_inferences,
+                        "seconds": self._config.trial_seconds,
+                    },
+                },
+                "floors": dict(state.floors),
+                "bad_releases": list(state.bad_releases),
+                "engine": None
+                if state.active is None
+                else self._manifests.get(state.active.slot, None)
+                and self._manifests[state.active.slot].runtime.engine,
+                "telemetry": self.telemetry.stats(),
+                "history": list(state.history[-10:]),
+            }
+
+    def revert(self, reason: str = "manual") -> bool:
+        """Go back to the previous slot now (no network needed). False when there is no previous model."""
+        with self._lock:
+            state = self._state
+            if state.previous is None or state.active is None:
+                return False
+            now = self._config.clock()
+            reverted = state.active
+            self.telemetry.record(
+                "trial",
+                outcome="reverted",
+                bundle_id=reverted.bundle_id,
+                version=reverted.version,
+                reasons=[reason],
+            )
+            self._save(
+                replace(
+                    state,
+                    active=state.previous,
+                    previous=None,
+                    trial=None,
+                    bad_releases=(*state.bad_releases, reverted.bundle_id)[-20:],
+                ).with_event(now, "reverted", version=reverted.version, reasons=[reason])
+            )
+            self._loaded = None
+            return True
+
+    def close(self) -> None:
+        """Flush telemetry and release the database."""
+        self.telemetry.close()
+
+
+def _read_exact(path: Path, size: int) -> bytes:
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags), "rb") as handle:
+        data = handle.read(size + 1)
+    if len(data) != size:
+        raise VerificationError(f"{path.name} changed size after verification; refusing to load it")
+    return data
+
+
+def _check_engine_version(manifest: BundleManifest) -> None:
+    from importlib import metadata
+
+    package = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}[manifest.runtime.engine]
+    try:
+        installed = metadata.version(package)
+    except metadata.PackageNotFoundError as e:
+        raise InstallError(
+            f"the bundle needs {package}, which is not installed on this device", reason="runtime-requirement"
+        ) from e
+
+    def parts(version: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+
+    if manifest.runtime.engine == "onnxruntime" and parts(installed) < parts(manifest.runtime.min_version):
+        raise InstallError(
+            f"the bundle needs onnxruntime >= {manifest.runtime.min_version}; this device has {installed}",
+            reason="runtime-requirement",
+        )

@@ -1,0 +1,154 @@
+"""On-device telemetry: a bounded store-and-forward queue in SQLite.
+
+Events (inference aggregates, errors, crashes, install and verify outcomes with reason codes, trial
+outcomes, feedback accuracy, the running model's hash) are queued on disk with a unique id and uploaded
+in batches by `device_runtime.uploader`. The queue never grows past its bound: the oldest events are
+dropped and the drop is counted. Recording never raises: a full disk or a locked database costs a counted
+telemetry failure, never an inference.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LATENCY_BUCKETS_MS", "Event", "TelemetryQueue"]
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # upper bounds, ms
+
+
+@dataclass(frozen=True)
+class Event:
+    """One queued event."""
+
+    seq: int
+    event_id: str
+    kind: str
+    time: float
+    payload: dict[str, Any]
+
+
+class TelemetryQueue:
+    """Bounded SQLite queue plus in-memory inference aggregates (flushed as one event per window)."""
+
+    def __init__(
+        self, path: Path, *, max_events: int, clock: Callable[[], float], flush_every: int = 100
+    ) -> None:
+        self._path = path
+        self._max = max_events
+        self._clock = clock
+        self._flush_every = flush_every
+        self._lock = threading.Lock()
+        self._aggregate: dict[str, dict[str, Any]] = {}
+        self._since_flush = 0
+        self.failures = 0  # telemetry writes that failed (kept in memory; telemetry about telemetry)
+        self._db = sqlite3.connect(str(path), timeout=1.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, "
+            "kind TEXT NOT NULL, time REAL NOT NULL, payload TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+    def record(self, kind: str, **payload: Any) -> None:
+        """Queue one event; never raises."""
+        try:
+            with self._lock:
+                self._insert(kind, payload)
+        except Exception:
+            self.failures += 1
+
+    def _insert(self, kind: str, payload: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO events (event_id, kind, time, payload) VALUES (?, ?, ?, ?)",
+            (uuid.uuid4().hex, kind, self._clock(), json.dumps(payload, sort_keys=True, default=str)),
+        )
+        (count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+        if count > self._max:
+            excess = count - self._max
+            self._db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,)
+            )
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (excess,),
+            )
+
+    def record_inference(self, bundle_id: str, version: str, latency_ms: float, ok: bool) -> None:
+        """Count an inference into the current aggregate; flushed every `flush_every` inferences."""
+        try:
+            with self._lock:
+                entry = self._aggregate.setdefault(
+                    bundle_id,
+                    {
+                        "bundle_id": bundle_id,
+                        "version": version,
+                        "inferences": 0,
+                        "errors": 0,
+                        "latency_ms_buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1),
+                        "latency_ms_sum": 0.0,
+                    },
+                )
+                entry["inferences"] += 1
+                entry["errors"] += 0 if ok else 1
+                entry["latency_ms_sum"] += latency_ms
+                bucket = next(
+                    (i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency_ms <= b), len(LATENCY_BUCKETS_MS)
+                )
+                entry["latency_ms_buckets"][bucket] += 1
+                self._since_flush += 1
+                if self._since_flush >= self._flush_every:
+                    self._flush_locked()
+        except Exception:
+            self.failures += 1
+
+    def flush(self) -> None:
+        """Write the pending inference aggregates as events; never raises."""
+        try:
+            with self._lock:
+                self._flush_locked()
+        except Exception:
+            self.failures += 1
+
+    def _flush_locked(self) -> None:
+        for entry in self._aggregate.values():
+            self._insert("inferences", dict(entry))
+        self._aggregate.clear()
+        self._since_flush = 0
+
+    def pending(self, limit: int) -> list[Event]:
+        """The oldest `limit` queued events."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, kind, time, payload FROM events ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [
+            Event(seq, event_id, kind, time, json.loads(payload))
+            for seq, event_id, kind, time, payload in rows
+        ]
+
+    def acknowledge(self, last_seq: int) -> None:
+        """Delete every event up to and including `last_seq` (the server has stored them)."""
+        with self._lock:
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (last_seq,))
+
+    def stats(self) -> dict[str, int]:
+        """Queued and dropped event counts, and telemetry write failures."""
+        with self._lock:
+            (queued,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        return {"queued": int(queued), "dropped": int(row[0]) if row else 0, "failures": self.failures}
+
+    def close(self) -> None:
+        """Flush aggregates and close the database."""
+        self.flush()
+        with self._lock:
+            self._db.close()

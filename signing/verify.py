@@ -270,7 +270,7 @@ def _stream_ekb(
                 if isinstance(bounded, _BoundedFile) and member.sparse is None:
                     stream = _MemberData(bounded, member.offset_data)
                 else:
-                    stream = archive.extractfile(member)
+                    stream = archive.extractfile(member)  # type: ignore[assignment]  # a BufferedReader
                 assert stream is not None
                 _copy_verified(stream, entry.name, entry.size, entry.sha256, target, policy.fsync)
             missing = sorted(set(manifest.files) - seen)

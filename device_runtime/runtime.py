@@ -102,6 +102,10 @@ class Runtime:
     def __init__(self, config: RuntimeConfig) -> None:
         self._config = config
         self._root = config.store_dir
+        self._marker_path = self._root / "inflight"  # built once: predict is a hot path
+        self._marker_name = str(self._marker_path)
+        self._prediction_prefix = uuid.uuid4().hex[:16]
+        self._prediction_count = 0
         (self._root / "slots").mkdir(parents=True, exist_ok=True)
         self._keys: list[PublicKey] = [load_public_key(k) for k in config.trusted_keys]
         self._lock = threading.RLock()
@@ -120,7 +124,7 @@ class Runtime:
 
     @property
     def _marker(self) -> Path:
-        return self._root / "inflight"
+        return self._marker_path
 
     def _slot_dir(self, slot: str) -> Path:
         return self._root / "slots" / slot
@@ -417,10 +421,12 @@ class Runtime:
             try:
                 outputs = loaded.engine.run(feeds)
             except InputError:
-                self._clear_marker()
+                if in_trial:
+                    self._clear_marker()
                 raise
             except EngineError as e:
-                self._clear_marker()
+                if in_trial:
+                    self._clear_marker()
                 self.telemetry.record_inference(loaded.record.bundle_id, loaded.record.version, 0.0, ok=False)
                 if in_trial:
                     self._save(
@@ -428,7 +434,8 @@ class Runtime:
                     )
                 raise
             latency_ms = 1000.0 * (time.perf_counter() - started)
-            self._clear_marker()
+            if in_trial:
+                self._clear_marker()
             self.telemetry.record_inference(
                 loaded.record.bundle_id, loaded.record.version, latency_ms, ok=True
             )
@@ -442,12 +449,14 @@ class Runtime:
 
     def _clear_marker(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._marker.unlink()
+            os.unlink(self._marker_name)
 
     def _result(self, loaded: _Loaded, outputs: dict[str, Any], latency_ms: float) -> PredictionResult:
         from device_runtime.preprocess import postprocess
 
-        prediction_id = uuid.uuid4().hex
+        # Unique per runtime instance without a syscall per call (uuid4 reads os.urandom each time).
+        self._prediction_count += 1
+        prediction_id = f"{self._prediction_prefix}-{self._prediction_count}"
         top: list[tuple[str | int, float]] = []
         for spec in loaded.spec.outputs:
             if spec.kind == "classification" and spec.name in outputs:

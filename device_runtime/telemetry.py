@@ -9,6 +9,7 @@ telemetry failure, never an inference.
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import threading
@@ -100,9 +101,7 @@ class TelemetryQueue:
                 entry["inferences"] += 1
                 entry["errors"] += 0 if ok else 1
                 entry["latency_ms_sum"] += latency_ms
-                bucket = next(
-                    (i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency_ms <= b), len(LATENCY_BUCKETS_MS)
-                )
+                bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
                 entry["latency_ms_buckets"][bucket] += 1
                 self._since_flush += 1
                 if self._since_flush >= self._flush_every:

@@ -159,9 +159,9 @@ def _fits(info: TensorInfo, array: object) -> bool:
     shape = array.shape
     if len(shape) != len(info.shape):
         return False
-    return all(
-        want is None or got == want or axis == 0 for axis, (got, want) in enumerate(zip(shape, info.shape))
-    )
+    # Same length checked above, so strict=False cannot hide a mismatch.
+    pairs = enumerate(zip(shape, info.shape, strict=False))
+    return all(want is None or got == want or axis == 0 for axis, (got, want) in pairs)
 
 
 def _prepare_feeds(inputs: tuple[TensorInfo, ...], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

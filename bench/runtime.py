@@ -154,13 +154,21 @@ def bench_predict(kind: str, workdir: Path, keys: tuple[Path, Path], quick: bool
     }
 
 
+_PEAK_RSS = (
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1])\n"
+)
+
+
 def bench_import() -> dict[str, Any]:
+    """Fresh interpreters; VmHWM (not ru_maxrss, which a child inherits from its parent across exec)."""
     code = (
-        "import resource, time; t = time.perf_counter(); import device_runtime; "
-        "from device_runtime import Runtime, RuntimeConfig; d = time.perf_counter() - t; "
-        "print(d, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        _PEAK_RSS + "import time; t = time.perf_counter(); import device_runtime\n"
+        "from device_runtime import Runtime, RuntimeConfig\nprint(time.perf_counter() - t, peak())"
     )
-    base = "import resource; print(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    base = _PEAK_RSS + "print(0.0, peak())"
     samples, baseline = [], []
     for _ in range(5):
         out = subprocess.run(

@@ -109,13 +109,30 @@ class Runtime:
         (self._root / "slots").mkdir(parents=True, exist_ok=True)
         self._keys: list[PublicKey] = [load_public_key(k) for k in config.trusted_keys]
         self._lock = threading.RLock()
-        self.telemetry = TelemetryQueue(
-            self._root / "telemetry.db", max_events=config.telemetry_max_events, clock=config.clock
-        )
+        self.telemetry = self._open_telemetry()
         self._loaded: _Loaded | None = None
         self._manifests: dict[str, BundleManifest] = {}
         self._feedback: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._state = self._recover()
+
+    def _open_telemetry(self) -> TelemetryQueue:
+        """The telemetry queue; an unreadable database is set aside, never a reason not to serve."""
+        path = self._root / "telemetry.db"
+        options: dict[str, Any] = {"max_events": self._config.telemetry_max_events, "clock": self._config.clock}
+        try:
+            return TelemetryQueue(path, **options)
+        except Exception as e:  # not a database, torn, unwritable: start a fresh queue
+            problem = f"{type(e).__name__}: {e}"[:300]
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.replace(path.with_name(path.name + suffix), path.with_name(f"{path.name}.corrupt{suffix}"))
+        try:
+            queue = TelemetryQueue(path, **options)
+        except Exception:
+            queue = TelemetryQueue(Path(":memory:"), **options)  # nothing persists, inference still runs
+        queue.failures += 1
+        queue.record("telemetry-reset", detail=problem)
+        return queue
 
     # ---- paths and persistence -------------------------------------------------------------------
     @property
@@ -373,16 +390,18 @@ class Runtime:
         from device_runtime.engines import load_engine
         from device_runtime.preprocess import load_spec
 
-        entry = manifest.files[manifest.entrypoint]
-        data = _read_exact(directory / entry.name, entry.size)
-        if hashlib.sha256(data).hexdigest() != entry.sha256:  # the bytes loaded are the bytes verified
-            raise VerificationError(f"{entry.name} changed after verification; refusing to load it")
+        # Every file loaded is read once and checked against its signed digest: the bytes used are the
+        # bytes verified, whatever happens to the slot between verification and load (attack 11).
+        data = _read_verified(directory, manifest, manifest.entrypoint)
         kind = manifest.runtime.engine
-        engine = load_engine(data, kind=kind, threads=self._config.engine_threads)
-        spec = load_spec(directory / "preprocess.json")
+        if "preprocess.json" in manifest.files:
+            spec = _parse_spec(_read_verified(directory, manifest, "preprocess.json"))
+        else:
+            spec = load_spec(directory / "preprocess.json")
         labels = None
         if "labels.txt" in manifest.files:
-            labels = (directory / "labels.txt").read_text(encoding="utf-8").splitlines()
+            labels = _read_verified(directory, manifest, "labels.txt").decode("utf-8").splitlines()
+        engine = load_engine(data, kind=kind, threads=self._config.engine_threads)
         placeholder = record or SlotRecord("?", "", manifest.name, manifest.version, manifest.release_counter)
         return _Loaded(placeholder, manifest, engine, spec, labels)
 
@@ -539,9 +558,15 @@ class Runtime:
                 if state.active is None
                 else self._manifests.get(state.active.slot, None)
                 and self._manifests[state.active.slot].runtime.engine,
-                "telemetry": self.telemetry.stats(),
+                "telemetry": self._telemetry_stats(),
                 "history": list(state.history[-10:]),
             }
+
+    def _telemetry_stats(self) -> dict[str, int | None]:
+        try:
+            return dict(self.telemetry.stats())
+        except Exception:  # a broken database must not break status(); counts unknown
+            return {"queued": None, "dropped": None, "failures": self.telemetry.failures}
 
     def revert(self, reason: str = "manual") -> bool:
         """Go back to the previous slot now (no network needed). False when there is no previous model."""
@@ -577,11 +602,36 @@ class Runtime:
 
 def _read_exact(path: Path, size: int) -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(path, flags), "rb") as handle:
-        data = handle.read(size + 1)
+    try:
+        with os.fdopen(os.open(path, flags), "rb") as handle:
+            data = handle.read(size + 1)
+    except OSError as e:  # removed or replaced by a symlink since verification
+        raise VerificationError(f"{path.name} changed after verification ({e}); refusing to load it") from e
     if len(data) != size:
         raise VerificationError(f"{path.name} changed size after verification; refusing to load it")
     return data
+
+
+def _read_verified(directory: Path, manifest: BundleManifest, name: str) -> bytes:
+    entry = manifest.files[name]
+    data = _read_exact(directory / entry.name, entry.size)
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise VerificationError(f"{entry.name} changed after verification; refusing to load it")
+    return data
+
+
+def _parse_spec(data: bytes) -> Any:
+    """A preprocessing spec from verified bytes (strict JSON, then the spec's own validation)."""
+    from device_runtime.errors import SpecError
+    from device_runtime.preprocess import parse_spec
+    from signing.errors import FormatError
+    from signing.strict_json import parse_strict
+
+    try:
+        document = parse_strict(data, what="preprocess.json", max_bytes=1 << 20)
+    except FormatError as e:
+        raise SpecError(f"preprocess.json: {e}") from e
+    return parse_spec(document)
 
 
 def _check_engine_version(manifest: BundleManifest) -> None:

@@ -218,7 +218,9 @@ def check_store(store: Path, releases: Releases, allowed: set[str], **overrides:
         x = sample(2, seed=7)
         result = rt.predict(x)
         assert result.version == version
-        np.testing.assert_allclose(result.outputs["logits"], expected_logits(version, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            result.outputs["logits"], expected_logits(version, x), rtol=1e-5, atol=1e-5
+        )
         assert load_state(store / "state.json") is not None
         return version
     finally:

@@ -1,0 +1,1 @@
+"""The rollout server: TUF repository, telemetry ingest, gates, admin API and dashboard."""

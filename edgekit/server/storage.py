@@ -1,0 +1,181 @@
+"""Server storage: SQLite by default, PostgreSQL by URL, behind one small interface.
+
+Both speak the same SQL (`ON CONFLICT DO NOTHING` for idempotent ingest). SQLite runs in WAL mode with
+`synchronous=FULL`, so a batch is on disk before it is acknowledged; PostgreSQL commits before the reply
+as well. Several `edgekit serve` replicas share one PostgreSQL; one gate evaluator at a time is chosen by
+`pg_try_advisory_lock` (SQLite: a file lock, since one SQLite file means one host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Database", "StorageError", "open_database"]
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, hardware_id TEXT NOT NULL,
+        registered_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS batches (
+        batch_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+        events INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS events (
+        event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, batch_id TEXT NOT NULL, kind TEXT NOT NULL,
+        time DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL, bundle_id TEXT,
+        payload TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_by_bundle ON events (bundle_id, kind, time)",
+    "CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, time)",
+    """CREATE TABLE IF NOT EXISTS rollouts (
+        rollout_id TEXT PRIMARY KEY, model TEXT NOT NULL, channel TEXT NOT NULL, plan TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL,
+        stage_index INTEGER NOT NULL, outcome TEXT NOT NULL, alert TEXT, records TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, seq))""",
+]
+
+
+class StorageError(Exception):
+    """The database cannot be opened or used (the message says which and how to fix it)."""
+
+
+@dataclass
+class Database:
+    """A connection per thread to SQLite or PostgreSQL, with `?` placeholders in every statement."""
+
+    url: str
+    kind: str  # sqlite | postgresql
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._local = threading.local()
+        self._file_lock: Any = None
+
+    # -- connections -------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        if self.kind == "sqlite":
+            assert self.path is not None
+            connection = sqlite3.connect(
+                str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk
+            connection.execute("PRAGMA busy_timeout=30000")
+        else:
+            import psycopg
+
+            connection = psycopg.connect(self.url, autocommit=True)
+        self._local.connection = connection
+        return connection
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.kind == "sqlite" else statement.replace("?", "%s")
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (autocommit); return its rows."""
+        connection = self._connect()
+        cursor = connection.execute(self._sql(statement), tuple(params))
+        try:
+            return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            cursor.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """A transaction: everything inside commits together or not at all."""
+        connection = self._connect()
+        if self.kind == "sqlite":
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        else:
+            with connection.transaction():
+                yield self
+
+    def create_schema(self) -> None:
+        """Create tables and indexes if they do not exist."""
+        for statement in SCHEMA:
+            self.execute(statement)
+
+    # -- one gate evaluator at a time ----------------------------------------------------------------
+    def try_evaluator_lock(self) -> bool:
+        """Become the single gate evaluator (held until `release_evaluator_lock` or the session ends)."""
+        if self.kind == "postgresql":
+            rows = self.execute("SELECT pg_try_advisory_lock(?)", (0x6564_6765,))
+            return bool(rows[0][0])
+        if self._file_lock is None:
+            assert self.path is not None
+            handle = open(self.path.with_suffix(".evaluator.lock"), "a+")  # noqa: SIM115 - held on purpose
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return False
+            self._file_lock = handle
+        return True
+
+    def release_evaluator_lock(self) -> None:
+        """Give the evaluator role up."""
+        if self.kind == "postgresql":
+            self.execute("SELECT pg_advisory_unlock(?)", (0x6564_6765,))
+        elif self._file_lock is not None:
+            fcntl.flock(self._file_lock, fcntl.LOCK_UN)
+            self._file_lock.close()
+            self._file_lock = None
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+def open_database(url: str | None, data_dir: Path) -> Database:
+    """`None` → SQLite at DATA/edgekit.db; `sqlite:///path` or `postgresql://...` otherwise.
+
+    Raises:
+        StorageError: unknown scheme or an unreachable database.
+    """
+    if url is None:
+        database = Database(f"sqlite:///{data_dir / 'edgekit.db'}", "sqlite", data_dir / "edgekit.db")
+    elif url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        database = Database(url, "sqlite", path)
+    elif url.startswith(("postgresql://", "postgres://")):
+        database = Database(url, "postgresql")
+    else:
+        raise StorageError(f"--db {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
+    try:
+        database.create_schema()
+    except Exception as e:
+        raise StorageError(f"cannot open the database {_redact(url)}: {str(e).splitlines()[0][:200]}") from e
+    return database
+
+
+def _redact(url: str | None) -> str:
+    """Never print a password from a database URL."""
+    if not url or "@" not in url:
+        return str(url or "sqlite")
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON for stored documents."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

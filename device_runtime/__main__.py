@@ -76,6 +76,8 @@ def _emit(value: Any) -> None:
 
 
 def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -201,7 +203,18 @@ def _load_request(path: Path) -> Any:
 
 
 def _predict(runtime: Any, args: argparse.Namespace) -> int:
-    result = runtime.predict(_load_request(args.file))
+    from device_runtime.errors import InputError
+
+    request = _load_request(args.file)
+    try:
+        result = runtime.predict(request)
+    except InputError as e:
+        if isinstance(request, Path) and "dtype object" in str(e):  # an image path given to a tensor input
+            raise InputError(
+                f"{request.name} was read as an image, but the model takes tensors: pass a .npy file "
+                "(or an .npz of input name to array)"
+            ) from e
+        raise
     top = [[label, float(score)] for label, score in result.top_k]
     if args.json:
         outputs: dict[str, Any] = {}

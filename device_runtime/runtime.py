@@ -118,7 +118,10 @@ class Runtime:
     def _open_telemetry(self) -> TelemetryQueue:
         """The telemetry queue; an unreadable database is set aside, never a reason not to serve."""
         path = self._root / "telemetry.db"
-        options: dict[str, Any] = {"max_events": self._config.telemetry_max_events, "clock": self._config.clock}
+        options: dict[str, Any] = {
+            "max_events": self._config.telemetry_max_events,
+            "clock": self._config.clock,
+        }
         try:
             return TelemetryQueue(path, **options)
         except Exception as e:  # not a database, torn, unwritable: start a fresh queue

@@ -34,6 +34,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "preprocess",
         "Preprocessing specs: import from Hugging Face.",
     ),
+    "repo": ("edgekit.commands.repo", "repo", "The TUF repository: init, publish, rotate-root, status."),
+    "publish": ("edgekit.commands.repo", "publish", "Verify a bundle and publish it as a TUF target."),
+    "serve": (
+        "edgekit.commands.serve",
+        "serve",
+        "Run the rollout server: TUF repo, telemetry, gates, dashboard.",
+    ),
+    "rollout": (
+        "edgekit.commands.rollout",
+        "rollout",
+        "Phased rollouts: start, status, pause, resume, abort, promote.",
+    ),
 }
 
 

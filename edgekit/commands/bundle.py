@@ -285,7 +285,8 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
         for output in summary["parity"]["outputs"]:
             agreement = output["agreement"]
             click.echo(
-                f"parity {output['name']}: agreement {'n/a' if agreement is None else f'{100 * agreement:.2f}%'}, "
+                f"parity {output['name']}: agreement "
+                f"{'n/a' if agreement is None else f'{100 * agreement:.2f}%'}, "
                 f"SQNR {output['sqnr_db']:.1f} dB ({summary['parity']['samples']} samples, "
                 f"{'PASS' if summary['parity']['passed'] else 'FAIL'})"
             )

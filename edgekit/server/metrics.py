@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 
 __all__ = ["Metrics"]
 
@@ -13,7 +12,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._help: dict[str, tuple[str, str]] = {}
 
@@ -24,7 +23,8 @@ class Metrics:
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """Add to a counter."""
         with self._lock:
-            self._counters[(name, tuple(sorted(labels.items())))] += amount
+            key = (name, tuple(sorted(labels.items())))
+            self._counters[key] = self._counters.get(key, 0.0) + amount
 
     def set(self, name: str, value: float, **labels: str) -> None:
         """Set a gauge."""

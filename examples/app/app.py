@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,10 @@ def run(runtime: Runtime, args: argparse.Namespace) -> int:
         print("trial: committed (not on trial)")
     else:
         needs = trial["needs"]
+        elapsed = max(0.0, time.time() - trial["started"])
         print(
-            f"trial: {trial['successes']}/{needs['inferences']} successful inferences, "
-            f"{trial['strikes']} strikes, commits after {needs['seconds']:g} s"
+            f"trial: {trial['successes']} successful inferences (commit needs {needs['inferences']}), "
+            f"{elapsed:.0f} of {needs['seconds']:g} s, {trial['strikes']} strikes"
         )
     telemetry = status["telemetry"]
     print(

@@ -340,6 +340,14 @@ for line in sys.stdin:
 '''
 
 
+def _exited(pid: int) -> bool:
+    """The child has ended (a zombie the zygote has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 @dataclass
 class ChildResult:
     """How a child ended: `signal` (e.g. SIGKILL, SIGSEGV) or `exit` code, and its lifetime in seconds."""
@@ -410,12 +418,13 @@ class Zygote:
             time.sleep(max(0.0, kill_after - (time.perf_counter() - began)))
             os.kill(pid, signal.SIGKILL)  # not reaped until we say so: the pid is still this child's
         elif kill_when is not None:
-            while not kill_when.exists():
+            while not kill_when.exists() and not _exited(pid):
                 if time.perf_counter() - began > limit:
                     break
                 time.sleep(0.005)
-            time.sleep(watchdog)
-            os.kill(pid, signal.SIGKILL)
+            if not _exited(pid):
+                time.sleep(watchdog)
+                os.kill(pid, signal.SIGKILL)
         self.process.stdin.write("reap\n")
         self.process.stdin.flush()
         ended = self._read()
@@ -436,7 +445,7 @@ class Zygote:
 
 # ---- the randomized kill loop (shared by test_crash_safety and bench.soak_runtime) -----------------------
 
-GROUPS = {
+GROUPS: dict[str, tuple[list[str], bool, str, dict[str, Any], set[str]]] = {
     # name: (template versions, last one committed?, scenario, extra args, versions a survivor may serve)
     "install-next": (["1.0.0"], True, "install", {"bundle": "1.1.0"}, {"1.0.0", "1.1.0"}),
     "install-reusing-previous-slot": (
@@ -478,7 +487,7 @@ def kill_loop(
         versions, commit_last, op, extra, allowed = GROUPS[group]
         template = make_store(folder / f"template-{group}", releases, versions, commit_last=commit_last)
         store = folder / f"store-{group}"
-        args = {k: releases.bundles[v] if k == "bundle" else v for k, v in extra.items()}
+        args: dict[str, Any] = {k: releases.bundles[v] if k == "bundle" else v for k, v in extra.items()}
         measured = []
         for _ in range(3):
             reset_store(template, store)

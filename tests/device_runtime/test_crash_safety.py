@@ -64,10 +64,11 @@ def test_random_sigkill_during_install_and_trial_always_leaves_a_verified_model(
     assert stats.killed >= stats.trials // 2  # most kills land inside the scenario, not after it
     # kills landed both before the swap (old version) and after it (new version) of each install group
     assert {"1.0.0", "1.1.0", "1.2.0"} <= set(stats.versions)
+    durations = {k: round(v, 3) for k, v in stats.durations.items()}
     print(
         f"\n{stats.trials} kill trials in {stats.seconds:.1f} s ({stats.trials / stats.seconds:.1f}/s): "
         f"killed {stats.killed}, finished {stats.finished}, serving {stats.versions}, "
-        f"scenario durations {({k: round(v, 3) for k, v in stats.durations.items()})}"
+        f"scenario durations {durations}"
     )
 
 
@@ -75,7 +76,13 @@ def _start(zygote: Zygote, store: Path, tmp_path: Path, mode: str, **args: Any) 
     out, ready = tmp_path / "out.json", tmp_path / "ready"
     out.unlink(missing_ok=True)
     ready.unlink(missing_ok=True)
-    request = {"bad_version": "1.1.0", "mode": mode, "out": out, "ready": ready, "trial_inferences": 100}
+    request: dict[str, Any] = {
+        "bad_version": "1.1.0",
+        "mode": mode,
+        "out": out,
+        "ready": ready,
+        "trial_inferences": 100,
+    }
     request.update(args)
     if mode == "hang":  # a watchdog: kill the process 0.2 s after it entered the engine
         return zygote.run("start", store, kill_when=ready, watchdog=0.2, **request)

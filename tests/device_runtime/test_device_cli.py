@@ -197,7 +197,9 @@ def test_predict_errors_are_one_line(release: dict[str, Path], store: Path, tmp_
     assert "dtype" in one_line_error(cli(store, pub, "predict", str(tmp_path / "ints.npy")))
     (tmp_path / "pickle.npy").write_bytes(b"\x93NUMPY garbage")
     one_line_error(cli(store, pub, "predict", str(tmp_path / "pickle.npy")))
-    one_line_error(cli(store, pub, "predict", str(tmp_path / "absent.png")))
+    assert "no such file" in one_line_error(cli(store, pub, "predict", str(tmp_path / "absent.png")))
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG")
+    assert ".npy" in one_line_error(cli(store, pub, "predict", str(tmp_path / "photo.png")))
 
 
 def test_usage_errors_exit_2(release: dict[str, Path], store: Path) -> None:

@@ -1,0 +1,165 @@
+"""`edgekit repo init | publish | rotate-root | status` (and top-level `edgekit publish`): the TUF repository.
+
+Root and top-level targets keys live in the operator's offline folder (`--offline-keys`); the server's data
+directory holds only the online keys (snapshot, timestamp, rollouts).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edgekit.commands._common import echo_json, handle_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATA_HELP = "Server data directory (holds repo/ and keys/)."
+OFFLINE_HELP = "Folder of the offline root and targets keys (never inside the data directory)."
+
+
+def _repository_errors(function: F) -> F:
+    """RepositoryError -> one line on stderr, exit 1 (the product's other typed errors: handle_errors)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgekit.server.tuf_repo import RepositoryError
+
+        try:
+            return function(*args, **kwargs)
+        except RepositoryError as e:
+            context = click.get_current_context(silent=True)
+            if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
+                raise
+            raise click.ClickException(str(e)) from None
+
+    return handle_errors(wrapper)  # type: ignore[return-value]
+
+
+@click.group()
+def repo() -> None:
+    """The TUF repository devices update from: init, publish bundles, rotate root, status."""
+
+
+@repo.command("init")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
+@click.option("--offline-keys", required=True, type=click.Path(path_type=Path), help=OFFLINE_HELP)
+@click.option(
+    "--release-key",
+    "release_keys",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Release public key (PEM) bundles must be signed with (repeatable).",
+)
+@click.option("--release-threshold", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--root-threshold", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--root-keys", type=click.IntRange(1), help="Number of root keys (default: the threshold).")
+@_repository_errors
+def init(
+    data_dir: Path,
+    offline_keys: Path,
+    release_keys: tuple[Path, ...],
+    release_threshold: int,
+    root_threshold: int,
+    root_keys: int | None,
+) -> None:
+    """Create the keys and version 1 of every TUF role (consistent snapshots)."""
+    from edgekit.server.tuf_repo import TufRepository
+
+    TufRepository.init(
+        data_dir,
+        offline_keys_dir=offline_keys,
+        release_keys=list(release_keys),
+        release_threshold=release_threshold,
+        root_threshold=root_threshold,
+        root_keys=root_keys,
+    )
+    click.echo(f"initialised a TUF repository in {data_dir / 'repo'}")
+    click.echo(f"offline keys (root, targets) in {offline_keys}: move them offline; the server needs none")
+    click.echo(f"ship {data_dir / 'repo' / 'metadata' / '1.root.json'} with the device app (bootstrap root)")
+    if not release_keys:
+        click.echo(
+            "note: no --release-key given; publish will refuse bundles until keys are configured", err=True
+        )
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
+@click.option("--offline-keys", required=True, type=click.Path(path_type=Path), help=OFFLINE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the published target as JSON.")
+@_repository_errors
+def publish(bundle: Path, data_dir: Path, offline_keys: Path, as_json: bool) -> None:
+    """Verify BUNDLE against the release keys and publish it as a TUF target."""
+    from edgekit.server.tuf_repo import TufRepository
+
+    published = TufRepository(data_dir).add_bundle(bundle, offline_keys_dir=offline_keys)
+    if as_json:
+        echo_json(
+            {
+                "path": published.path,
+                "length": published.length,
+                "sha256": published.sha256,
+                "custom": published.custom,
+                "already_published": published.already_published,
+            }
+        )
+        return
+    verb = "already published" if published.already_published else "published"
+    click.echo(f"{verb} {published.path} ({published.length} bytes, sha256 {published.sha256})")
+
+
+repo.add_command(publish)
+
+
+@repo.command("rotate-root")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
+@click.option(
+    "--offline-keys", required=True, type=click.Path(path_type=Path, exists=True), help="Current root keys."
+)
+@click.option(
+    "--new-keys", required=True, type=click.Path(path_type=Path), help="Folder for the new root keys."
+)
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1))
+@_repository_errors
+def rotate_root(data_dir: Path, offline_keys: Path, new_keys: Path, threshold: int) -> None:
+    """Write the next root version, trusting new root keys, signed by the old and the new keys."""
+    from edgekit.server.tuf_repo import TufRepository
+
+    version = TufRepository(data_dir).rotate_root(
+        new_keys, old_offline_keys_dir=offline_keys, threshold=threshold
+    )
+    click.echo(f"wrote root version {version}; the new offline keys are in {new_keys}")
+
+
+@repo.command("status")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_repository_errors
+def status(data_dir: Path, as_json: bool) -> None:
+    """Roles with versions and expiries, targets and rollout plans."""
+    from edgekit.server.tuf_repo import TufRepository
+
+    report = TufRepository(data_dir).status()
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"repository {report['data_dir']} (consistent snapshots: {report['consistent_snapshot']})")
+    for name, role in report["roles"].items():
+        where = "online" if role["online"] else "offline"
+        flag = "  EXPIRED" if role["expired"] else ""
+        click.echo(
+            f"  {name:<10} v{role['version']:<4} expires {role['expires']}  "
+            f"{role['threshold']}-of-{len(role['keyids'])} {where} keys{flag}"
+        )
+    click.echo(f"targets ({len(report['targets'])}):")
+    for target in report["targets"]:
+        click.echo(f"  {target['path']}  {target['length']} bytes")
+    click.echo(f"rollout plans ({len(report['plans'])}):")
+    for plan in report["plans"]:
+        click.echo(f"  {plan['path']}")
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)

@@ -1,0 +1,79 @@
+"""`edgekit serve`: run the rollout server (uvicorn) on a data directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import click
+
+from edgekit.commands._common import handle_errors
+
+
+def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
+    """The admin token from the environment, else from DATA/keys/admin.token (created 0600 once)."""
+    value = os.environ.get(env)
+    if value:
+        return value, f"${env}"
+    path = data_dir / "keys" / "admin.token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip(), str(path)
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=Path("edgekit-data"),
+    show_default=True,
+    help="Server data directory (repo/, keys/, edgekit.db); create it with `edgekit repo init`.",
+)
+@click.option(
+    "--db", "db_url", help="Database URL (default: SQLite in the data directory; postgresql://...)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--admin-token-env",
+    default="EDGEKIT_ADMIN_TOKEN",
+    show_default=True,
+    help="Environment variable with the admin token (else DATA/keys/admin.token is used).",
+)
+@click.option(
+    "--evaluate-every",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between gate evaluations (0: only on POST /v1/admin/evaluate).",
+)
+@handle_errors
+def serve(
+    data_dir: Path, db_url: str | None, host: str, port: int, admin_token_env: str, evaluate_every: float
+) -> None:
+    """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
+    import uvicorn
+
+    from edgekit.server.app import ServerConfig, create_app
+    from edgekit.server.storage import StorageError, open_database
+
+    if not (data_dir / "repo" / "metadata" / "root.json").is_file():
+        raise click.ClickException(
+            f"{data_dir}: no TUF repository; create it with "
+            f"`edgekit repo init --data {data_dir} --offline-keys DIR`"
+        )
+    try:
+        database = open_database(db_url, data_dir)
+    except StorageError as e:
+        raise click.ClickException(str(e)) from None
+    token, where = admin_token(data_dir, admin_token_env)
+    app = create_app(
+        ServerConfig(data_dir=data_dir, database=database, admin_token=token, evaluate_every_s=evaluate_every)
+    )
+    click.echo(f"edgekit serve on http://{host}:{port}  (dashboard /dashboard, admin token from {where})")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

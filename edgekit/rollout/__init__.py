@@ -1,0 +1,39 @@
+"""Phased rollouts: the plan devices follow and the gates that move it along.
+
+`plan` holds the rollout plan (a signed TUF target), its state machine and the cohort function devices
+share with the server; `gates` decides from treatment-vs-control telemetry whether a stage promotes,
+holds or rolls back, with sequential tests that stay valid under continuous monitoring. Both are pure:
+the server does the IO (storage, TUF signing, clocks) and calls them.
+"""
+
+from edgekit.rollout.gates import (
+    ArmMetrics,
+    DecisionRecord,
+    Evaluation,
+    GateConfig,
+    GateConfigError,
+    StageDecision,
+    TelemetryDelta,
+    evaluate,
+    replay,
+)
+from edgekit.rollout.plan import PlanError, Release, RolloutError, RolloutPlan, arm, cohort_u, wanted_release
+
+__all__ = [
+    "ArmMetrics",
+    "DecisionRecord",
+    "Evaluation",
+    "GateConfig",
+    "GateConfigError",
+    "PlanError",
+    "Release",
+    "RolloutError",
+    "RolloutPlan",
+    "StageDecision",
+    "TelemetryDelta",
+    "arm",
+    "cohort_u",
+    "evaluate",
+    "replay",
+    "wanted_release",
+]

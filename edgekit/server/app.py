@@ -1,0 +1,286 @@
+"""`edgekit serve`: the ASGI app (FastAPI on uvicorn).
+
+    GET  /repo/...                      the TUF repository as static files (metadata and .ekb targets)
+    POST /v1/telemetry                  device batches (per-device bearer token; idempotent by batch id)
+    POST /v1/admin/devices              register a device, returns its token         (admin bearer token)
+    GET  /v1/admin/rollouts             rollouts with their latest decisions         (admin)
+    POST /v1/admin/rollouts             start a rollout                              (admin)
+    GET  /v1/admin/rollouts/{id}        one rollout and its decision log             (admin)
+    POST /v1/admin/rollouts/{id}/{act}  pause | resume | abort | promote             (admin)
+    POST /v1/admin/evaluate             run the gates now                            (admin)
+    GET  /healthz  /metrics  /openapi.json  /dashboard  /v1/dashboard
+
+Every request body is size-capped before it is read whole, every JSON body is schema-checked, and no
+endpoint returns a traceback. The repository directory is plain static files: any web server or CDN can
+serve the same folder, so device polling need not touch this process at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from edgekit.rollout.gates import GateConfig
+from edgekit.rollout.plan import PlanError
+from edgekit.server import ingest
+from edgekit.server.metrics import Metrics
+from edgekit.server.rollouts import ACTIONS, RolloutError, RolloutService
+from edgekit.server.storage import Database
+from edgekit.server.tuf_repo import TufRepository
+
+__all__ = ["ServerConfig", "create_app"]
+
+MAX_ADMIN_BODY = 64 << 10  # bytes
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What `create_app` needs. Durations in seconds."""
+
+    data_dir: Path
+    database: Database
+    admin_token: str
+    evaluate_every_s: float = 60.0  # 0 disables the background evaluator
+    refresh_metadata_every_s: float = 3600.0
+    gates: GateConfig = field(default_factory=GateConfig)
+    clock: Callable[[], float] = time.time
+
+
+class DeviceRegistration(BaseModel):
+    """A device to register."""
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    hardware_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RolloutRequest(BaseModel):
+    """A rollout to start."""
+
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    channel: str = Field(default="stable", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    target_version: str = Field(min_length=1, max_length=64)
+    baseline_version: str = Field(min_length=1, max_length=64)
+    stages: list[int] = Field(default=[1, 5, 25, 100], min_length=1, max_length=10)
+    control: bool = True
+    deadline_hours: float = Field(default=72.0, gt=0, le=24 * 90)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse bodies above a cap (413) before the app reads them."""
+
+    def __init__(self, app: Any, limits: Callable[[str], int]) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits(scope["path"])
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)(
+                scope, receive, send
+            )
+            return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message: dict[str, Any] = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)(
+                scope, receive, send
+            )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """Build the app for one data directory and database."""
+    db = config.database
+    repo = TufRepository(config.data_dir, clock=config.clock)
+    service = RolloutService(db, repo, config.gates, config.clock)
+    metrics = Metrics()
+    metrics.describe("edgekit_telemetry_batches_total", "counter", "Telemetry batches by result.")
+    metrics.describe("edgekit_telemetry_events_total", "counter", "Telemetry events stored.")
+    metrics.describe("edgekit_http_requests_total", "counter", "HTTP requests by route and status.")
+    metrics.describe("edgekit_gate_decisions_total", "counter", "Gate decisions by outcome.")
+    metrics.describe("edgekit_rollouts", "gauge", "Rollouts by state.")
+    stop = threading.Event()
+
+    def background() -> None:
+        last_refresh = 0.0
+        while not stop.wait(max(1.0, config.evaluate_every_s)):
+            try:
+                for _, decision in service.evaluate():
+                    metrics.inc("edgekit_gate_decisions_total", outcome=decision.outcome)
+                if time.monotonic() - last_refresh > config.refresh_metadata_every_s:
+                    repo.refresh_timestamp()
+                    last_refresh = time.monotonic()
+            except Exception:
+                metrics.inc("edgekit_background_errors_total")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        thread = None
+        if config.evaluate_every_s > 0:
+            thread = threading.Thread(target=background, name="edgekit-gates", daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    app = FastAPI(
+        title="edgekit rollout server",
+        version="1",
+        lifespan=lifespan,
+        description="TUF repository, telemetry ingest, phased rollouts with statistical gates.",
+    )
+    app.add_middleware(
+        _BodyLimit, limits=lambda path: ingest.MAX_BATCH_BYTES if path == "/v1/telemetry" else MAX_ADMIN_BODY
+    )
+    repo_dir = config.data_dir / "repo"
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    app.mount("/repo", StaticFiles(directory=repo_dir), name="repo")
+
+    def admin(authorization: str | None = Header(default=None)) -> None:
+        supplied = (authorization or "").removeprefix("Bearer ").strip()
+        if not authorization or not hmac.compare_digest(supplied.encode(), config.admin_token.encode()):
+            metrics.inc("edgekit_admin_rejected_total")
+            raise HTTPException(401, "admin endpoints need `Authorization: Bearer <admin token>`")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()][:5]
+        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, error: Exception) -> JSONResponse:  # never a traceback to clients
+        metrics.inc("edgekit_internal_errors_total")
+        return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        db.execute("SELECT 1")
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> str:
+        for reason, count in ingest.REJECTIONS.items():
+            metrics.set("edgekit_telemetry_rejected", count, reason=reason)
+        counts: dict[str, int] = {}
+        for plan in service.plans():
+            counts[plan.state] = counts.get(plan.state, 0) + 1
+        for state in ("running", "paused", "halted", "rolled_back", "complete"):
+            metrics.set("edgekit_rollouts", counts.get(state, 0), state=state)
+        return metrics.render()
+
+    @app.post("/v1/telemetry")
+    async def telemetry(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
+        body = await request.body()
+        outcome = ingest.ingest_batch(db, body, authorization, config.clock())
+        result = {200: "stored", 409: "duplicate"}.get(outcome.status, "rejected")
+        metrics.inc("edgekit_telemetry_batches_total", result=result)
+        if outcome.status == 200:
+            metrics.inc("edgekit_telemetry_events_total", outcome.body["events"])
+        return JSONResponse(outcome.body, status_code=outcome.status)
+
+    @app.post("/v1/admin/devices", dependencies=[Depends(admin)])
+    def register(device: DeviceRegistration) -> dict[str, str]:
+        token = ingest.register_device(db, device.device_id, device.hardware_id, config.clock())
+        return {"device_id": device.device_id, "token": token}
+
+    def describe(plan: Any, limit: int = 50) -> dict[str, Any]:
+        return {
+            "plan": plan.to_dict(),
+            "stage_percent": plan.stage_percent,
+            "decisions": service.decisions(plan.rollout_id, limit),
+        }
+
+    @app.get("/v1/admin/rollouts", dependencies=[Depends(admin)])
+    def rollouts() -> list[dict[str, Any]]:
+        return [describe(p, 5) for p in service.plans()]
+
+    @app.post("/v1/admin/rollouts", dependencies=[Depends(admin)])
+    def start(request: RolloutRequest) -> dict[str, Any]:
+        try:
+            plan = service.start(
+                request.model,
+                request.channel,
+                request.target_version,
+                request.baseline_version,
+                stages=tuple(request.stages),
+                control=request.control,
+                deadline_hours=request.deadline_hours,
+            )
+        except (RolloutError, PlanError) as e:
+            raise HTTPException(409, str(e)) from e
+        return describe(plan)
+
+    @app.get("/v1/admin/rollouts/{rollout_id}", dependencies=[Depends(admin)])
+    def rollout(rollout_id: str) -> dict[str, Any]:
+        try:
+            return describe(service.plan(rollout_id), 500)
+        except RolloutError as e:
+            raise HTTPException(404, str(e)) from e
+
+    @app.post("/v1/admin/rollouts/{rollout_id}/{action}", dependencies=[Depends(admin)])
+    def act(rollout_id: str, action: Literal["pause", "resume", "abort", "promote"]) -> dict[str, Any]:
+        try:
+            return describe(service.act(rollout_id, action))
+        except RolloutError as e:
+            status = 404 if "no rollout" in str(e) else 409
+            raise HTTPException(status, str(e)) from e
+
+    @app.post("/v1/admin/evaluate", dependencies=[Depends(admin)])
+    def evaluate_now() -> list[dict[str, Any]]:
+        results = service.evaluate()
+        for _, decision in results:
+            metrics.inc("edgekit_gate_decisions_total", outcome=decision.outcome)
+        return [
+            {
+                "rollout_id": plan.rollout_id,
+                "state": plan.state,
+                "stage_percent": plan.stage_percent,
+                "decision": decision.to_dict(),
+            }
+            for plan, decision in results
+        ]
+
+    @app.get("/v1/dashboard")
+    def dashboard_data() -> dict[str, Any]:
+        from edgekit.server.dashboard import dashboard_data as collect
+
+        return collect(db, service)
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    def dashboard() -> str:
+        from edgekit.server.dashboard import PAGE
+
+        return PAGE
+
+    assert set(ACTIONS) == {"pause", "resume", "abort", "promote"}
+    return app

@@ -1,0 +1,244 @@
+"""Rollouts on the server: start, act on, and evaluate plans; publish each change through TUF.
+
+Every plan change is written to the database and published as the delegated `rollouts` target, so devices
+see it on their next refresh. Gate evaluations are stored whole (one record per check), whatever their
+outcome: `rollout status` and the dashboard show them, and replaying the stored telemetry through the
+same pure `edgekit.rollout.gates.evaluate` gives the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgekit.rollout.gates import GateConfig, StageDecision, evaluate
+from edgekit.rollout.plan import PlanError, Release, RolloutPlan
+from edgekit.server.aggregate import arm_metrics
+from edgekit.server.storage import Database, dumps
+from edgekit.server.tuf_repo import TufRepository
+
+__all__ = ["ACTIONS", "RolloutError", "RolloutService"]
+
+ACTIONS = ("pause", "resume", "abort", "promote")
+
+
+class RolloutError(Exception):
+    """A rollout request cannot be carried out (unknown release, conflicting rollout, bad action)."""
+
+
+@dataclass
+class RolloutService:
+    """Plans, decisions and their publication; one evaluator at a time across replicas."""
+
+    db: Database
+    repo: TufRepository
+    gates: GateConfig = field(default_factory=GateConfig)
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- queries -----------------------------------------------------------------------------------
+    def plans(self) -> list[RolloutPlan]:
+        """Every rollout, newest first."""
+        rows = self.db.execute("SELECT plan FROM rollouts ORDER BY created_at DESC")
+        return [RolloutPlan.from_json(row[0]) for row in rows]
+
+    def plan(self, rollout_id: str) -> RolloutPlan:
+        """One rollout by id.
+
+        Raises:
+            RolloutError: unknown id.
+        """
+        rows = self.db.execute("SELECT plan FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+        if not rows:
+            raise RolloutError(f"no rollout {rollout_id!r}; list them with `edgekit rollout status`")
+        return RolloutPlan.from_json(rows[0][0])
+
+    def decisions(self, rollout_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The latest decisions of a rollout, oldest first."""
+        rows = self.db.execute(
+            "SELECT seq, time, stage_index, outcome, alert, records FROM decisions WHERE rollout_id = ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (rollout_id, limit),
+        )
+        return [
+            {
+                "seq": seq,
+                "time": t,
+                "stage_index": stage,
+                "outcome": outcome,
+                "alert": alert,
+                "records": json.loads(records),
+            }
+            for seq, t, stage, outcome, alert, records in reversed(rows)
+        ]
+
+    def releases(self, model: str) -> dict[str, Release]:
+        """Published bundles of a model by version, from the TUF repository."""
+        found = {}
+        for target in self.repo.status()["targets"]:
+            custom = target.get("custom") or {}
+            if custom.get("name") == model and target["path"].startswith("bundles/"):
+                found[custom["version"]] = Release(
+                    version=custom["version"],
+                    release_counter=int(custom["release_counter"]),
+                    target_path=target["path"],
+                    bundle_id=custom["bundle_id"],
+                )
+        return found
+
+    # -- changes -----------------------------------------------------------------------------------
+    def _store(self, plan: RolloutPlan, now: float, *, new: bool = False) -> None:
+        if new:
+            self.db.execute(
+                "INSERT INTO rollouts (rollout_id, model, channel, plan, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (plan.rollout_id, plan.model, plan.channel, plan.to_json(), now, now),
+            )
+        else:
+            self.db.execute(
+                "UPDATE rollouts SET plan = ?, updated_at = ? WHERE rollout_id = ?",
+                (plan.to_json(), now, plan.rollout_id),
+            )
+        self.repo.set_plan(plan.model, plan.channel, plan.to_dict())
+
+    def _record(self, plan: RolloutPlan, decision: dict[str, Any], now: float) -> None:
+        rows = self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM decisions WHERE rollout_id = ?", (plan.rollout_id,)
+        )
+        self.db.execute(
+            "INSERT INTO decisions (rollout_id, seq, time, stage_index, outcome, alert, records) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                plan.rollout_id,
+                int(rows[0][0]) + 1,
+                now,
+                plan.stage_index,
+                decision["outcome"],
+                decision.get("alert"),
+                dumps(decision["records"]),
+            ),
+        )
+
+    def start(
+        self,
+        model: str,
+        channel: str,
+        target_version: str,
+        baseline_version: str,
+        *,
+        stages: tuple[int, ...] = (1, 5, 25, 100),
+        control: bool = True,
+        deadline_hours: float = 72.0,
+    ) -> RolloutPlan:
+        """Start rolling `target_version` out over `baseline_version`.
+
+        Raises:
+            RolloutError: unpublished versions, a non-increasing release counter, or a rollout already
+                running for this model and channel.
+        """
+        with self._lock:
+            now = self.clock()
+            releases = self.releases(model)
+            for version in (target_version, baseline_version):
+                if version not in releases:
+                    raise RolloutError(
+                        f"{model} {version} is not published; publish it with `edgekit publish BUNDLE.ekb` "
+                        f"(published: {sorted(releases) or 'none'})"
+                    )
+            target, baseline = releases[target_version], releases[baseline_version]
+            if target.release_counter <= baseline.release_counter:
+                raise RolloutError(
+                    f"target release_counter {target.release_counter} must be above the baseline's "
+                    f"{baseline.release_counter} (devices refuse older releases)"
+                )
+            for existing in self.plans():
+                if (
+                    existing.model == model
+                    and existing.channel == channel
+                    and existing.state in ("running", "paused")
+                ):
+                    raise RolloutError(
+                        f"rollout {existing.rollout_id} is {existing.state}; abort or finish it first"
+                    )
+            try:
+                plan = RolloutPlan(
+                    model=model,
+                    channel=channel,
+                    rollout_id=f"{model}-{channel}-{int(now)}-{secrets.token_hex(3)}",
+                    salt=secrets.token_hex(16),
+                    target=target,
+                    baseline=baseline,
+                    stages=tuple(stages),
+                    control=control,
+                    stage_started_at=now,
+                    stage_deadline_hours=deadline_hours,
+                )
+            except PlanError as e:
+                raise RolloutError(str(e)) from e
+            self._store(plan, now, new=True)
+            self._record(plan, {"outcome": "start", "records": [], "alert": None}, now)
+            return plan
+
+    def act(self, rollout_id: str, action: str, reason: str = "operator") -> RolloutPlan:
+        """pause / resume / abort (roll back everyone) / promote (skip the gate: an operator's decision).
+
+        Raises:
+            RolloutError: unknown action or one the plan's state does not allow.
+        """
+        if action not in ACTIONS:
+            raise RolloutError(f"unknown action {action!r}; use one of {ACTIONS}")
+        with self._lock:
+            now = self.clock()
+            plan = self.plan(rollout_id)
+            try:
+                if action == "pause":
+                    changed = plan.pause()
+                elif action == "resume":
+                    changed = plan.resume()
+                elif action == "abort":
+                    changed = plan.roll_back(f"aborted by {reason}")
+                else:
+                    changed = plan.complete() if plan.at_last_stage else plan.promote(now)
+            except PlanError as e:
+                raise RolloutError(str(e)) from e
+            self._store(changed, now)
+            self._record(changed, {"outcome": f"manual-{action}", "records": [], "alert": None}, now)
+            return changed
+
+    def evaluate(self) -> list[tuple[RolloutPlan, StageDecision]]:
+        """Run the gates on every running rollout once; apply promote / roll back; store every decision."""
+        results: list[tuple[RolloutPlan, StageDecision]] = []
+        with self._lock:
+            if not self.db.try_evaluator_lock():
+                return results  # another replica is the evaluator
+            try:
+                now = self.clock()
+                for plan in self.plans():
+                    if plan.state != "running":
+                        continue
+                    metrics = arm_metrics(self.db, plan, now)
+                    decision = evaluate(
+                        plan.stage_percent,
+                        metrics["treatment"],
+                        metrics["control"],
+                        self.gates,
+                        now,
+                        plan.stage_started_at,
+                    )
+                    changed = plan
+                    if decision.outcome == "rollback":
+                        changed = plan.roll_back(decision.alert or "gate: regression detected")
+                    elif decision.outcome == "promote":
+                        changed = plan.complete() if plan.at_last_stage else plan.promote(now)
+                    self._record(plan, decision.to_dict(), now)
+                    if changed != plan:
+                        self._store(changed, now)
+                    results.append((changed, decision))
+            finally:
+                self.db.release_evaluator_lock()
+        return results

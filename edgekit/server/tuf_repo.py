@@ -1,0 +1,675 @@
+"""The server's TUF repository: python-tuf Metadata API over a data directory, safe for several processes.
+
+    repo = TufRepository.init(data_dir, offline_keys_dir=offline, release_keys=[release_pub])
+    repo.add_bundle("tiny-1.1.0.ekb", offline_keys_dir=offline)   # verified first; top-level target
+    repo.set_plan("tiny", "stable", plan)                           # delegated `rollouts` role (online)
+    repo.refresh_timestamp()                                        # cron: keep timestamp/snapshot fresh
+
+Roles and keys: `root` and the top-level `targets` are signed with OFFLINE keys kept in `offline_keys_dir`
+(the operator's medium; never under the data directory); `snapshot`, `timestamp` and the delegated
+`rollouts` role (paths `rollouts/*`, plans only) use ONLINE keys in `data_dir/keys` (0600). Ed25519 keys,
+PEM PKCS#8. Consistent snapshots are on.
+
+Layout (servable as static files): `data_dir/repo/metadata/` holds `N.root.json` and `root.json` (latest),
+`N.targets.json`, `N.rollouts.json`, `N.snapshot.json` and `timestamp.json`; `data_dir/repo/targets/` holds
+`bundles/<name>/<sha256>.<name>-<version>.ekb` and `rollouts/<model>/<sha256>.<channel>.json`.
+`data_dir/tuf-config.json` keeps the expiry policy and the release public keys.
+
+Every write is temp + fsync + rename, target files before the metadata naming them and `timestamp.json`
+last, so a reader never sees a half-published state. Every operation holds an exclusive `fcntl` lock on
+`data_dir/.tuf.lock` and re-reads the metadata from disk, so processes sharing a data directory never
+interleave. Errors: `RepositoryError` (with `BundleRefusedError` for bundles that do not verify).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Role,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+__all__ = [
+    "ROLLOUTS",
+    "BundleRefusedError",
+    "ExpiryPolicy",
+    "PublishedTarget",
+    "RepositoryError",
+    "TufRepository",
+    "generate_key",
+    "load_signer",
+]
+
+ROLLOUTS = "rollouts"
+CONFIG_FILE = "tuf-config.json"
+LOCK_FILE = ".tuf.lock"
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_VERSIONED = re.compile(r"(\d+)\.([a-z][a-z0-9_-]*)\.json")
+_DAY = 86_400.0  # seconds
+
+
+class RepositoryError(Exception):
+    """The repository cannot do what was asked (the message says why and how to fix it)."""
+
+
+class BundleRefusedError(RepositoryError):
+    """A bundle does not verify against the release keys: it is never published."""
+
+
+@dataclass(frozen=True)
+class ExpiryPolicy:
+    """How long each role's metadata is valid (days), and when online roles are re-signed early."""
+
+    root_days: float = 365.0
+    targets_days: float = 90.0
+    rollouts_days: float = 7.0
+    snapshot_days: float = 7.0
+    timestamp_days: float = 1.0
+    resign_fraction: float = 0.5  # re-sign an online role once less than this share of its lifetime is left
+
+    def days(self, role: str) -> float:
+        """Lifetime of `role` in days."""
+        return float(getattr(self, f"{role}_days"))
+
+    def __post_init__(self) -> None:
+        for role in ("root", "targets", "rollouts", "snapshot", "timestamp"):
+            if not 0 < self.days(role) <= 3650:
+                raise ValueError(f"ExpiryPolicy.{role}_days must be in (0, 3650]")
+        if not 0 < self.resign_fraction < 1:
+            raise ValueError("ExpiryPolicy.resign_fraction must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class PublishedTarget:
+    """A target as published: TUF path, length (bytes), SHA-256, custom fields, signing role."""
+
+    path: str
+    length: int
+    sha256: str
+    custom: dict[str, Any] = field(default_factory=dict)
+    role: str = "targets"
+    already_published: bool = False
+
+
+# ---- files and keys --------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write temp in the same folder, fsync, rename over `path`, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def generate_key(path: Path) -> CryptoSigner:
+    """Create an Ed25519 key at `path` (PEM PKCS#8, mode 0600, folder 0700); refuse to overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = Ed25519PrivateKey.generate()
+    signer = CryptoSigner(private)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError as e:
+        raise RepositoryError(f"{path} exists; refusing to overwrite a key") from e
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(signer.private_bytes)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync_dir(path.parent)
+    return signer
+
+
+def load_signer(path: Path) -> CryptoSigner:
+    """Load a key written by `generate_key`.
+
+    Raises:
+        RepositoryError: missing, unreadable, readable by others, or not a PEM private key.
+    """
+    try:
+        info = os.stat(path)
+        data = path.read_bytes()
+    except OSError as e:
+        raise RepositoryError(f"{path}: cannot read the key ({e.strerror})") from e
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise RepositoryError(f"{path}: a private key must not be readable by others (chmod 600 {path})")
+    try:
+        return CryptoSigner(load_pem_private_key(data, None))
+    except (ValueError, TypeError) as e:
+        raise RepositoryError(f"{path}: not an unencrypted PEM private key ({e})") from e
+
+
+def _signers_in(directory: Path, pattern: str) -> list[CryptoSigner]:
+    return [load_signer(p) for p in sorted(directory.glob(pattern))]
+
+
+def _utc(seconds: float) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).replace(microsecond=0)
+
+
+# ---- the repository ---------------------------------------------------------------------------------------
+class TufRepository:
+    """A TUF repository in `data_dir/repo`; see the module docstring. Safe across threads and processes."""
+
+    def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        """Open an initialised repository.
+
+        Raises:
+            RepositoryError: `data_dir` holds no repository (run `edgekit repo init`).
+        """
+        self.data_dir = Path(data_dir)
+        self._clock = clock
+        config_path = self.data_dir / CONFIG_FILE
+        try:
+            config = json.loads(config_path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise RepositoryError(
+                f"{self.data_dir}: no TUF repository here ({config_path} unreadable); run `edgekit repo init`"
+            ) from e
+        self.expiry = ExpiryPolicy(**config["expiry"])
+        self.release_keys: tuple[bytes, ...] = tuple(k.encode() for k in config.get("release_keys", []))
+        self.release_threshold = int(config.get("release_threshold", 1))
+
+    # -- paths
+    @property
+    def metadata_dir(self) -> Path:
+        """`data_dir/repo/metadata`."""
+        return self.data_dir / "repo" / "metadata"
+
+    @property
+    def targets_dir(self) -> Path:
+        """`data_dir/repo/targets`."""
+        return self.data_dir / "repo" / "targets"
+
+    @property
+    def keys_dir(self) -> Path:
+        """`data_dir/keys`: online keys only."""
+        return self.data_dir / "keys"
+
+    # -- init
+    @classmethod
+    def init(
+        cls,
+        data_dir: str | Path,
+        *,
+        offline_keys_dir: str | Path,
+        release_keys: Sequence[str | Path | bytes] = (),
+        release_threshold: int = 1,
+        expiry: ExpiryPolicy | None = None,
+        root_threshold: int = 1,
+        root_keys: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> TufRepository:
+        """Create keys and version 1 of every role (consistent snapshots on).
+
+        Args:
+            data_dir: server data directory (`repo/`, `keys/` are created in it).
+            offline_keys_dir: where the root and top-level targets keys are written; must be outside
+                `data_dir` (take it offline afterwards).
+            release_keys: PEM public keys (paths or bytes) that bundles must be signed with.
+            root_threshold: root signatures required; `root_keys` (default: the threshold) keys are made.
+
+        Raises:
+            RepositoryError: already initialised, offline keys inside the data directory, bad arguments.
+        """
+        data_dir, offline = Path(data_dir), Path(offline_keys_dir)
+        expiry = expiry or ExpiryPolicy()
+        count = root_keys if root_keys is not None else root_threshold
+        if not 1 <= root_threshold <= count:
+            raise RepositoryError(f"root threshold {root_threshold} needs 1..{count} root keys")
+        if offline.resolve().is_relative_to(data_dir.resolve()):
+            raise RepositoryError(
+                f"offline keys dir {offline} is inside the data dir {data_dir}; keep root and targets keys "
+                "offline (choose a folder outside it)"
+            )
+        if (data_dir / CONFIG_FILE).exists() or (data_dir / "repo" / "metadata").exists():
+            raise RepositoryError(f"{data_dir} already holds a TUF repository")
+        existing = sorted(p.name for p in offline.glob("*.key")) if offline.is_dir() else []
+        if existing:
+            raise RepositoryError(f"{offline} already holds keys {existing}; use an empty folder")
+        pems = [_read_public_pem(k) for k in release_keys]
+        if release_keys and not 1 <= release_threshold <= len(pems):
+            raise RepositoryError(f"release threshold must be in 1..{len(pems)}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "expiry": asdict(expiry),
+            "release_keys": pems,
+            "release_threshold": release_threshold,
+        }
+        repo_lock = _FileLock(data_dir / LOCK_FILE)
+        with repo_lock:
+            now = clock()
+            roots = [generate_key(offline / f"root-{i + 1}.key") for i in range(count)]
+            targets_key = generate_key(offline / "targets.key")
+            online = {
+                role: generate_key(data_dir / "keys" / f"{role}.key")
+                for role in ("snapshot", "timestamp", ROLLOUTS)
+            }
+            os.chmod(data_dir / "keys", 0o700)
+
+            root = Root(expires=_utc(now + expiry.root_days * _DAY), consistent_snapshot=True)
+            for signer in roots:
+                root.add_key(signer.public_key, Root.type)
+            root.roles[Root.type].threshold = root_threshold
+            root.add_key(targets_key.public_key, Targets.type)
+            root.add_key(online["snapshot"].public_key, Snapshot.type)
+            root.add_key(online["timestamp"].public_key, Timestamp.type)
+            targets = Targets(expires=_utc(now + expiry.targets_days * _DAY))
+            targets.delegations = Delegations(
+                keys={},
+                roles={ROLLOUTS: DelegatedRole(ROLLOUTS, [], 1, terminating=True, paths=[f"{ROLLOUTS}/*/*"])},
+            )
+            targets.add_key(online[ROLLOUTS].public_key, ROLLOUTS)
+            rollouts = Targets(expires=_utc(now + expiry.rollouts_days * _DAY))
+
+            _atomic_write(
+                data_dir / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+            )
+            repo = cls(data_dir, clock=clock)
+            repo._write_root(Metadata(root), roots)
+            repo._write(Metadata(targets), Targets.type, [targets_key])
+            repo._write(Metadata(rollouts), ROLLOUTS, [online[ROLLOUTS]])
+            repo._commit(now, force_snapshot=True)
+        return repo
+
+    # -- reading
+    def _latest_version(self, role: str) -> int:
+        versions = [
+            int(m.group(1))
+            for p in self.metadata_dir.glob(f"*.{role}.json")
+            if (m := _VERSIONED.fullmatch(p.name)) and m.group(2) == role
+        ]
+        if not versions:
+            raise RepositoryError(f"{self.metadata_dir}: no {role} metadata; is the repository initialised?")
+        return max(versions)
+
+    def _path(self, role: str, version: int | None = None) -> Path:
+        if role == Timestamp.type:
+            return self.metadata_dir / "timestamp.json"
+        return self.metadata_dir / f"{version or self._latest_version(role)}.{role}.json"
+
+    def _load(self, role: str) -> Metadata[Any]:
+        path = self._path(role)
+        try:
+            return Metadata.from_file(str(path))
+        except Exception as e:  # DeserializationError, OSError
+            raise RepositoryError(f"{path}: unreadable metadata ({e})") from e
+
+    # -- writing
+    def _write(self, md: Metadata[Any], role: str, signers: Sequence[CryptoSigner]) -> Path:
+        md.signatures.clear()
+        for signer in signers:
+            md.sign(signer, append=True)
+        path = self._path(role, md.signed.version)
+        _atomic_write(path, md.to_bytes(JSONSerializer(compact=False)))
+        return path
+
+    def _write_root(self, md: Metadata[Root], signers: Sequence[CryptoSigner]) -> None:
+        self._write(md, Root.type, signers)
+        _atomic_write(self.metadata_dir / "root.json", self._path(Root.type, md.signed.version).read_bytes())
+
+    def _online(self, role: str) -> CryptoSigner:
+        return load_signer(self.keys_dir / f"{role}.key")
+
+    def _bump(self, md: Metadata[Any], role: str, now: float, *, fresh: bool = False) -> None:
+        if not fresh:
+            md.signed.version += 1
+        md.signed.expires = _utc(now + self.expiry.days(role) * _DAY)
+
+    def _near_expiry(self, md: Metadata[Any], role: str, now: float) -> bool:
+        left = md.signed.expires.timestamp() - now
+        return left < self.expiry.resign_fraction * self.expiry.days(role) * _DAY
+
+    def _commit(self, now: float, *, force_snapshot: bool = False) -> None:
+        """A new snapshot if any targets role changed (or forced, or near expiry), then a new timestamp."""
+        meta = {
+            f"{role}.json": MetaFile.from_data(
+                self._latest_version(role), self._path(role).read_bytes(), ["sha256"]
+            )
+            for role in (Targets.type, ROLLOUTS)
+        }
+        snapshot_path: Path | None = None
+        fresh = not self._path(Timestamp.type).exists()  # only during init: version 1 of both
+        snapshot: Metadata[Snapshot] = Metadata(Snapshot(meta={})) if fresh else self._load(Snapshot.type)
+        if fresh or force_snapshot or snapshot.signed.meta != meta or self._near_expiry(snapshot, "snapshot", now):
+            snapshot.signed.meta = meta
+            self._bump(snapshot, Snapshot.type, now, fresh=fresh)
+            snapshot_path = self._write(snapshot, Snapshot.type, [self._online(Snapshot.type)])
+        snapshot_path = snapshot_path or self._path(Snapshot.type)
+        timestamp: Metadata[Timestamp] = (
+            Metadata(Timestamp(snapshot_meta=MetaFile(1))) if fresh else self._load(Timestamp.type)
+        )
+        timestamp.signed.snapshot_meta = MetaFile.from_data(
+            snapshot.signed.version, snapshot_path.read_bytes(), ["sha256"]
+        )
+        self._bump(timestamp, Timestamp.type, now, fresh=fresh)
+        self._write(timestamp, Timestamp.type, [self._online(Timestamp.type)])
+
+    def _store_target(self, path: str, source: Path) -> TargetFile:
+        """Move `source` to its consistent-snapshot name `<dir>/<sha256>.<basename>`; return its TargetFile."""
+        info = TargetFile.from_file(path, str(source), ["sha256"])
+        directory, _, basename = path.rpartition("/")
+        final = self.targets_dir / directory / f"{info.hashes['sha256']}.{basename}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(source, 0o644)
+        os.replace(source, final)
+        _fsync_dir(final.parent)
+        return info
+
+    def _lock(self) -> _FileLock:
+        return _FileLock(self.data_dir / LOCK_FILE)
+
+    # -- operations
+    def add_bundle(
+        self,
+        ekb_path: str | Path,
+        *,
+        offline_keys_dir: str | Path,
+        release_keys: Sequence[str | Path | bytes] | None = None,
+    ) -> PublishedTarget:
+        """Verify a bundle, then publish it as `bundles/<name>/<name>-<version>.ekb` (offline targets key).
+
+        The bytes verified are the bytes published: the bundle is copied into the repository first and the
+        copy is verified. Publishing the same bytes again is a no-op; other bytes for a published
+        name and version are refused.
+
+        Raises:
+            BundleRefusedError: the signature does not verify against the release keys.
+            RepositoryError: no release keys, wrong offline key, version already published differently.
+        """
+        from signing.errors import SigningError
+        from signing.keys import load_public_key
+        from signing.verify import VerifyPolicy, verify_ekb
+
+        pems = [_read_public_pem(k).encode() for k in release_keys] if release_keys else self.release_keys
+        keys = [load_public_key(pem) for pem in pems]
+        if not keys:
+            raise RepositoryError("no release keys configured: give --release-key to `edgekit repo init`")
+        threshold = min(self.release_threshold, len(keys))
+        with self._lock():
+            now = self._clock()
+            self.targets_dir.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=self.targets_dir, prefix=".incoming-", suffix=".ekb")
+            temp = Path(temp_name)
+            try:
+                with os.fdopen(fd, "wb") as out, open(ekb_path, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                try:
+                    verified = verify_ekb(temp, keys, policy=VerifyPolicy(threshold=threshold))
+                except SigningError as e:
+                    raise BundleRefusedError(f"{ekb_path}: refused, the bundle does not verify: {e}") from e
+                manifest = verified.manifest
+                path = f"bundles/{manifest.name}/{manifest.name}-{manifest.version}.ekb"
+                custom = {
+                    "name": manifest.name,
+                    "version": manifest.version,
+                    "release_counter": manifest.release_counter,
+                    "bundle_id": verified.payload_sha256,
+                }
+                targets: Metadata[Targets] = self._load(Targets.type)
+                signer = self._offline_targets_signer(Path(offline_keys_dir))
+                candidate = TargetFile.from_file(path, str(temp), ["sha256"])
+                existing = targets.signed.targets.get(path)
+                if existing is not None:
+                    if existing.hashes == candidate.hashes and existing.length == candidate.length:
+                        return PublishedTarget(
+                            path, existing.length, existing.hashes["sha256"], custom, already_published=True
+                        )
+                    raise RepositoryError(
+                        f"{manifest.name} {manifest.version} is already published with other bytes; "
+                        "publish a new version instead"
+                    )
+                info = self._store_target(path, temp)
+                info.unrecognized_fields["custom"] = custom
+                targets.signed.targets[path] = info
+                self._bump(targets, Targets.type, now)
+                self._write(targets, Targets.type, [signer])
+                self._commit(now)
+                return PublishedTarget(path, info.length, info.hashes["sha256"], custom)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
+
+    def _offline_targets_signer(self, offline: Path) -> CryptoSigner:
+        signer = load_signer(offline / "targets.key")
+        root: Metadata[Root] = self._load(Root.type)
+        if signer.public_key.keyid not in root.signed.roles[Targets.type].keyids:
+            raise RepositoryError(f"{offline / 'targets.key'} is not the targets key this root trusts")
+        return signer
+
+    def set_plan(self, model: str, channel: str, plan: dict[str, Any]) -> PublishedTarget:
+        """Publish `plan` as `rollouts/<model>/<channel>.json` in the delegated `rollouts` role (online key).
+
+        Raises:
+            RepositoryError: bad names, a malformed plan, or a plan naming a bundle that is not published.
+        """
+        from device_runtime.updater import PlanError, parse_plan
+        from signing.strict_json import canonical_bytes
+
+        for label, value in (("model", model), ("channel", channel)):
+            if not _NAME.fullmatch(value):
+                raise RepositoryError(f"{label} {value!r}: use lower-case letters, digits, '.', '_' or '-'")
+        try:
+            parsed = parse_plan(plan, model=model)
+            data = canonical_bytes(plan)
+        except (PlanError, ValueError, TypeError) as e:
+            raise RepositoryError(f"rollout plan for {model}/{channel} refused: {e}") from e
+        path = f"{ROLLOUTS}/{model}/{channel}.json"
+        with self._lock():
+            now = self._clock()
+            published = self._load(Targets.type).signed.targets
+            for release in (parsed.target, parsed.baseline):
+                if release is not None and release.target_path not in published:
+                    raise RepositoryError(f"the plan names {release.target_path}, which is not published")
+            rollouts: Metadata[Targets] = self._load(ROLLOUTS)
+            self.targets_dir.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=self.targets_dir, prefix=".incoming-", suffix=".json")
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                info = self._store_target(path, Path(temp_name))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp_name)
+            rollouts.signed.targets[path] = info
+            self._bump(rollouts, ROLLOUTS, now)
+            self._write(rollouts, ROLLOUTS, [self._online(ROLLOUTS)])
+            self._commit(now)
+            return PublishedTarget(path, info.length, info.hashes["sha256"], {}, role=ROLLOUTS)
+
+    def refresh_timestamp(self, *, force_snapshot: bool = False) -> dict[str, int]:
+        """Re-sign timestamp (always), and rollouts and snapshot when near expiry. Returns role -> version.
+
+        Top-level targets and root need the offline keys: they are reported by `status`, not refreshed.
+        """
+        with self._lock():
+            now = self._clock()
+            rollouts: Metadata[Targets] = self._load(ROLLOUTS)
+            if self._near_expiry(rollouts, ROLLOUTS, now):
+                self._bump(rollouts, ROLLOUTS, now)
+                self._write(rollouts, ROLLOUTS, [self._online(ROLLOUTS)])
+            self._commit(now, force_snapshot=force_snapshot)
+            return {
+                role: self._load(role).signed.version for role in (ROLLOUTS, Snapshot.type, Timestamp.type)
+            }
+
+    def rotate_root(
+        self,
+        new_root_keys_dir: str | Path,
+        *,
+        old_offline_keys_dir: str | Path,
+        threshold: int = 1,
+        key_count: int | None = None,
+    ) -> int:
+        """Write root N+1 trusting the root keys in `new_root_keys_dir`, signed by old AND new keys.
+
+        Keys `root-*.key` already in the new folder are used; if there are none, `key_count` (default:
+        `threshold`) are generated there. The targets key is copied into the new folder (unchanged), so
+        it is a complete offline key set. Clients holding root N verify N+1 with both rings (the chain).
+
+        Raises:
+            RepositoryError: too few old root keys for the current threshold, or bad threshold.
+        """
+        old_dir, new_dir = Path(old_offline_keys_dir), Path(new_root_keys_dir)
+        if new_dir.resolve().is_relative_to(self.data_dir.resolve()):
+            raise RepositoryError(f"{new_dir} is inside the data dir; keep root keys offline")
+        with self._lock():
+            now = self._clock()
+            current: Metadata[Root] = self._load(Root.type)
+            role = current.signed.roles[Root.type]
+            old = [s for s in _signers_in(old_dir, "root-*.key") if s.public_key.keyid in role.keyids]
+            if len(old) < role.threshold:
+                raise RepositoryError(
+                    f"{old_dir} holds {len(old)} of the current root keys; {role.threshold} are needed to sign"
+                )
+            new = _signers_in(new_dir, "root-*.key") if new_dir.is_dir() else []
+            if not new:
+                count = key_count if key_count is not None else threshold
+                new = [generate_key(new_dir / f"root-{i + 1}.key") for i in range(count)]
+            if not 1 <= threshold <= len(new):
+                raise RepositoryError(f"threshold {threshold} needs 1..{len(new)} new root keys")
+            if not (new_dir / "targets.key").exists():
+                source = old_dir / "targets.key"
+                load_signer(source)  # refuse to copy something that is not a private key
+                fd = os.open(new_dir / "targets.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(source.read_bytes())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            root = current.signed
+            for keyid in list(role.keyids):
+                root.revoke_key(keyid, Root.type)
+            for signer in new:
+                root.add_key(signer.public_key, Root.type)
+            root.roles[Root.type].threshold = threshold
+            self._bump(current, Root.type, now)
+            self._write_root(current, [*old, *new])
+            return root.version
+
+    # -- status
+    def status(self) -> dict[str, Any]:
+        """Roles (version, expiry, keys, threshold), targets and plans, and warnings about expiry."""
+        with self._lock():
+            now = self._clock()
+            root: Metadata[Root] = self._load(Root.type)
+            roles: dict[str, Any] = {}
+            warnings: list[str] = []
+            documents: dict[str, Metadata[Any]] = {}
+            for role in (Root.type, Targets.type, ROLLOUTS, Snapshot.type, Timestamp.type):
+                md = self._load(role)
+                documents[role] = md
+                expires = md.signed.expires
+                if role == ROLLOUTS:
+                    delegated: Role = documents[Targets.type].signed.get_delegated_role(ROLLOUTS)
+                else:
+                    delegated = root.signed.roles[role]
+                roles[role] = {
+                    "version": md.signed.version,
+                    "expires": expires.isoformat().replace("+00:00", "Z"),
+                    "expired": expires.timestamp() <= now,
+                    "keyids": list(delegated.keyids),
+                    "threshold": delegated.threshold,
+                    "online": role in (Snapshot.type, Timestamp.type, ROLLOUTS),
+                }
+                if expires.timestamp() <= now:
+                    warnings.append(f"{role} expired at {roles[role]['expires']}")
+                elif self._near_expiry(md, role, now):
+                    how = "edgekit repo publish" if role == Targets.type else "edgekit repo rotate-root"
+                    fix = "the server re-signs it" if roles[role]["online"] else f"re-sign with {how}"
+                    warnings.append(f"{role} expires at {roles[role]['expires']} ({fix})")
+
+            def describe(targets: Metadata[Targets]) -> list[dict[str, Any]]:
+                return [
+                    {"path": p, "length": t.length, "sha256": t.hashes.get("sha256"), "custom": t.custom}
+                    for p, t in sorted(targets.signed.targets.items())
+                ]
+
+            return {
+                "data_dir": str(self.data_dir),
+                "consistent_snapshot": bool(root.signed.consistent_snapshot),
+                "roles": roles,
+                "targets": describe(documents[Targets.type]),
+                "plans": describe(documents[ROLLOUTS]),
+                "warnings": warnings,
+            }
+
+
+class _FileLock:
+    """An exclusive `fcntl.flock` on a lock file; each use opens its own descriptor, so threads exclude too."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_public_pem(source: str | Path | bytes) -> str:
+    from signing.errors import KeyFileError
+    from signing.keys import load_public_key, public_pem
+
+    try:
+        key = load_public_key(source if isinstance(source, bytes) else Path(source))
+    except KeyFileError as e:
+        raise RepositoryError(str(e)) from e
+    return public_pem(key.key).decode()

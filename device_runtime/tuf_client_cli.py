@@ -173,3 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console_main() -> NoReturn:
     """Console-script entry point (`edgekit-tuf-client`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

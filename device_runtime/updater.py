@@ -1,4 +1,4 @@
-"""The device's update loop over TUF: refresh, read the signed rollout plan, compute the cohort, download, install.
+"""The device update loop over TUF: refresh, read the signed rollout plan, compute the cohort, install.
 
     updater = Updater(UpdaterConfig(metadata_url=..., targets_url=..., metadata_dir=store / "tuf",
                                     download_dir=store / "downloads", model="digits", channel="stable",
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -195,7 +196,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class Decision:
-    """What this device should run. `arm` is its cohort at the current stage; `wanted` None: keep the model."""
+    """What this device should run: `arm` is its cohort at the current stage; `wanted` None keeps it."""
 
     rollout_id: str
     state: str
@@ -275,7 +276,7 @@ def parse_plan(document: bytes | Mapping[str, Any], *, model: str | None = None)
         not isinstance(stages, list)
         or not stages
         or not all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s <= 100 for s in stages)
-        or any(b <= a for a, b in zip(stages, stages[1:], strict=False))
+        or any(b <= a for a, b in itertools.pairwise(stages))
     ):
         raise PlanError(f"plan.stages {stages!r}: expected increasing percentages in (0, 100]", "plan-format")
     index = document.get("stage_index")
@@ -303,6 +304,7 @@ def decide(plan: Plan, device_id: str) -> Decision:
     u = cohort_u(plan.salt, device_id)
     p = plan.stage_percent / 100.0
     arm = "treatment" if u < p else "control" if plan.control and u < 2 * p else "other"
+    wanted: Release | None
     if plan.state == "complete":
         wanted, reason = plan.target, "rollout complete: every device runs the target"
     elif plan.state in ("halted", "rolled_back"):
@@ -362,8 +364,8 @@ class BoundedFetcher(Urllib3Fetcher):
                     )
                 if elapsed > self.grace_s and received < self.min_speed_bytes_per_s * elapsed:
                     raise tuf_exceptions.SlowRetrievalError(
-                        f"average speed {received / elapsed:.0f} B/s after {elapsed:.1f} s is below the floor "
-                        f"of {self.min_speed_bytes_per_s} B/s"
+                        f"average speed {received / elapsed:.0f} B/s after {elapsed:.1f} s is below "
+                        f"the floor of {self.min_speed_bytes_per_s} B/s"
                     )
                 yield chunk
         except urllib3.exceptions.TimeoutError as e:
@@ -481,7 +483,9 @@ class Updater:
                     return Outcome("up-to-date", "no-baseline", decision, detail=decision.reason)
                 info = self._targetinfo(session, release.target_path)
                 if info is None:
-                    raise MetadataError(f"the plan names {release.target_path}, which is not a target", "no-target")
+                    raise MetadataError(
+                        f"the plan names {release.target_path}, which is not a target", "no-target"
+                    )
                 bundle_id = self._check_target(info, release)
                 active = runtime.status().get("active")
                 if active is not None and active.get("bundle_id") == bundle_id:
@@ -505,7 +509,9 @@ class Updater:
                 with contextlib.suppress(OSError):
                     path.unlink()
             status = "up-to-date" if getattr(result, "already_active", False) else "installed"
-            return Outcome(status, "installed" if status == "installed" else "active", decision, release, bundle_id)
+            return Outcome(
+                status, "installed" if status == "installed" else "active", decision, release, bundle_id
+            )
 
     def _check_target(self, info: TargetFile, release: Release) -> str:
         custom = info.custom if isinstance(info.custom, Mapping) else {}
@@ -516,7 +522,8 @@ class Updater:
         expected = (self._config.model, release.version, release.release_counter)
         if found != expected:
             raise PlanError(
-                f"{info.path}: the target is {found} (name, version, release_counter), the plan says {expected}",
+                f"{info.path}: the target is {found} (name, version, release_counter); "
+                f"the plan says {expected}",
                 reason="plan-mismatch",
             )
         return bundle_id
@@ -527,7 +534,7 @@ class Updater:
             return session.get_targetinfo(path)
 
     def _download(self, session: _NgUpdater, info: TargetFile, suffix: str) -> Path:
-        """Download into download_dir under the target's SHA-256 (never its remote name); reuse a cached copy."""
+        """Download into download_dir named by the target's SHA-256 (never its remote name); reuse a cache."""
         digest = info.hashes.get("sha256")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise MetadataError(f"{info.path}: no SHA-256 in the target's hashes", reason="target-hashes")

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -103,6 +104,11 @@ _SCALARS = (
 
 class GateConfigError(RolloutError):
     """A gate configuration or replay input is invalid (the message says which value and why)."""
+
+
+def _is_count(value: object) -> bool:
+    """A finite real number (numpy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class ArmMetrics:
         found: dict[str, str] = {}
         for name in _SCALARS:
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            if not _is_count(value):
                 found[name] = f"{name}={value!r} is missing or not a finite number"
             elif value < 0:
                 found[name] = f"{name}={value!r} is negative"

@@ -80,9 +80,10 @@ class RolloutRequest(BaseModel):
 class _BodyLimit:
     """ASGI middleware: refuse bodies above a cap (413) before the app reads them."""
 
-    def __init__(self, app: Any, limits: Callable[[str], int]) -> None:
+    def __init__(self, app: Any, limits: Callable[[str], int], on_reject: Callable[[str], None]) -> None:
         self.app = app
         self.limits = limits
+        self.on_reject = on_reject
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
@@ -91,6 +92,7 @@ class _BodyLimit:
         limit = self.limits(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            self.on_reject(scope["path"])
             await JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)(
                 scope, receive, send
             )
@@ -108,6 +110,7 @@ class _BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
+            self.on_reject(scope["path"])
             await JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)(
                 scope, receive, send
             )
@@ -159,8 +162,15 @@ def create_app(config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
         description="TUF repository, telemetry ingest, phased rollouts with statistical gates.",
     )
+
+    def rejected(path: str) -> None:
+        if path == "/v1/telemetry":
+            ingest.REJECTIONS["oversized"] += 1
+
     app.add_middleware(
-        _BodyLimit, limits=lambda path: ingest.MAX_BATCH_BYTES if path == "/v1/telemetry" else MAX_ADMIN_BODY
+        _BodyLimit,
+        on_reject=rejected,
+        limits=lambda path: ingest.MAX_BATCH_BYTES if path == "/v1/telemetry" else MAX_ADMIN_BODY,
     )
     repo_dir = config.data_dir / "repo"
     repo_dir.mkdir(parents=True, exist_ok=True)

@@ -372,7 +372,12 @@ class TufRepository:
         snapshot_path: Path | None = None
         fresh = not self._path(Timestamp.type).exists()  # only during init: version 1 of both
         snapshot: Metadata[Snapshot] = Metadata(Snapshot(meta={})) if fresh else self._load(Snapshot.type)
-        if fresh or force_snapshot or snapshot.signed.meta != meta or self._near_expiry(snapshot, "snapshot", now):
+        if (
+            fresh
+            or force_snapshot
+            or snapshot.signed.meta != meta
+            or self._near_expiry(snapshot, "snapshot", now)
+        ):
             snapshot.signed.meta = meta
             self._bump(snapshot, Snapshot.type, now, fresh=fresh)
             snapshot_path = self._write(snapshot, Snapshot.type, [self._online(Snapshot.type)])
@@ -387,7 +392,7 @@ class TufRepository:
         self._write(timestamp, Timestamp.type, [self._online(Timestamp.type)])
 
     def _store_target(self, path: str, source: Path) -> TargetFile:
-        """Move `source` to its consistent-snapshot name `<dir>/<sha256>.<basename>`; return its TargetFile."""
+        """Move `source` to its consistent-snapshot name `<dir>/<sha256>.<basename>`; return its info."""
         info = TargetFile.from_file(path, str(source), ["sha256"])
         directory, _, basename = path.rpartition("/")
         final = self.targets_dir / directory / f"{info.hashes['sha256']}.{basename}"
@@ -565,7 +570,8 @@ class TufRepository:
             old = [s for s in _signers_in(old_dir, "root-*.key") if s.public_key.keyid in role.keyids]
             if len(old) < role.threshold:
                 raise RepositoryError(
-                    f"{old_dir} holds {len(old)} of the current root keys; {role.threshold} are needed to sign"
+                    f"{old_dir} holds {len(old)} of the current root keys; "
+                    f"{role.threshold} are needed to sign"
                 )
             new = _signers_in(new_dir, "root-*.key") if new_dir.is_dir() else []
             if not new:
@@ -640,7 +646,7 @@ class TufRepository:
 
 
 class _FileLock:
-    """An exclusive `fcntl.flock` on a lock file; each use opens its own descriptor, so threads exclude too."""
+    """An exclusive `fcntl.flock` on a lock file; each use opens its own fd, so threads wait too."""
 
     def __init__(self, path: Path) -> None:
         self._path = path

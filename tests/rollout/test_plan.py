@@ -10,8 +10,12 @@ import pytest
 
 from edgekit.rollout.plan import PlanError, Release, RolloutPlan, arm, cohort_u, wanted_release
 
-TARGET = Release(version="1.1.0", release_counter=7, target_path="models/cat/1.1.0.ekb", bundle_id="sha256:bb")
-BASELINE = Release(version="1.0.0", release_counter=6, target_path="models/cat/1.0.0.ekb", bundle_id="sha256:aa")
+TARGET = Release(
+    version="1.1.0", release_counter=7, target_path="models/cat/1.1.0.ekb", bundle_id="sha256:bb"
+)
+BASELINE = Release(
+    version="1.0.0", release_counter=6, target_path="models/cat/1.0.0.ekb", bundle_id="sha256:aa"
+)
 IDS = [f"device-{i:06d}" for i in range(100_000)]
 
 
@@ -112,7 +116,9 @@ def test_transitions_walk_the_stages() -> None:
         pytest.param(lambda p: p.complete(), "promote to 100% first", id="complete-before-last-stage"),
         pytest.param(lambda p: p.resume(), "cannot resume a plan that is running", id="resume-running"),
         pytest.param(lambda p: p.promote(p.stage_started_at - 1), "check the server clock", id="clock-back"),
-        pytest.param(lambda p: p.pause().promote(p.stage_started_at + 1), "cannot promote", id="promote-paused"),
+        pytest.param(
+            lambda p: p.pause().promote(p.stage_started_at + 1), "cannot promote", id="promote-paused"
+        ),
         pytest.param(lambda p: p.halt(""), "non-empty reason", id="halt-without-reason"),
         pytest.param(lambda p: p.halt("x").resume(), "cannot resume", id="resume-halted"),
         pytest.param(lambda p: p.roll_back("x").roll_back("y"), "cannot roll back", id="roll-back-twice"),
@@ -191,9 +197,13 @@ def _mutated(mutate: object) -> str:
         pytest.param(_mutated(lambda d: d["target"].pop("bundle_id")), "target: missing", id="release-key"),
         pytest.param(_mutated(lambda d: d.update(stages="1,5")), "JSON list", id="stages-string"),
         pytest.param(_mutated(lambda d: d.update(stage_index=1.0)), "stage_index", id="float-index"),
-        pytest.param(_mutated(lambda d: d.update(stage_started_at="0")), "stage_started_at", id="string-time"),
         pytest.param(
-            _mutated(lambda d: d["target"].update(release_counter="7")), "release_counter", id="string-counter"
+            _mutated(lambda d: d.update(stage_started_at="0")), "stage_started_at", id="string-time"
+        ),
+        pytest.param(
+            _mutated(lambda d: d["target"].update(release_counter="7")),
+            "release_counter",
+            id="string-counter",
         ),
         pytest.param('{"salt": "a", "salt": "b"}', "duplicate key", id="duplicate-key"),
         pytest.param(

@@ -1,4 +1,4 @@
-"""`edgekit.server.tuf_repo.TufRepository` and `edgekit repo`: real keys, real bundles, real ngclient over HTTP.
+"""`TufRepository` and `edgekit repo`: real keys, real bundles, a real ngclient over loopback HTTP.
 
 The loopback server and the repository helpers here (`RepoServer`, `make_plan`, `plant_plan`) are shared
 with the device-side tests (`tests/device_runtime/test_updater.py`, `test_tuf_client_cli.py`).
@@ -89,8 +89,8 @@ class RepoServer:
 
 def served_path(repo: TufRepository, target_path: str) -> str:
     """The URL path ngclient requests for a target (consistent snapshots: `<dir>/<sha256>.<name>`)."""
-    targets = Metadata.from_file(str(_latest(repo, "targets"))).signed
-    info = targets.targets[target_path]
+    targets: Metadata[Targets] = Metadata.from_file(str(_latest(repo, "targets")))
+    info = targets.signed.targets[target_path]
     directory, _, name = target_path.rpartition("/")
     return f"/targets/{directory}/{info.hashes['sha256']}.{name}"
 
@@ -134,7 +134,7 @@ def make_plan(
 def plant_plan(repo: TufRepository, channel: str, data: bytes) -> None:
     """Play a holder of the online `rollouts` key publishing raw bytes that set_plan would refuse."""
     path = f"rollouts/{MODEL_NAME}/{channel}.json"
-    md = Metadata.from_file(str(_latest(repo, "rollouts")))
+    md: Metadata[Targets] = Metadata.from_file(str(_latest(repo, "rollouts")))
     info = TargetFile.from_data(path, data, ["sha256"])
     folder = repo.targets_dir / "rollouts" / MODEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,11 @@ def test_init_creates_every_role_with_expiries_and_consistent_snapshot_names(
     assert rollouts.paths == ["rollouts/*/*"] and rollouts.is_delegated_path("rollouts/tiny/stable.json")
     assert not rollouts.is_delegated_path("bundles/tiny/tiny-1.0.0.ekb")
     # online keys only in data/keys (0600, folder 0700); root and targets keys offline
-    assert sorted(p.name for p in repo.keys_dir.iterdir()) == ["rollouts.key", "snapshot.key", "timestamp.key"]
+    assert sorted(p.name for p in repo.keys_dir.iterdir()) == [
+        "rollouts.key",
+        "snapshot.key",
+        "timestamp.key",
+    ]
     assert stat.S_IMODE(repo.keys_dir.stat().st_mode) == 0o700
     for key in [*repo.keys_dir.iterdir(), *(tmp_path / "offline").iterdir()]:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
@@ -303,7 +307,9 @@ def _signed_by_another_key(releases: Releases, folder: Path) -> Path:
     [
         pytest.param(lambda r, f: _tampered(r.bundles["1.1.0"], f), id="tampered"),
         pytest.param(_signed_by_another_key, id="signed-by-an-unknown-key"),
-        pytest.param(lambda r, f: (f / "junk.ekb").write_bytes(b"not a bundle") and f / "junk.ekb", id="junk"),
+        pytest.param(
+            lambda r, f: (f / "junk.ekb").write_bytes(b"not a bundle") and f / "junk.ekb", id="junk"
+        ),
     ],
 )
 def test_publishing_an_unverified_bundle_is_refused(
@@ -317,7 +323,9 @@ def test_publishing_an_unverified_bundle_is_refused(
     assert not [p for p in repo.targets_dir.rglob("*") if p.is_file()]
 
 
-def test_publish_needs_the_offline_targets_key(repo: TufRepository, releases: Releases, tmp_path: Path) -> None:
+def test_publish_needs_the_offline_targets_key(
+    repo: TufRepository, releases: Releases, tmp_path: Path
+) -> None:
     generate_key(tmp_path / "wrong" / "targets.key")
     with pytest.raises(RepositoryError, match="not the targets key"):
         repo.add_bundle(releases.bundles["1.0.0"], offline_keys_dir=tmp_path / "wrong")
@@ -335,7 +343,12 @@ def test_set_plan_writes_a_delegated_target_and_bumps_versions(
     published = repo.set_plan("tiny", "stable", make_plan())
     after = {r: v["version"] for r, v in repo.status()["roles"].items()}
     assert published.path == "rollouts/tiny/stable.json" and published.role == "rollouts"
-    assert after == {**before, "rollouts": 2, "snapshot": before["snapshot"] + 1, "timestamp": before["timestamp"] + 1}
+    assert after == {
+        **before,
+        "rollouts": 2,
+        "snapshot": before["snapshot"] + 1,
+        "timestamp": before["timestamp"] + 1,
+    }
     repo.set_plan("tiny", "stable", make_plan(stage_index=1))
     assert repo.status()["roles"]["rollouts"]["version"] == 3
     client = _client(tmp_path, server, _bootstrap(repo))
@@ -399,7 +412,9 @@ def test_concurrent_writers_never_interleave(repo: TufRepository, releases: Rele
 
 def test_refresh_timestamp_resigns_online_roles_near_expiry(tmp_path: Path) -> None:
     clock = [1_800_000_000.0]
-    repo = TufRepository.init(tmp_path / "data", offline_keys_dir=tmp_path / "offline", clock=lambda: clock[0])
+    repo = TufRepository.init(
+        tmp_path / "data", offline_keys_dir=tmp_path / "offline", clock=lambda: clock[0]
+    )
     assert repo.refresh_timestamp() == {"rollouts": 1, "snapshot": 1, "timestamp": 2}
     clock[0] += 4 * 86_400  # snapshot and rollouts (7 days) now have less than half their lifetime left
     assert repo.refresh_timestamp() == {"rollouts": 2, "snapshot": 2, "timestamp": 3}
@@ -463,20 +478,42 @@ def test_repo_commands_init_publish_status_rotate(releases: Releases, tmp_path: 
     runner = CliRunner()
     data, offline = tmp_path / "data", tmp_path / "offline"
     result = runner.invoke(
-        repo, ["init", "--data", str(data), "--offline-keys", str(offline), "--release-key", str(releases.public_key)]
+        repo,
+        [
+            "init",
+            "--data",
+            str(data),
+            "--offline-keys",
+            str(offline),
+            "--release-key",
+            str(releases.public_key),
+        ],
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(publish, [str(releases.bundles["1.0.0"]), "--data", str(data), "--offline-keys", str(offline)])
+    result = runner.invoke(
+        publish, [str(releases.bundles["1.0.0"]), "--data", str(data), "--offline-keys", str(offline)]
+    )
     assert result.exit_code == 0 and "published bundles/tiny/tiny-1.0.0.ekb" in result.output
     tampered = _tampered(releases.bundles["1.1.0"], tmp_path)
-    result = runner.invoke(repo, ["publish", str(tampered), "--data", str(data), "--offline-keys", str(offline)])
+    result = runner.invoke(
+        repo, ["publish", str(tampered), "--data", str(data), "--offline-keys", str(offline)]
+    )
     assert result.exit_code == 1 and "does not verify" in result.output
     result = runner.invoke(repo, ["status", "--data", str(data), "--json"])
     assert result.exit_code == 0
     status = json.loads(result.output)
     assert [t["path"] for t in status["targets"]] == ["bundles/tiny/tiny-1.0.0.ekb"]
     result = runner.invoke(
-        repo, ["rotate-root", "--data", str(data), "--offline-keys", str(offline), "--new-keys", str(tmp_path / "n")]
+        repo,
+        [
+            "rotate-root",
+            "--data",
+            str(data),
+            "--offline-keys",
+            str(offline),
+            "--new-keys",
+            str(tmp_path / "n"),
+        ],
     )
     assert result.exit_code == 0 and "root version 2" in result.output
     result = runner.invoke(repo, ["status", "--data", str(data)])

@@ -73,6 +73,7 @@ class PredictionResult:
     version: str
     bundle_id: str
     latency_ms: float
+    top_index: int | None = None  # class index of the top-1 prediction (None for non-classifiers)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Runtime:
         self.telemetry = self._open_telemetry()
         self._loaded: _Loaded | None = None
         self._manifests: dict[str, BundleManifest] = {}
-        self._feedback: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._feedback: OrderedDict[str, tuple[str, Any, int | None]] = OrderedDict()
         self._state = self._recover()
 
     def _open_telemetry(self) -> TelemetryQueue:
@@ -480,6 +481,7 @@ class Runtime:
         self._prediction_count += 1
         prediction_id = f"{self._prediction_prefix}-{self._prediction_count}"
         top: list[tuple[str | int, float]] = []
+        top_index: int | None = None
         for spec in loaded.spec.outputs:
             if spec.kind == "classification" and spec.name in outputs:
                 first = postprocess(spec, outputs[spec.name], labels=loaded.labels)[0]
@@ -487,6 +489,7 @@ class Runtime:
                     (loaded.labels[i] if loaded.labels else i, s)
                     for i, s in zip(first.indices, first.scores, strict=True)
                 ]
+                top_index = int(first.indices[0]) if first.indices else None
                 break
         if not top:
             first_output = next(iter(outputs.values()))
@@ -497,7 +500,8 @@ class Runtime:
             ):
                 index = int(first_output[0].argmax())
                 top = [(loaded.labels[index] if loaded.labels else index, float(first_output[0][index]))]
-        self._feedback[prediction_id] = (loaded.record.bundle_id, top[0][0] if top else None)
+                top_index = index
+        self._feedback[prediction_id] = (loaded.record.bundle_id, top[0][0] if top else None, top_index)
         while len(self._feedback) > FEEDBACK_MEMORY:
             self._feedback.popitem(last=False)
         return PredictionResult(
@@ -508,16 +512,24 @@ class Runtime:
             loaded.record.version,
             loaded.record.bundle_id,
             latency_ms,
+            top_index,
         )
 
     def feedback(self, prediction_id: str, true_label: str | int) -> bool:
-        """Report ground truth for a recent prediction (accuracy telemetry). False if it is unknown."""
+        """Report ground truth for a recent prediction: a label string or a class index.
+
+        Returns False when the prediction is unknown (too old, or already given feedback).
+        """
         with self._lock:
             remembered = self._feedback.pop(prediction_id, None)
         if remembered is None:
             return False
-        bundle_id, predicted = remembered
-        self.telemetry.record("feedback", bundle_id=bundle_id, correct=bool(predicted == true_label))
+        bundle_id, predicted_label, predicted_index = remembered
+        if isinstance(true_label, int) and not isinstance(true_label, bool):
+            correct = predicted_index == true_label
+        else:
+            correct = predicted_label == true_label
+        self.telemetry.record("feedback", bundle_id=bundle_id, correct=bool(correct))
         return True
 
     # ---- status and manual revert ----------------------------------------------------------------

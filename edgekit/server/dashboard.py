@@ -32,12 +32,23 @@ def dashboard_data(db: Database, service: RolloutService, *, now: float | None =
                 if record.get("treatment_value") is None and record.get("control_value") is None:
                     continue
                 series.setdefault(record["metric"], []).append(
-                    {"time": decision["time"], "treatment": record.get("treatment_value"),
-                     "control": record.get("control_value"), "statistic": record.get("statistic"),
-                     "threshold": record.get("threshold"), "outcome": record.get("outcome")}
+                    {
+                        "time": decision["time"],
+                        "treatment": record.get("treatment_value"),
+                        "control": record.get("control_value"),
+                        "statistic": record.get("statistic"),
+                        "threshold": record.get("threshold"),
+                        "outcome": record.get("outcome"),
+                    }
                 )
-        rollouts.append({"plan": plan.to_dict(), "stage_percent": plan.stage_percent, "series": series,
-                         "decisions": decisions[-30:]})
+        rollouts.append(
+            {
+                "plan": plan.to_dict(),
+                "stage_percent": plan.stage_percent,
+                "series": series,
+                "decisions": decisions[-30:],
+            }
+        )
     rows = db.execute(
         "SELECT bundle_id, COUNT(DISTINCT device_id) FROM events WHERE time >= ? AND bundle_id IS NOT NULL "
         "AND kind IN ('inferences', 'install') GROUP BY bundle_id",
@@ -62,23 +73,30 @@ font-size:12px;margin-left:8px}.running{background:#2b6cb0}.complete{background:
 .step.now{background:#90cdf4;font-weight:600}.charts{display:grid;grid-template-columns:repeat(auto-fill,
 minmax(300px,1fr));gap:12px}table{border-collapse:collapse;width:100%;font-size:12px}td,th{border-bottom:
 1px solid #e2e8f0;padding:3px 6px;text-align:left}.promote,.pass{color:#2f855a}.rollback{color:#c53030}
-.hold{color:#b7791f}.legend span{margin-right:12px}.t{color:#dd6b20}.c{color:#3182ce}
+.hold{color:#b7791f}.chart svg{display:block;margin-top:4px}.legend span{margin-right:12px}.t{color:#dd6b20}.c{color:#3182ce}
 </style></head><body><header><h1>edgekit rollouts</h1><div id="updated"></div></header>
 <main id="main"><div class="card">loading...</div></main>
 <script>
 const fmt = v => v === null || v === undefined ? "-" : (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
 function chart(name, points) {
-  const w = 300, h = 120, pad = 24;
+  const w = 300, h = 130, pad = 28;
   const xs = points.map(p => p.time), vals = points.flatMap(p => [p.treatment, p.control]).filter(v => v !== null);
   if (!vals.length) return "";
-  const x0 = Math.min(...xs), x1 = Math.max(...xs) || x0 + 1, y1 = Math.max(...vals) || 1;
-  const X = t => pad + (w - 2 * pad) * ((t - x0) / ((x1 - x0) || 1)), Y = v => h - pad - (h - 2 * pad) * (v / y1);
-  const line = (key, color) => `<polyline fill="none" stroke="${color}" stroke-width="2" points="${
-    points.filter(p => p[key] !== null).map(p => X(p.time) + "," + Y(p[key])).join(" ")}"/>`;
-  return `<div><b>${name}</b><svg width="${w}" height="${h}" role="img" aria-label="${name}">
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y1 = Math.max(...vals) || 1;
+  const X = t => x1 === x0 ? w / 2 : pad + (w - 2 * pad) * ((t - x0) / (x1 - x0));
+  const Y = v => h - pad - (h - 2 * pad) * (v / y1);
+  const series = (key, color) => {
+    const pts = points.filter(p => p[key] !== null);
+    return `<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map(p => X(p.time) + "," + Y(p[key])).join(" ")}"/>` +
+      pts.map(p => `<circle cx="${X(p.time)}" cy="${Y(p[key])}" r="3.5" fill="${color}"><title>${key} ${fmt(p[key])}</title></circle>`).join("");
+  };
+  const last = points[points.length - 1];
+  return `<div class="chart"><b>${name}</b> <small><span class="t">${fmt(last.treatment)}</span> vs
+    <span class="c">${fmt(last.control)}</span></small><svg width="${w}" height="${h}" role="img" aria-label="${name}">
     <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#a0aec0"/>
-    <text x="2" y="${pad}" font-size="10">${fmt(y1)}</text>${line("treatment", "#dd6b20")}${line("control", "#3182ce")}
-    </svg></div>`;
+    <line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#a0aec0"/>
+    <text x="2" y="${pad + 4}" font-size="10">${fmt(y1)}</text><text x="2" y="${h - pad + 4}" font-size="10">0</text>
+    ${series("control", "#3182ce")}${series("treatment", "#dd6b20")}</svg></div>`;
 }
 function render(data) {
   document.getElementById("updated").textContent = "updated " + new Date(data.generated_at * 1000).toISOString();

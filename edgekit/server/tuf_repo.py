@@ -24,13 +24,10 @@ interleave. Errors: `RepositoryError` (with `BundleRefusedError` for bundles tha
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import fcntl
 import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
     DelegatedRole,
@@ -54,6 +49,17 @@ from tuf.api.metadata import (
     Timestamp,
 )
 from tuf.api.serialization.json import JSONSerializer
+
+from edgekit.server._tuf_files import (
+    FileLock,
+    RepositoryError,
+    atomic_write,
+    fsync_dir,
+    generate_key,
+    load_signer,
+    signers_in,
+    utc,
+)
 
 __all__ = [
     "ROLLOUTS",
@@ -72,10 +78,6 @@ LOCK_FILE = ".tuf.lock"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VERSIONED = re.compile(r"(\d+)\.([a-z][a-z0-9_-]*)\.json")
 _DAY = 86_400.0  # seconds
-
-
-class RepositoryError(Exception):
-    """The repository cannot do what was asked (the message says why and how to fix it)."""
 
 
 class BundleRefusedError(RepositoryError):
@@ -115,77 +117,6 @@ class PublishedTarget:
     custom: dict[str, Any] = field(default_factory=dict)
     role: str = "targets"
     already_published: bool = False
-
-
-# ---- files and keys --------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write temp in the same folder, fsync, rename over `path`, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def generate_key(path: Path) -> CryptoSigner:
-    """Create an Ed25519 key at `path` (PEM PKCS#8, mode 0600, folder 0700); refuse to overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    private = Ed25519PrivateKey.generate()
-    signer = CryptoSigner(private)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError as e:
-        raise RepositoryError(f"{path} exists; refusing to overwrite a key") from e
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(signer.private_bytes)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_dir(path.parent)
-    return signer
-
-
-def load_signer(path: Path) -> CryptoSigner:
-    """Load a key written by `generate_key`.
-
-    Raises:
-        RepositoryError: missing, unreadable, readable by others, or not a PEM private key.
-    """
-    try:
-        info = os.stat(path)
-        data = path.read_bytes()
-    except OSError as e:
-        raise RepositoryError(f"{path}: cannot read the key ({e.strerror})") from e
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise RepositoryError(f"{path}: a private key must not be readable by others (chmod 600 {path})")
-    try:
-        return CryptoSigner(load_pem_private_key(data, None))
-    except (ValueError, TypeError) as e:
-        raise RepositoryError(f"{path}: not an unencrypted PEM private key ({e})") from e
-
-
-def _signers_in(directory: Path, pattern: str) -> list[CryptoSigner]:
-    return [load_signer(p) for p in sorted(directory.glob(pattern))]
-
-
-def _utc(seconds: float) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).replace(microsecond=0)
 
 
 # ---- the repository ---------------------------------------------------------------------------------------
@@ -277,7 +208,7 @@ class TufRepository:
             "release_keys": pems,
             "release_threshold": release_threshold,
         }
-        repo_lock = _FileLock(data_dir / LOCK_FILE)
+        repo_lock = FileLock(data_dir / LOCK_FILE)
         with repo_lock:
             now = clock()
             roots = [generate_key(offline / f"root-{i + 1}.key") for i in range(count)]
@@ -288,22 +219,22 @@ class TufRepository:
             }
             os.chmod(data_dir / "keys", 0o700)
 
-            root = Root(expires=_utc(now + expiry.root_days * _DAY), consistent_snapshot=True)
+            root = Root(expires=utc(now + expiry.root_days * _DAY), consistent_snapshot=True)
             for signer in roots:
                 root.add_key(signer.public_key, Root.type)
             root.roles[Root.type].threshold = root_threshold
             root.add_key(targets_key.public_key, Targets.type)
             root.add_key(online["snapshot"].public_key, Snapshot.type)
             root.add_key(online["timestamp"].public_key, Timestamp.type)
-            targets = Targets(expires=_utc(now + expiry.targets_days * _DAY))
+            targets = Targets(expires=utc(now + expiry.targets_days * _DAY))
             targets.delegations = Delegations(
                 keys={},
                 roles={ROLLOUTS: DelegatedRole(ROLLOUTS, [], 1, terminating=True, paths=[f"{ROLLOUTS}/*/*"])},
             )
             targets.add_key(online[ROLLOUTS].public_key, ROLLOUTS)
-            rollouts = Targets(expires=_utc(now + expiry.rollouts_days * _DAY))
+            rollouts = Targets(expires=utc(now + expiry.rollouts_days * _DAY))
 
-            _atomic_write(
+            atomic_write(
                 data_dir / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
             )
             repo = cls(data_dir, clock=clock)
@@ -342,12 +273,12 @@ class TufRepository:
         for signer in signers:
             md.sign(signer, append=True)
         path = self._path(role, md.signed.version)
-        _atomic_write(path, md.to_bytes(JSONSerializer(compact=False)))
+        atomic_write(path, md.to_bytes(JSONSerializer(compact=False)))
         return path
 
     def _write_root(self, md: Metadata[Root], signers: Sequence[CryptoSigner]) -> None:
         self._write(md, Root.type, signers)
-        _atomic_write(self.metadata_dir / "root.json", self._path(Root.type, md.signed.version).read_bytes())
+        atomic_write(self.metadata_dir / "root.json", self._path(Root.type, md.signed.version).read_bytes())
 
     def _online(self, role: str) -> CryptoSigner:
         return load_signer(self.keys_dir / f"{role}.key")
@@ -355,7 +286,7 @@ class TufRepository:
     def _bump(self, md: Metadata[Any], role: str, now: float, *, fresh: bool = False) -> None:
         if not fresh:
             md.signed.version += 1
-        md.signed.expires = _utc(now + self.expiry.days(role) * _DAY)
+        md.signed.expires = utc(now + self.expiry.days(role) * _DAY)
 
     def _near_expiry(self, md: Metadata[Any], role: str, now: float) -> bool:
         left = md.signed.expires.timestamp() - now
@@ -399,11 +330,11 @@ class TufRepository:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(source, 0o644)
         os.replace(source, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return info
 
-    def _lock(self) -> _FileLock:
-        return _FileLock(self.data_dir / LOCK_FILE)
+    def _lock(self) -> FileLock:
+        return FileLock(self.data_dir / LOCK_FILE)
 
     # -- operations
     def add_bundle(
@@ -567,13 +498,13 @@ class TufRepository:
             now = self._clock()
             current: Metadata[Root] = self._load(Root.type)
             role = current.signed.roles[Root.type]
-            old = [s for s in _signers_in(old_dir, "root-*.key") if s.public_key.keyid in role.keyids]
+            old = [s for s in signers_in(old_dir, "root-*.key") if s.public_key.keyid in role.keyids]
             if len(old) < role.threshold:
                 raise RepositoryError(
                     f"{old_dir} holds {len(old)} of the current root keys; "
                     f"{role.threshold} are needed to sign"
                 )
-            new = _signers_in(new_dir, "root-*.key") if new_dir.is_dir() else []
+            new = signers_in(new_dir, "root-*.key") if new_dir.is_dir() else []
             if not new:
                 count = key_count if key_count is not None else threshold
                 new = [generate_key(new_dir / f"root-{i + 1}.key") for i in range(count)]
@@ -643,31 +574,6 @@ class TufRepository:
                 "plans": describe(documents[ROLLOUTS]),
                 "warnings": warnings,
             }
-
-
-class _FileLock:
-    """An exclusive `fcntl.flock` on a lock file; each use opens its own fd, so threads wait too."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> _FileLock:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def _read_public_pem(source: str | Path | bytes) -> str:

@@ -20,8 +20,11 @@ from edgekit.rollout.gates import GateConfig
 ADMIN_TOKEN = "test-admin-token-0123456789"
 # Small-fleet gates so a test can reach decisions with a few synthetic devices.
 SMALL_FLEET = GateConfig(
-    min_devices_per_arm=3, min_device_hours_per_arm=1.0, min_expected_events=1.0,
+    min_devices_per_arm=3,
+    min_device_hours_per_arm=1.0,
+    min_expected_events=1.0,
     stage_min_hours=((1, 0.0), (5, 0.0), (25, 0.0), (100, 0.0)),
+    default_stage_min_hours=0.0,
 )
 
 
@@ -31,8 +34,16 @@ class Http:
 
     base: str
 
-    def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         all_headers = {"Content-Type": "application/json", **(headers or {})}
         if token is not None:
@@ -63,8 +74,11 @@ class LiveServer:
     def start(self) -> LiveServer:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 20
@@ -114,12 +128,25 @@ def start_server(deployment: Deployment, tmp_path: Path) -> Iterator[Callable[..
 
     running: list[LiveServer] = []
 
-    def start(*, db_url: str | None = None, clock: Callable[[], float] = time.time,
-              gates: GateConfig = SMALL_FLEET, data_dir: Path | None = None) -> LiveServer:
+    def start(
+        *,
+        db_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        gates: GateConfig = SMALL_FLEET,
+        data_dir: Path | None = None,
+    ) -> LiveServer:
         directory = data_dir or deployment.data_dir
         database = open_database(db_url or f"sqlite:///{tmp_path / 'edgekit.db'}", directory)
-        app = create_app(ServerConfig(data_dir=directory, database=database, admin_token=ADMIN_TOKEN,
-                                      evaluate_every_s=0, gates=gates, clock=clock))
+        app = create_app(
+            ServerConfig(
+                data_dir=directory,
+                database=database,
+                admin_token=ADMIN_TOKEN,
+                evaluate_every_s=0,
+                gates=gates,
+                clock=clock,
+            )
+        )
         server = LiveServer(app).start()
         running.append(server)
         return server
@@ -138,3 +165,7 @@ def postgres_url() -> str:
             pytest.fail("EDGEKIT_TEST_POSTGRES_URL is not set; .ci/run starts PostgreSQL and sets it")
         pytest.skip("set EDGEKIT_TEST_POSTGRES_URL to run the PostgreSQL tests (bash scripts/postgres.sh)")
     return url
+
+
+# The fleet fixture (server + injected clock + synthetic devices) is shared by the rollout and dashboard tests.
+from tests.server.test_rollout_e2e import fleet  # noqa: E402, F401

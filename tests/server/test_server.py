@@ -12,10 +12,16 @@ import pytest
 from tests.server.conftest import ADMIN_TOKEN, LiveServer
 
 
-def batch(device_id: str, events: list[dict[str, Any]], *, batch_id: str | None = None,
-          sent_at: float | None = None) -> dict[str, Any]:
-    return {"schema": "edgekit.telemetry/v1", "batch_id": batch_id or uuid.uuid4().hex, "device_id": device_id,
-            "sent_at": time.time() if sent_at is None else sent_at, "events": events}
+def batch(
+    device_id: str, events: list[dict[str, Any]], *, batch_id: str | None = None, sent_at: float | None = None
+) -> dict[str, Any]:
+    return {
+        "schema": "edgekit.telemetry/v1",
+        "batch_id": batch_id or uuid.uuid4().hex,
+        "device_id": device_id,
+        "sent_at": time.time() if sent_at is None else sent_at,
+        "events": events,
+    }
 
 
 def event(kind: str, at: float, **payload: Any) -> dict[str, Any]:
@@ -23,8 +29,9 @@ def event(kind: str, at: float, **payload: Any) -> dict[str, Any]:
 
 
 def register(server: LiveServer, device_id: str) -> str:
-    status, body = server.http.request("POST", "/v1/admin/devices",
-                                       {"device_id": device_id, "hardware_id": "rpi4"}, token=ADMIN_TOKEN)
+    status, body = server.http.request(
+        "POST", "/v1/admin/devices", {"device_id": device_id, "hardware_id": "rpi4"}, token=ADMIN_TOKEN
+    )
     assert status == 200, body
     return str(body["token"])
 
@@ -87,10 +94,16 @@ def test_telemetry_is_authenticated_idempotent_and_bounded(start_server: Any, db
     forged = batch("dev-1", [event("crash", time.time(), bundle_id="b" * 64)])
     assert server.http.request("POST", "/v1/telemetry", forged, token="not-the-token")[0] == 401
     other = batch("dev-2", [event("crash", time.time())])
-    assert server.http.request("POST", "/v1/telemetry", other, token=token)[0] == 401  # dev-1's token for dev-2
+    assert (
+        server.http.request("POST", "/v1/telemetry", other, token=token)[0] == 401
+    )  # dev-1's token for dev-2
     assert oversized_status(server, token) == 413
-    for bad in (b"not json", b'{"schema": "edgekit.telemetry/v1", "schema": 1}', json.dumps({"events": []}).encode(),
-                json.dumps(batch("dev-1", [{"id": "1", "kind": "BAD KIND", "time": 0, "payload": {}}])).encode()):
+    for bad in (
+        b"not json",
+        b'{"schema": "edgekit.telemetry/v1", "schema": 1}',
+        json.dumps({"events": []}).encode(),
+        json.dumps(batch("dev-1", [{"id": "1", "kind": "BAD KIND", "time": 0, "payload": {}}])).encode(),
+    ):
         status, body = server.http.request("POST", "/v1/telemetry", raw=bad, token=token)
         assert status == 400 and "Traceback" not in json.dumps(body)
     stale = batch("dev-1", [event("crash", 0.0)], sent_at=1.0)

@@ -23,11 +23,15 @@ REPORT_INTERVAL_HOURS = 1.0 / 6.0  # hours: devices upload about every ten minut
 
 
 def arm_metrics(db: Database, plan: RolloutPlan, until: float) -> dict[str, ArmMetrics]:
-    """Treatment and control metrics of the plan's current stage, from `stage_started_at` to `until`."""
+    """Treatment and control metrics of the plan's current stage, from `stage_started_at` to `until`.
+
+    Only events the server had received by `until` count, so a stored decision can be recomputed later
+    from the same rows (late arrivals with old timestamps do not change history).
+    """
     rows = db.execute(
         "SELECT device_id, kind, time, bundle_id, payload FROM events WHERE time >= ? AND time <= ? "
-        "AND (bundle_id IN (?, ?) OR kind = 'install')",
-        (plan.stage_started_at, until, plan.target.bundle_id, plan.baseline.bundle_id),
+        "AND received_at <= ? AND (bundle_id IN (?, ?) OR kind = 'install') ORDER BY event_id",
+        (plan.stage_started_at, until, until, plan.target.bundle_id, plan.baseline.bundle_id),
     )
     sums: dict[str, dict[str, Any]] = {
         side: {

@@ -172,6 +172,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         on_reject=rejected,
         limits=lambda path: ingest.MAX_BATCH_BYTES if path == "/v1/telemetry" else MAX_ADMIN_BODY,
     )
+    app.state.service = service  # for in-process tools and tests (replay, benchmarks)
+    app.state.database = db
     repo_dir = config.data_dir / "repo"
     repo_dir.mkdir(parents=True, exist_ok=True)
     app.mount("/repo", StaticFiles(directory=repo_dir), name="repo")

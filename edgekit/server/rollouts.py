@@ -65,17 +65,44 @@ class RolloutService:
             "ORDER BY seq DESC LIMIT ?",
             (rollout_id, limit),
         )
-        return [
-            {
-                "seq": seq,
-                "time": t,
-                "stage_index": stage,
-                "outcome": outcome,
-                "alert": alert,
-                "records": json.loads(records),
-            }
-            for seq, t, stage, outcome, alert, records in reversed(rows)
-        ]
+        decisions = []
+        for seq, t, stage, outcome, alert, stored in reversed(rows):
+            document = json.loads(stored)
+            decisions.append(
+                {
+                    "seq": seq,
+                    "time": t,
+                    "stage_index": stage,
+                    "outcome": outcome,
+                    "alert": alert,
+                    "records": document["records"],
+                    "plan": document["plan"],
+                }
+            )
+        return decisions
+
+    def replay(self, rollout_id: str) -> list[tuple[dict[str, Any], StageDecision]]:
+        """Recompute every stored gate decision of a rollout from the stored telemetry.
+
+        Each decision is re-run through the same pure `evaluate` with the plan as it was and only the
+        events the server had received by then; the result must equal what was stored.
+        """
+        replayed = []
+        for stored in self.decisions(rollout_id, limit=100_000):
+            if stored["outcome"] == "start" or stored["outcome"].startswith("manual-"):
+                continue
+            plan = RolloutPlan.from_dict(stored["plan"])
+            metrics = arm_metrics(self.db, plan, stored["time"])
+            decision = evaluate(
+                plan.stage_percent,
+                metrics["treatment"],
+                metrics["control"],
+                self.gates,
+                stored["time"],
+                plan.stage_started_at,
+            )
+            replayed.append((stored, decision))
+        return replayed
 
     def releases(self, model: str) -> dict[str, Release]:
         """Published bundles of a model by version, from the TUF repository."""
@@ -107,6 +134,7 @@ class RolloutService:
         self.repo.set_plan(plan.model, plan.channel, plan.to_dict())
 
     def _record(self, plan: RolloutPlan, decision: dict[str, Any], now: float) -> None:
+        decision = {**decision, "plan": plan.to_dict()}  # the plan as evaluated: what replay needs
         rows = self.db.execute(
             "SELECT COALESCE(MAX(seq), 0) FROM decisions WHERE rollout_id = ?", (plan.rollout_id,)
         )
@@ -120,7 +148,7 @@ class RolloutService:
                 plan.stage_index,
                 decision["outcome"],
                 decision.get("alert"),
-                dumps(decision["records"]),
+                dumps({"records": decision["records"], "plan": decision["plan"]}),
             ),
         )
 

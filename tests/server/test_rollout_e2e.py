@@ -7,6 +7,7 @@ injected: a rollout's hours pass in milliseconds.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import replace
@@ -166,6 +167,7 @@ def test_a_healthy_release_promotes_stage_by_stage_to_everyone(
     assert decisions[0]["outcome"] == "start" and all(d["records"] for d in decisions[1:])
     record = next(r for r in decisions[1]["records"] if r["metric"] == "crash_rate")
     assert {"treatment_value", "control_value", "n", "statistic", "threshold", "outcome"} <= set(record)
+    assert_replay_reproduces(server, plan.rollout_id, expected=3)
 
 
 def test_a_crashing_release_halts_at_the_first_stage_and_rolls_back(
@@ -186,6 +188,21 @@ def test_a_crashing_release_halts_at_the_first_stage_and_rolls_back(
     assert crash["outcome"] == "rollback" and crash["treatment_value"] > crash["control_value"], crash
     assert crash["statistic"] >= crash["threshold"], "the SPRT crossed its upper boundary"
     assert exposed.update() == "1.0.0", "exposed devices return to the baseline"
+    late = next(iter(tokens))  # telemetry that arrives after the decision, stamped before it
+    send(
+        server, late, tokens[late], [("crash", clock.now - 2 * HOUR, {"bundle_id": plan.baseline.bundle_id})]
+    )
+    assert_replay_reproduces(server, plan.rollout_id, expected=1)
+
+
+def assert_replay_reproduces(server: LiveServer, rollout_id: str, *, expected: int) -> None:
+    """Replaying stored telemetry through the same gate code gives the stored decisions, record for record."""
+    replayed = server.app.state.service.replay(rollout_id)
+    assert len(replayed) == expected
+    for stored, decision in replayed:
+        again = decision.to_dict()
+        assert again["outcome"] == stored["outcome"]
+        assert json.loads(json.dumps(again["records"])) == stored["records"]
 
 
 class RealDevice:

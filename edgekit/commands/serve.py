@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,9 +53,21 @@ def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
     type=click.FloatRange(0),
     help="Seconds between gate evaluations (0: only on POST /v1/admin/evaluate).",
 )
+@click.option(
+    "--gates",
+    "gates_file",
+    type=click.Path(path_type=Path),
+    help="JSON object of GateConfig fields overriding the defaults (e.g. for a small fleet).",
+)
 @handle_errors
 def serve(
-    data_dir: Path, db_url: str | None, host: str, port: int, admin_token_env: str, evaluate_every: float
+    data_dir: Path,
+    db_url: str | None,
+    host: str,
+    port: int,
+    admin_token_env: str,
+    evaluate_every: float,
+    gates_file: Path | None,
 ) -> None:
     """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
     import uvicorn
@@ -71,9 +84,42 @@ def serve(
         database = open_database(db_url, data_dir)
     except StorageError as e:
         raise click.ClickException(str(e)) from None
+    gates = load_gates(gates_file)
     token, where = admin_token(data_dir, admin_token_env)
     app = create_app(
-        ServerConfig(data_dir=data_dir, database=database, admin_token=token, evaluate_every_s=evaluate_every)
+        ServerConfig(
+            data_dir=data_dir,
+            database=database,
+            admin_token=token,
+            evaluate_every_s=evaluate_every,
+            gates=gates,
+        )
     )
     click.echo(f"edgekit serve on http://{host}:{port}  (dashboard /dashboard, admin token from {where})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def load_gates(path: Path | None) -> Any:
+    """GateConfig from a JSON file of overrides (strict JSON; unknown fields refused)."""
+    from edgekit.rollout.gates import GateConfig
+    from signing.errors import FormatError
+    from signing.strict_json import parse_strict
+
+    if path is None:
+        return GateConfig()
+    try:
+        document = parse_strict(path.read_bytes(), what=str(path), max_bytes=1 << 16)
+    except (OSError, FormatError) as e:
+        raise click.ClickException(f"{path}: cannot read the gate configuration ({e})") from None
+    if not isinstance(document, dict):
+        raise click.ClickException(f"{path}: expected a JSON object of GateConfig fields")
+    known = set(GateConfig.__dataclass_fields__)
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise click.ClickException(f"{path}: unknown gate fields {unknown}; known: {sorted(known)}")
+    if "stage_min_hours" in document:
+        document["stage_min_hours"] = tuple(tuple(pair) for pair in document["stage_min_hours"])
+    try:
+        return GateConfig(**document)
+    except Exception as e:  # GateConfigError and type errors: one line, no traceback
+        raise click.ClickException(f"{path}: {e}") from None

@@ -190,7 +190,9 @@ def test_a_crashing_release_halts_at_the_first_stage_and_rolls_back(
     assert exposed.update() == "1.0.0", "exposed devices return to the baseline"
     clock.now += 60  # a control device's crash arrives after the decision, stamped before it
     late = next(d for d in tokens if arm(plan, d) == "control")
-    send(server, late, tokens[late], [("crash", clock.now - 2 * HOUR, {"bundle_id": plan.baseline.bundle_id})])
+    send(
+        server, late, tokens[late], [("crash", clock.now - 2 * HOUR, {"bundle_id": plan.baseline.bundle_id})]
+    )
     assert_replay_reproduces(server, plan.rollout_id, expected=1)
 
 

@@ -167,5 +167,6 @@ def postgres_url() -> str:
     return url
 
 
-# The fleet fixture (server + injected clock + synthetic devices) is shared by the rollout and dashboard tests.
-from tests.server.test_rollout_e2e import fleet  # noqa: E402, F401
+# The `fleet` fixture (server + injected clock + synthetic devices), shared by the rollout and dashboard
+# tests; imported last because fleet.py uses the names above.
+from tests.server.fleet import fleet  # noqa: E402, F401

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.test_rollout_e2e import HOUR, evaluate, fleet_telemetry, start_rollout
+from tests.server.fleet import HOUR, evaluate, fleet_telemetry, start_rollout
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [

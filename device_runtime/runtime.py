@@ -10,13 +10,14 @@ Store layout: `slots/a`, `slots/b` (verified private copies), `state.json` (atom
 (marker written around trial inferences), `telemetry.db`. Every persisted step is write-temp, fsync,
 rename; at start the runtime removes half-finished installs, turns an in-flight marker into a strike, and
 re-verifies the active slot, so a kill at any instant leaves a verified model that loads. The previous
-model keeps serving until the pointer swap and after any failure.
+model keeps serving until the pointer swap and after any failure. The start-up steps live in
+`device_runtime._recovery`; loading a slot's verified files and the install-time self-test in
+`device_runtime._loading`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from device_runtime._loading import Loaded, check_engine_version, load_model, self_test
+from device_runtime._recovery import (
+    died_in_trial_inference,
+    open_telemetry,
+    rebuild_state,
+    remove_unfinished_installs,
+    verify_slots,
+)
 from device_runtime.config import RuntimeConfig
 from device_runtime.errors import EngineError, InputError, InstallError, NoModelError
 from device_runtime.state import (
@@ -39,7 +48,6 @@ from device_runtime.state import (
     load_state,
     save_state,
 )
-from device_runtime.telemetry import TelemetryQueue
 from signing.errors import PolicyError, VerificationError
 from signing.keys import PublicKey, load_public_key
 from signing.manifest import BundleManifest
@@ -76,15 +84,6 @@ class PredictionResult:
     top_index: int | None = None  # class index of the top-1 prediction (None for non-classifiers)
 
 
-@dataclass
-class _Loaded:
-    record: SlotRecord
-    manifest: BundleManifest
-    engine: Any
-    spec: Any
-    labels: list[str] | None
-
-
 def _reason(error: BaseException) -> str:
     """A stable reason code for telemetry."""
     if isinstance(error, PolicyError):
@@ -110,33 +109,11 @@ class Runtime:
         (self._root / "slots").mkdir(parents=True, exist_ok=True)
         self._keys: list[PublicKey] = [load_public_key(k) for k in config.trusted_keys]
         self._lock = threading.RLock()
-        self.telemetry = self._open_telemetry()
-        self._loaded: _Loaded | None = None
+        self.telemetry = open_telemetry(self._root / "telemetry.db", config)
+        self._loaded: Loaded | None = None
         self._manifests: dict[str, BundleManifest] = {}
         self._feedback: OrderedDict[str, tuple[str, Any, int | None]] = OrderedDict()
         self._state = self._recover()
-
-    def _open_telemetry(self) -> TelemetryQueue:
-        """The telemetry queue; an unreadable database is set aside, never a reason not to serve."""
-        path = self._root / "telemetry.db"
-        options: dict[str, Any] = {
-            "max_events": self._config.telemetry_max_events,
-            "clock": self._config.clock,
-        }
-        try:
-            return TelemetryQueue(path, **options)
-        except Exception as e:  # not a database, torn, unwritable: start a fresh queue
-            problem = f"{type(e).__name__}: {e}"[:300]
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                os.replace(path.with_name(path.name + suffix), path.with_name(f"{path.name}.corrupt{suffix}"))
-        try:
-            queue = TelemetryQueue(path, **options)
-        except Exception:
-            queue = TelemetryQueue(Path(":memory:"), **options)  # nothing persists, inference still runs
-        queue.failures += 1
-        queue.record("telemetry-reset", detail=problem)
-        return queue
 
     # ---- paths and persistence -------------------------------------------------------------------
     @property
@@ -162,27 +139,20 @@ class Runtime:
             fsync=True,
         )
 
-    # ---- start-up recovery -----------------------------------------------------------------------
+    # ---- start-up recovery (the steps are in device_runtime._recovery) ---------------------------
     def _recover(self) -> State:
         now = self._config.clock()
-        for leftover in (self._root / "slots").glob(".incoming-*"):  # an install killed before its swap
-            shutil.rmtree(leftover, ignore_errors=True)
-        state = load_state(self._state_path) or self._rebuild_state(now)
-        state = self._check_marker(state, now)
-        state = self._verify_slots(state, now)
+        remove_unfinished_installs(self._root / "slots")
+        state = load_state(self._state_path) or rebuild_state(self._verify_slot, now)
+        if died_in_trial_inference(self._marker, state):
+            assert state.active is not None
+            self.telemetry.record(
+                "crash", bundle_id=state.active.bundle_id, version=state.active.version, during="inference"
+            )
+            state = self._strike(state, now, "crash: the process died during an inference")
+        state = verify_slots(state, self._verify_slot, now)
         save_state(self._state_path, state)
         return state
-
-    def _rebuild_state(self, now: float) -> State:
-        """No readable state.json: trust whichever slots verify, newest release first."""
-        found = []
-        for slot in ("a", "b"):
-            record = self._verify_slot(slot)
-            if record is not None:
-                found.append(record)
-        found.sort(key=lambda r: r.release_counter, reverse=True)
-        state = State(active=found[0] if found else None, previous=found[1] if len(found) > 1 else None)
-        return state.with_event(now, "state-rebuilt", slots=[r.slot for r in found])
 
     def _verify_slot(self, slot: str) -> SlotRecord | None:
         path = self._slot_dir(slot)
@@ -198,35 +168,6 @@ class Runtime:
         return SlotRecord(
             slot, verified.payload_sha256, manifest.name, manifest.version, manifest.release_counter
         )
-
-    def _verify_slots(self, state: State, now: float) -> State:
-        for label in ("active", "previous"):
-            record: SlotRecord | None = getattr(state, label)
-            if record is None:
-                continue
-            current = self._verify_slot(record.slot)
-            if current is None or current.bundle_id != record.bundle_id:
-                state = replace(state, active=None) if label == "active" else replace(state, previous=None)
-                state = state.with_event(now, "slot-lost", slot=record.slot, role=label)
-        if state.active is None and state.previous is not None:
-            state = replace(state, active=state.previous, previous=None, trial=None).with_event(
-                now, "fell-back", to=state.previous.version
-            )
-        return state
-
-    def _check_marker(self, state: State, now: float) -> State:
-        try:
-            marker = json.loads(self._marker.read_bytes())
-        except (OSError, ValueError):
-            return state
-        with contextlib.suppress(FileNotFoundError):
-            self._marker.unlink()
-        if state.active is None or state.trial is None or marker.get("bundle_id") != state.active.bundle_id:
-            return state
-        self.telemetry.record(
-            "crash", bundle_id=state.active.bundle_id, version=state.active.version, during="inference"
-        )
-        return self._strike(state, now, "crash: the process died during an inference")
 
     # ---- trial -----------------------------------------------------------------------------------
     def _strike(self, state: State, now: float, reason: str) -> State:
@@ -302,8 +243,8 @@ class Runtime:
                         {},
                         already_active=True,
                     )
-                loaded = self._load(incoming, verified.manifest, None)
-                quality = self._self_test(incoming, loaded)
+                loaded = load_model(incoming, verified.manifest, None, threads=self._config.engine_threads)
+                quality = self_test(incoming, loaded)
             except BaseException as e:
                 shutil.rmtree(incoming, ignore_errors=True)
                 if isinstance(e, VerificationError | InstallError | EngineError):
@@ -329,32 +270,10 @@ class Runtime:
                 "publish a new release",
                 reason="previously-reverted",
             )
-        _check_engine_version(manifest)
-
-    def _self_test(self, directory: Path, loaded: _Loaded) -> dict[str, float]:
-        from device_runtime.golden import check_golden
-
-        if not (directory / "golden" / "golden.json").is_file():
-            raise InstallError(
-                "the bundle has no golden vectors; rebuild it with edgekit bundle", reason="self-test"
-            )
-        result = check_golden(directory, loaded.engine.run, preprocess=self._image_preprocessor(loaded))
-        if not result.passed:
-            raise InstallError(
-                "golden self-test failed on this device's engine: " + "; ".join(result.details),
-                reason="self-test",
-            )
-        return dict(result.sqnr_db)
-
-    def _image_preprocessor(self, loaded: _Loaded) -> Any:
-        from device_runtime.preprocess import ImageInputSpec, prepare_inputs
-
-        if not any(isinstance(i, ImageInputSpec) for i in loaded.spec.inputs):
-            return None
-        return lambda path: prepare_inputs(loaded.spec, path)
+        check_engine_version(manifest)
 
     def _activate(
-        self, incoming: Path, verified: VerifiedBundle, loaded: _Loaded, quality: dict[str, float], now: float
+        self, incoming: Path, verified: VerifiedBundle, loaded: Loaded, quality: dict[str, float], now: float
     ) -> InstallResult:
         state = self._state
         target = "b" if state.active is not None and state.active.slot == "a" else "a"
@@ -390,26 +309,7 @@ class Runtime:
         return InstallResult(manifest.name, manifest.version, record.bundle_id, target, quality)
 
     # ---- loading ---------------------------------------------------------------------------------
-    def _load(self, directory: Path, manifest: BundleManifest, record: SlotRecord | None) -> _Loaded:
-        from device_runtime.engines import load_engine
-        from device_runtime.preprocess import load_spec
-
-        # Every file loaded is read once and checked against its signed digest: the bytes used are the
-        # bytes verified, whatever happens to the slot between verification and load (attack 11).
-        data = _read_verified(directory, manifest, manifest.entrypoint)
-        kind = manifest.runtime.engine
-        if "preprocess.json" in manifest.files:
-            spec = _parse_spec(_read_verified(directory, manifest, "preprocess.json"))
-        else:
-            spec = load_spec(directory / "preprocess.json")
-        labels = None
-        if "labels.txt" in manifest.files:
-            labels = _read_verified(directory, manifest, "labels.txt").decode("utf-8").splitlines()
-        engine = load_engine(data, kind=kind, threads=self._config.engine_threads)
-        placeholder = record or SlotRecord("?", "", manifest.name, manifest.version, manifest.release_counter)
-        return _Loaded(placeholder, manifest, engine, spec, labels)
-
-    def _ensure_loaded(self) -> _Loaded:
+    def _ensure_loaded(self) -> Loaded:
         state = self._state
         if state.active is None:
             raise NoModelError("no verified model is installed; call install() with a signed bundle")
@@ -421,7 +321,9 @@ class Runtime:
             if record is None:
                 raise NoModelError("the active slot no longer verifies")
             manifest = self._manifests[state.active.slot]
-        self._loaded = self._load(self._slot_dir(state.active.slot), manifest, state.active)
+        self._loaded = load_model(
+            self._slot_dir(state.active.slot), manifest, state.active, threads=self._config.engine_threads
+        )
         return self._loaded
 
     # ---- predict ---------------------------------------------------------------------------------
@@ -474,7 +376,7 @@ class Runtime:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._marker_name)
 
-    def _result(self, loaded: _Loaded, outputs: dict[str, Any], latency_ms: float) -> PredictionResult:
+    def _result(self, loaded: Loaded, outputs: dict[str, Any], latency_ms: float) -> PredictionResult:
         from device_runtime.preprocess import postprocess
 
         # Unique per runtime instance without a syscall per call (uuid4 reads os.urandom each time).
@@ -613,58 +515,3 @@ class Runtime:
     def close(self) -> None:
         """Flush telemetry and release the database."""
         self.telemetry.close()
-
-
-def _read_exact(path: Path, size: int) -> bytes:
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        with os.fdopen(os.open(path, flags), "rb") as handle:
-            data = handle.read(size + 1)
-    except OSError as e:  # removed or replaced by a symlink since verification
-        raise VerificationError(f"{path.name} changed after verification ({e}); refusing to load it") from e
-    if len(data) != size:
-        raise VerificationError(f"{path.name} changed size after verification; refusing to load it")
-    return data
-
-
-def _read_verified(directory: Path, manifest: BundleManifest, name: str) -> bytes:
-    entry = manifest.files[name]
-    data = _read_exact(directory / entry.name, entry.size)
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise VerificationError(f"{entry.name} changed after verification; refusing to load it")
-    return data
-
-
-def _parse_spec(data: bytes) -> Any:
-    """A preprocessing spec from verified bytes (strict JSON, then the spec's own validation)."""
-    from device_runtime.errors import SpecError
-    from device_runtime.preprocess import parse_spec
-    from signing.errors import FormatError
-    from signing.strict_json import parse_strict
-
-    try:
-        document = parse_strict(data, what="preprocess.json", max_bytes=1 << 20)
-    except FormatError as e:
-        raise SpecError(f"preprocess.json: {e}") from e
-    return parse_spec(document)
-
-
-def _check_engine_version(manifest: BundleManifest) -> None:
-    from importlib import metadata
-
-    package = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}[manifest.runtime.engine]
-    try:
-        installed = metadata.version(package)
-    except metadata.PackageNotFoundError as e:
-        raise InstallError(
-            f"the bundle needs {package}, which is not installed on this device", reason="runtime-requirement"
-        ) from e
-
-    def parts(version: str) -> tuple[int, ...]:
-        return tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
-
-    if manifest.runtime.engine == "onnxruntime" and parts(installed) < parts(manifest.runtime.min_version):
-        raise InstallError(
-            f"the bundle needs onnxruntime >= {manifest.runtime.min_version}; this device has {installed}",
-            reason="runtime-requirement",
-        )

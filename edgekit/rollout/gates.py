@@ -64,11 +64,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from device_runtime.telemetry import LATENCY_BUCKETS_MS
+from edgekit.rollout._replay import Evaluation, TelemetryDelta, replay
+from edgekit.rollout._stats import (
+    latency_quantile,
+    poisson_lower,
+    poisson_upper,
+    sprt_bounds,
+    sprt_llr,
+    wilson,
+)
 from edgekit.rollout.plan import RolloutError
 
 __all__ = [
@@ -325,71 +334,6 @@ class StageDecision:
         return data
 
 
-# -- statistics ------------------------------------------------------------------------------------------
-
-
-def sprt_bounds(alpha: float, beta: float) -> tuple[float, float]:
-    """Wald's SPRT boundaries (A, B) = (log((1 - beta)/alpha), log(beta/(1 - alpha)))."""
-    return math.log((1 - beta) / alpha), math.log(beta / (1 - alpha))
-
-
-def sprt_llr(x: float, n: float, exposure_t: float, exposure_c: float, ratio_h1: float) -> float:
-    """Log likelihood ratio of the conditional binomial SPRT (H1: rate ratio `ratio_h1` vs H0: 1).
-
-    Args:
-        x: treatment events; n: treatment plus control events.
-        exposure_t, exposure_c: exposures (device-hours or inferences), both > 0.
-        ratio_h1: treatment / control rate ratio under H1.
-    """
-    p0 = exposure_t / (exposure_t + exposure_c)
-    p1 = ratio_h1 * exposure_t / (ratio_h1 * exposure_t + exposure_c)
-    return x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
-
-
-def _poisson_lower(x: float, z: float) -> float:
-    """Approximate one-sided lower confidence bound on a Poisson mean (Wilson-Hilferty)."""
-    if x <= 0:
-        return 0.0
-    return max(0.0, x * (1 - 1 / (9 * x) - z / (3 * math.sqrt(x))) ** 3)
-
-
-def _poisson_upper(x: float, z: float) -> float:
-    """Approximate one-sided upper confidence bound on a Poisson mean (Wilson-Hilferty)."""
-    k = x + 1
-    return k * (1 - 1 / (9 * k) + z / (3 * math.sqrt(k))) ** 3
-
-
-def _wilson(k: float, n: float, z: float) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n at one-sided z (n > 0)."""
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def latency_quantile(histogram: Sequence[float], q: float) -> float:
-    """Quantile `q` of a latency histogram in ms, interpolating linearly inside the bucket.
-
-    Returns infinity when the quantile falls in the overflow bucket (> the last bound), and NaN for an
-    empty histogram.
-    """
-    total = float(sum(histogram))
-    if total <= 0:
-        return math.nan
-    rank = q * total
-    cumulative = 0.0
-    for i, count in enumerate(histogram):
-        if count > 0 and cumulative + count >= rank:
-            if i >= len(LATENCY_BUCKETS_MS):
-                return math.inf
-            lower = 0.0 if i == 0 else float(LATENCY_BUCKETS_MS[i - 1])
-            upper = float(LATENCY_BUCKETS_MS[i])
-            return lower + (upper - lower) * (rank - cumulative) / count
-        cumulative += count
-    return math.inf  # unreachable for a consistent histogram
-
-
 # -- checks ----------------------------------------------------------------------------------------------
 
 
@@ -415,12 +359,12 @@ def _guardrail(
         return _rec(metric, "hold", f"no {unit}s reported yet", threshold=maximum)
     if share:
         low, high = (
-            _wilson(events, exposure, config.z_rollback)[0],
-            _wilson(events, exposure, config.z_pass)[1],
+            wilson(events, exposure, config.z_rollback)[0],
+            wilson(events, exposure, config.z_pass)[1],
         )
     else:
-        low = _poisson_lower(events, config.z_rollback) / exposure
-        high = _poisson_upper(events, config.z_pass) / exposure
+        low = poisson_lower(events, config.z_rollback) / exposure
+        high = poisson_upper(events, config.z_pass) / exposure
     value = events / exposure
     what = f"treatment {value:.4g} per {unit}"
     if low > maximum:
@@ -457,7 +401,7 @@ def _sprt(
         f"LLR {llr:.3f} (B {big_b:.3f}, A {big_a:.3f}); "
         f"treatment {x_t:g} in {h_t:g}, control {x_c:g} in {h_c:g} {unit}"
     )
-    upper = _poisson_upper(x_t, config.z_pass) / h_t
+    upper = poisson_upper(x_t, config.z_pass) / h_t
     if not exposed:
         return _rec(
             metric, "hold", f"minimum exposure not reached; {where}", **rates, stat=llr, threshold=big_a
@@ -731,73 +675,3 @@ def evaluate(
         records.append(_rec("deadline", "pass", detail, stat=running, threshold=deadline))
     alert = "\n".join(alerts) if alerts else None
     return StageDecision(outcome=decision, records=tuple(records), alert=alert, stage=stage, time=now)
-
-
-# -- replay ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TelemetryDelta:
-    """Telemetry of one arm received at `time` (seconds since the epoch), as stored by the server."""
-
-    time: float
-    arm: Literal["treatment", "control"]
-    delta: ArmMetrics
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A gate evaluation at `time` of `stage` (percent), which started at `stage_started_at` (seconds)."""
-
-    time: float
-    stage: int
-    stage_started_at: float
-
-
-def replay(events: Sequence[TelemetryDelta | Evaluation], config: GateConfig) -> list[StageDecision]:
-    """Recompute the decisions of stored telemetry: the same pure `evaluate`, the same inputs.
-
-    Args:
-        events: telemetry deltas and evaluations in non-decreasing time order. Each evaluation sees the
-            deltas listed before it whose time is at or after its stage start.
-        config: the gate config in force.
-
-    Returns:
-        One decision per `Evaluation`, in order.
-
-    Raises:
-        GateConfigError: events out of time order, or an unknown arm.
-    """
-    seen: list[TelemetryDelta] = []
-    decisions: list[StageDecision] = []
-    last = -math.inf
-    window: float | None = None
-    totals: dict[str, ArmMetrics] = {}
-    for event in events:
-        if not event.time >= last:
-            raise GateConfigError(f"replay events must be in time order: {event.time!r} after {last!r}")
-        last = event.time
-        if isinstance(event, TelemetryDelta):
-            if event.arm not in ("treatment", "control"):
-                raise GateConfigError(f"unknown arm {event.arm!r}; expected treatment or control")
-            seen.append(event)
-            if window is not None and event.time >= window:
-                totals[event.arm] = totals.get(event.arm, ArmMetrics()).plus(event.delta)
-            continue
-        if event.stage_started_at != window:  # a new stage: total its window from the stored deltas
-            window = event.stage_started_at
-            totals = {}
-            for d in seen:
-                if d.time >= window:
-                    totals[d.arm] = totals.get(d.arm, ArmMetrics()).plus(d.delta)
-        decisions.append(
-            evaluate(
-                event.stage,
-                totals.get("treatment"),
-                None if event.stage == 100 else totals.get("control"),
-                config,
-                event.time,
-                event.stage_started_at,
-            )
-        )
-    return decisions

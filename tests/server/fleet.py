@@ -126,12 +126,23 @@ def evaluate(server: LiveServer) -> dict[str, Any]:
     return dict(body[0])
 
 
-@pytest.fixture()
-def fleet(start_server: Any, deployment: Any, tmp_path: Path) -> tuple[LiveServer, Clock, dict[str, str]]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fleet(
+    request: pytest.FixtureRequest, start_server: Any, deployment: Any, tmp_path: Path
+) -> tuple[LiveServer, Clock, dict[str, str]]:
+    """A live server over a fresh copy of the published repository, on SQLite and on PostgreSQL."""
     clock = Clock()
     data_dir = tmp_path / "data"  # each test starts from the freshly published repository
     shutil.copytree(deployment.data_dir, data_dir, symlinks=True)
-    server = start_server(
-        clock=clock, gates=GATES, db_url=f"sqlite:///{tmp_path / 'fleet.db'}", data_dir=data_dir
-    )
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    else:
+        from edgekit.server.storage import open_database
+
+        url = request.getfixturevalue("postgres_url")
+        database = open_database(url, tmp_path)
+        for table in ("events", "batches", "devices", "decisions", "rollouts"):
+            database.execute(f"DELETE FROM {table}")
+        database.close()
+    server = start_server(clock=clock, gates=GATES, db_url=url, data_dir=data_dir)
     return server, clock, register_many(server, 240)

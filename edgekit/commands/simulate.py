@@ -1,0 +1,188 @@
+"""`edgekit simulate`: seeded fleet simulations of rollouts through the real gate engine, against targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.commands._common import echo_json
+
+# (JSON key, what, comparison, target): informational, printed next to the figures.
+_TARGETS: dict[str, tuple[tuple[str, str, str, float], ...]] = {
+    "regression": (
+        ("halted_before_stage_2", "halted before leaving the first stage", ">=", 0.90),
+        ("halted_before_stage_3", "halted before the third stage", ">=", 0.999),
+    ),
+    "healthy": (
+        ("false_halt_rate", "false halts (A/A)", "<=", 0.01),
+        ("hours_to_full.share_within_96h", "at 100% within 96 h", ">=", 0.95),
+        ("hours_to_full.p50", "median hours to 100%", "<=", 96.0),
+    ),
+}
+
+
+def _parse_regression(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from edgekit.rollout.simulate import Regression, SimulationError
+
+    if value is None:
+        return None
+    try:
+        return Regression.parse(value)
+    except SimulationError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+class _Progress:
+    """A line on stderr at every 10% of the runs (nothing for short simulations)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet or total < 20:
+            return
+        tenth = done * 10 // total
+        if tenth > self.shown:
+            self.shown = tenth
+            click.echo(f"simulate: {done}/{total} runs", err=True)
+
+
+@click.command()
+@click.option("--devices", type=click.IntRange(min=1), default=100_000, show_default=True, help="Fleet size.")
+@click.option(
+    "--regression",
+    callback=_parse_regression,
+    metavar="KIND:AMOUNT",
+    help="crash:2.0, errors:1.5, latency:1.5 (factors) or accuracy:-2 (pp); omit for a healthy release.",
+)
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Rollouts to simulate."
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--hazard", type=click.FloatRange(min=0), default=1e-3, show_default=True, help="Crashes per device-hour."
+)
+@click.option("--telemetry-loss", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option(
+    "--offline",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.10,
+    show_default=True,
+    help="Share of devices offline in an hour.",
+)
+@click.option(
+    "--clock-skew", type=click.FloatRange(min=0), default=0.25, show_default=True, help="Hours (std dev)."
+)
+@click.option(
+    "--join-rate",
+    type=click.FloatRange(min=0),
+    default=0.0005,
+    show_default=True,
+    help="Devices joining per hour, as a share of the fleet.",
+)
+@click.option(
+    "--max-days", type=click.FloatRange(min=1 / 24), default=10.0, show_default=True, help="Simulated days."
+)
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of the runs."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def simulate(
+    devices: int,
+    regression: Any,
+    runs: int,
+    seed: int,
+    hazard: float,
+    telemetry_loss: float,
+    offline: float,
+    clock_skew: float,
+    join_rate: float,
+    max_days: float,
+    plot_path: Path | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Simulate phased rollouts of a fleet through the real gate engine and report how they end."""
+    from edgekit.rollout.gates import GateConfig
+    from edgekit.rollout.simulate import FleetModel, SimulationError
+    from edgekit.rollout.simulate import plot as write_plot
+    from edgekit.rollout.simulate import simulate as run_simulation
+
+    try:
+        model = FleetModel(
+            devices=devices,
+            crash_hazard_per_hour=hazard,
+            telemetry_loss=telemetry_loss,
+            offline_share=offline,
+            clock_skew_hours=clock_skew,
+            join_rate=join_rate,
+            max_hours=max(1, round(max_days * 24)),
+        )
+        summary, results = run_simulation(
+            model, regression, runs, seed, GateConfig(), progress=_Progress(quiet)
+        )
+    except SimulationError as e:
+        raise click.ClickException(str(e)) from None
+    if plot_path is not None:
+        write_plot(summary, results, plot_path)
+    data = summary.to_dict()
+    if as_json:
+        echo_json(data)
+        return
+    scenario = "healthy release (A/A)" if regression is None else f"regression {regression}"
+    click.echo(f"{devices:,} devices, {scenario}, {runs} runs, seed {seed}")
+    rows: list[tuple[str, str]] = []
+    for k in range(2, len(summary.stages) + 1):
+        rows.append(
+            (f"halted before stage {k} ({summary.stages[k - 1]}%)", f"{data[f'halted_before_stage_{k}']:.2%}")
+        )
+    full = summary.hours_to_full
+    rows += [
+        (
+            "rolled back / stuck / complete",
+            f"{summary.rolled_back:.2%} / {summary.stuck:.2%} / {summary.complete:.2%}",
+        ),
+        ("mean devices exposed at a rollback", _num(summary.mean_exposed_devices)),
+        (
+            "hours to 100%: mean / p50 / p95",
+            f"{_num(full['mean'])} / {_num(full['p50'])} / {_num(full['p95'])}",
+        ),
+        ("reached 100% within 96 h", f"{full['share_within_96h']:.2%}"),
+        (
+            "rollbacks by check",
+            ", ".join(f"{m} {c}" for m, c in sorted(summary.rollback_metrics.items())) or "-",
+        ),
+        ("seconds per run", f"{summary.seconds / runs:.3f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value}")
+    if plot_path is not None:
+        click.echo(f"plot: {plot_path}")
+    if regression is not None and regression.kind != "crash":
+        return  # the targets are stated for crash regressions and healthy releases
+    click.echo("targets (informational):")
+    for key, what, sign, limit in _TARGETS["healthy" if regression is None else "regression"]:
+        value = _lookup(data, key)
+        ok = value is not None and (value >= limit if sign == ">=" else value <= limit)
+        shown = (
+            "-"
+            if value is None
+            else (f"{value:.4g}" if "hours" in key and "share" not in key else f"{value:.2%}")
+        )
+        goal = f"{limit:g}" if "p50" in key else f"{limit:.1%}"
+        click.echo(f"  {'PASS' if ok else 'MISS'}  {what}: {shown} (target {sign} {goal})")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"

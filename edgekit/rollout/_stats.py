@@ -1,0 +1,77 @@
+"""Statistics behind the stage gates: the SPRT, conservative Poisson and binomial bounds, latency quantiles.
+
+Pure functions of counts, no IO. `edgekit.rollout.gates` explains why the conditional binomial SPRT stays
+valid under continuous monitoring and how its boundaries were chosen; it re-exports `sprt_bounds`,
+`sprt_llr` and `latency_quantile` as part of its public surface.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from device_runtime.telemetry import LATENCY_BUCKETS_MS
+
+__all__ = ["latency_quantile", "poisson_lower", "poisson_upper", "sprt_bounds", "sprt_llr", "wilson"]
+
+
+def sprt_bounds(alpha: float, beta: float) -> tuple[float, float]:
+    """Wald's SPRT boundaries (A, B) = (log((1 - beta)/alpha), log(beta/(1 - alpha)))."""
+    return math.log((1 - beta) / alpha), math.log(beta / (1 - alpha))
+
+
+def sprt_llr(x: float, n: float, exposure_t: float, exposure_c: float, ratio_h1: float) -> float:
+    """Log likelihood ratio of the conditional binomial SPRT (H1: rate ratio `ratio_h1` vs H0: 1).
+
+    Args:
+        x: treatment events; n: treatment plus control events.
+        exposure_t, exposure_c: exposures (device-hours or inferences), both > 0.
+        ratio_h1: treatment / control rate ratio under H1.
+    """
+    p0 = exposure_t / (exposure_t + exposure_c)
+    p1 = ratio_h1 * exposure_t / (ratio_h1 * exposure_t + exposure_c)
+    return x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
+
+
+def poisson_lower(x: float, z: float) -> float:
+    """Approximate one-sided lower confidence bound on a Poisson mean (Wilson-Hilferty)."""
+    if x <= 0:
+        return 0.0
+    return max(0.0, x * (1 - 1 / (9 * x) - z / (3 * math.sqrt(x))) ** 3)
+
+
+def poisson_upper(x: float, z: float) -> float:
+    """Approximate one-sided upper confidence bound on a Poisson mean (Wilson-Hilferty)."""
+    k = x + 1
+    return k * (1 - 1 / (9 * k) + z / (3 * math.sqrt(k))) ** 3
+
+
+def wilson(k: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson score interval for a proportion k/n at one-sided z (n > 0)."""
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def latency_quantile(histogram: Sequence[float], q: float) -> float:
+    """Quantile `q` of a latency histogram in ms, interpolating linearly inside the bucket.
+
+    Returns infinity when the quantile falls in the overflow bucket (> the last bound), and NaN for an
+    empty histogram.
+    """
+    total = float(sum(histogram))
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    cumulative = 0.0
+    for i, count in enumerate(histogram):
+        if count > 0 and cumulative + count >= rank:
+            if i >= len(LATENCY_BUCKETS_MS):
+                return math.inf
+            lower = 0.0 if i == 0 else float(LATENCY_BUCKETS_MS[i - 1])
+            upper = float(LATENCY_BUCKETS_MS[i])
+            return lower + (upper - lower) * (rank - cumulative) / count
+        cumulative += count
+    return math.inf  # unreachable for a consistent histogram

@@ -1,0 +1,688 @@
+"""Fleet simulation: many seeded rollouts of a statistical device fleet through the real gate engine.
+
+Each simulated rollout drives a `RolloutPlan` through its stages with the same `evaluate` the server runs,
+fed with telemetry drawn from a statistical model of the fleet (`FleetModel`): a crash hazard per
+device-hour, an error rate per inference, a latency distribution, feedback accuracy, telemetry loss,
+devices offline (their telemetry queues and arrives later), device clock skew, devices that pick up a new
+stage after a delay and devices that join mid-rollout. A `Regression` makes the target release worse in
+one way; without one the run is an A/A test and any rollback is a false halt.
+
+Why it is fast enough for 100,000 devices: devices are kept only as arrays (cohort position u, join hour,
+update delay), sorted by u so that every arm is a contiguous slice, and the exact number of devices
+running each arm's release in an hour comes from `searchsorted` on those arrays. Telemetry is drawn per
+arm and hour as a whole (Poisson crashes over the arm's device-hours, binomial errors and feedback,
+multinomial latency buckets), which is exact for independent devices and costs the same for 1,000 devices
+as for 1,000,000. Cohorts u come from SHA-256 of the device id on real devices (`cohort_u`); uniform draws
+have the same distribution.
+
+Telemetry path, per arm and hour: generated -> thinned by telemetry loss and, in the first hours of a
+stage, by clock skew (reports stamped before the stage start fall outside its window) -> delayed by the
+report interval and by offline hours (a geometric number of extra hours) -> added to the stage's
+cumulative `ArmMetrics`. Data still in flight when a stage changes belongs to the old stage's window.
+
+Everything is pure: randomness comes only from the `np.random.Generator` passed in (`simulate` spawns one
+per run from the seed, so run i is the same whatever the number of runs), time is simulated.
+
+Errors::
+
+    RolloutError            (edgekit.rollout.plan)
+    └── SimulationError     an invalid fleet model, regression or run count
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from device_runtime.telemetry import LATENCY_BUCKETS_MS
+from edgekit.rollout.gates import ArmMetrics, GateConfig, evaluate, sprt_bounds
+from edgekit.rollout.plan import Release, RolloutError, RolloutPlan
+
+__all__ = [
+    "REGRESSION_KINDS",
+    "EvaluationRow",
+    "FleetModel",
+    "Regression",
+    "RunResult",
+    "SimulationError",
+    "Summary",
+    "plot",
+    "simulate",
+    "simulate_run",
+]
+
+RegressionKind = Literal["crash", "errors", "accuracy", "latency"]
+REGRESSION_KINDS: tuple[str, ...] = ("crash", "errors", "accuracy", "latency")
+Outcome = Literal["rolled_back", "complete", "stuck"]
+
+# Integer telemetry fields carried per arm and hour, in this order, then the latency histogram.
+_COUNTS = ("crashes", "inferences", "inference_errors", "installs", "install_failures")
+_FEEDBACK = ("feedback_total", "feedback_correct")
+_N_HIST = len(LATENCY_BUCKETS_MS) + 1
+_N_INT = len(_COUNTS) + len(_FEEDBACK) + _N_HIST
+_MAX_DELAY_HOURS = 8  # hours; offline queues still waiting after this arrive in the last slot
+
+
+class SimulationError(RolloutError):
+    """A fleet model, regression or simulation request is invalid (the message says which value and why)."""
+
+
+@dataclass(frozen=True)
+class FleetModel:
+    """A statistical model of the device fleet and of its telemetry.
+
+    Raises:
+        SimulationError: on any out-of-range value (checked at construction).
+    """
+
+    devices: int = 100_000  # devices at the start of the rollout
+    crash_hazard_per_hour: float = 1e-3  # crashes per device-hour of the baseline release
+    error_rate: float = 0.01  # failed inferences per inference, baseline
+    inferences_per_device_hour: float = 10.0  # inferences per device-hour
+    accuracy: float = 0.90  # share of correct predictions where the app reports ground truth, baseline
+    feedback_share: float = 0.05  # share of inferences with ground truth reported
+    latency_median_ms: float = 20.0  # ms, lognormal median of inference latency, baseline
+    latency_sigma: float = 0.5  # lognormal shape of inference latency
+    install_failure_share: float = 0.002  # failed installs / installs
+    telemetry_loss: float = 0.01  # share of telemetry reports lost for good
+    offline_share: float = 0.10  # share of devices offline in an hour (their reports wait for the next)
+    clock_skew_hours: float = 0.25  # hours, standard deviation of device clock error on report times
+    join_rate: float = 0.0005  # devices joining per hour, as a share of `devices`
+    update_delay_hours: float = 1.0  # hours, mean delay before a device runs the release its stage asks
+    report_interval_hours: float = 1 / 6  # hours between a device's telemetry uploads
+    eval_every_hours: int = 1  # hours between gate evaluations
+    max_hours: int = 240  # hours simulated at most; a run still undecided then is "stuck"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise SimulationError(f"FleetModel: {what}")
+
+        for name, value in dataclasses.asdict(self).items():
+            need(
+                isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+                f"{name} must be a finite number, got {value!r}",
+            )
+        need(isinstance(self.devices, int) and self.devices >= 1, "devices must be an integer >= 1")
+        need(isinstance(self.max_hours, int) and self.max_hours >= 1, "max_hours must be an integer >= 1")
+        need(
+            isinstance(self.eval_every_hours, int) and self.eval_every_hours >= 1,
+            "eval_every_hours must be an integer >= 1",
+        )
+        for name in ("error_rate", "accuracy", "feedback_share", "install_failure_share"):
+            need(0 <= getattr(self, name) <= 1, f"{name} must lie in [0, 1]")
+        for name in ("telemetry_loss", "offline_share"):
+            need(0 <= getattr(self, name) < 1, f"{name} must lie in [0, 1)")
+        need(0 < self.report_interval_hours <= 1, "report_interval_hours must lie in (0, 1]")
+        need(self.latency_median_ms > 0 and self.latency_sigma > 0, "latency median and sigma must be > 0")
+        for name in (
+            "crash_hazard_per_hour",
+            "inferences_per_device_hour",
+            "clock_skew_hours",
+            "join_rate",
+            "update_delay_hours",
+        ):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0")
+
+
+@dataclass(frozen=True)
+class Regression:
+    """How the target release is worse than the baseline.
+
+    Attributes:
+        kind: crash (hazard x amount), errors (error rate x amount), latency (latency x amount) or accuracy
+            (amount percentage points added to accuracy: -2 is a 2 pp drop).
+        amount: the factor (crash, errors, latency; > 0) or percentage points (accuracy).
+    """
+
+    kind: RegressionKind
+    amount: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in REGRESSION_KINDS:
+            raise SimulationError(
+                f"regression kind must be one of {', '.join(REGRESSION_KINDS)}, got {self.kind!r}"
+            )
+        if not isinstance(self.amount, int | float) or not math.isfinite(self.amount):
+            raise SimulationError(f"regression amount must be a finite number, got {self.amount!r}")
+        if self.kind != "accuracy" and self.amount <= 0:
+            raise SimulationError(f"a {self.kind} regression is a factor > 0, got {self.amount!r}")
+        if self.kind == "accuracy" and not -100 <= self.amount <= 100:
+            raise SimulationError(
+                f"an accuracy change is in percentage points [-100, 100], got {self.amount!r}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Regression:
+        """Parse `KIND:AMOUNT`, for example `crash:2.0`, `errors:1.5`, `latency:1.5` or `accuracy:-2`.
+
+        Raises:
+            SimulationError: not of that form, unknown kind or invalid amount.
+        """
+        kind, sep, amount = text.partition(":")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = math.nan
+        if not sep or not math.isfinite(value):
+            raise SimulationError(
+                f"regression {text!r}: expected KIND:AMOUNT with KIND one of {', '.join(REGRESSION_KINDS)}, "
+                "for example crash:2.0 or accuracy:-2"
+            )
+        return cls(kind.strip(), value)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.amount:g}"
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    """One gate evaluation of a simulated run, reduced to what the plots and summaries need.
+
+    Attributes:
+        hour: simulated hours since the rollout started.
+        stage: the stage percent evaluated.
+        outcome: promote, hold or rollback.
+        treatment_devices: devices running the target release at that hour.
+        statistics: metric -> (outcome, statistic) of every record of the decision.
+    """
+
+    hour: int
+    stage: int
+    outcome: str
+    treatment_devices: int
+    statistics: dict[str, tuple[str, float | None]]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One simulated rollout.
+
+    Attributes:
+        outcome: rolled_back, complete, or stuck (still undecided after `max_hours`).
+        last_stage: the stage percent the run ended in.
+        end_hour: hour of the rollback or completion (`max_hours` when stuck).
+        stage_starts: (stage percent, hour it started) in order.
+        hours_to_full: hour the 100% stage started, None if it never did.
+        exposed_devices: devices that ran the target release by `end_hour`.
+        rollback_metrics: the checks that asked for the rollback (empty otherwise).
+        evaluations: every evaluation, in order.
+    """
+
+    outcome: Outcome
+    last_stage: int
+    end_hour: int
+    stage_starts: tuple[tuple[int, int], ...]
+    hours_to_full: int | None
+    exposed_devices: int
+    rollback_metrics: tuple[str, ...]
+    evaluations: tuple[EvaluationRow, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Figures over many runs of one scenario (see `to_dict` for the JSON)."""
+
+    model: FleetModel
+    regression: Regression | None
+    gates: GateConfig
+    runs: int
+    seed: int
+    stages: tuple[int, ...]
+    halted_before_stage: dict[int, float]  # stage number (2 = second stage) -> share of runs that never left
+    rolled_back_before_stage: dict[int, float]  # the same, counting rollbacks only
+    rolled_back: float  # share of runs rolled back
+    stuck: float  # share of runs undecided at max_hours
+    complete: float  # share of runs complete
+    mean_exposed_devices: float | None  # devices, mean over rolled-back runs
+    mean_exposed_devices_all: float  # devices, mean over all runs at their end
+    hours_to_full: dict[str, float | None]  # mean, p50, p95 of runs reaching 100%; share within 96 h
+    rollback_metrics: dict[str, int]  # check -> runs it rolled back
+    seconds: float  # wall-clock seconds of the whole simulation
+    runs_per_second: float
+
+    @property
+    def false_halt_rate(self) -> float | None:
+        """Share of A/A runs rolled back (None when a regression is simulated)."""
+        return self.rolled_back if self.regression is None else None
+
+    def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
+        """JSON-ready figures; `timing=False` leaves out wall-clock fields (for reproducible output)."""
+        data: dict[str, Any] = {
+            "devices": self.model.devices,
+            "regression": None if self.regression is None else str(self.regression),
+            "runs": self.runs,
+            "seed": self.seed,
+            "stages": list(self.stages),
+            "rolled_back": self.rolled_back,
+            "stuck": self.stuck,
+            "complete": self.complete,
+            "false_halt_rate": self.false_halt_rate,
+            "mean_exposed_devices": self.mean_exposed_devices,
+            "mean_exposed_devices_all": self.mean_exposed_devices_all,
+            "hours_to_full": self.hours_to_full,
+            "rollback_metrics": dict(sorted(self.rollback_metrics.items())),
+            "model": dataclasses.asdict(self.model),
+        }
+        for k, share in self.halted_before_stage.items():
+            data[f"halted_before_stage_{k}"] = share
+        for k, share in self.rolled_back_before_stage.items():
+            data[f"rolled_back_before_stage_{k}"] = share
+        if timing:
+            data["seconds"] = self.seconds
+            data["runs_per_second"] = self.runs_per_second
+            data["seconds_per_run"] = self.seconds / self.runs
+        return data
+
+
+# -- one run -----------------------------------------------------------------------------------------------
+
+
+def _delay_kernel(model: FleetModel) -> np.ndarray:
+    """Share of an hour's telemetry that arrives 0, 1, ... hours later (sums to 1)."""
+    # A report leaves at the device's next upload, a uniform wait of up to one interval: the data of the
+    # last interval/2 of an hour on average misses that hour's evaluation.
+    late = model.report_interval_hours / 2
+    kernel = np.zeros(_MAX_DELAY_HOURS + 1)
+    kernel[0], kernel[1] = 1 - late, late
+    # Offline hours add a geometric number of hours (a device is offline each hour with offline_share).
+    o = model.offline_share
+    offline = np.array([(1 - o) * o**k for k in range(_MAX_DELAY_HOURS + 1)])
+    offline[-1] += 1 - offline.sum()
+    combined = np.convolve(kernel, offline)[: _MAX_DELAY_HOURS + 1]
+    combined[-1] += 1 - combined.sum()
+    return np.clip(combined, 0, 1) / np.clip(combined, 0, 1).sum()
+
+
+def _latency_probs(median_ms: float, sigma: float) -> np.ndarray:
+    """Probability of each latency bucket (then the overflow) for a lognormal latency."""
+    cdf = [
+        0.5 * (1 + math.erf((math.log(b) - math.log(median_ms)) / (sigma * math.sqrt(2))))
+        for b in LATENCY_BUCKETS_MS
+    ]
+    probs = np.diff(np.array([0.0, *cdf, 1.0]))
+    return np.clip(probs, 0, 1) / np.clip(probs, 0, 1).sum()
+
+
+@dataclass(frozen=True)
+class _Release:
+    crash_hazard: float
+    error_rate: float
+    accuracy: float
+    latency_probs: np.ndarray
+
+
+def _releases(model: FleetModel, regression: Regression | None) -> tuple[_Release, _Release]:
+    base = _Release(
+        model.crash_hazard_per_hour,
+        model.error_rate,
+        model.accuracy,
+        _latency_probs(model.latency_median_ms, model.latency_sigma),
+    )
+    if regression is None:
+        return base, base
+    r = regression
+    target = _Release(
+        base.crash_hazard * (r.amount if r.kind == "crash" else 1),
+        min(1.0, base.error_rate * (r.amount if r.kind == "errors" else 1)),
+        min(1.0, max(0.0, base.accuracy + (r.amount / 100 if r.kind == "accuracy" else 0))),
+        _latency_probs(
+            model.latency_median_ms * (r.amount if r.kind == "latency" else 1), model.latency_sigma
+        )
+        if r.kind == "latency"
+        else base.latency_probs,
+    )
+    return target, base
+
+
+def _draw_hour(
+    rng: np.random.Generator,
+    release: _Release,
+    device_hours: float,
+    installs: int,
+    model: FleetModel,
+    shares: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One arm-hour of telemetry split by arrival: (device-hours, counts) per slot of `shares`.
+
+    `shares` are the shares of the hour's reports that arrive 0, 1, ... hours later (their sum is below 1
+    by the share lost). Each report carries its exposure and its events together, so every slot is drawn
+    as its own thinned Poisson process, nested counts (errors of inferences, correct of feedback) within
+    it: a slot's accuracy or error rate is exactly as noisy as its size makes it, no more.
+    """
+    hours = device_hours * shares
+    counts = np.zeros((len(shares), _N_INT), dtype=np.int64)
+    if device_hours > 0:
+        inferences = rng.poisson(hours * model.inferences_per_device_hour)
+        feedback = rng.binomial(inferences, model.feedback_share)
+        counts[:, 0] = rng.poisson(hours * release.crash_hazard)
+        counts[:, 1] = inferences
+        counts[:, 2] = rng.binomial(inferences, release.error_rate)
+        counts[:, 5] = feedback
+        counts[:, 6] = rng.binomial(feedback, release.accuracy)
+        counts[:, 7:] = rng.multinomial(inferences, release.latency_probs)
+    if installs > 0:
+        arrived = rng.multinomial(installs, [*shares, max(0.0, 1 - float(shares.sum()))])[:-1]
+        counts[:, 3] = arrived
+        counts[:, 4] = rng.binomial(arrived, model.install_failure_share)
+    return hours, counts
+
+
+def _metrics(devices: int, device_hours: float, counts: np.ndarray) -> ArmMetrics:
+    c = counts.tolist()
+    return ArmMetrics(
+        devices=float(devices),
+        device_hours=float(device_hours),
+        crashes=float(c[0]),
+        inferences=float(c[1]),
+        inference_errors=float(c[2]),
+        installs=float(c[3]),
+        install_failures=float(c[4]),
+        feedback_total=float(c[5]),
+        feedback_correct=float(c[6]),
+        latency_histogram=tuple(float(x) for x in c[7:]),
+    )
+
+
+def _plan() -> RolloutPlan:
+    def release(version: str, counter: int) -> Release:
+        return Release(version, counter, f"sim/model-{version}.ekb", f"sim-{version}")
+
+    return RolloutPlan("simulated", "stable", "simulation", "salt", release("2", 2), release("1", 1))
+
+
+def simulate_run(
+    model: FleetModel,
+    regression: Regression | None,
+    gates: GateConfig,
+    rng: np.random.Generator,
+    *,
+    stages: Sequence[int] = (1, 5, 25, 100),
+) -> RunResult:
+    """Simulate one rollout of the fleet through `stages`, evaluating the gates every `eval_every_hours`.
+
+    Args:
+        model: the fleet.
+        regression: how the target is worse, or None for a healthy release (A/A).
+        gates: the gate configuration the server would use.
+        rng: the only source of randomness.
+        stages: stage percentages, as in a rollout plan.
+
+    Raises:
+        PlanError: invalid stages (as `RolloutPlan` checks them).
+    """
+    plan = dataclasses.replace(_plan(), stages=tuple(stages), stage_deadline_hours=gates.stage_deadline_hours)
+    target, baseline = _releases(model, regression)
+    kernel = _delay_kernel(model)
+    # Devices as arrays sorted by cohort position u, so every arm is a slice [lo, hi). Sorted uniforms are
+    # drawn directly (normalised sums of exponential spacings), which is O(n) where sorting is not.
+    joiners = int(rng.poisson(model.join_rate * model.devices * model.max_hours))
+    n = model.devices + joiners
+    spacings = np.cumsum(rng.standard_exponential(n + 1))
+    u = spacings[:-1] / spacings[-1]
+    join = np.zeros(n)
+    if joiners:  # which cohort positions belong to devices that join later, and when they join
+        late = rng.random(n) < joiners / n
+        join[late] = rng.uniform(0, model.max_hours, int(np.count_nonzero(late)))
+    delay = rng.exponential(model.update_delay_hours, n) if model.update_delay_hours > 0 else np.zeros(n)
+    active_at = np.full(n, np.inf)  # hour each device starts running the target
+
+    evaluations: list[EvaluationRow] = []
+    starts: list[tuple[int, int]] = []
+    hour, hours_to_full = 0, None
+    outcome: Outcome = "stuck"
+    rollback_metrics: tuple[str, ...] = ()
+    while True:
+        stage, start = plan.stage_percent, hour
+        starts.append((stage, start))
+        if stage == 100:
+            hours_to_full = start
+        p = stage / 100
+        t_hi = int(np.searchsorted(u, p)) if stage < 100 else n
+        c_hi = int(np.searchsorted(u, 2 * p)) if plan.control and stage < 100 else t_hi
+        # Devices newly in the treatment pick up the stage after their update delay (or join later).
+        fresh = slice(0, t_hi)
+        active_at[fresh] = np.minimum(active_at[fresh], np.maximum(join[fresh], start) + delay[fresh])
+        t_active = np.sort(active_at[:t_hi])
+        c_joined = np.sort(join[t_hi:c_hi])
+        running_before = int(np.searchsorted(t_active, start, "right"))
+        # In-flight telemetry per arm as ring buffers: slot (hour + d) % size arrives d hours from now.
+        size = len(kernel)
+        pending = {a: (np.zeros(size), np.zeros((size, _N_INT), dtype=np.int64)) for a in "tc"}
+        totals = {a: (0.0, np.zeros(_N_INT, dtype=np.int64)) for a in "tc"}
+        installed = running_before
+        decided = False
+        while hour < model.max_hours:
+            hour += 1
+            k = hour - start - 1  # hours into the stage, 0 for the first
+            skew_keep = 1.0
+            if model.clock_skew_hours > 0:  # share stamped before the stage start falls outside its window
+                skew_keep = 1 - 0.5 * math.erfc((k + 0.5) / (model.clock_skew_hours * math.sqrt(2)))
+            keep = (1 - model.telemetry_loss) * skew_keep
+            running = int(np.searchsorted(t_active, hour, "right"))
+            mid_t = int(np.searchsorted(t_active, hour - 0.5, "right"))
+            mid_c = int(np.searchsorted(c_joined, hour - 0.5, "right"))
+            arms = {"t": (target, float(mid_t), running - installed)}
+            if stage < 100:
+                arms["c"] = (baseline, float(mid_c), 0)
+            installed = running
+            for a, (release, device_hours, installs) in arms.items():
+                dh, counts = _draw_hour(rng, release, device_hours, installs, model, keep * kernel)
+                hours_q, counts_q = pending[a]
+                ring = (hour + np.arange(size)) % size
+                hours_q[ring] += dh
+                counts_q[ring] += counts
+                now = hour % size
+                total_h, total_c = totals[a]
+                totals[a] = (total_h + hours_q[now], total_c + counts_q[now])
+                hours_q[now] = 0
+                counts_q[now] = 0
+            if (hour - start) % model.eval_every_hours:
+                continue
+            treatment = _metrics(running, *totals["t"])
+            control = (
+                None
+                if stage == 100
+                else _metrics(int(np.searchsorted(c_joined, hour, "right")), *totals["c"])
+            )
+            decision = evaluate(stage, treatment, control, gates, hour * 3600.0, start * 3600.0)
+            evaluations.append(
+                EvaluationRow(
+                    hour,
+                    stage,
+                    decision.outcome,
+                    running,
+                    {r.metric: (r.outcome, r.statistic) for r in decision.records},
+                )
+            )
+            if decision.outcome == "rollback":
+                rollback_metrics = tuple(r.metric for r in decision.records if r.outcome == "rollback")
+                plan = plan.roll_back("; ".join(rollback_metrics))
+                outcome, decided = "rolled_back", True
+            elif decision.outcome == "promote":
+                plan = plan.complete() if plan.at_last_stage else plan.promote(hour * 3600.0)
+                outcome, decided = ("complete" if plan.state == "complete" else outcome), True
+            if decided:
+                break
+        if not decided or plan.state != "running":
+            break
+    return RunResult(
+        outcome=outcome,
+        last_stage=plan.stage_percent,
+        end_hour=hour,
+        stage_starts=tuple(starts),
+        hours_to_full=hours_to_full,
+        exposed_devices=int(np.count_nonzero(active_at <= hour)),
+        rollback_metrics=rollback_metrics,
+        evaluations=tuple(evaluations),
+    )
+
+
+# -- many runs ---------------------------------------------------------------------------------------------
+
+
+def simulate(
+    model: FleetModel,
+    regression: Regression | None,
+    runs: int,
+    seed: int,
+    gates: GateConfig | None = None,
+    *,
+    stages: Sequence[int] = (1, 5, 25, 100),
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Summary, list[RunResult]]:
+    """Simulate `runs` independent rollouts and summarise them.
+
+    Run i uses its own generator spawned from `seed`, so results do not depend on `runs` or order.
+
+    Args:
+        model: the fleet.
+        regression: how the target is worse, or None (A/A).
+        runs: number of rollouts (>= 1).
+        seed: the seed (an integer >= 0).
+        gates: the gate configuration (default `GateConfig()`).
+        stages: stage percentages.
+        progress: called as progress(done, runs) after each run.
+
+    Raises:
+        SimulationError: runs < 1 or a negative seed.
+    """
+    if not isinstance(runs, int) or runs < 1:
+        raise SimulationError(f"runs must be an integer >= 1, got {runs!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise SimulationError(f"seed must be an integer >= 0, got {seed!r}")
+    gates = gates or GateConfig()
+    began = time.perf_counter()
+    results = []
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(runs)):
+        results.append(simulate_run(model, regression, gates, np.random.default_rng(child), stages=stages))
+        if progress is not None:
+            progress(i + 1, runs)
+    seconds = time.perf_counter() - began
+    return summarise(model, regression, gates, results, seed, stages, seconds), results
+
+
+def summarise(
+    model: FleetModel,
+    regression: Regression | None,
+    gates: GateConfig,
+    results: Sequence[RunResult],
+    seed: int,
+    stages: Sequence[int],
+    seconds: float,
+) -> Summary:
+    """The `Summary` of finished runs."""
+    runs = len(results)
+    halted: dict[int, float] = {}
+    rolled: dict[int, float] = {}
+    for k in range(2, len(stages) + 1):  # never left stages[0 .. k-2]
+        earlier = set(stages[: k - 1])
+        never_left = [r for r in results if r.outcome != "complete" and r.last_stage in earlier]
+        halted[k] = len(never_left) / runs
+        rolled[k] = sum(r.outcome == "rolled_back" for r in never_left) / runs
+    back = [r for r in results if r.outcome == "rolled_back"]
+    full = np.array([r.hours_to_full for r in results if r.hours_to_full is not None], dtype=float)
+    metrics: dict[str, int] = {}
+    for r in back:
+        for m in r.rollback_metrics:
+            metrics[m] = metrics.get(m, 0) + 1
+    return Summary(
+        model=model,
+        regression=regression,
+        gates=gates,
+        runs=runs,
+        seed=seed,
+        stages=tuple(stages),
+        halted_before_stage=halted,
+        rolled_back_before_stage=rolled,
+        rolled_back=len(back) / runs,
+        stuck=sum(r.outcome == "stuck" for r in results) / runs,
+        complete=sum(r.outcome == "complete" for r in results) / runs,
+        mean_exposed_devices=float(np.mean([r.exposed_devices for r in back])) if back else None,
+        mean_exposed_devices_all=float(np.mean([r.exposed_devices for r in results])),
+        hours_to_full={
+            "mean": float(full.mean()) if full.size else None,
+            "p50": float(np.percentile(full, 50)) if full.size else None,
+            "p95": float(np.percentile(full, 95)) if full.size else None,
+            "max": float(full.max()) if full.size else None,
+            "share_within_96h": float(np.count_nonzero(full <= 96) / runs),
+        },
+        rollback_metrics=metrics,
+        seconds=seconds,
+        runs_per_second=runs / seconds if seconds > 0 else math.inf,
+    )
+
+
+# -- plots -------------------------------------------------------------------------------------------------
+
+
+def plot(summary: Summary, results: Sequence[RunResult], path: str | Path, *, max_runs: int = 20) -> Path:
+    """Write a PNG: treatment devices over time, the crash-rate SPRT statistic with its A/B boundaries, and
+    where runs ended. Written to a temporary file and renamed, so `path` is never left half-written.
+
+    Args:
+        summary: the simulation's summary (titles and figures).
+        results: its runs; the first `max_runs` are drawn as lines.
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    shown = list(results[:max_runs])
+    scenario = "A/A (healthy)" if summary.regression is None else f"regression {summary.regression}"
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig.suptitle(f"{summary.model.devices:,} devices, {scenario}, {summary.runs} runs (seed {summary.seed})")
+    colours = {"rolled_back": "tab:red", "complete": "tab:green", "stuck": "tab:orange"}
+    for r in shown:
+        hours = [e.hour for e in r.evaluations]
+        ax1.step(
+            hours,
+            [e.treatment_devices for e in r.evaluations],
+            where="post",
+            color=colours[r.outcome],
+            alpha=0.5,
+        )
+        stat = [e.statistics.get("crash_rate", ("", None))[1] for e in r.evaluations if e.stage < 100]
+        ax2.plot(
+            [e.hour for e in r.evaluations if e.stage < 100],
+            [math.nan if s is None else s for s in stat],
+            color=colours[r.outcome],
+            alpha=0.5,
+        )
+    ax1.set_yscale("symlog", linthresh=100)
+    ax1.set(
+        xlabel="hours",
+        ylabel="devices running the target",
+        title="exposure (green complete, red rolled back)",
+    )
+    big_a, big_b = sprt_bounds(summary.gates.alpha, summary.gates.beta)
+    ax2.axhline(big_a, color="black", linestyle="--", label=f"A = {big_a:.2f} (roll back)")
+    ax2.axhline(big_b, color="grey", linestyle="--", label=f"B = {big_b:.2f} (pass)")
+    ax2.set(xlabel="hours", ylabel="crash-rate LLR", title="crash SPRT statistic (resets per stage)")
+    ax2.legend(loc="best", fontsize="small")
+    labels = [f"rolled back\nat {s}%" for s in summary.stages] + ["stuck", "complete"]
+    values = [
+        sum(r.outcome == "rolled_back" and r.last_stage == s for r in results) / summary.runs
+        for s in summary.stages
+    ] + [summary.stuck, summary.complete]
+    ax3.bar(labels, values, color=["tab:red"] * len(summary.stages) + ["tab:orange", "tab:green"])
+    ax3.set(ylabel="share of runs", ylim=(0, 1), title="where runs ended")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

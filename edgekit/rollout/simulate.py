@@ -670,7 +670,7 @@ def plot(summary: Summary, results: Sequence[RunResult], path: str | Path, *, ma
     ax2.axhline(big_b, color="grey", linestyle="--", label=f"B = {big_b:.2f} (pass)")
     ax2.set(xlabel="hours", ylabel="crash-rate LLR", title="crash SPRT statistic (resets per stage)")
     ax2.legend(loc="best", fontsize="small")
-    labels = [f"rolled back\nat {s}%" for s in summary.stages] + ["stuck", "complete"]
+    labels = [f"back at\n{s}%" for s in summary.stages] + ["stuck", "complete"]
     values = [
         sum(r.outcome == "rolled_back" and r.last_stage == s for r in results) / summary.runs
         for s in summary.stages

@@ -1,0 +1,310 @@
+"""`python -m bench [--quick] [--out DIR]`: run every benchmark and write one report (Markdown and JSON).
+
+Each benchmark runs in its own process with `--json` (so one cannot warm the next one's caches or
+skew its memory), then every headline figure is put next to its baseline from the same run and its
+target. The targets are the ones the issues set; the report marks each PASS or MISS, for information:
+benchmarks assert nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+Row = dict[str, Any]
+
+
+def _run(module: list[str], out: Path, quick: bool, extra: list[str] | None = None) -> dict[str, Any] | None:
+    command = [
+        sys.executable,
+        "-m",
+        *module,
+        "--json",
+        str(out),
+        *(["--quick"] if quick else []),
+        *(extra or []),
+    ]
+    print(f"[bench] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, check=False)
+    if result.returncode != 0 or not out.exists():
+        print(
+            f"[bench]   failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}",
+            file=sys.stderr,
+        )
+        return None
+    document: dict[str, Any] = json.loads(out.read_text())
+    document["_seconds"] = time.perf_counter() - started
+    return document
+
+
+def _row(area: str, figure: str, value: str, baseline: str, target: str, met: bool | None) -> Row:
+    return {
+        "area": area,
+        "figure": figure,
+        "value": value,
+        "baseline": baseline,
+        "target": target,
+        "status": "-" if met is None else ("PASS" if met else "MISS"),
+    }
+
+
+def quantize_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for model, data in d.get("models", {}).items():
+        for config in data["configs"]:
+            latency = config["latency"]
+            rows.append(
+                _row(
+                    "quantize",
+                    f"{model} [{config['config']}] int8 vs fp32",
+                    f"size {config['size_ratio']:.2f}x smaller; speed-up b1 {latency['ratio']['1']:.2f}x, "
+                    f"b32 {latency['ratio']['32']:.2f}x; agreement {100 * (config['agreement'] or 0):.1f}%, "
+                    f"SQNR {config['sqnr_db']:.1f} dB",
+                    "fp32 ONNX, same session options, same run",
+                    "int8 not slower; gate passes",
+                    (not latency["slower"]) and config["gate_would_pass"],
+                )
+            )
+    product = d.get("product") or {}
+    if product.get("shipped"):
+        report = product["product_report"]
+        out = report["outputs"][0]
+        ratio = report["latency"]["ratio"] if report.get("latency") else {}
+        rows.append(
+            _row(
+                "quantize",
+                "digits, what `edgekit quantize` ships",
+                f"agreement {100 * out['agreement']:.2f}%, SQNR {out['sqnr_db']:.1f} dB, speed-up "
+                + ", ".join(f"b{k} {v:.2f}x" for k, v in ratio.items()),
+                "fp32 ONNX, same run",
+                "gate passes, not slower",
+                report["passed"],
+            )
+        )
+    return rows
+
+
+def verify_rows(d: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            "verify",
+            f"{name} ({d['size_mib']} MiB .ekb)",
+            f"{t['ratio']:.2f}x",
+            "hashlib.sha256 (+ copy) over the same file, same run",
+            f"<= {t['target']}x",
+            t["met"],
+        )
+        for name, t in d["targets"].items()
+    ]
+
+
+def runtime_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for p in d["predict"]:
+        if p["model"] == "mobilenetv2":
+            rows.append(
+                _row(
+                    "runtime",
+                    "Runtime.predict overhead, MobileNetV2",
+                    f"{p['overhead_pct']:+.1f}%",
+                    f"raw onnxruntime {p['raw_us']:.0f} us/call",
+                    "<= 5%",
+                    p["overhead_pct"] <= 5.0,
+                )
+            )
+        else:
+            rows.append(
+                _row(
+                    "runtime",
+                    "Runtime.predict overhead, digits",
+                    f"{p['overhead_us']:.1f} us/call",
+                    f"raw onnxruntime {p['raw_us']:.0f} us/call",
+                    "<= 50 us",
+                    p["overhead_us"] <= 50.0,
+                )
+            )
+    imports = d["import"]
+    rows.append(
+        _row(
+            "runtime",
+            "import device_runtime",
+            f"{imports['import_ms']:.0f} ms, peak RSS {imports['rss_kib'] / 1024:.1f} MiB",
+            f"python -c pass: {imports['baseline_rss_kib'] / 1024:.1f} MiB",
+            "-",
+            None,
+        )
+    )
+    install = d["install"]
+    rows.append(
+        _row(
+            "runtime",
+            f"install a {install['bundle_mb']:.0f} MB bundle",
+            f"{install['install_s']:.2f} s ({install['ratio']:.2f}x)",
+            f"hash+copy {install['hash_copy_s']:.2f} s",
+            "-",
+            None,
+        )
+    )
+    return rows
+
+
+def server_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for key, row in (d.get("summary") or {}).items():
+        rows.append(
+            _row(
+                "server",
+                key,
+                str(row.get("value")),
+                str(row.get("baseline", "-")),
+                str(row.get("target", "-")),
+                row.get("met"),
+            )
+        )
+    return rows
+
+
+def simulate_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, doc in d.items():
+        if not isinstance(doc, dict) or "runs" not in doc:
+            continue
+        if name == "aa":
+            rows.append(
+                _row(
+                    "simulate",
+                    "A/A false halts (100k devices)",
+                    f"{100 * doc['false_halt_rate']:.2f}%",
+                    f"{doc['runs']} healthy runs",
+                    "<= 1%",
+                    doc["false_halt_rate"] <= 0.01,
+                )
+            )
+            hours = doc.get("hours_to_full")
+            mean = hours.get("mean") if isinstance(hours, dict) else hours
+            if mean is not None:
+                rows.append(
+                    _row(
+                        "simulate",
+                        "healthy release: hours to 100%",
+                        f"{mean:.1f} h (mean)",
+                        "-",
+                        "<= 96 h",
+                        mean <= 96,
+                    )
+                )
+        else:
+            rows.append(
+                _row(
+                    "simulate",
+                    "2x crash regressions halted in the 1% stage",
+                    f"{100 * doc['halted_before_stage_2']:.1f}%",
+                    f"{doc['runs']} runs",
+                    ">= 90%",
+                    doc["halted_before_stage_2"] >= 0.9,
+                )
+            )
+            rows.append(
+                _row(
+                    "simulate",
+                    "... halted before 25%",
+                    f"{100 * doc['halted_before_stage_3']:.2f}%",
+                    f"{doc['runs']} runs",
+                    ">= 99.9%",
+                    doc["halted_before_stage_3"] >= 0.999,
+                )
+            )
+    return rows
+
+
+def run_simulations(out: Path, quick: bool) -> dict[str, Any] | None:
+    runs = "50" if quick else "1000"
+    results = {}
+    for name, extra in (("regression", ["--regression", "crash:2.0"]), ("aa", [])):
+        target = out.with_name(f"simulate-{name}.json")
+        command = [
+            sys.executable,
+            "-m",
+            "edgekit",
+            "simulate",
+            "--devices",
+            "100000",
+            "--runs",
+            runs,
+            "--seed",
+            "1",
+            "--json",
+            *extra,
+        ]
+        print(f"[bench] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        result = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, check=False)
+        if result.returncode != 0:
+            print(f"[bench]   failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return None
+        results[name] = json.loads(result.stdout)
+        target.write_text(result.stdout)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="the smoke-sized variant of every benchmark")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="report folder")
+    parser.add_argument(
+        "--skip", action="append", default=[], help="skip a benchmark (quantize, verify, ...)"
+    )
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plan: list[tuple[str, Callable[[], dict[str, Any] | None], Callable[[dict[str, Any]], list[Row]]]] = [
+        ("quantize", lambda: _run(["bench.quantize"], args.out / "quantize.json", args.quick), quantize_rows),
+        ("verify", lambda: _run(["bench.verify"], args.out / "verify.json", args.quick), verify_rows),
+        ("runtime", lambda: _run(["bench.runtime"], args.out / "runtime.json", args.quick), runtime_rows),
+        ("server", lambda: _run(["bench.server"], args.out / "server.json", args.quick), server_rows),
+        ("simulate", lambda: run_simulations(args.out / "simulate.json", args.quick), simulate_rows),
+    ]
+    rows: list[Row] = []
+    raw: dict[str, Any] = {}
+    for name, run, extract in plan:
+        if name in args.skip:
+            continue
+        document = run()
+        raw[name] = document
+        if document is None:
+            rows.append(_row(name, "benchmark", "failed to run (see stderr)", "-", "-", False))
+            continue
+        try:
+            rows.extend(extract(document))
+        except (KeyError, TypeError, ValueError) as e:
+            rows.append(_row(name, "benchmark", f"unreadable result ({e})", "-", "-", False))
+    lines = [
+        "# edgekit benchmark report",
+        "",
+        f"mode: {'quick' if args.quick else 'full'}; "
+        "every figure is measured against its baseline in the same run.",
+        "",
+        "| area | figure | value | baseline (same run) | target | |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['area']} | {r['figure']} | {r['value']} | {r['baseline']} | {r['target']} | {r['status']} |"
+        for r in rows
+    ]
+    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    (args.out / "report.json").write_text(json.dumps({"rows": rows, "raw": raw}, indent=2, default=str))
+    print("\n".join(lines))
+    print(f"\nreport: {args.out / 'report.md'} and report.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

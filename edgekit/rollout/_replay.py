@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:  # pragma: no cover
-    from edgekit.rollout.gates import ArmMetrics, GateConfig, StageDecision
+from edgekit.rollout._types import ArmMetrics, GateConfig, GateConfigError, StageDecision
 
 __all__ = ["Evaluation", "TelemetryDelta", "replay"]
 
@@ -51,7 +50,7 @@ def replay(events: Sequence[TelemetryDelta | Evaluation], config: GateConfig) ->
         GateConfigError: events out of time order, or an unknown arm.
     """
     # At call time: gates imports this module to re-export replay, so a module-level import would be a cycle.
-    from edgekit.rollout.gates import ArmMetrics, GateConfigError, evaluate
+    from edgekit.rollout.gates import evaluate
 
     seen: list[TelemetryDelta] = []
     decisions: list[StageDecision] = []

@@ -46,6 +46,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "rollout",
         "Phased rollouts: start, status, pause, resume, abort, promote.",
     ),
+    "simulate": (
+        "edgekit.commands.simulate",
+        "simulate",
+        "Simulate phased rollouts of a fleet through the real gates.",
+    ),
 }
 
 

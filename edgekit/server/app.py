@@ -17,7 +17,10 @@ serve the same folder, so device polling need not touch this process at all.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,8 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -120,6 +124,38 @@ class _TooLarge(Exception):
     pass
 
 
+class MetadataCache:
+    """TUF metadata files kept in memory, re-read when their (mtime, size, inode) changes."""
+
+    _NAME = re.compile(r"(?:[0-9]{1,10}\.)?[a-z][a-z0-9_-]{0,63}\.json")
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._entries: dict[str, tuple[tuple[int, int, int], bytes, str]] = {}
+
+    def get(self, name: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of a metadata file, or None if it does not exist or the name is not metadata."""
+        if not self._NAME.fullmatch(name):
+            return None
+        path = self._folder / name
+        try:
+            info = os.stat(path)  # follows the root.json symlink, as a static server would
+        except OSError:
+            return None
+        key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        cached = self._entries.get(name)
+        if cached is None or cached[0] != key:
+            try:
+                body = path.read_bytes()
+            except OSError:
+                return None
+            cached = (key, body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+            if len(self._entries) > 4096:
+                self._entries.clear()
+            self._entries[name] = cached
+        return cached[1], cached[2]
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """Build the app for one data directory and database."""
     db = config.database
@@ -176,6 +212,21 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.database = db
     repo_dir = config.data_dir / "repo"
     repo_dir.mkdir(parents=True, exist_ok=True)
+    metadata = MetadataCache(repo_dir / "metadata")
+
+    @app.get("/repo/metadata/{name}", include_in_schema=False)
+    async def tuf_metadata(name: str, if_none_match: str | None = Header(default=None)) -> Response:
+        # Every device polls timestamp.json: serve metadata from memory (re-read when the file changes)
+        # instead of the generic static handler (measured: 391 -> 2,560 polls/s, bench/README.md).
+        found = metadata.get(name)
+        if found is None:
+            return JSONResponse({"error": "no such metadata"}, status_code=404)
+        body, etag = found
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if if_none_match == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
+
     app.mount("/repo", StaticFiles(directory=repo_dir), name="repo")
 
     def admin(authorization: str | None = Header(default=None)) -> None:
@@ -213,7 +264,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.post("/v1/telemetry")
     async def telemetry(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
         body = await request.body()
-        outcome = ingest.ingest_batch(db, body, authorization, config.clock())
+        # CPU and database work off the event loop, so polls are not stalled behind a batch.
+        outcome = await run_in_threadpool(ingest.ingest_batch, db, body, authorization, config.clock())
         result = {200: "stored", 409: "duplicate"}.get(outcome.status, "rejected")
         metrics.inc("edgekit_telemetry_batches_total", result=result)
         if outcome.status == 200:

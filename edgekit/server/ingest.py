@@ -133,12 +133,11 @@ def ingest_batch(db: Database, body: bytes, authorization: str | None, now: floa
         if not fresh:
             REJECTIONS["replayed"] += 1
             return IngestOutcome(409, {"status": "duplicate", "batch_id": document["batch_id"]})
+        rows = []
         for event in document["events"]:
             payload = event["payload"]
             bundle_id = payload.get("bundle_id") if isinstance(payload.get("bundle_id"), str) else None
-            db.execute(
-                "INSERT INTO events (event_id, device_id, batch_id, kind, time, received_at, bundle_id, "
-                "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            rows.append(
                 (
                     f"{device_id}:{event['id']}",
                     device_id,
@@ -148,8 +147,13 @@ def ingest_batch(db: Database, body: bytes, authorization: str | None, now: floa
                     now,
                     bundle_id,
                     dumps(payload),
-                ),
+                )
             )
+        db.executemany(
+            "INSERT INTO events (event_id, device_id, batch_id, kind, time, received_at, bundle_id, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            rows,
+        )
     return IngestOutcome(
         200, {"status": "stored", "batch_id": document["batch_id"], "events": len(document["events"])}
     )

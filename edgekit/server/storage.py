@@ -91,6 +91,15 @@ class Database:
         finally:
             cursor.close()
 
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for many parameter rows (psycopg pipelines them: one round trip, not N)."""
+        connection = self._connect()
+        if self.kind == "sqlite":
+            connection.executemany(self._sql(statement), [tuple(r) for r in rows])
+        else:
+            with connection.cursor() as cursor:
+                cursor.executemany(self._sql(statement), [tuple(r) for r in rows])
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
         """A transaction: everything inside commits together or not at all."""

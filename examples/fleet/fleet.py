@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import heapq
 import json
+import logging
 import os
 import random
 import shutil
@@ -170,6 +171,7 @@ def cmd_factory(args: argparse.Namespace) -> int:
         )
     )
     result = runtime.install(args.bundle)
+    runtime.predict(Path(args.image).read_bytes())  # ends the factory trial: the image ships committed
     runtime.close()
     (out / "telemetry.db").unlink()  # each device starts its own queue
     for leftover in out.glob("telemetry.db-*"):
@@ -313,6 +315,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    logging.getLogger("device_runtime").setLevel(logging.ERROR)  # outcomes are counted in the status file
     clock = accelerated(args.t0, args.speedup)
     shared = {
         "clock": clock,
@@ -343,28 +346,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
         devices.append(Device(device_id, folder, token, shared))
     status_path = Path(args.status)
     stats: Counter[str] = Counter()
-    period = args.period_minutes * 60.0  # simulated seconds between a device's cycles
-    update_every = max(1, round(args.update_minutes / args.period_minutes))  # in cycles
+    period = args.period_minutes * 60.0  # simulated seconds between a device's wake-ups
     start = clock()
-    queue = [(start + rng.uniform(0, period), i, rng.randrange(update_every)) for i in range(len(devices))]
+    queue = [(start + rng.uniform(0, period), i) for i in range(len(devices))]
     heapq.heapify(queue)
     last_status = 0.0
     lag = 0.0
     while not stop:
-        due, index, cycle = queue[0]
+        due, index = queue[0]
         now = clock()
         if due > now:
-            time.sleep(min(0.2, (due - now) / args.speedup))
+            time.sleep(min(0.1, (due - now) / args.speedup))
         else:
-            heapq.heapreplace(queue, (due + period, index, cycle + 1))
+            heapq.heapreplace(queue, (due + period, index))
             device = devices[index]
             lag = now - due
-            if cycle % update_every == 0:
-                device.update(stats)
-            device.use(images, args.predictions, rng, stats)
-            device.upload(stats)
-            stats["cycles"] += 1
-        if time.monotonic() - last_status > 1.0 or stop:
+            device.update(stats)  # TUF: the signed plan says which release this device runs
+            device.use(images, args.predictions, rng, stats)  # the app classifies, the user confirms
+            device.upload(stats)  # telemetry: inferences, latency, feedback, installs, trials
+            stats["wake-ups"] += 1
+        if time.monotonic() - last_status > 1.0:
             last_status = time.monotonic()
             write_json(
                 status_path,
@@ -404,29 +405,51 @@ def _record(decision: dict[str, Any], metric: str) -> dict[str, Any] | None:
     return next((r for r in decision["records"] if r["metric"] == metric), None)
 
 
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def short(record: dict[str, Any]) -> str:
+    """A few words on one gate check: what it measured against what."""
+    metric, stat, limit, n = record["metric"], record.get("statistic"), record.get("threshold"), record.get("n")
+    detail = record["detail"]
+    if metric == "exposure":
+        return f"exposure {_num(record.get('treatment_value'))}/{_num(record.get('control_value'))} devices, " \
+            f"{_num(stat)}/{_num(limit)} device-h"
+    if metric == "duration":
+        return f"duration {_num(stat)}/{_num(limit)} h"
+    if metric == "accuracy":
+        if record.get("treatment_value") is None:
+            return f"accuracy: {detail}"
+        t, c = 100 * record["treatment_value"], 100 * record["control_value"]
+        bound = "lower" if record["outcome"] == "rollback" else "upper"
+        return f"accuracy {t:.1f}% vs control {c:.1f}% (n={n}), drop {bound} bound {stat:.1f} pp vs {limit:g}"
+    if metric == "latency_p95":
+        if stat is None:
+            return f"latency_p95: {detail.split(',')[0] if 'samples' in detail else detail}"
+        return f"latency p95 ratio {stat:.2f} vs {limit:g}"
+    if metric in ("crash_guardrail", "error_guardrail", "install_failures"):
+        return f"{metric} bound {_num(stat)} vs max {_num(limit)}" if stat is not None else f"{metric}: {detail}"
+    return f"{metric}: {detail.split(';')[0]}"
+
+
 def describe_decision(decision: dict[str, Any]) -> str:
     """One line: the deciding evidence of a gate decision."""
     records = decision["records"]
     if decision["outcome"] == "rollback":
-        failing = [r for r in records if r["outcome"] == "rollback"]
-        return "; ".join(f"{r['metric']}: {r['detail']}" for r in failing)
+        return "; ".join(short(r) for r in records if r["outcome"] == "rollback")
     if decision["outcome"] == "promote":
-        parts = []
-        exposure = _record(decision, "exposure")
-        if exposure:
-            parts.append(exposure["detail"].split(";")[0])
-        accuracy = _record(decision, "accuracy")
-        if accuracy and accuracy.get("n"):
-            parts.append(accuracy["detail"])
-        latency = _record(decision, "latency_p95")
-        if latency and latency.get("statistic") is not None:
-            parts.append(f"p95 ratio {latency['statistic']:.2f} <= {latency['threshold']:g}")
-        duration = _record(decision, "duration")
-        if duration:
-            parts.append(duration["detail"])
-        return "; ".join(parts)
-    waiting = [r for r in records if r["outcome"] == "hold"]
-    return "waiting on " + "; ".join(f"{r['metric']} ({r['detail']})" for r in waiting)
+        wanted = ("exposure", "accuracy", "crash_guardrail", "latency_p95", "duration")
+        return "; ".join(short(r) for r in records if r["metric"] in wanted)
+    return "waiting on " + "; ".join(short(r) for r in records if r["outcome"] == "hold")
+
+
+def cohorts(plan: dict[str, Any], device_ids: list[str]) -> Counter[str]:
+    """How many of these devices fall in each arm at the plan's current stage (the devices' own rule)."""
+    from device_runtime.updater import decide, parse_plan
+
+    parsed = parse_plan(plan)
+    return Counter(decide(parsed, device_id).arm for device_id in device_ids)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -453,7 +476,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if important or key != last_key or time.monotonic() - last_print > args.every:
                 when = sim_label(decision["time"] - (begin or decision["time"]))
                 print(
-                    f"  [{real:5.0f} s | sim {when}] stage {stage:>3}%  {decision['outcome'].upper():<8} "
+                    f"  [{real:4.0f} s | sim {when:>9}] {stage:>3}%  {decision['outcome'].upper():<8} "
                     f"fleet {_versions(status)}",
                     flush=True,
                 )
@@ -488,9 +511,16 @@ def cmd_wait_fleet(args: argparse.Namespace) -> int:
         time.sleep(1.0)
 
 
-def cmd_version_of(args: argparse.Namespace) -> int:
-    """Print the fleet's version counts until every device runs `--version` (after a rollout ends)."""
-    return cmd_wait_fleet(args)
+def cmd_cohort(args: argparse.Namespace) -> int:
+    """Print the arm sizes of the fleet at the rollout's first stage; exit 3 if an arm is below `--min`."""
+    plan = api(args.server, "GET", f"/v1/admin/rollouts/{args.rollout}")["plan"]
+    arms = cohorts(plan, [f"{args.prefix}-{i:05d}" for i in range(args.devices)])
+    stage = plan["stages"][plan["stage_index"]]
+    print(
+        f"  stage {stage}% draws {arms['treatment']} treatment and {arms['control']} control devices "
+        f"of {args.devices} (cohort = SHA-256(salt || device id), the devices' own rule)"
+    )
+    return 0 if min(arms["treatment"], arms["control"]) >= args.min else 3
 
 
 # ---- summary -------------------------------------------------------------------------------------------
@@ -589,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--image", required=True, help="One input image for the factory's test run.")
     p.set_defaults(run=cmd_factory)
 
     p = sub.add_parser("devices")
@@ -602,11 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="dev")
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, required=True)
-    p.add_argument("--period-minutes", type=float, default=30.0, help="Simulated minutes between uses.")
-    p.add_argument("--update-minutes", type=float, default=60.0, help="Simulated minutes between checks.")
-    p.add_argument("--predictions", type=int, default=4, help="Predictions per use (with ground truth).")
-    p.add_argument("--trial-inferences", type=int, default=5)
-    p.add_argument("--trial-hours", type=float, default=12.0, help="Simulated hours a new model is on trial.")
+    p.add_argument("--period-minutes", type=float, default=60.0, help="Simulated minutes between wake-ups.")
+    p.add_argument("--predictions", type=int, default=8, help="Predictions per wake-up (with ground truth).")
+    p.add_argument("--trial-inferences", type=int, default=20)
+    p.add_argument("--trial-hours", type=float, default=6.0, help="Simulated hours a new model is on trial.")
     p.add_argument("--seed", type=int, default=0)
     clock_options(p)
     p.set_defaults(run=cmd_devices)
@@ -626,6 +656,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="")
     p.add_argument("--timeout", type=float, default=120.0)
     p.set_defaults(run=cmd_wait_fleet)
+
+    p = sub.add_parser("cohort")
+    p.add_argument("--server", required=True)
+    p.add_argument("--rollout", required=True)
+    p.add_argument("--devices", type=int, required=True)
+    p.add_argument("--prefix", default="dev")
+    p.add_argument("--min", type=int, default=1)
+    p.set_defaults(run=cmd_cohort)
 
     p = sub.add_parser("summary")
     p.add_argument("--server", required=True)

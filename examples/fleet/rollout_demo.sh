@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The rollout demo: a fleet of real device runtimes (processes) updates through TUF while the server's gates
+# promote a good release 1% -> 5% -> 25% -> 100% and roll a bad one back at 1%. See README.md here.
+# Usage: bash examples/fleet/rollout_demo.sh [BUILD_DIR]   (BUILD_DIR as left by examples/digits/run.sh;
+# edgekit must be on PATH). Writes BUILD_DIR/fleet/ (server data, logs); device stores go to /dev/shm.
+# Environment: FLEET_DEVICES (400), FLEET_PROCESSES (3), FLEET_SPEEDUP (simulated seconds per real second,
+# 720), FLEET_PERIOD (simulated minutes between a device's wake-ups, 120), FLEET_TIMEOUT (real seconds per
+# rollout, 300), FLEET_KEEP_SERVER=1 (keep the server and its dashboard up after the summary, until Ctrl-C).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+build="$(cd "${1:-$here/../digits/build}" && pwd)"
+devices="${FLEET_DEVICES:-400}"
+processes="${FLEET_PROCESSES:-3}"
+speedup="${FLEET_SPEEDUP:-720}"
+period="${FLEET_PERIOD:-120}"
+timeout="${FLEET_TIMEOUT:-300}"
+demo="$build/fleet"
+fleet=(python "$here/fleet.py")
+step() { printf '\n\033[1m== %s\033[0m\n' "$1"; }
+for needed in digits.int8.onnx digits.int8.parity.json preprocess.json labels.txt digits-1.0.0.ekb \
+  keys/release.key keys/release.pub images/eval; do
+  [ -e "$build/$needed" ] || { echo "$build/$needed is missing: run examples/digits/run.sh $build first" >&2; exit 1; }
+done
+
+pids=()
+stores=""
+current=""
+run() { "$@" & current=$!; wait "$current"; }  # a foreground step that Ctrl-C / kill can interrupt
+cleanup() {
+  local status=$?
+  [ -n "$current" ] && kill "$current" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -n "$stores" ] && rm -rf "$stores"
+  [ $status -eq 0 ] || echo "rollout demo failed (exit $status); logs in $demo" >&2
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+started=$(date +%s)
+
+rm -rf "$demo"
+mkdir -p "$demo/releases" "$demo/status"
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then stores="$(mktemp -d /dev/shm/edgekit-fleet.XXXXXX)"
+else stores="$demo/stores"; fi
+
+step "1. two more releases of digits, signed with the release key"
+echo "1.1.0: the same int8 model in a new bundle (release counter 2): a healthy release"
+edgekit bundle "$build/digits.int8.onnx" -o "$demo/releases/digits-1.1.0.ekb" --name digits --version 1.1.0 \
+  --key "$build/keys/release.key" --preprocess "$build/preprocess.json" --labels "$build/labels.txt" \
+  --golden "$build/images/eval" --parity "$build/digits.int8.parity.json" --release-counter 2 | sed -n 1p
+echo "1.2.0: a label-order bug (classes 3<->8 and 4<->9 swapped; loads, self-tests, looks healthy): a bad release"
+"${fleet[@]}" bad-model "$build/digits.int8.onnx" "$demo/releases/digits-bad.int8.onnx" --swap 3:8 --swap 4:9
+edgekit bundle "$demo/releases/digits-bad.int8.onnx" -o "$demo/releases/digits-1.2.0.ekb" --name digits \
+  --version 1.2.0 --key "$build/keys/release.key" --preprocess "$build/preprocess.json" \
+  --labels "$build/labels.txt" --golden "$build/images/eval" --release-counter 3 | sed -n 1p
+
+step "2. TUF repository (root and targets keys offline), publish 1.0.0, 1.1.0, 1.2.0 (each verified first)"
+edgekit repo init --data "$demo/data" --offline-keys "$demo/offline-keys" --release-key "$build/keys/release.pub" \
+  | sed -n 1p
+for bundle in "$build/digits-1.0.0.ekb" "$demo/releases/digits-1.1.0.ekb" "$demo/releases/digits-1.2.0.ekb"; do
+  edgekit publish "$bundle" --data "$demo/data" --offline-keys "$demo/offline-keys"
+done
+
+step "3. the rollout server (SQLite), demo gates, clock x$speedup (1 real second = $((speedup / 60)) simulated minutes)"
+port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+EDGEKIT_ADMIN_TOKEN="$(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+export EDGEKIT_ADMIN_TOKEN EDGEKIT_SERVER="http://127.0.0.1:$port"
+t0="$(python -c 'import time; print(time.time())')"
+"${fleet[@]}" serve --data "$demo/data" --port "$port" --gates "$here/demo_gates.json" --t0 "$t0" \
+  --speedup "$speedup" >"$demo/server.log" 2>&1 &
+pids+=($!)
+python - "$EDGEKIT_SERVER" <<'EOF'
+import sys, time, urllib.request
+for _ in range(150):
+    try:
+        urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=2).read()
+        break
+    except OSError:
+        time.sleep(0.2)
+else:
+    sys.exit("the server did not start; see server.log")
+EOF
+head -n 1 "$demo/server.log"
+
+step "4. $devices devices in $processes processes: flashed with 1.0.0, registered, on TUF, reporting telemetry"
+"${fleet[@]}" factory --bundle "$build/digits-1.0.0.ekb" --key "$build/keys/release.pub" --out "$stores/factory" \
+  --image "$(printf '%s\n' "$build"/images/eval/*.png | sed -n 1p)"
+per=$(( (devices + processes - 1) / processes ))
+for ((i = 0; i < processes; i++)); do
+  first=$((i * per)); count=$(( devices - first < per ? devices - first : per ))
+  "${fleet[@]}" devices --server "$EDGEKIT_SERVER" --root "$demo/data/repo/metadata/1.root.json" \
+    --key "$build/keys/release.pub" --factory "$stores/factory" --images "$build/images/eval" \
+    --stores "$stores" --status "$demo/status/fleet-$i.json" --first "$first" --count "$count" --seed "$i" \
+    --period-minutes "$period" --t0 "$t0" --speedup "$speedup" >"$demo/fleet-$i.log" 2>&1 &
+  pids+=($!)
+done
+run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version 1.0.0 --timeout 180
+
+rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until the fleet runs what it should
+  local id attempt
+  for attempt in 1 2 3; do
+    id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" --json \
+      | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
+    echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group"
+    # A fleet this small can draw an empty 1% arm; with nobody to measure the stage could only time out.
+    "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" && break
+    echo "  an arm is empty: aborting and starting again (a new rollout draws a new salt)"
+    edgekit rollout abort "$id"
+  done
+  echo "$id" >>"$demo/rollouts.txt"
+  run "${fleet[@]}" watch --server "$EDGEKIT_SERVER" --rollout "$id" --until "$3" --fleet "$demo/status" \
+    --timeout "$timeout"
+  edgekit rollout status "$id" --decisions 1
+  local want="$1"; [ "$3" = complete ] || want="$2"
+  run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version "$want" --timeout 120
+}
+
+step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage"
+rollout 1.1.0 1.0.0 complete
+
+step "6. roll out 1.2.0 over 1.1.0 (label bug): the accuracy gate should roll it back at 1%"
+rollout 1.2.0 1.1.0 rolled_back
+
+mapfile -t ids <"$demo/rollouts.txt"
+"${fleet[@]}" summary --server "$EDGEKIT_SERVER" --build "$build" --data "$demo/data" --fleet "$demo/status" \
+  --rollouts "${ids[@]}" --note "1.0.0=baseline, factory image" --note "1.1.0=healthy re-release" \
+  --note "1.2.0=label-order bug"
+echo "rollout demo took $(( $(date +%s) - started )) s; logs and server data in $demo"
+echo "dashboard: $EDGEKIT_SERVER/dashboard"
+if [ "${FLEET_KEEP_SERVER:-0}" = 1 ]; then
+  for ((i = 1; i < ${#pids[@]}; i++)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  echo "devices stopped; the server keeps running for the dashboard (admin token: \$EDGEKIT_ADMIN_TOKEN=$EDGEKIT_ADMIN_TOKEN). Ctrl-C to stop."
+  wait "${pids[0]}"
+fi

@@ -157,19 +157,11 @@ def runtime_rows(d: dict[str, Any]) -> list[Row]:
 
 
 def server_rows(d: dict[str, Any]) -> list[Row]:
-    rows = []
-    for key, row in (d.get("summary") or {}).items():
-        rows.append(
-            _row(
-                "server",
-                key,
-                str(row.get("value")),
-                str(row.get("baseline", "-")),
-                str(row.get("target", "-")),
-                row.get("met"),
-            )
-        )
-    return rows
+    baseline = f"{d.get('baseline', 'static file server')}, same run"
+    return [
+        _row("server", t["name"], str(t["value"]), baseline, str(t.get("target", "-")), t.get("met"))
+        for t in d.get("targets", [])
+    ]
 
 
 def simulate_rows(d: dict[str, Any]) -> list[Row]:

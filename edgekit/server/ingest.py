@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections import Counter
@@ -20,7 +21,6 @@ from typing import Any
 
 from edgekit.server.storage import Database, dumps
 from signing.errors import FormatError
-from signing.strict_json import parse_strict
 
 __all__ = ["MAX_BATCH_BYTES", "IngestOutcome", "authenticate", "ingest_batch", "register_device"]
 
@@ -71,6 +71,29 @@ def authenticate(db: Database, device_id: str, authorization: str | None) -> boo
     )
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise FormatError("duplicate JSON keys")
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise FormatError(f"JSON constant {name} is not allowed")
+
+
+def _parse(body: bytes) -> Any:
+    """Strict enough for telemetry (no duplicate keys, no NaN/Infinity) and about twice as fast as
+    `signing.strict_json`, whose per-integer checks guard signed documents; the fields used here are
+    range-checked by `_validate`."""
+    try:
+        return json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except FormatError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"not valid JSON ({str(e).splitlines()[0][:120]})") from e
+
+
 def _refuse(status: int, counter: str, message: str) -> IngestOutcome:
     REJECTIONS[counter] += 1
     return IngestOutcome(status, {"error": message})
@@ -112,7 +135,7 @@ def ingest_batch(db: Database, body: bytes, authorization: str | None, now: floa
     if len(body) > MAX_BATCH_BYTES:
         return _refuse(413, "oversized", f"batch of {len(body)} bytes exceeds {MAX_BATCH_BYTES}")
     try:
-        document = parse_strict(body, what="telemetry batch", max_bytes=MAX_BATCH_BYTES)
+        document = _parse(body)
     except FormatError as e:
         return _refuse(400, "malformed", str(e))
     problem = _validate(document, now)

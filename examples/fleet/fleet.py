@@ -413,6 +413,8 @@ def short(record: dict[str, Any]) -> str:
     """A few words on one gate check: what it measured against what."""
     metric, stat, limit, n = record["metric"], record.get("statistic"), record.get("threshold"), record.get("n")
     detail = record["detail"]
+    if detail.startswith("no ") and "yet" in detail:
+        return f"{metric}: no data yet"
     if metric == "exposure":
         return f"exposure {_num(record.get('treatment_value'))}/{_num(record.get('control_value'))} devices, " \
             f"{_num(stat)}/{_num(limit)} device-h"
@@ -461,11 +463,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     fleet_dir = Path(args.fleet)
     begin = None
     while True:
-        entry = api(args.server, "GET", f"/v1/admin/rollouts/{args.rollout}")
+        # the list endpoint carries each rollout's 5 latest decisions: enough for a poll every second
+        entry = next(e for e in api(args.server, "GET", "/v1/admin/rollouts") if e["plan"]["rollout_id"] == args.rollout)
         plan = entry["plan"]
         fresh = [d for d in entry["decisions"] if d["seq"] > seen and d["outcome"] != "start"]
         if entry["decisions"]:
-            begin = begin or entry["decisions"][0]["time"]
+            begin = begin or plan["stage_started_at"]
             seen = max(d["seq"] for d in entry["decisions"])
         status = fleet_status(fleet_dir)
         real = time.monotonic() - started
@@ -636,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--period-minutes", type=float, default=60.0, help="Simulated minutes between wake-ups.")
     p.add_argument("--predictions", type=int, default=8, help="Predictions per wake-up (with ground truth).")
     p.add_argument("--trial-inferences", type=int, default=20)
-    p.add_argument("--trial-hours", type=float, default=6.0, help="Simulated hours a new model is on trial.")
+    p.add_argument("--trial-hours", type=float, default=12.0, help="Simulated hours a new model is on trial.")
     p.add_argument("--seed", type=int, default=0)
     clock_options(p)
     p.set_defaults(run=cmd_devices)

@@ -4,14 +4,14 @@
 # Usage: bash examples/fleet/rollout_demo.sh [BUILD_DIR]   (BUILD_DIR as left by examples/digits/run.sh;
 # edgekit must be on PATH). Writes BUILD_DIR/fleet/ (server data, logs); device stores go to /dev/shm.
 # Environment: FLEET_DEVICES (400), FLEET_PROCESSES (3), FLEET_SPEEDUP (simulated seconds per real second,
-# 720), FLEET_PERIOD (simulated minutes between a device's wake-ups, 120), FLEET_TIMEOUT (real seconds per
+# 600), FLEET_PERIOD (simulated minutes between a device's wake-ups, 120), FLEET_TIMEOUT (real seconds per
 # rollout, 300), FLEET_KEEP_SERVER=1 (keep the server and its dashboard up after the summary, until Ctrl-C).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="$(cd "${1:-$here/../digits/build}" && pwd)"
 devices="${FLEET_DEVICES:-400}"
 processes="${FLEET_PROCESSES:-3}"
-speedup="${FLEET_SPEEDUP:-720}"
+speedup="${FLEET_SPEEDUP:-600}"
 period="${FLEET_PERIOD:-120}"
 timeout="${FLEET_TIMEOUT:-300}"
 demo="$build/fleet"
@@ -98,7 +98,7 @@ run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --versi
 
 rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until the fleet runs what it should
   local id attempt
-  for attempt in 1 2 3; do
+  for attempt in 1 2 3 4 5; do
     id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" --json \
       | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
     echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group"
@@ -125,7 +125,9 @@ mapfile -t ids <"$demo/rollouts.txt"
 "${fleet[@]}" summary --server "$EDGEKIT_SERVER" --build "$build" --data "$demo/data" --fleet "$demo/status" \
   --rollouts "${ids[@]}" --note "1.0.0=baseline, factory image" --note "1.1.0=healthy re-release" \
   --note "1.2.0=label-order bug"
-echo "rollout demo took $(( $(date +%s) - started )) s; logs and server data in $demo"
+cpu() { local total=0 pid; for pid in "$@"; do total=$((total + $(ps -o times= -p "$pid" 2>/dev/null || echo 0))); done; echo "$total"; }
+echo "rollout demo took $(( $(date +%s) - started )) s (CPU: server $(cpu "${pids[0]}") s, device processes" \
+  "$(cpu "${pids[@]:1}") s); logs and server data in $demo"
 echo "dashboard: $EDGEKIT_SERVER/dashboard"
 if [ "${FLEET_KEEP_SERVER:-0}" = 1 ]; then
   for ((i = 1; i < ${#pids[@]}; i++)); do kill "${pids[$i]}" 2>/dev/null || true; done

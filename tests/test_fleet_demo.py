@@ -1,0 +1,139 @@
+"""examples/fleet/rollout_demo.sh end to end on a digits build made without training.
+
+The build directory is what examples/digits/run.sh leaves, with the CNN replaced by a linear classifier
+fitted by least squares (seconds instead of a minute of Keras): the same images, spec, labels, the real
+`edgekit quantize` parity gate, key and signed 1.0.0 bundle. Then the demo script runs unchanged, with a
+smaller fleet: a real server, real device processes updating through TUF, the gates promoting 1.1.0
+through every stage and rolling 1.2.0 (classes swapped) back at 1%, and nothing left running afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "fleet" / "rollout_demo.sh"
+TRAIN = ROOT / "examples" / "digits" / "train.py"
+
+
+def _edgekit(*args: str | Path) -> None:
+    command = [str(Path(sys.executable).parent / "edgekit"), *map(str, args)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+
+
+def write_linear_model(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
+    """image [N, 32, 32, 1] -> Reshape -> MatMul -> Add -> logits [N, 10], fitted to one-hot targets."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    flat = np.concatenate([x.reshape(len(x), -1), np.ones((len(x), 1), np.float32)], axis=1)
+    target = np.eye(10, dtype=np.float32)[labels] * 10.0
+    solution = np.linalg.lstsq(flat, target, rcond=1e-3)[0].astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["image", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+            helper.make_node("Add", ["scores", "b"], ["logits"]),
+        ],
+        "linear_digits",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 32, 32, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=[
+            numpy_helper.from_array(np.asarray([-1, 1024], np.int64), "shape"),
+            numpy_helper.from_array(solution[:-1], "w"),
+            numpy_helper.from_array(solution[-1], "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits build directory as examples/digits/run.sh leaves it (steps 2-8, no training)."""
+    from device_runtime.preprocess import load_spec, preprocess_images
+
+    out = tmp_path_factory.mktemp("digits-build")
+    loaded = importlib.util.spec_from_file_location("digits_train", TRAIN)
+    assert loaded is not None and loaded.loader is not None
+    train = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(train)
+    (out / "preprocess.json").write_text(json.dumps(train.SPEC, indent=2) + "\n")
+    spec = load_spec(out / "preprocess.json").inputs[0]
+    calib_paths, eval_paths, calib_labels, eval_labels = train.write_images(out)
+    x_calib, x_eval = preprocess_images(spec, calib_paths), preprocess_images(spec, eval_paths)
+    np.save(out / "eval.npy", x_eval)
+    np.save(out / "eval_labels.npy", eval_labels)
+    write_linear_model(out / "digits.onnx", x_calib, calib_labels)
+    _edgekit(
+        "quantize", out / "digits.onnx", "-o", out / "digits.int8.onnx", "--calibration", out / "images" / "calib",
+        "--preprocess", out / "preprocess.json", "--eval", out / "eval.npy", "--labels", out / "eval_labels.npy",
+        "--report", out / "digits.int8.parity.json", "--allow-slower",
+    )  # fmt: skip
+    _edgekit("keygen", "-o", out / "keys", "--name", "release")
+    (out / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+    _edgekit(
+        "bundle", out / "digits.int8.onnx", "-o", out / "digits-1.0.0.ekb", "--name", "digits", "--version",
+        "1.0.0", "--key", out / "keys" / "release.key", "--preprocess", out / "preprocess.json", "--labels",
+        out / "labels.txt", "--golden", out / "images" / "eval", "--parity", out / "digits.int8.parity.json",
+        "--release-counter", "1",
+    )  # fmt: skip
+    return out
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and "pytest" not in args:
+            found.append(args)
+    return found
+
+
+@pytest.mark.slow
+def test_the_rollout_demo_promotes_a_good_release_and_rolls_back_a_bad_one(build: Path) -> None:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLEET_DEVICES": "300",
+        "FLEET_PROCESSES": "2",
+        "FLEET_TIMEOUT": "200",
+    }
+    env.pop("EDGEKIT_ADMIN_TOKEN", None)
+    shm_before = set(Path("/dev/shm").glob("edgekit-fleet.*")) if Path("/dev/shm").is_dir() else set()
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(DEMO), str(build)], env=env, capture_output=True, text=True, timeout=420
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert time.monotonic() - started < 400, output[-3000:]
+    assert re.search(r"rollout digits-stable-\S+: COMPLETE at stage 100%", output), output[-6000:]
+    assert re.search(r"rollout digits-stable-\S+: ROLLED_BACK at stage 1%", output), output[-6000:]
+    # every stage was promoted by the gates, the bad release by its accuracy
+    for stage in (1, 5, 25, 100):
+        assert re.search(rf"stage +{stage}% +promote", output), output[-6000:]
+    assert re.search(r"stage +1% +rollback", output) and re.search(r"accuracy +rollback", output), output
+    summary = output[output.index("== summary") :]
+    assert "digits 1.2.0" in summary and "parity gate" in summary and "/dashboard" in summary
+    assert "fleet: 300 devices, running 1.1.0:300" in summary, summary
+    # nothing left behind: no demo process, no device stores in /dev/shm
+    assert not _processes_mentioning(str(build)), _processes_mentioning(str(build))
+    if Path("/dev/shm").is_dir():
+        assert set(Path("/dev/shm").glob("edgekit-fleet.*")) <= shm_before
+    shutil.rmtree(build / "fleet", ignore_errors=True)

@@ -396,6 +396,8 @@ class _Installer(Protocol):
 
     def install(self, source: str | Path) -> Any: ...
 
+    def revert(self, reason: str = ...) -> bool: ...
+
 
 class Updater:
     """TUF-verified updates of one model on one device. Thread-safe; one Updater per metadata directory."""
@@ -487,9 +489,18 @@ class Updater:
                         f"the plan names {release.target_path}, which is not a target", "no-target"
                     )
                 bundle_id = self._check_target(info, release)
-                active = runtime.status().get("active")
+                device = runtime.status()
+                active = device.get("active")
                 if active is not None and active.get("bundle_id") == bundle_id:
                     return Outcome("up-to-date", "active", decision, release, bundle_id)
+                previous = device.get("previous")
+                if previous is not None and previous.get("bundle_id") == bundle_id:
+                    # A halted or rolled-back plan sends this device back to the release it ran before:
+                    # revert to the verified previous slot. Installing it again would be refused by the
+                    # release-counter floor once the newer release was committed, stranding the device.
+                    why = f"rollout {decision.rollout_id} is {decision.state}: back to {release.version}"
+                    if runtime.revert(why):
+                        return Outcome("installed", "reverted", decision, release, bundle_id)
                 if info.length > self._config.max_bundle_bytes:
                     raise TransportError(
                         f"{release.target_path} is {info.length} bytes, above max_bundle_bytes "

@@ -63,7 +63,7 @@ def write_linear_model(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits build directory as examples/digits/run.sh leaves it (steps 2-8, no training)."""
-    from device_runtime.preprocess import load_spec, preprocess_images
+    from device_runtime.preprocess import ImageInputSpec, load_spec, preprocess_images
 
     out = tmp_path_factory.mktemp("digits-build")
     loaded = importlib.util.spec_from_file_location("digits_train", TRAIN)
@@ -72,24 +72,50 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     loaded.loader.exec_module(train)
     (out / "preprocess.json").write_text(json.dumps(train.SPEC, indent=2) + "\n")
     spec = load_spec(out / "preprocess.json").inputs[0]
+    assert isinstance(spec, ImageInputSpec)
     calib_paths, eval_paths, calib_labels, eval_labels = train.write_images(out)
     x_calib, x_eval = preprocess_images(spec, calib_paths), preprocess_images(spec, eval_paths)
     np.save(out / "eval.npy", x_eval)
     np.save(out / "eval_labels.npy", eval_labels)
     write_linear_model(out / "digits.onnx", x_calib, calib_labels)
+    eval_set: list[str | Path] = ["--eval", out / "eval.npy", "--labels", out / "eval_labels.npy"]
+    spec_file: list[str | Path] = ["--preprocess", out / "preprocess.json"]
     _edgekit(
-        "quantize", out / "digits.onnx", "-o", out / "digits.int8.onnx", "--calibration", out / "images" / "calib",
-        "--preprocess", out / "preprocess.json", "--eval", out / "eval.npy", "--labels", out / "eval_labels.npy",
-        "--report", out / "digits.int8.parity.json", "--allow-slower",
-    )  # fmt: skip
+        "quantize",
+        out / "digits.onnx",
+        "-o",
+        out / "digits.int8.onnx",
+        "--calibration",
+        out / "images" / "calib",
+        *spec_file,
+        *eval_set,
+        "--report",
+        out / "digits.int8.parity.json",
+        "--allow-slower",
+    )
     _edgekit("keygen", "-o", out / "keys", "--name", "release")
     (out / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
     _edgekit(
-        "bundle", out / "digits.int8.onnx", "-o", out / "digits-1.0.0.ekb", "--name", "digits", "--version",
-        "1.0.0", "--key", out / "keys" / "release.key", "--preprocess", out / "preprocess.json", "--labels",
-        out / "labels.txt", "--golden", out / "images" / "eval", "--parity", out / "digits.int8.parity.json",
-        "--release-counter", "1",
-    )  # fmt: skip
+        "bundle",
+        out / "digits.int8.onnx",
+        "-o",
+        out / "digits-1.0.0.ekb",
+        "--name",
+        "digits",
+        "--version",
+        "1.0.0",
+        "--key",
+        out / "keys" / "release.key",
+        *spec_file,
+        "--labels",
+        out / "labels.txt",
+        "--golden",
+        out / "images" / "eval",
+        "--parity",
+        out / "digits.int8.parity.json",
+        "--release-counter",
+        "1",
+    )
     return out
 
 

@@ -232,7 +232,9 @@ class Device:
     def update(self, stats: Counter[str]) -> None:
         """One TUF update check; install what the signed plan says this device should run."""
         outcome = self.updater.update(self.runtime)
-        stats[f"update {outcome.status}" + ("" if outcome.status != "refused" else f" ({outcome.reason})")] += 1
+        stats[
+            f"update {outcome.status}" + ("" if outcome.status != "refused" else f" ({outcome.reason})")
+        ] += 1
         decision = outcome.decision
         if (
             outcome.status == "refused"
@@ -250,7 +252,9 @@ class Device:
                 stats["local revert after a server rollback"] += 1
         self.version = self._version()
 
-    def use(self, images: list[tuple[bytes, int]], count: int, rng: random.Random, stats: Counter[str]) -> None:
+    def use(
+        self, images: list[tuple[bytes, int]], count: int, rng: random.Random, stats: Counter[str]
+    ) -> None:
         """Classify `count` images and report the true class of each (the app's ground truth)."""
         from device_runtime.errors import DeviceRuntimeError
 
@@ -411,13 +415,20 @@ def _num(value: Any) -> str:
 
 def short(record: dict[str, Any]) -> str:
     """A few words on one gate check: what it measured against what."""
-    metric, stat, limit, n = record["metric"], record.get("statistic"), record.get("threshold"), record.get("n")
+    metric, stat, limit, n = (
+        record["metric"],
+        record.get("statistic"),
+        record.get("threshold"),
+        record.get("n"),
+    )
     detail = record["detail"]
     if detail.startswith("no ") and "yet" in detail:
         return f"{metric}: no data yet"
     if metric == "exposure":
-        return f"exposure {_num(record.get('treatment_value'))}/{_num(record.get('control_value'))} devices, " \
+        return (
+            f"exposure {_num(record.get('treatment_value'))}/{_num(record.get('control_value'))} devices, "
             f"{_num(stat)}/{_num(limit)} device-h"
+        )
     if metric == "duration":
         return f"duration {_num(stat)}/{_num(limit)} h"
     if metric == "accuracy":
@@ -431,7 +442,9 @@ def short(record: dict[str, Any]) -> str:
             return f"latency_p95: {detail.split(',')[0] if 'samples' in detail else detail}"
         return f"latency p95 ratio {stat:.2f} vs {limit:g}"
     if metric in ("crash_guardrail", "error_guardrail", "install_failures"):
-        return f"{metric} bound {_num(stat)} vs max {_num(limit)}" if stat is not None else f"{metric}: {detail}"
+        return (
+            f"{metric} bound {_num(stat)} vs max {_num(limit)}" if stat is not None else f"{metric}: {detail}"
+        )
     return f"{metric}: {detail.split(';')[0]}"
 
 
@@ -464,7 +477,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     begin = None
     while True:
         # the list endpoint carries each rollout's 5 latest decisions: enough for a poll every second
-        entry = next(e for e in api(args.server, "GET", "/v1/admin/rollouts") if e["plan"]["rollout_id"] == args.rollout)
+        entry = next(
+            e
+            for e in api(args.server, "GET", "/v1/admin/rollouts")
+            if e["plan"]["rollout_id"] == args.rollout
+        )
         plan = entry["plan"]
         fresh = [d for d in entry["decisions"] if d["seq"] > seen and d["outcome"] != "start"]
         if entry["decisions"]:
@@ -488,7 +505,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 last_key = key
         state = plan["state"]
         if state == args.until:
-            print(f"  rollout {plan['rollout_id']}: {state.upper()} at stage {plan['stages'][plan['stage_index']]}%")
+            stage_now = plan["stages"][plan["stage_index"]]
+            print(f"  rollout {plan['rollout_id']}: {state.upper()} at stage {stage_now}%")
             return 0
         if state in ("complete", "rolled_back", "halted"):
             print(f"  rollout {plan['rollout_id']} ended {state}, expected {args.until}", file=sys.stderr)
@@ -506,10 +524,15 @@ def cmd_wait_fleet(args: argparse.Namespace) -> int:
         status = fleet_status(Path(args.fleet))
         total = sum(status["versions"].values())
         if total >= args.devices and (not args.version or status["versions"].get(args.version) == total):
-            print(f"  fleet ready: {total} devices ({_versions(status)}) in {time.monotonic() - started:.0f} s")
+            print(
+                f"  fleet ready: {total} devices ({_versions(status)}) in {time.monotonic() - started:.0f} s"
+            )
             return 0
         if time.monotonic() - started > args.timeout:
-            print(f"  fleet not ready after {args.timeout:g} s: {total} devices {_versions(status)}", file=sys.stderr)
+            print(
+                f"  fleet not ready after {args.timeout:g} s: {total} devices {_versions(status)}",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(1.0)
 
@@ -539,7 +562,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if target["path"].startswith("bundles/"):
             print(
                 f"  {custom['name']} {custom['version']:<6} release {custom['release_counter']}  "
-                f"{target['length']:>7} bytes  bundle {custom['bundle_id'][:16]}  {args.notes.get(custom['version'], '')}"
+                f"{target['length']:>7} bytes  bundle {custom['bundle_id'][:16]}  "
+                f"{args.notes.get(custom['version'], '')}"
             )
     parity = json.loads((build / "digits.int8.parity.json").read_text())
     output = parity["outputs"][0]
@@ -559,28 +583,39 @@ def cmd_summary(args: argparse.Namespace) -> int:
         holds = Counter(plan["stages"][d["stage_index"]] for d in decisions if d["outcome"] == "hold")
         print(
             f"rollout {plan['target']['version']} over {plan['baseline']['version']} ({rollout_id}): "
-            f"{plan['state'].upper()}" + (f" - {plan['reason'].splitlines()[0]}" if plan.get("reason") else "")
+            f"{plan['state'].upper()}"
+            + (f" - {plan['reason'].splitlines()[0]}" if plan.get("reason") else "")
         )
         for decision in decisions:
             if decision["outcome"] in ("start", "hold"):
                 continue
             stage = plan["stages"][decision["stage_index"]]
             print(
-                f"  sim {sim_label(decision['time'] - begin):>10}  stage {stage:>3}%  {decision['outcome']:<8} "
-                f"(after {holds.get(stage, 0)} holds)"
+                f"  sim {sim_label(decision['time'] - begin):>10}  stage {stage:>3}%  "
+                f"{decision['outcome']:<8} (after {holds.get(stage, 0)} holds)"
             )
             for record in decision["records"]:
-                if record["metric"] in ("exposure", "accuracy", "crash_rate", "error_rate", "latency_p95") and (
-                    decision["outcome"] != "rollback" or record["outcome"] == "rollback"
-                ):
+                if record["metric"] in (
+                    "exposure",
+                    "accuracy",
+                    "crash_rate",
+                    "error_rate",
+                    "latency_p95",
+                ) and (decision["outcome"] != "rollback" or record["outcome"] == "rollback"):
                     print(f"      {record['metric']:<12} {record['outcome']:<8} {_stat(record)}")
     status = fleet_status(Path(args.fleet))
     stats = status["stats"]
     print(f"fleet: {sum(status['versions'].values())} devices, running {_versions(status)}")
     print(
-        "  " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k.startswith(("update", "local", "predict")))
+        "  "
+        + ", ".join(
+            f"{k} {v}" for k, v in sorted(stats.items()) if k.startswith(("update", "local", "predict"))
+        )
     )
-    print(f"  {stats.get('predictions', 0)} predictions, {stats.get('events uploaded', 0)} telemetry events uploaded")
+    print(
+        f"  {stats.get('predictions', 0)} predictions, "
+        f"{stats.get('events uploaded', 0)} telemetry events uploaded"
+    )
     return 0
 
 
@@ -590,7 +625,8 @@ def _stat(record: dict[str, Any]) -> str:
 
     return (
         f"treatment {fmt(record.get('treatment_value'))} control {fmt(record.get('control_value'))} "
-        f"n={record.get('n')} statistic {fmt(record.get('statistic'))} threshold {fmt(record.get('threshold'))}"
+        f"n={record.get('n')} statistic {fmt(record.get('statistic'))} "
+        f"threshold {fmt(record.get('threshold'))}"
     )
 
 

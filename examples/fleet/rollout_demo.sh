@@ -98,13 +98,14 @@ run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --versi
 
 rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until the fleet runs what it should
   local id attempt
-  for attempt in 1 2 3 4 5; do
+  for attempt in 1 2 3 4 5 6 7 8; do
     id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" --json \
       | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
     echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group"
-    # A fleet this small can draw an empty 1% arm; with nobody to measure the stage could only time out.
-    "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" && break
-    echo "  an arm is empty: aborting and starting again (a new rollout draws a new salt)"
+    # A fleet this small can draw a 1% arm with fewer devices than the gates need (min_devices_per_arm):
+    # that stage could only hold until its deadline. Abort and start again: a new rollout draws a new salt.
+    "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 2 && break
+    echo "  an arm has fewer than 2 devices: aborting and starting again (a new rollout draws a new salt)"
     edgekit rollout abort "$id"
   done
   echo "$id" >>"$demo/rollouts.txt"

@@ -48,8 +48,13 @@ def test_a_crashing_release_halts_at_the_first_stage_and_rolls_back(
 ) -> None:
     server, clock, tokens = fleet
     plan = start_rollout(server, "1.2.0", "1.0.0", [10, 50, 100])
+    from tests.device_runtime.runtime_fixtures import sample
+
     exposed = treatment_device(plan, tmp_path, server, deployment)
+    exposed.runtime.install(deployment.releases.bundles["1.0.0"])  # the factory image
+    exposed.runtime.predict(sample())  # committed
     assert exposed.update() == "1.2.0", "a treatment device runs the new release"
+    exposed.runtime.predict(sample())  # its trial commits too: the release floor rises to 1.2.0's
     bystander = next(f"bystander-{i}" for i in range(1000) if arm(plan, f"bystander-{i}") == "other")
     assert RealDevice(server, deployment, tmp_path / bystander, bystander).update() == "1.0.0"
     fleet_telemetry(server, plan, tokens, clock.now, crash_every_hours=1.0)
@@ -60,7 +65,8 @@ def test_a_crashing_release_halts_at_the_first_stage_and_rolls_back(
     crash = next(r for r in result["decision"]["records"] if r["metric"] == "crash_rate")
     assert crash["outcome"] == "rollback" and crash["treatment_value"] > crash["control_value"], crash
     assert crash["statistic"] >= crash["threshold"], "the SPRT crossed its upper boundary"
-    assert exposed.update() == "1.0.0", "exposed devices return to the baseline"
+    assert exposed.update() == "1.0.0", "exposed devices return to the baseline (a local revert)"
+    assert exposed.runtime.status()["floors"]["tiny"] == 3, "the floor did not have to be lowered"
     clock.now += 60  # a control device's crash arrives after the decision, stamped before it
     late = next(d for d in tokens if arm(plan, d) == "control")
     send(

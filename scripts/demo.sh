@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Fresh machine -> the main job: install edgekit with its conversion extras into .venv, then run the digits
-# example end to end (train, convert, quantize behind the parity gate, cross-engine parity).
+# Fresh machine -> the main job: install edgekit (conversion and server extras) into .venv, then run the
+# whole loop on the embedded defaults (SQLite, local files): train the digits model, convert, quantize
+# behind the parity gate, bundle and sign, then serve it over TUF to a fleet of real device runtimes and
+# roll out a good release (promoted 1% -> 5% -> 25% -> 100%) and a bad one (rolled back at 1%).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh convert
+source scripts/_venv.sh convert,server
 bash examples/digits/run.sh "${1:-examples/digits/build}"

@@ -25,6 +25,7 @@ __all__ = [
     "ModelInputError",
     "QuantizationError",
     "UnsupportedModelError",
+    "first_line",
 ]
 
 
@@ -58,3 +59,9 @@ class GateError(ConverterError):
     def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, bounded: third-party errors can be pages of C++."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:limit]

@@ -18,7 +18,7 @@ import numpy as np
 
 from converters._files import atomic_output
 from converters.data import load_dataset
-from converters.errors import ConversionError, ModelInputError, UnsupportedModelError
+from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, first_line
 from converters.onnx_model import check_onnx_file, load_onnx
 from converters.parity import EXPORT_GATE, FP16_GATE, Gate, compare_outputs, evaluate_gate
 from device_runtime.engines import TensorInfo, load_engine
@@ -240,7 +240,7 @@ def _tf_to_onnx(tf_source: Any, path: Path, opset: int) -> None:
             tf_source.function, input_signature=tf_source.input_signature, opset=opset, output_path=str(path)
         )
     except Exception as e:
-        raise ConversionError(f"tf2onnx cannot convert the model: {_first_line(e)}") from e
+        raise ConversionError(f"tf2onnx cannot convert the model: {first_line(e)}") from e
     check_onnx_file(path)
 
 
@@ -269,8 +269,3 @@ def _export_sklearn(source: Path, output: Path, opset: int, sample_data: str | P
         feeds = _feeds(inputs, sample_data)
         parity = prove_parity(predict(feeds), tmp, feeds, EXPORT_GATE)
     return ExportResult(output, f"sklearn->onnx (skl2onnx, {type(estimator).__name__})", parity)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

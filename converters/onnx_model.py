@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ModelInputError, UnsupportedModelError
+from converters.errors import ModelInputError, UnsupportedModelError, first_line
 
 __all__ = ["check_onnx_file", "load_onnx", "onnx_opset"]
 
@@ -36,7 +36,7 @@ def load_onnx(path: str | Path) -> Any:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as e:
         raise ModelInputError(
-            f"{path}: not a readable ONNX model ({_first_line(e)}); the file is truncated or not ONNX — "
+            f"{path}: not a readable ONNX model ({first_line(e)}); the file is truncated or not ONNX — "
             "re-export it"
         ) from e
     if not model.graph.node and not model.graph.output:
@@ -45,7 +45,7 @@ def load_onnx(path: str | Path) -> Any:
         onnx.checker.check_model(model, full_check=False)
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
     except Exception as e:
-        message = _first_line(e)
+        message = first_line(e)
         match = _UNKNOWN_OP.search(str(e))
         if match:
             raise UnsupportedModelError(
@@ -82,7 +82,7 @@ def check_onnx_file(path: str | Path) -> None:
                 f"{path}: onnxruntime has no kernel for {match.group(1)}; replace the operator or "
                 "export with a different opset"
             ) from e
-        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {_first_line(e)}") from e
+        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {first_line(e)}") from e
 
 
 def onnx_opset(model: Any) -> int:
@@ -91,8 +91,3 @@ def onnx_opset(model: Any) -> int:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     return 0
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.data import Dataset
-from converters.errors import QuantizationError
+from converters.errors import QuantizationError, first_line
 from converters.progress import NullProgress, Progress
 
 __all__ = [
@@ -228,7 +228,7 @@ def quantize_static_onnx(
         except QuantizationError:
             raise
         except Exception as e:
-            text = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+            text = first_line(e, 200)
             failures.append(f"{attempt.name}: {type(e).__name__}: {text}")
     raise QuantizationError(
         "onnxruntime's quantize_static failed for every configuration: " + "; ".join(failures)
@@ -242,7 +242,7 @@ def quantize_dynamic_onnx(model: Path, output: Path) -> None:
     try:
         quantize_dynamic(str(model), str(output), weight_type=QuantType.QInt8, per_channel=True)
     except Exception as e:
-        text = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+        text = first_line(e, 200)
         raise QuantizationError(f"dynamic quantization failed: {text}") from e
 
 
@@ -255,5 +255,5 @@ def quantize_fp16_onnx(model: Path, output: Path) -> None:
         converted = float16.convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
         onnx.save(converted, str(output))
     except Exception as e:
-        text = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+        text = first_line(e, 200)
         raise QuantizationError(f"float16 conversion failed: {text}") from e

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import ConversionError, ModelInputError, UnsupportedModelError
+from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, first_line
 from converters.onnx_model import check_onnx_file
 from device_runtime.engines import TensorInfo
 
@@ -31,7 +31,7 @@ def load_sklearn(path: Path) -> Any:
     try:
         estimator = joblib.load(path)
     except Exception as e:
-        raise ModelInputError(f"{path}: not a readable pickle/joblib file ({_first_line(e)})") from e
+        raise ModelInputError(f"{path}: not a readable pickle/joblib file ({first_line(e)})") from e
     if not hasattr(estimator, "predict") or not hasattr(estimator, "n_features_in_"):
         raise ModelInputError(
             f"{path}: holds a {type(estimator).__name__}, not a fitted scikit-learn estimator; "
@@ -63,7 +63,7 @@ def export_sklearn(
         )
     except Exception as e:
         raise UnsupportedModelError(
-            f"skl2onnx cannot convert {type(estimator).__name__}: {_first_line(e)}"
+            f"skl2onnx cannot convert {type(estimator).__name__}: {first_line(e)}"
         ) from e
     path.write_bytes(onnx_model.SerializeToString())
     check_onnx_file(path)
@@ -78,8 +78,3 @@ def export_sklearn(
         return {output_names[0]: np.asarray(estimator.predict(x), dtype=np.float32).reshape(len(x), -1)}
 
     return (TensorInfo(INPUT_NAME, (None, features), "float32"),), predict
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConversionError, QuantizationError
+from converters.errors import ConversionError, QuantizationError, first_line
 
 __all__ = ["convert_savedmodel"]
 
@@ -55,5 +55,5 @@ def convert_savedmodel(
         return bytes(converter.convert())
     except Exception as e:
         error = QuantizationError if precision == "int8" else ConversionError
-        text = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+        text = first_line(e, 300)
         raise error(f"the TFLite converter failed ({precision}): {text}") from e

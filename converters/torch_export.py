@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
-from converters.errors import ConversionError, ModelInputError
+from converters.errors import ConversionError, ModelInputError, first_line
 from converters.export import ExportResult, prove_parity, sample_inputs
 from converters.onnx_model import check_onnx_file
 from converters.parity import EXPORT_GATE
@@ -84,7 +84,7 @@ def export_torch(
                 verbose=False,
             )
         except Exception as e:
-            text = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+            text = first_line(e, 300)
             raise ConversionError(f"torch.onnx.export failed: {text}") from e
         check_onnx_file(staging)
         out.write_bytes(staging.read_bytes())

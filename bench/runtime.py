@@ -130,19 +130,18 @@ def bench_predict(kind: str, workdir: Path, keys: tuple[Path, Path], quick: bool
     for _ in range(5):
         session.run(None, {name: x})
         runtime.predict({name: x})
-    rounds, per_round = (5, 0.2) if quick else (9, 0.5)
+    # Calls alternate one by one and the medians are compared: a noisy neighbour or a frequency change
+    # hits both sides alike, and outliers (telemetry flushes, page faults) do not move a median.
+    calls = 400 if quick else 3000
     raw, ours = [], []
-    for index in range(rounds):
-        order = ("raw", "ours") if index % 2 == 0 else ("ours", "raw")
-        for which in order:
-            calls, begin = 0, time.perf_counter()
-            while time.perf_counter() - begin < per_round:
-                if which == "raw":
-                    session.run(None, {name: x})
-                else:
-                    runtime.predict({name: x})
-                calls += 1
-            (raw if which == "raw" else ours).append((time.perf_counter() - begin) / calls)
+    clock = time.perf_counter
+    for _ in range(calls):
+        started = clock()
+        session.run(None, {name: x})
+        middle = clock()
+        runtime.predict({name: x})
+        raw.append(middle - started)
+        ours.append(clock() - middle)
     runtime.close()
     raw_s, ours_s = statistics.median(raw), statistics.median(ours)
     return {

@@ -70,7 +70,7 @@ class InstallResult:
     already_active: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: built on every predict
 class PredictionResult:
     """One prediction: raw outputs by name, top-k of the first classification output, provenance."""
 
@@ -395,13 +395,11 @@ class Runtime:
                 break
         if not top:
             first_output = next(iter(outputs.values()))
-            if (
-                getattr(first_output, "ndim", 0) == 2
-                and first_output.shape[0] >= 1
-                and first_output.shape[1] > 1
-            ):
-                index = int(first_output[0].argmax())
-                top = [(loaded.labels[index] if loaded.labels else index, float(first_output[0][index]))]
+            shape: tuple[int, ...] = getattr(first_output, "shape", ())
+            if len(shape) == 2 and shape[0] >= 1 and shape[1] > 1:
+                row = first_output[0]
+                index = int(row.argmax())
+                top = [(loaded.labels[index] if loaded.labels else index, float(row[index]))]
                 top_index = index
         self._feedback[prediction_id] = (loaded.record.bundle_id, top[0][0] if top else None, top_index)
         while len(self._feedback) > FEEDBACK_MEMORY:

@@ -74,17 +74,9 @@ def host_info() -> dict[str, Any]:
     """CPU model, the int8-relevant flags, core count and library versions."""
     import onnxruntime
 
-    flags: set[str] = set()
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from bench._host import cpu
+
+    model_name, flags, _ = cpu()
     return {
         "cpu": model_name,
         "machine": platform.machine(),

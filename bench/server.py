@@ -148,14 +148,10 @@ def _version(package: str) -> str | None:
 
 
 def host_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from bench._host import cpu
+
     return {
-        "cpu": cpu,
+        "cpu": cpu()[0],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "uvicorn": _version("uvicorn"),

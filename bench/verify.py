@@ -65,17 +65,9 @@ def log(message: str) -> None:
 
 def host_info(workdir: Path) -> dict[str, Any]:
     """CPU model, SHA extensions, core count, Python/OpenSSL versions and the temp filesystem."""
-    flags: set[str] = set()
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from bench._host import cpu
+
+    model_name, flags, _ = cpu()
     return {
         "cpu": model_name,
         "machine": platform.machine(),

@@ -483,8 +483,12 @@ class Runtime:
         except Exception:  # a broken database must not break status(); counts unknown
             return {"queued": None, "dropped": None, "failures": self.telemetry.failures}
 
-    def revert(self, reason: str = "manual") -> bool:
-        """Go back to the previous slot now (no network needed). False when there is no previous model."""
+    def revert(self, reason: str = "manual", *, mark_bad: bool = True) -> bool:
+        """Go back to the previous slot now (no network needed). False when there is no previous model.
+
+        `mark_bad` refuses the reverted release from then on (right when it misbehaved here); a revert
+        asked for by a signed rollout plan passes False, since the operator may roll the release out again.
+        """
         with self._lock:
             state = self._state
             if state.previous is None or state.active is None:
@@ -504,7 +508,9 @@ class Runtime:
                     active=state.previous,
                     previous=None,
                     trial=None,
-                    bad_releases=(*state.bad_releases, reverted.bundle_id)[-20:],
+                    bad_releases=(*state.bad_releases, reverted.bundle_id)[-20:]
+                    if mark_bad
+                    else state.bad_releases,
                 ).with_event(now, "reverted", version=reverted.version, reasons=[reason])
             )
             self._loaded = None

@@ -396,7 +396,7 @@ class _Installer(Protocol):
 
     def install(self, source: str | Path) -> Any: ...
 
-    def revert(self, reason: str = ...) -> bool: ...
+    def revert(self, reason: str = ..., *, mark_bad: bool = ...) -> bool: ...
 
 
 class Updater:
@@ -499,7 +499,7 @@ class Updater:
                     # revert to the verified previous slot. Installing it again would be refused by the
                     # release-counter floor once the newer release was committed, stranding the device.
                     why = f"rollout {decision.rollout_id} is {decision.state}: back to {release.version}"
-                    if runtime.revert(why):
+                    if runtime.revert(why, mark_bad=False):
                         return Outcome("installed", "reverted", decision, release, bundle_id)
                 if info.length > self._config.max_bundle_bytes:
                     raise TransportError(

@@ -67,6 +67,7 @@ def test_a_crashing_release_halts_at_the_first_stage_and_rolls_back(
     assert crash["statistic"] >= crash["threshold"], "the SPRT crossed its upper boundary"
     assert exposed.update() == "1.0.0", "exposed devices return to the baseline (a local revert)"
     assert exposed.runtime.status()["floors"]["tiny"] == 3, "the floor did not have to be lowered"
+    assert exposed.runtime.status()["bad_releases"] == [], "a plan's revert does not blacklist the release"
     clock.now += 60  # a control device's crash arrives after the decision, stamped before it
     late = next(d for d in tokens if arm(plan, d) == "control")
     send(

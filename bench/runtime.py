@@ -72,22 +72,10 @@ def _keras_model_to_onnx(kind: str, workdir: Path, quick: bool) -> Path:
         model = keras.applications.MobileNetV2(
             weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None
         )
-    else:
-        layers = keras.layers
-        model = keras.Sequential(
-            [
-                keras.Input((32, 32, 1), name="image"),
-                layers.Conv2D(32, 3, padding="same", activation="relu"),
-                layers.MaxPooling2D(),
-                layers.Conv2D(64, 3, padding="same", activation="relu"),
-                layers.Conv2D(64, 3, padding="same", activation="relu"),
-                layers.MaxPooling2D(),
-                layers.Conv2D(128, 3, padding="same", activation="relu"),
-                layers.MaxPooling2D(),
-                layers.Flatten(),
-                layers.Dense(10, name="logits"),
-            ]
-        )
+    else:  # the example's own architecture (untrained: speed does not depend on the weights)
+        from bench.quantize import _import_digits_train
+
+        model = _import_digits_train().build_model()
     source = workdir / f"{kind}.keras"
     model.save(source)
     out = workdir / f"{kind}.onnx"

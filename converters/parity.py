@@ -19,7 +19,8 @@ import numpy as np
 from converters._files import sha256_file
 from converters.data import Dataset
 from converters.errors import DataError
-from converters.progress import NullProgress, Progress
+from converters.progress import Progress
+from converters.runner import run_model
 from device_runtime.engines import Engine, load_engine
 
 __all__ = [
@@ -186,28 +187,6 @@ def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
         if gate.min_cosine is not None and not m.cosine >= gate.min_cosine:
             failures.append(f"{m.name}: cosine {m.cosine:.5f} < {gate.min_cosine:.5f}")
     return failures
-
-
-def run_model(
-    engine: Engine,
-    data: Dataset,
-    *,
-    batch_size: int = 64,
-    progress: Progress | None = None,
-    label: str = "run",
-) -> dict[str, np.ndarray]:
-    """Run every sample of `data` through `engine` and concatenate the outputs by name."""
-    progress = progress or NullProgress()
-    task = progress.task(label, data.size)
-    parts: dict[str, list[np.ndarray]] = {}
-    try:
-        for feeds in data.batches(batch_size):
-            for name, value in engine.run(feeds).items():
-                parts.setdefault(name, []).append(np.asarray(value))
-            task.advance(next(iter(feeds.values())).shape[0])
-    finally:
-        task.close()
-    return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
 
 
 def _model_entry(path: str | Path, engine: Engine) -> dict[str, Any]:

@@ -82,9 +82,9 @@ def _random_feeds(
                     f"({'none' if axis is None else axis}); random sample inputs need them fixed"
                 ),
                 {
-                    "--input-shape": f"fix them with --input-shape {info.name}:1,...",
-                    "--sample": "or pass --sample DATA",
-                    "--golden": "or pass --golden DATA with real inputs",
+                    "--input-shape": f"fix them with --input-shape {info.name}:D0,D1,...",
+                    "--sample": "or give real inputs with --sample DATA",
+                    "--golden": "give real inputs with --golden DATA",
                 },
             )
         shape = [count if d is None else int(d) for d in info.shape]

@@ -90,7 +90,8 @@ def golden_files(
     for index, (suffix, data) in enumerate(images):
         image_names.append(f"{GOLDEN_DIR}/image_{index}{suffix}")
         files[image_names[-1]] = data
-    samples = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    # The first input with a batch-like leading axis counts the samples (a 0-d input has none).
+    samples = next((int(np.shape(a)[0]) for a in inputs.values() if np.ndim(a) > 0), 1 if inputs else 0)
     document = {
         "schema": GOLDEN_SCHEMA,
         "samples": samples,

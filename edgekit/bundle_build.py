@@ -258,8 +258,11 @@ def _golden(data: Path | None, engine: Engine, spec: Any, model: Path) -> dict[s
                 shutil.rmtree(spec_path.parent, ignore_errors=True)
             feeds = {k: v[:GOLDEN_SAMPLES] for k, v in dataset.arrays.items()}
         else:
-            dataset = load_dataset(data, engine.inputs, max_samples=GOLDEN_SAMPLES, seed=0)
-            feeds = dict(dataset.arrays)
+            dataset = load_dataset(
+                data, engine.inputs, max_samples=GOLDEN_SAMPLES, seed=0, outputs=engine.outputs
+            )
+            dataset = dataset.take(dataset.run_batch(GOLDEN_SAMPLES))  # one run: the device checks so
+            feeds = dataset.feeds(slice(0, dataset.size))
     outputs = engine.run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
     return golden_files(feeds, outputs, images=images)
 

@@ -195,7 +195,7 @@ def _prepare_feeds(inputs: tuple[TensorInfo, ...], feeds: dict[str, np.ndarray])
                     f"input {info.name!r}: dtype {array.dtype} cannot be fed to a {info.dtype} input"
                 )
             array = array.astype(info.dtype)
-        prepared[info.name] = np.ascontiguousarray(array)
+        prepared[info.name] = np.require(array, requirements="C")  # ascontiguousarray makes 0-d 1-d
     return prepared
 
 

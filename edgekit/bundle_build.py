@@ -263,7 +263,7 @@ def _golden(data: Path | None, engine: Engine, spec: Any, model: Path) -> dict[s
             )
             dataset = dataset.take(dataset.run_batch(GOLDEN_SAMPLES))  # one run: the device checks so
             feeds = dataset.feeds(slice(0, dataset.size))
-    outputs = engine.run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+    outputs = engine.run({k: np.require(v, requirements="C") for k, v in feeds.items()})
     return golden_files(feeds, outputs, images=images)
 
 

@@ -123,7 +123,7 @@ def batch_on_axis_one(path: Path) -> Path:
 
 
 def mixed_dtypes(path: Path) -> Path:
-    """`y[B, 4] = where(mask, cast(x16) * scale, cast(ids))`: bool, int64 and float16 inputs, and a 0-d scale."""
+    """`y[B, 4] = where(mask, cast(x16) * scale, cast(ids))`: bool, int64, float16 and a 0-d float input."""
     from onnx import TensorProto, helper
 
     nodes = [

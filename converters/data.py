@@ -34,7 +34,6 @@ from device_runtime.engines import TensorInfo
 __all__ = ["MIN_CALIBRATION_SAMPLES", "Dataset", "load_dataset", "load_labels"]
 
 MIN_CALIBRATION_SAMPLES = 32  # below this SQNR collapses while agreement still looks fine (QUANTIZATION.md)
-_BATCH_AXIS_HINT = "--batch-axis"
 
 
 @dataclass(frozen=True)
@@ -414,9 +413,9 @@ def _read_image_folder(
     from device_runtime.preprocess import ImageInputSpec, list_images, load_spec, preprocess_images
 
     if preprocess is None:
-        raise DataError(
-            f"{path}: a folder of images needs a preprocessing spec to become tensors; "
-            "pass --preprocess SPEC.json"
+        raise with_hints(
+            DataError(f"{path}: a folder of images needs a preprocessing spec to become tensors"),
+            {"--preprocess": "pass --preprocess SPEC.json"},
         )
     try:
         spec = load_spec(preprocess)
@@ -475,7 +474,7 @@ def _fit(path: Path, info: TensorInfo, axis: int | None, array: np.ndarray) -> t
                 f"exact shape {describe(info, None)} (the same for every sample) or "
                 f"(N, {describe(info, None)[1:-1].rstrip(',')}) (one per sample)"
             ),
-            {_BATCH_AXIS_HINT: f"if it has one, declare it with --batch-axis {info.name}=AXIS"},
+            {"--batch-axis": f"if it has one, declare it with --batch-axis {info.name}=AXIS"},
         )
     sample = sample_shape(info, axis)
     if array.ndim == 0:
@@ -491,7 +490,7 @@ def _fit(path: Path, info: TensorInfo, axis: int | None, array: np.ndarray) -> t
                 f"{path}: input {info.name!r} has shape {array.shape}, which looks like one sample; "
                 f"add the batch axis (expected {describe(info, axis)})"
             ),
-            {_BATCH_AXIS_HINT: f"if it has none, declare --batch-axis {info.name}=none"},
+            {"--batch-axis": f"if it has none, declare --batch-axis {info.name}=none"},
         )
     batch_dims = array.shape[:axis] + array.shape[axis + 1 :] if array.ndim == rank else ()
     if array.ndim != rank or not _matches(batch_dims, sample):
@@ -500,7 +499,7 @@ def _fit(path: Path, info: TensorInfo, axis: int | None, array: np.ndarray) -> t
                 f"{path}: input {info.name!r} has shape {array.shape}, the model expects "
                 f"{describe(info, axis)}"
             ),
-            {_BATCH_AXIS_HINT: f"declare another batch axis with --batch-axis {info.name}=AXIS|none"},
+            {"--batch-axis": f"declare another batch axis with --batch-axis {info.name}=AXIS|none"},
         )
     return array, "batched"
 

@@ -140,7 +140,8 @@ CATALOG: dict[str, ZooModel] = {m.key: m for m in (
         member_sha256="1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3", format="onnx",
         outputs=(("output", "regression"), ("stateN", "tensor")),
         inputs=(
-            InputDesc("input", (None, 512), "float32", "16 kHz audio, 512-sample window, [-1, 1]"),
+            InputDesc("input", (None, 576), "float32",
+                      "16 kHz audio in [-1, 1]: the last 64 samples of the previous window + 512 new ones"),
             InputDesc("state", (2, None, 128), "float32", "recurrent state carried from the last chunk"),
             InputDesc("sr", (), "int64", "sample rate, 16000"),
         ),

@@ -99,9 +99,9 @@ def face_crops(count: int, *, seed: int = 0) -> list[np.ndarray]:
         s = side * (1.25 if k == 0 else rng.uniform(1.1, 1.6))
         y = cy + (0 if k == 0 else rng.uniform(-0.08, 0.08) * side)
         x = cx + (0 if k == 0 else rng.uniform(-0.08, 0.08) * side)
-        t, l = int(max(0, y - s / 2)), int(max(0, x - s / 2))
-        b, r = int(min(image.shape[0], y + s / 2)), int(min(image.shape[1], x + s / 2))
-        crop = image[t:b, l:r]
+        top, left = int(max(0, y - s / 2)), int(max(0, x - s / 2))
+        bottom, right = int(min(image.shape[0], y + s / 2)), int(min(image.shape[1], x + s / 2))
+        crop = image[top:bottom, left:right]
         crops.append(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop))
     return crops
 
@@ -149,7 +149,7 @@ def render_page(lines: list[str], *, size: tuple[int, int] = (640, 640), seed: i
     for text in lines:
         face = font(FONT_FILES[int(rng.integers(len(FONT_FILES)))], int(rng.integers(20, 34)))
         x = int(rng.integers(16, 80))
-        left, top, right, bottom = draw.textbbox((x, y), text, font=face)
+        left, top, right, bottom = (int(v) for v in draw.textbbox((x, y), text, font=face))
         if bottom > height - 8:
             break
         right = min(right, width - 4)
@@ -183,21 +183,30 @@ def _resonator(signal: np.ndarray, frequency: float, bandwidth: float) -> np.nda
     return lfilter([1 - r], a, signal)
 
 
-def _utterance(rng: np.random.Generator, seconds: float) -> np.ndarray:
+@dataclass(frozen=True)
+class _Speaker:
+    pitch: float  # Hz, mean fundamental frequency
+    tract: float  # formant scale: a shorter vocal tract has higher formants
+    breath: float  # aspiration noise level relative to the glottal pulses
+
+
+def _utterance(rng: np.random.Generator, seconds: float, speaker: _Speaker) -> np.ndarray:
     n = int(seconds * SAMPLE_RATE)
     out = np.zeros(n)
     position = 0
-    base = rng.uniform(95, 210)  # Hz: a speaker's mean pitch
+    base = speaker.pitch * rng.uniform(0.93, 1.07)
     while position < n:
         length = min(n - position, int(rng.uniform(0.12, 0.3) * SAMPLE_RATE))  # one syllable
+        if length < 400:  # a remainder too short for a syllable stays silent
+            break
         t = np.arange(length) / SAMPLE_RATE
         f0 = base * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 6)))
         phase = np.cumsum(f0 / SAMPLE_RATE)
         # glottal source: one sharp pulse per period, softened (a derivative-of-Rosenberg-like shape)
         pulses = np.diff(np.floor(phase), prepend=0.0)
         source = np.convolve(pulses, np.hanning(24) * np.linspace(1, -0.5, 24), mode="same")
-        source += 0.02 * rng.standard_normal(length)  # breath
-        formants = _VOWELS[int(rng.integers(len(_VOWELS)))]
+        source += speaker.breath * rng.standard_normal(length)
+        formants = [f * speaker.tract for f in _VOWELS[int(rng.integers(len(_VOWELS)))]]
         voiced = sum(_resonator(source, f, 60 + 40 * k) for k, f in enumerate(formants))
         envelope = np.sin(np.pi * np.arange(length) / length) ** 0.6
         syllable = voiced * envelope
@@ -211,16 +220,19 @@ def _utterance(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def speech(seconds: float = 12.0, *, seed: int = 0) -> Speech:
-    """Speech-like audio: voiced utterances (varying pitch, formants, syllables) between silences with
-    a little background noise; ``voiced`` marks the utterances."""
+    """Speech-like audio of one speaker: voiced utterances (varying pitch, formants, syllables) between
+    silences with a little background noise; ``voiced`` marks the utterances."""
     rng = np.random.default_rng(seed)
+    speaker = _Speaker(pitch=rng.uniform(90, 230), tract=rng.uniform(0.85, 1.2),
+                       breath=rng.uniform(0.005, 0.05))
     n = int(seconds * SAMPLE_RATE)
     wave = np.zeros(n)
     voiced = np.zeros(n, dtype=bool)
     position = int(rng.uniform(0.3, 0.8) * SAMPLE_RATE)
     while position < n:
         length = min(n - position, int(rng.uniform(0.8, 2.0) * SAMPLE_RATE))
-        wave[position : position + length] = rng.uniform(0.3, 0.8) * _utterance(rng, length / SAMPLE_RATE)
+        loudness = rng.uniform(0.3, 0.8)
+        wave[position : position + length] = loudness * _utterance(rng, length / SAMPLE_RATE, speaker)
         voiced[position : position + length] = True
         position += length + int(rng.uniform(0.6, 1.4) * SAMPLE_RATE)
     wave += 10 ** (-55 / 20) * rng.standard_normal(n)  # -55 dBFS room noise

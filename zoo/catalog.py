@@ -156,7 +156,7 @@ CATALOG: dict[str, ZooModel] = {m.key: m for m in (
         side_files=(SideFile("config.min.json", "magika/models/standard_v3_3/config.min.json",
                              "ae24c742205358f6ff6dfd5facb6743fb69743dbba8373e73da58ff0cbd695db"),),
         pip_platform=_MAGIKA_PLATFORM,
-        platform_note="magika 1.0.3 ships platform wheels (a Rust CLI inside); the pin is manylinux_2_28 x86_64",
+        platform_note="magika 1.0.3 ships platform wheels (a Rust CLI inside); pinned: manylinux_2_28 x86_64",
         notes="214 labels: config.min.json target_labels_space",
     ),
     _model(
@@ -169,7 +169,8 @@ CATALOG: dict[str, ZooModel] = {m.key: m for m in (
         notes="BlazeFace: 896 anchors; classificators are logits (sigmoid), regressors box + 6 keypoints",
     ),
     _model(
-        _MEDIAPIPE, key="mediapipe-face-landmark", member="mediapipe/modules/face_landmark/face_landmark.tflite",
+        _MEDIAPIPE, key="mediapipe-face-landmark",
+        member="mediapipe/modules/face_landmark/face_landmark.tflite",
         member_sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", format="tflite",
         outputs=(("conv2d_21", "regression"), ("conv2d_31", "classification")),
         inputs=(InputDesc("input_1", (1, 192, 192, 3), "float32", "RGB face crop, 192x192, x/255, NHWC"),),
@@ -201,9 +202,11 @@ CATALOG: dict[str, ZooModel] = {m.key: m for m in (
         format="torch-state-dict",
         outputs=(("embedding", "embedding"),),
         inputs=(InputDesc("mels", (None, 160, 40), "float32",
-                          "16 kHz audio -> 40-band mel power spectrogram, 25 ms window, 10 ms hop, 160 frames"),),
-        notes="GE2E speaker encoder: LSTM(40, 256, 3 layers) -> Linear(256, 256) -> ReLU -> L2 norm; a PyTorch "
-              "state_dict (weights only): the architecture must be rebuilt in code (zoo.inputs.voice_encoder)",
+                          "16 kHz audio -> 40-band mel power spectrogram, 25 ms window, 10 ms hop, "
+                          "160 frames"),),
+        notes="GE2E speaker encoder: LSTM(40, 256, 3 layers) -> Linear(256, 256) -> ReLU -> L2 norm; a "
+              "PyTorch training checkpoint (weights only): the network is rebuilt in code "
+              "(zoo.rebuild.voice_encoder_module)",
     ),
 )}
 

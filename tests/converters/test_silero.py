@@ -207,3 +207,17 @@ def test_npz_with_0d_sr_goes_through_every_command_without_a_traceback(vad: Vad)
     result = run_cli(["bundle", vad.model, "-o", vad.work / "x.ekb", "--name", "vad", "--version", "1",
                       "--key", vad.work / "keys" / "release.key"])  # fmt: skip
     assert result.exit_code == 1 and "--golden DATA" in result.output and "--sample" not in result.output
+
+
+def test_golden_vectors_keep_the_0d_sr_and_pass_the_device_check(vad: Vad, tmp_path: Path) -> None:
+    from device_runtime.golden import check_golden, golden_files
+
+    engine = load_engine(vad.model)
+    data = load_dataset(vad.flat, engine.inputs, outputs=engine.outputs)
+    feeds = data.feeds(slice(0, data.size))
+    for name, content in golden_files(feeds, engine.run(feeds)).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    assert np.load(tmp_path / "golden" / "input_2.npy").shape == ()  # sr stays 0-d
+    result = check_golden(tmp_path, engine.run)
+    assert result.passed, result.details

@@ -38,6 +38,7 @@ from device_runtime._spec import (
     TensorInputSpec,
     _fail,
     load_spec,
+    parse_output,
     parse_spec,
 )
 from device_runtime.errors import InputError, SpecError
@@ -54,6 +55,7 @@ __all__ = [
     "check_against_model",
     "list_images",
     "load_spec",
+    "parse_output",
     "parse_spec",
     "postprocess",
     "prepare_inputs",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from converters.latency import LatencyConfig, compare_latency
 from converters.parity import INT8_GATE, Gate, parity_report, run_model, summary_metrics
 from converters.progress import NullProgress, Progress
 from device_runtime.engines import TensorInfo, load_engine
+from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
 
@@ -49,6 +51,7 @@ class QuantizeOptions:
     latency: LatencyConfig | None = field(default_factory=LatencyConfig)  # None skips the latency check
     allow_slower: bool = False
     preprocess: str | Path | None = None  # spec for folders of images
+    roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ def _quantize_onnx(
             gate=options.gate,
             labels=label_array,
             reference_outputs=reference_outputs,
+            roles=options.roles,
         )
 
     float_model = model
@@ -290,7 +294,13 @@ def _quantize_tflite(
         )
     )
     report = parity_report(
-        reference, candidate, evaluation, gate=options.gate, labels=label_array, progress=progress
+        reference,
+        candidate,
+        evaluation,
+        gate=options.gate,
+        labels=label_array,
+        progress=progress,
+        roles=options.roles,
     )
     report["reference"]["path"] = f"{model} (float32 TFLite)"
     section = {

@@ -35,15 +35,19 @@ ROLE_KEYS = {
     "axis": "class_axis",
     "blank": "blank",
 }
-# A YOLO head has many more anchors than channels (2100 anchors for 22 channels at 320x320).
+# A YOLO head has many more anchors than channels (2100 anchors for 22 channels at 320x320), and its
+# anchors tile strides 8, 16 and 32: (H/8)(W/8) + (H/16)(W/16) + (H/32)(W/32) = 21 (H/32)(W/32) (times 3
+# anchor boxes per cell for YOLOv5), a multiple of 21. A CTC sequence [1, 40, 6625] is not.
 MIN_ANCHORS_PER_CHANNEL = 8
+YOLO_ANCHOR_MULTIPLE = 21
 
 
 def infer_role(name: str, shape: Sequence[int]) -> OutputSpec:
     """The role an output's shape makes unambiguous (batch axis first), else ``tensor``.
 
-    ``[N, C]`` with C >= 2 is classification; ``[N, 4 + C, A]`` with C >= 1 and A >= 8 (4 + C) is a YOLO
-    detection head (``[N, A, 4 + C]`` likewise, transposed). Segmentation, embedding, sequence and
+    ``[N, C]`` with C >= 2 is classification; ``[N, 4 + C, A]`` with C >= 1, A >= 8 (4 + C) and A a
+    multiple of 21 (anchors over strides 8, 16, 32) is a YOLO detection head (``[N, A, 4 + C]`` likewise,
+    transposed). Segmentation, embedding, sequence and
     regression look like other things and must be declared.
     """
     dims = tuple(int(d) for d in shape)
@@ -51,11 +55,19 @@ def infer_role(name: str, shape: Sequence[int]) -> OutputSpec:
         return OutputSpec(name=name, kind="classification")
     if len(dims) == 3 and dims[0] >= 1:
         channels, anchors = dims[1], dims[2]
-        if channels >= 5 and anchors >= MIN_ANCHORS_PER_CHANNEL * channels:
+        if _yolo(channels, anchors):
             return OutputSpec(name=name, kind="detection")
-        if dims[2] >= 5 and dims[1] >= MIN_ANCHORS_PER_CHANNEL * dims[2]:
+        if _yolo(anchors, channels):
             return OutputSpec(name=name, kind="detection", format="yolo_transposed")
     return OutputSpec(name=name, kind="tensor")
+
+
+def _yolo(channels: int, anchors: int) -> bool:
+    return (
+        channels >= 5
+        and anchors >= MIN_ANCHORS_PER_CHANNEL * channels
+        and anchors % YOLO_ANCHOR_MULTIPLE == 0
+    )
 
 
 def _value(text: str) -> Any:

@@ -3,19 +3,23 @@
 Decoding (NMS, YOLO heads, CTC, masks) is the device's own (:mod:`device_runtime.decode`), so the gate
 judges what the device will show. Default thresholds (a gate may override any of them per role)::
 
-    role            metric (higher is better unless "max")                          default
-    classification  top-1 agreement; accuracy drop (labels); whole SQNR            Gate: 0.99, 1 pp, 20 dB
-    detection       recall of reference detections (IoU >= 0.5, same class)         min_recall 0.90
-                    precision of candidate detections                               min_precision 0.90
-                    SQNR of the class-score part alone                              min_score_sqnr_db 10
-                    (box SQNR and detections per image are reported, not gated)
-    segmentation    mean IoU of the argmax (or thresholded) masks                   min_miou 0.90
-    embedding       cosine per sample, mean and min                     min_mean_cosine 0.99, min_cosine 0.95
-                    nearest-neighbour top-k agreement (k = top_k <= N - 1)       min_neighbour_agreement 0.90
-    sequence        per-step argmax agreement                                       min_step_agreement 0.98
-                    exact decoded-sequence equality rate (greedy CTC)              min_exact_rate 0.90
-    regression      relative error ||x - y|| / ||x||                               max_relative_error 0.05
-    tensor          whole SQNR, cosine                                              Gate: 20 dB, off
+    role            metric                                                threshold (default)
+    --------------  ----------------------------------------------------  ------------------------------
+    classification  top-1 agreement; accuracy drop with labels             Gate: min_agreement 0.99,
+                                                                          max_drop_pp 1.0
+    detection       recall of reference detections (IoU >= 0.5, class)     min_recall 0.90
+                    precision of candidate detections                     min_precision 0.90
+                    SQNR of the class-score part alone                    min_score_sqnr_db 10
+                    reference detections over the set (else vacuous)      min_reference_detections 1
+                    box SQNR, detections per image, images with one       reported, not gated
+    segmentation    mean IoU of the argmax (or thresholded) masks         min_miou 0.90
+    embedding       cosine per sample: mean, min                          min_mean_cosine 0.99,
+                                                                          min_cosine 0.95
+                    nearest-neighbour top-k agreement (k = top_k, < N)    min_neighbour_agreement 0.90
+    sequence        per-step argmax agreement                             min_step_agreement 0.98
+                    exact decoded-sequence rate (greedy CTC)              min_exact_rate 0.90
+    regression      relative error ||x - y|| / ||x||                      max_relative_error 0.05
+    tensor          whole-tensor SQNR, cosine                             Gate: min_sqnr_db 20, min_cosine off
 
 The gate's whole-tensor ``min_sqnr_db`` (and ``min_cosine``) still apply to every output as a floor;
 the role checks come on top. The objective of an output (:func:`role_objective`) is one number, higher
@@ -54,7 +58,12 @@ __all__ = [
 MATCH_IOU = 0.5  # a candidate detection matches a reference one at IoU >= this, same class
 ROLE_THRESHOLDS: dict[str, dict[str, float]] = {
     "classification": {},
-    "detection": {"min_recall": 0.90, "min_precision": 0.90, "min_score_sqnr_db": 10.0},
+    "detection": {
+        "min_recall": 0.90,
+        "min_precision": 0.90,
+        "min_score_sqnr_db": 10.0,
+        "min_reference_detections": 1,
+    },
     "segmentation": {"min_miou": 0.90},
     "embedding": {"min_mean_cosine": 0.99, "min_cosine": 0.95, "min_neighbour_agreement": 0.90},
     "sequence": {"min_step_agreement": 0.98, "min_exact_rate": 0.90},
@@ -255,16 +264,18 @@ def role_failures(
 ) -> list[str]:
     """The role checks that fail (NaN never passes); thresholds named ``min_X`` / ``max_X`` bound metric X."""
     failures = []
-    if kind == "detection" and metrics.get("reference_detections") == 0:
-        failures.append(
-            f"{name}: the reference finds no detection at score >= "
-            f"{metrics['decoding']['score_threshold']:g} on the evaluation data, so the detection check "
-            "proves nothing; give images with objects or a lower score (--role NAME=detection,score=...)"
-        )
     for key, bound in thresholds.items():
         metric = key[4:]
         value = metrics.get(metric)
         if value is None:
+            continue
+        if key == "min_reference_detections" and not value >= bound:
+            failures.append(
+                f"{name}: the reference finds {value} detection(s) at score >= "
+                f"{metrics['decoding']['score_threshold']:g} on the evaluation data (at least {bound:g} "
+                "needed), so the detection check proves nothing; give images with objects or a lower "
+                f"score (--role {name}=detection,score=...)"
+            )
             continue
         if key.startswith("min_") and not value >= bound:
             failures.append(f"{name}: {kind} {metric.replace('_', ' ')} {value:.4f} < {bound:.4f}")

@@ -38,8 +38,7 @@ from device_runtime.decode import (
     Detections,
     box_iou,
     ctc_greedy,
-    decode_boxes_scores,
-    decode_yolo,
+    decode_detections,
     l2_normalize,
     segmentation_mask,
 )
@@ -48,7 +47,6 @@ from device_runtime.preprocess import OutputSpec
 __all__ = [
     "MATCH_IOU",
     "ROLE_THRESHOLDS",
-    "decode_detections",
     "match_detections",
     "role_failures",
     "role_metrics",
@@ -85,28 +83,6 @@ def _sqnr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- detection
-
-
-def decode_detections(role: OutputSpec, head: np.ndarray, scores: np.ndarray | None = None) -> Detections:
-    """Decode one sample of a detection output (and its scores output for format "boxes") as the device."""
-    score, iou, most = (
-        role.effective_score_threshold,
-        role.effective_iou_threshold,
-        role.effective_max_detections,
-    )
-    if role.effective_format == "boxes":
-        if scores is None:
-            raise ValueError(f"output {role.name!r}: format boxes needs its scores output {role.scores!r}")
-        return decode_boxes_scores(
-            head, scores, score_threshold=score, iou_threshold=iou, max_detections=most
-        )
-    return decode_yolo(
-        head,
-        channels_first=role.effective_format == "yolo",
-        score_threshold=score,
-        iou_threshold=iou,
-        max_detections=most,
-    )
 
 
 def match_detections(reference: Detections, candidate: Detections, *, iou: float = MATCH_IOU) -> int:

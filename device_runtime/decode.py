@@ -9,7 +9,8 @@ exactly what the device will show; there is no second NMS anywhere.
 - segmentation: :func:`segmentation_mask` (argmax over a class axis, or one probability channel
   thresholded);
 - sequence: :func:`ctc_greedy` (argmax per step, repeats collapsed, blanks dropped) and :func:`ctc_text`;
-- embedding: :func:`l2_normalize`.
+- embedding: :func:`l2_normalize`;
+- every role: :func:`decode_output`, one sample as a small JSON-able summary (what ``predict`` shows).
 
 Boxes are ``x1, y1, x2, y2`` in the model's coordinates (for a YOLO head: the input's pixels).
 """
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from device_runtime._spec import OutputSpec
 
 __all__ = [
     "Detections",
@@ -27,6 +31,8 @@ __all__ = [
     "ctc_greedy",
     "ctc_text",
     "decode_boxes_scores",
+    "decode_detections",
+    "decode_output",
     "decode_yolo",
     "l2_normalize",
     "nms",
@@ -37,6 +43,7 @@ DEFAULT_SCORE_THRESHOLD = 0.25
 DEFAULT_IOU_THRESHOLD = 0.45
 DEFAULT_MAX_DETECTIONS = 100
 DEFAULT_MASK_THRESHOLD = 0.5
+MAX_SHOWN_VALUES = 64  # regression values named in a summary
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,3 +213,83 @@ def l2_normalize(vectors: np.ndarray, *, axis: int = -1) -> np.ndarray:
     x = np.asarray(vectors, np.float64)
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
     return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
+
+
+def decode_detections(spec: OutputSpec, sample: np.ndarray, scores: np.ndarray | None = None) -> Detections:
+    """One image of a detection output decoded with the spec's format and thresholds (``scores``: that
+    image's scores output, for format "boxes")."""
+    score, iou, most = (
+        spec.effective_score_threshold,
+        spec.effective_iou_threshold,
+        spec.effective_max_detections,
+    )
+    if spec.effective_format == "boxes":
+        if scores is None:
+            raise ValueError(f"output {spec.name!r}: format boxes needs its scores output {spec.scores!r}")
+        return decode_boxes_scores(
+            sample, scores, score_threshold=score, iou_threshold=iou, max_detections=most
+        )
+    return decode_yolo(
+        sample,
+        channels_first=spec.effective_format == "yolo",
+        score_threshold=score,
+        iou_threshold=iou,
+        max_detections=most,
+    )
+
+
+def _name(labels: Sequence[str] | None, index: int) -> str | int:
+    return labels[index] if labels is not None and 0 <= index < len(labels) else index
+
+
+def decode_output(
+    spec: OutputSpec,
+    sample: np.ndarray,
+    *,
+    labels: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One sample of an output decoded as its role into a small JSON-able summary.
+
+    detection: ``detections`` [{label, class, score, box [x1, y1, x2, y2]}] after NMS (``scores``: the
+    sample of the scores output, format "boxes"); segmentation: mask ``shape`` and each class's pixel
+    ``shares``; sequence: greedy CTC ``tokens`` and ``text`` (with labels as the charset); embedding:
+    ``dim`` and L2 ``norm``; regression: ``values`` by label (the first 64); classification and tensor:
+    ``shape`` only (classification's top-k is :func:`device_runtime.preprocess.postprocess`'s job).
+    """
+    x = np.asarray(sample)
+    out: dict[str, Any] = {"role": spec.kind}
+    if spec.kind == "detection":
+        found = decode_detections(spec, x, scores)
+        out["detections"] = [
+            {
+                "label": _name(labels, int(c)),
+                "class": int(c),
+                "score": float(s),
+                "box": [round(float(v), 2) for v in b],
+            }
+            for b, s, c in zip(found.boxes, found.scores, found.classes, strict=True)
+        ]
+    elif spec.kind == "segmentation":
+        mask = segmentation_mask(
+            x, class_axis=spec.effective_class_axis, threshold=spec.effective_score_threshold
+        )
+        classes, counts = np.unique(mask, return_counts=True)
+        out["shape"] = list(mask.shape)
+        out["shares"] = {
+            str(_name(labels, int(c))): float(n) / mask.size for c, n in zip(classes, counts, strict=True)
+        }
+    elif spec.kind == "sequence":
+        tokens = ctc_greedy(x, blank=spec.effective_blank)
+        out["tokens"] = tokens
+        out["text"] = None if labels is None else ctc_text(tokens, labels)
+    elif spec.kind == "embedding":
+        out["dim"] = int(x.size)
+        out["norm"] = float(np.linalg.norm(x.astype(np.float64)))
+    elif spec.kind == "regression":
+        flat = x.reshape(-1)[:MAX_SHOWN_VALUES]
+        out["values"] = {str(_name(labels, i)): float(v) for i, v in enumerate(flat)}
+        out["count"] = int(x.size)
+    else:
+        out["shape"] = list(x.shape)
+    return out

@@ -192,12 +192,15 @@ class Prediction:
     ``values``: the output after the activation (float32, the sample's own shape). For classification,
     ``indices``/``scores`` hold the top-k classes by descending score (ties: lower index first) with scores
     below ``score_threshold`` dropped, and ``labels`` their names when labels were given; otherwise empty.
+    For the other roles (not tensor), ``decoded`` is the sample decoded as its role
+    (:func:`device_runtime.decode.decode_output`: detections, mask shares, text, vector norm, values).
     """
 
     values: np.ndarray
     indices: tuple[int, ...] = ()
     scores: tuple[float, ...] = ()
     labels: tuple[str, ...] | None = None
+    decoded: dict[str, Any] | None = None
 
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
@@ -209,21 +212,44 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
     return x
 
 
-def postprocess(spec: OutputSpec, array: object, *, labels: Sequence[str] | None = None) -> list[Prediction]:
-    """Apply the output's activation (over the last axis) and, for classification, top-k; one item per sample.
+def postprocess(
+    spec: OutputSpec,
+    array: object,
+    *,
+    labels: Sequence[str] | None = None,
+    scores: object | None = None,
+) -> list[Prediction]:
+    """Apply the output's activation (over the last axis), then top-k for classification or the role's
+    decoding for the others; one item per sample.
 
     ``array``: the model output with the batch axis first; a 1-D array is one sample. ``labels``: the
-    class names (from the bundle's labels file), one per class. Raises InputError for a scalar output and
-    SpecError when the label count does not match the class count.
+    class names (from the bundle's labels file), one per class (the charset for a sequence). ``scores``:
+    the scores output of a detection in format "boxes". Raises InputError for a scalar output or one
+    that does not fit its role, and SpecError when the label count does not match the class count.
     """
+    from device_runtime.decode import decode_output
+
     x = np.asarray(array, dtype=np.float64)  # float64: integer outputs and stable activations alike
     if x.ndim == 0:
         raise InputError(f"output {spec.name!r}: a scalar has no batch axis; pass the model's output array")
     batch = _activate(x[np.newaxis] if x.ndim == 1 else x, spec.activation).astype(np.float32)
+    paired = None if scores is None else np.asarray(scores, dtype=np.float32)
     predictions = []
-    for sample in batch:
-        if spec.kind != "classification":
+    for i, sample in enumerate(batch):
+        if spec.kind == "tensor":
             predictions.append(Prediction(values=sample))
+            continue
+        if spec.kind != "classification":
+            try:
+                decoded = decode_output(
+                    spec, sample, labels=labels, scores=None if paired is None else paired[i]
+                )
+            except (ValueError, IndexError) as e:
+                raise InputError(
+                    f"output {spec.name!r} of shape {list(sample.shape)} cannot be decoded as "
+                    f"{spec.kind} ({e}); fix the spec's outputs"
+                ) from e
+            predictions.append(Prediction(values=sample, decoded=decoded))
             continue
         flat = sample.reshape(-1)
         if labels is not None and len(labels) != flat.size:

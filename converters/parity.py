@@ -308,6 +308,7 @@ def parity_report(
         "candidate": _model_entry(candidate_path, candidate_engine),
         "samples": data.size,
         "gate": asdict(gate),
+        "role_thresholds": {kind: gate.thresholds_for(kind) for kind in ROLE_THRESHOLDS},
         "passed": not failures,
         "failures": failures,
         "outputs": [{**asdict(m), "thresholds": _thresholds(m, gate)} for m in metrics],

@@ -143,6 +143,14 @@ def _header(report: Mapping[str, Any]) -> str:
         [_td("min cosine"), _td(_fmt(gate.get("min_cosine"), 4))],
     ]
     parts.append(_table(["Threshold", "Value"], gate_rows))
+    role_rows = [
+        [_td(_e(kind)), _td(", ".join(f"{_e(k)} {_fmt(v, 2)}" for k, v in _map(limits).items()) or "—")]
+        for kind, limits in _map(report.get("role_thresholds")).items()
+    ]
+    if role_rows:
+        parts.append(
+            "<h3>Role thresholds</h3>" + _table(["Role", "Thresholds (on top of the gate)"], role_rows)
+        )
     failures = [f for f in _seq(report.get("failures")) if f is not None]
     if failures:
         items = "".join(f"<li>{_e(f)}</li>" for f in failures)

@@ -287,6 +287,24 @@ def _static(dim: object) -> int | None:
     return None
 
 
+def _class_count(out: OutputSpec, model_outputs: Mapping[str, tuple[Sequence[object], object]]) -> int | None:
+    """The static class count of an output as its role reads it (None when dynamic or unknown)."""
+    dims = list(model_outputs[out.name][0])
+    if out.kind == "detection":
+        if out.effective_format == "boxes" and out.scores is not None:
+            return _static(list(model_outputs[out.scores][0])[-1])
+        channels = (
+            _static(dims[1] if out.effective_format == "yolo" else dims[-1]) if len(dims) == 3 else None
+        )
+        return None if channels is None else channels - 4
+    if out.kind == "segmentation":
+        axis = out.effective_class_axis
+        sample = dims[1:]  # the class axis counts within one sample
+        count = _static(sample[axis]) if -len(sample) <= axis < len(sample) else None
+        return 2 if count == 1 else count  # one probability channel, thresholded: two classes
+    return _static(dims[-1])
+
+
 def _check_shape(path: str, ours: Sequence[int | None], theirs: Sequence[object]) -> None:
     if len(ours) != len(theirs):
         raise SpecError(
@@ -314,7 +332,9 @@ def check_against_model(
     ``model_inputs``/``model_outputs``: name to (shape, dtype) as the engine reports them; dims that are
     None, <= 0 or strings are dynamic; dtypes as numpy names or ONNX ``tensor(float)`` strings.
     ``model_quantization``: input name to the model's (scale, zero_point); scale 0 means not quantized.
-    ``labels``: output name to its class names, checked against the output's last static dim.
+    ``labels``: output name to its class names, checked against the output's class count (the last
+    static dim; for a YOLO head its channels less 4, for a boxes detection its scores' last dim, for a
+    segmentation its class axis).
     Raises SpecError when names, dtypes, static dims, quantization or label counts disagree.
     """
     ours = sorted(i.name for i in spec.inputs)
@@ -346,9 +366,11 @@ def check_against_model(
     for j, out in enumerate(spec.outputs):
         if model_outputs is not None and out.name not in model_outputs:
             _fail(f"outputs[{j}].name", out.name, f"the model's outputs are {sorted(model_outputs)}")
+        if model_outputs is not None and out.scores is not None and out.scores not in model_outputs:
+            _fail(f"outputs[{j}].scores", out.scores, f"the model's outputs are {sorted(model_outputs)}")
         names = (labels or {}).get(out.name)
         if names is not None and model_outputs is not None and len(model_outputs[out.name][0]) > 0:
-            classes = _static(list(model_outputs[out.name][0])[-1])
+            classes = _class_count(out, model_outputs)
             if classes is not None and len(names) != classes:
                 _fail(
                     f"outputs[{j}].labels",

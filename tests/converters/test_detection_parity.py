@@ -205,7 +205,7 @@ def test_cli_parity_refuses_the_broken_detector_and_prints_detections(
     assert "detections: recall" in result.output
     assert "failed: output0: detection recall" in result.output
     page = (tmp_path / "r.html").read_text()
-    assert "Output roles" in page and "min_recall" not in page and "recall" in page
+    assert "Output roles" in page and "Role thresholds" in page and "min_recall 0.90" in page
 
 
 def test_cli_refuses_a_role_with_an_unknown_key(detector: Detector, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "GoldenTolerance",
     "check_golden",
     "compact",
+    "golden_feeds",
     "golden_files",
     "selection_indices",
     "sqnr_db",
@@ -240,20 +241,16 @@ def _pick(stored: _Stored, produced: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return stored.values, flat[:, selection_indices(flat.shape[1], stored.select)]
 
 
-def check_golden(bundle_dir: str | Path, run: Any, *, preprocess: Any = None) -> GoldenCheck:
-    """Run the golden inputs through `run(feeds) -> outputs`, one sample at a time, and compare.
+@dataclass(frozen=True)
+class _Golden:
+    samples: int
+    tolerance: GoldenTolerance
+    inputs: dict[str, _Stored]
+    expected: dict[str, _Stored]
+    images: list[str]
 
-    Args:
-        bundle_dir: the (verified) bundle directory.
-        run: the engine's run function.
-        preprocess: optional `fn(image_path) -> feeds`; when the bundle carries raw images, their
-            preprocessed tensors must match the stored inputs as well (and make the feeds of inputs stored
-            only as a selection).
 
-    Raises:
-        SpecError: golden.json is missing or malformed, or needs a preprocessor that was not given.
-    """
-    root = Path(bundle_dir)
+def _open(root: Path, preprocess: Any) -> _Golden:
     try:
         document = json.loads((root / GOLDEN_DIR / "golden.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -281,6 +278,55 @@ def check_golden(bundle_dir: str | Path, run: Any, *, preprocess: Any = None) ->
             "golden inputs are stored as images; the self-test needs the bundle's image preprocessing "
             f"and one image per sample ({len(images)} images for {samples} samples)"
         )
+    return _Golden(samples, tolerance, inputs, expected, images)
+
+
+def golden_feeds(bundle_dir: str | Path, *, preprocess: Any = None) -> list[dict[str, np.ndarray]]:
+    """The golden inputs of a bundle, one batch-1 feed dict per sample (for benchmarks on the device).
+
+    Raises:
+        SpecError: golden.json is missing or malformed, or needs a preprocessor that was not given.
+    """
+    root = Path(bundle_dir)
+    golden = _open(root, preprocess)
+    feeds = []
+    for index in range(golden.samples):
+        produced = (
+            preprocess(root / golden.images[index])
+            if any(s.select is not None for s in golden.inputs.values())
+            else {}
+        )
+        feeds.append(
+            {
+                name: produced[name] if stored.select is not None else stored.values[index : index + 1]
+                for name, stored in golden.inputs.items()
+            }
+        )
+    return feeds
+
+
+def check_golden(bundle_dir: str | Path, run: Any, *, preprocess: Any = None) -> GoldenCheck:
+    """Run the golden inputs through `run(feeds) -> outputs`, one sample at a time, and compare.
+
+    Args:
+        bundle_dir: the (verified) bundle directory.
+        run: the engine's run function.
+        preprocess: optional `fn(image_path) -> feeds`; when the bundle carries raw images, their
+            preprocessed tensors must match the stored inputs as well (and make the feeds of inputs stored
+            only as a selection).
+
+    Raises:
+        SpecError: golden.json is missing or malformed, or needs a preprocessor that was not given.
+    """
+    root = Path(bundle_dir)
+    golden = _open(root, preprocess)
+    samples, tolerance, inputs, expected, images = (
+        golden.samples,
+        golden.tolerance,
+        golden.inputs,
+        golden.expected,
+        golden.images,
+    )
     details: list[str] = []
     passed = True
     sums = {name: [0.0, 0.0] for name in expected}  # signal, noise over all samples

@@ -2,20 +2,21 @@
 
 Layout inside a bundle::
 
-    golden/golden.json        {"schema": "edgekit.golden/v1", "samples": N, "inputs": {name: ENTRY},
-                               "outputs": {name: ENTRY}, "images": [file, ...], "tolerance": {...},
-                               "storage": {...}}
+    golden/golden.json        {"schema": "edgekit.golden/v1" (v2, below), "samples": N,
+                               "inputs": {name: ENTRY}, "outputs": {name: ENTRY},
+                               "images": [file, ...], "tolerance": {...}, "storage": {...}}
     golden/input_K.npy        model-input tensors (after preprocessing), one file per input
     golden/output_K.npy       expected outputs, one file per output
     golden/image_K.<ext>      optional raw images: the device preprocesses them itself, so the
                               self-test covers preprocessing as well as the engine
 
-ENTRY is a file name (the full tensors, `[N, ...]`) or `{"file": name, "select": COUNT}`: then the file
-holds `[N, COUNT]`, the values at the flat positions `selection_indices(size, COUNT)` of each sample (a
-spread, deterministic choice; the device computes the same positions). Stored values may be float16 where
-the build host checked that float16 keeps them within `STORAGE_MIN_SQNR_DB` of the float32 result. When an
-input is stored only as a selection, the bundle carries images and the device's own preprocessing of them
-produces the feeds; the selection then checks that preprocessing.
+ENTRY is a file name (the full tensors, `[N, ...]`) or (schema v2 only) `{"file": name, "select": COUNT}`:
+then the file holds `[N, COUNT]`, the values at the flat positions `selection_indices(size, COUNT)` of
+each sample (a spread, deterministic choice; the device computes the same positions). Stored values may be
+float16 where the build host checked that float16 keeps them within `STORAGE_MIN_SQNR_DB` of the float32
+result. When an input is stored only as a selection, the bundle carries images and the device's own
+preprocessing of them produces the feeds; the selection then checks that preprocessing. Schema v1 (no
+selections) stays readable by older device runtimes; v2 is written only when selections are stored.
 
 Strictness (the same module writes and checks, so both sides agree on "the same numbers"): every stored
 output must come within `min_sqnr_db` (default 30 dB: the engine may differ in kernels and rounding, not in
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 GOLDEN_SCHEMA = "edgekit.golden/v1"
+GOLDEN_SCHEMA_SELECTIONS = "edgekit.golden/v2"  # v1 plus {"file", "select"} entries: older devices refuse it
 GOLDEN_DIR = "golden"
 STORAGE_MIN_SQNR_DB = 60.0  # float16 storage must stay this close to the float32 value it replaces
 PREPROCESS_MIN_SQNR_DB = 60.0  # the device's preprocessing of a golden image vs the build host's
@@ -177,7 +179,10 @@ def golden_files(
         image_names.append(f"{GOLDEN_DIR}/image_{index}{suffix}")
         files[image_names[-1]] = data
     document: dict[str, Any] = {
-        "schema": GOLDEN_SCHEMA,
+        # Plain v1 whenever it suffices, so devices with an older runtime can still self-test the bundle;
+        # v2 only when selections are stored (an older runtime then refuses the bundle by its schema,
+        # cleanly, and keeps its current model).
+        "schema": GOLDEN_SCHEMA_SELECTIONS if selected_inputs or selected_outputs else GOLDEN_SCHEMA,
         "samples": samples,
         "inputs": input_map,
         "outputs": output_map,
@@ -255,8 +260,15 @@ def _open(root: Path, preprocess: Any) -> _Golden:
         document = json.loads((root / GOLDEN_DIR / "golden.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise SpecError(f"golden/golden.json: unreadable ({e})") from e
-    if not isinstance(document, dict) or document.get("schema") != GOLDEN_SCHEMA:
-        raise SpecError(f"golden/golden.json: schema must be {GOLDEN_SCHEMA}")
+    if not isinstance(document, dict) or document.get("schema") not in (
+        GOLDEN_SCHEMA,
+        GOLDEN_SCHEMA_SELECTIONS,
+    ):
+        raise SpecError(f"golden/golden.json: schema must be {GOLDEN_SCHEMA} or {GOLDEN_SCHEMA_SELECTIONS}")
+    if document["schema"] == GOLDEN_SCHEMA and any(
+        isinstance(v, dict) for key in ("inputs", "outputs") for v in dict(document.get(key) or {}).values()
+    ):
+        raise SpecError(f"golden/golden.json: selections need schema {GOLDEN_SCHEMA_SELECTIONS}")
     samples = document.get("samples")
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= _MAX_SAMPLES:
         raise SpecError(f"golden/golden.json: samples must be an integer in 1..{_MAX_SAMPLES}")

@@ -30,11 +30,15 @@ import numpy as np
 from device_runtime.engines import Engine
 from device_runtime.golden import STORAGE_MIN_SQNR_DB, compact, golden_files, sqnr_db
 
-__all__ = ["MIN_SELECTED", "Golden", "make_golden"]
+__all__ = ["MIN_SELECTED", "Golden", "GoldenDataError", "make_golden"]
 
 MIN_SELECTED = 1024  # elements per output kept when a sample must be cut down to a selection
 INPUT_SELECTED = 4096  # elements of a preprocessed image input kept to check the device's preprocessing
 _OVERHEAD = 4096  # golden.json and .npy headers, counted against the budget
+
+
+class GoldenDataError(Exception):
+    """Golden inputs cannot be made without data from the user (the message says what to pass)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,12 @@ def _candidates(
     from converters.export import sample_inputs
 
     if data is None:
+        dynamic = [i.name for i in engine.inputs if any(d is None for d in i.shape[1:])]
+        if dynamic:
+            raise GoldenDataError(
+                f"input(s) {dynamic} have dynamic dimensions, so no random golden inputs can be made; pass "
+                "--golden DATA (.npy/.npz of real inputs, or a folder of images with --preprocess)"
+            )
         return sample_inputs(engine.inputs, count=samples, seed=0), []
     if not data.is_dir():
         return dict(load_dataset(data, engine.inputs, max_samples=samples, seed=0).arrays), []

@@ -29,7 +29,7 @@ from typing import Any
 
 from converters._files import atomic_output
 from device_runtime.engines import Engine, load_engine
-from edgekit._golden_pack import make_golden
+from edgekit._golden_pack import GoldenDataError, make_golden
 from signing.archive import member_order, write_ekb
 from signing.envelope import sign_manifest
 from signing.keys import load_private_key
@@ -149,7 +149,10 @@ def build_bundle(request: BundleRequest) -> BuildResult:
         )
         if labels is not None:
             files["labels.txt"] = ("\n".join(labels).encode("utf-8") + b"\n", "labels")
-        golden = make_golden(request.golden, engine, spec, samples=request.golden_samples, budget=budget)
+        try:
+            golden = make_golden(request.golden, engine, spec, samples=request.golden_samples, budget=budget)
+        except GoldenDataError as e:
+            raise BundleError(f"{model.name}: {e}") from e
         notes += golden.notes
         for name, data in golden.files.items():
             files[name] = (data, "golden")

@@ -369,3 +369,31 @@ def test_bundle_error_is_raised_for_bad_golden_bounds(
 ) -> None:
     with pytest.raises(BundleError, match="--golden-samples"):
         build_bundle(BundleRequest(digits_onnx, tmp_path / "x.ekb", "d", "1", [keys[0]], golden_samples=0))
+
+
+@pytest.mark.skipif(
+    not sorted(ZOO.glob("rapidocr_onnxruntime-1.4.4-*.whl")), reason="rapidocr wheel not cached"
+)
+def test_a_model_with_dynamic_inputs_asks_for_golden_data_by_the_bundle_option(
+    keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    (wheel,) = sorted(ZOO.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
+    model = tmp_path / "det.onnx"
+    with zipfile.ZipFile(wheel) as archive:
+        model.write_bytes(archive.read("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bundle",
+            str(model),
+            "-o",
+            str(tmp_path / "d.ekb"),
+            "--name",
+            "d",
+            "--version",
+            "1",
+            "--key",
+            str(keys[0]),
+        ],
+    )
+    assert result.exit_code == 1 and "--golden DATA" in result.output and "--input-shape" not in result.output

@@ -190,6 +190,6 @@ def make_golden(data: Path | None, engine: Engine, spec: Any, *, samples: int, b
         images=images[:kept] if from_images else (),
         selected_inputs=selected_inputs,
         selected_outputs=selected_outputs,
-        storage={k: figures[k] for k in ("samples_offered", "budget_bytes", "bytes")},
+        storage={k: figures[k] for k in ("samples_offered", "budget_bytes", "bytes", "inputs", "outputs")},
     )
     return Golden(files, figures, notes)

@@ -188,16 +188,20 @@ def parse_bytes(text: str) -> int:
 
 
 def _print_golden(golden: dict[str, Any] | None) -> None:
-    if not golden:
+    if not golden or "error" in golden:
+        if golden:
+            click.echo(f"golden: {golden['error']}")
         return
     stored = ", ".join(
-        f"{name} {info['dtype']}"
+        f"{name} {info.get('dtype', '?')}"
         + (f" ({info['selected']:,} elements/sample)" if info.get("selected") else "")
         for name, info in golden.get("outputs", {}).items()
     )
+    budget = golden.get("budget_bytes")
     click.echo(
         f"golden: {golden['samples']} of {golden['samples_offered']} samples, {golden['bytes']:,} bytes "
-        f"(budget {golden['budget_bytes']:,})" + (f"; outputs {stored}" if stored else "")
+        + (f"(budget {budget:,})" if budget is not None else "(no budget recorded)")
+        + (f"; outputs {stored}" if stored else "")
     )
 
 
@@ -375,7 +379,10 @@ def _golden_summary(golden: bytes | None, sizes: dict[str, int]) -> dict[str, An
             "budget_bytes": storage.get("budget_bytes"),
             "bytes": sum(size for name, size in sizes.items() if name.startswith("golden/")),
             "images": len(document.get("images", [])),
-            "outputs": {name: entry(value) for name, value in document.get("outputs", {}).items()},
+            "outputs": {
+                name: {**entry(value), **storage.get("outputs", {}).get(name, {})}
+                for name, value in document.get("outputs", {}).items()
+            },
             "tolerance": document.get("tolerance"),
         }
     except (ValueError, KeyError, TypeError, AttributeError):

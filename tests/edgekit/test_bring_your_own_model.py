@@ -294,7 +294,11 @@ def test_golden_vectors_stay_within_the_budget_and_are_checked_strictly(
     slightly_off = check_golden(slot, lambda feeds: {k: v * 0.9 for k, v in engine.run(feeds).items()})
     assert not slightly_off.passed  # 20 dB: a real change of the model is caught
     shown = CliRunner().invoke(cli, ["inspect", str(out), "--json"])
-    assert json.loads(shown.output)["golden"]["samples"] == figures["samples"]
+    golden = json.loads(shown.output)["golden"]
+    assert golden["samples"] == figures["samples"] and golden["budget_bytes"] == 2048 + 4096
+    assert golden["outputs"]["logits"]["dtype"] == figures["outputs"]["logits"]["dtype"]
+    text = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert text.exit_code == 0 and f"golden: {figures['samples']} of 5 samples" in text.output
 
 
 def test_one_sample_is_always_kept_and_large_outputs_become_a_selection(

@@ -129,7 +129,14 @@ def test_tflite_requirements_come_from_the_operator_codes(mediapipe: dict[str, P
 
 
 def _flatbuffer(
-    tmp_path: Path, name: str, *, builtin: int, deprecated: int, custom: str | None, version: int = 1
+    tmp_path: Path,
+    name: str,
+    *,
+    builtin: int,
+    deprecated: int,
+    custom: str | None,
+    version: int = 1,
+    min_runtime: str | None = None,
 ) -> Path:
     """A one-operator TFLite model (x -> op -> y) with the given operator code, built with the schema."""
     import flatbuffers
@@ -186,20 +193,39 @@ def _flatbuffer(
     graph = s.SubGraphEnd(b)
     s.BufferStart(b)
     empty = s.BufferEnd(b)
+    buffers_list = [empty]
+    metadata = None
+    if min_runtime is not None:
+        raw = min_runtime.encode().ljust(16, b"\0")  # the converter's fixed 16-byte field
+        data = b.CreateByteVector(raw)
+        s.BufferStart(b)
+        s.BufferAddData(b, data)
+        buffers_list.append(s.BufferEnd(b))
+        label = b.CreateString("min_runtime_version")
+        s.MetadataStart(b)
+        s.MetadataAddName(b, label)
+        s.MetadataAddBuffer(b, 1)
+        entry = s.MetadataEnd(b)
+        s.ModelStartMetadataVector(b, 1)
+        b.PrependUOffsetTRelative(entry)
+        metadata = b.EndVector()
     s.ModelStartOperatorCodesVector(b, 1)
     b.PrependUOffsetTRelative(code)
     codes = b.EndVector()
     s.ModelStartSubgraphsVector(b, 1)
     b.PrependUOffsetTRelative(graph)
     graphs = b.EndVector()
-    s.ModelStartBuffersVector(b, 1)
-    b.PrependUOffsetTRelative(empty)
+    s.ModelStartBuffersVector(b, len(buffers_list))
+    for item in reversed(buffers_list):
+        b.PrependUOffsetTRelative(item)
     buffers = b.EndVector()
     s.ModelStart(b)
     s.ModelAddVersion(b, 3)
     s.ModelAddOperatorCodes(b, codes)
     s.ModelAddSubgraphs(b, graphs)
     s.ModelAddBuffers(b, buffers)
+    if metadata is not None:
+        s.ModelAddMetadata(b, metadata)
     b.Finish(s.ModelEnd(b), file_identifier=b"TFL3")
     path = tmp_path / name
     path.write_bytes(bytes(b.Output()))
@@ -254,6 +280,22 @@ def test_crafted_tflite_a_device_cannot_check_is_refused_with_a_clear_message(
     assert ("--min-runtime-version" in result.output) == names_option
     assert "edgekit convert" not in result.output  # the old dead-end hint
     assert not out.exists()
+
+
+def test_the_models_own_min_runtime_version_can_raise_the_requirement_but_not_lower_it(
+    tmp_path: Path,
+) -> None:
+    higher = _flatbuffer(tmp_path, "h.tflite", builtin=150, deprecated=127, custom=None, min_runtime="2.14.0")
+    stated = runtime_requirements(higher)
+    assert (stated.runtime.min_version, stated.source) == ("2.14.0", "metadata")
+    lower = _flatbuffer(tmp_path, "l.tflite", builtin=150, deprecated=127, custom=None, min_runtime="1.5.0")
+    derived = runtime_requirements(lower)
+    assert (derived.runtime.min_version, derived.source) == ("2.9.0", "operators")  # GELU v1
+    assert any("below what its operators need" in note for note in derived.notes)
+    newer_op = _flatbuffer(
+        tmp_path, "n.tflite", builtin=19, deprecated=19, custom=None, version=9, min_runtime="2.20.0"
+    )
+    assert runtime_requirements(newer_op).runtime.min_version == "2.20.0"  # the metadata covers RELU v9
 
 
 def test_an_op_version_newer_than_the_table_needs_an_explicit_runtime(tmp_path: Path) -> None:

@@ -164,6 +164,7 @@ def run(quick: bool) -> dict[str, Any]:
                 "bundle_to_model": bundle["bytes"] / model_bytes,
                 "golden": bundle["golden"],
                 "peak_kib": peak,
+                "peak_to_model": peak * 1024 / model_bytes,
                 "vs_session": peak / figures["baseline_session_kib"],
                 "vs_inference": peak / figures["baseline_inference_kib"],
             }
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{label}: bundle {row['bundle_bytes'] / 1e6:.1f} MB "
                     f"({row['bundle_to_model']:.2f}x model, "
                     f"golden {row['golden']['bytes'] / 1e6:.2f} MB, {row['golden']['samples']} sample(s)); "
-                    f"peak RSS {row['peak_kib'] / mib:.0f} MiB = {row['vs_session']:.2f}x session, "
+                    f"peak RSS {row['peak_kib'] / mib:.0f} MiB ({row['peak_to_model']:.0f}x the model) = "
+                    f"{row['vs_session']:.2f}x session, "
                     f"{row['vs_inference']:.2f}x session+inference"
                 )
     if args.json:

@@ -120,6 +120,8 @@ def _onnx_requirements(path: Path, explicit: str | None) -> Requirements:
     used_domains = {node.domain for node in model.graph.node}  # imports without nodes cost nothing
     for function in model.functions:
         used_domains |= {node.domain for node in function.node}
+    # Model-local functions (e.g. torch.onnx's) are defined inside the model: calling them is not custom.
+    used_domains -= {function.domain for function in model.functions}
     opset = None
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):

@@ -443,3 +443,38 @@ def test_a_model_with_dynamic_inputs_asks_for_golden_data_by_the_bundle_option(
         ],
     )
     assert result.exit_code == 1 and "--golden DATA" in result.output and "--input-shape" not in result.output
+
+
+def test_onnx_model_local_functions_are_not_custom_operators(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    twice = helper.make_function(
+        "local.fn",
+        "Twice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Twice", ["x"], ["y"], domain="local.fn")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local.fn", 1)],
+        functions=[twice],
+    )
+    model.ir_version = 9
+    path = tmp_path / "functions.onnx"
+    onnx.save(model, str(path))
+    stated = runtime_requirements(path)
+    assert (stated.runtime.min_version, stated.runtime.opset) == ("1.14", 17)
+    with pytest.raises(RequirementsError, match="newer than edgekit's onnxruntime table"):
+        model.opset_import[0].version = 99
+        onnx.save(model, str(path))
+        runtime_requirements(path)
+    assert runtime_requirements(path, min_runtime_version="1.40").runtime.min_version == "1.40"

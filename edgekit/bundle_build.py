@@ -285,7 +285,8 @@ def _read_parity(path: Path) -> bytes:
         raise BundleError(f"{path}: not a readable parity report ({e})") from e
     if not isinstance(document, dict) or document.get("schema") != "edgekit.parity/v1":
         raise BundleError(
-            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); use --report output"
+            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); pass the file written by "
+            "`edgekit quantize --report` or `edgekit parity --report`"
         )
     if document.get("passed") is not True:
         raise BundleError(f"{path}: the parity report did not pass its gate; refusing to ship that model")

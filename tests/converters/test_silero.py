@@ -184,7 +184,7 @@ def test_int8_that_breaks_the_vad_is_refused_with_one_line(vad: Vad) -> None:
     )  # fmt: skip
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "fails the parity gate" in errors[0]
+    assert len(errors) == 1 and "fails the parity gate" in errors[0], (result.output, repr(result.exception))
     assert not output.exists() and "Traceback" not in result.output
 
 

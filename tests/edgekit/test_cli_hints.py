@@ -33,6 +33,10 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "converters/localize.py": ("quantize",),
     "converters/latency.py": ("quantize",),
     "converters/signature.py": SIGNATURE_USERS,  # it echoes --batch-axis / --state values the user gave
+    # Output roles are judged by the parity and quantize gates only (the export gate waives role checks).
+    "converters/parity.py": ("parity", "quantize"),
+    "converters/roles.py": ("parity", "quantize"),
+    "converters/role_metrics.py": ("parity", "quantize"),
     "edgekit/bundle_build.py": ("bundle",),
     "edgekit/runtime_requirements.py": ("bundle",),
 }

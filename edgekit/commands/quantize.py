@@ -114,6 +114,7 @@ def quantize(
     max_drop: float,
     min_sqnr: float,
     min_cosine: float | None,
+    roles: tuple[str, ...],
     no_repair: bool,
     max_evaluations: int,
     allow_slower: bool,
@@ -133,6 +134,7 @@ def quantize(
     from converters.quantize import QuantizeOptions
     from converters.quantize import quantize as run_quantize
     from converters.report_html import write_html
+    from converters.roles import load_roles
 
     progress = ClickProgress(quiet=as_json)
     options = QuantizeOptions(
@@ -151,6 +153,7 @@ def quantize(
         latency=None if skip_latency else LatencyConfig(),
         preprocess=preprocess,
         signature=parse_signature(batch_axes, states),
+        roles=load_roles(roles, preprocess),
     )
     report: dict[str, Any] | None = None
     try:

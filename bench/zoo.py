@@ -74,12 +74,23 @@ def _float_model(key: str, workdir: Path, inputs: Any) -> Path:
     raise ValueError(f"{key}: format {fmt} has no float path")
 
 
+# Linux carries a process's memory high-water mark across exec (exec_mmap folds the old mm's hiwater into
+# the signal struct), so a child forked straight from this process (TF, torch loaded: GBs) would report our
+# peak, not its own. A tiny launcher interpreter starts the child and reads its rusage instead.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
+)
+
+
 def _peak_rss_kib(command: list[str]) -> tuple[int, int]:
-    """(exit code, peak RSS in KiB) of a child process, from wait4's rusage (Linux)."""
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, int(usage.ru_maxrss)
+    """(exit code, peak RSS in KiB) of a command, measured from a small launcher process (Linux)."""
+    result = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    code, rss = result.stdout.split()
+    return int(code), int(rss)
 
 
 def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:

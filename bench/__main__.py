@@ -217,6 +217,39 @@ def simulate_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def zoo_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for m in d.get("models", []):
+        if "unavailable" in m or "float_model" in m:
+            value = m.get("unavailable") or m.get("float_model")
+            rows.append(_row("zoo", f"{m['model']}", f"not run: {value}", "-", "-", None))
+            continue
+        speed = m.get("speed_ratio")
+        speed_text = (
+            ", ".join(f"b{k} {v:.2f}x" for k, v in speed.items()) if isinstance(speed, dict) else speed
+        )
+        size = m.get("size_ratio")
+        metrics = "; ".join(
+            f"{name} ({v['role']}) {v['metric']} {v['value']:.3g}" if isinstance(v.get("value"), float)
+            else f"{name} ({v['role']}) {v['metric']} n/a"
+            for name, v in (m.get("role_metric") or {}).items()
+        )
+        rows.append(
+            _row(
+                "zoo",
+                f"{m['model']} [{m.get('strategy') or 'no strategy'}]",
+                f"size {size if isinstance(size, str) else f'{size:.2f}x smaller'}; speed-up {speed_text}; "
+                f"{metrics or m.get('quantize', 'no report')}; quantize {m.get('quantize_seconds')} s; "
+                f"bundle/model {m.get('bundle_vs_model')}; "
+                f"install peak RSS {m.get('install_peak_rss_mib')} MiB",
+                d.get("baseline", "fp32 model, same run"),
+                "quantized, gate passes",
+                isinstance(size, float) and "quantize" not in m,
+            )
+        )
+    return rows
+
+
 def run_simulations(out: Path, quick: bool) -> dict[str, Any] | None:
     runs = "50" if quick else "1000"
     results = {}
@@ -263,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ("runtime", lambda: _run(["bench.runtime"], args.out / "runtime.json", args.quick), runtime_rows),
         ("server", lambda: _run(["bench.server"], args.out / "server.json", args.quick), server_rows),
         ("simulate", lambda: run_simulations(args.out / "simulate.json", args.quick), simulate_rows),
+        ("zoo", lambda: _run(["bench.zoo"], args.out / "zoo.json", args.quick), zoo_rows),
     ]
     rows: list[Row] = []
     raw: dict[str, Any] = {}

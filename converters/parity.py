@@ -22,9 +22,10 @@ import numpy as np
 from converters._files import sha256_file
 from converters.data import Dataset
 from converters.errors import DataError
-from converters.progress import NullProgress, Progress
+from converters.progress import Progress
 from converters.role_metrics import ROLE_THRESHOLDS, role_failures, role_metrics, role_objective
 from converters.roles import resolve_roles
+from converters.runner import run_model
 from device_runtime.engines import Engine, load_engine
 from device_runtime.preprocess import OutputSpec
 
@@ -250,28 +251,6 @@ def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
             failures.append(f"{m.name}: cosine {m.cosine:.5f} < {gate.min_cosine:.5f}")
         failures += role_failures(m.name, m.role, m.role_metrics, gate.thresholds_for(m.role))
     return failures
-
-
-def run_model(
-    engine: Engine,
-    data: Dataset,
-    *,
-    batch_size: int = 64,
-    progress: Progress | None = None,
-    label: str = "run",
-) -> dict[str, np.ndarray]:
-    """Run every sample of `data` through `engine` and concatenate the outputs by name."""
-    progress = progress or NullProgress()
-    task = progress.task(label, data.size)
-    parts: dict[str, list[np.ndarray]] = {}
-    try:
-        for feeds in data.batches(batch_size):
-            for name, value in engine.run(feeds).items():
-                parts.setdefault(name, []).append(np.asarray(value))
-            task.advance(next(iter(feeds.values())).shape[0])
-    finally:
-        task.close()
-    return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
 
 
 def _model_entry(path: str | Path, engine: Engine) -> dict[str, Any]:

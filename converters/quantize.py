@@ -23,9 +23,11 @@ from converters._files import atomic_output
 from converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset, load_labels
 from converters.errors import GateError, ModelInputError
 from converters.latency import LatencyConfig, compare_latency
-from converters.parity import INT8_GATE, Gate, parity_report, run_model, summary_metrics
+from converters.parity import INT8_GATE, Gate, parity_report, summary_metrics
 from converters.progress import NullProgress, Progress
-from device_runtime.engines import TensorInfo, load_engine
+from converters.runner import run_model, unroll
+from converters.signature import Signature
+from device_runtime.engines import Engine, TensorInfo, load_engine
 from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
@@ -51,6 +53,7 @@ class QuantizeOptions:
     latency: LatencyConfig | None = field(default_factory=LatencyConfig)  # None skips the latency check
     allow_slower: bool = False
     preprocess: str | Path | None = None  # spec for folders of images
+    signature: Signature | None = None  # declared batch axes and state pairs (converters.signature)
     roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
 
 
@@ -110,10 +113,22 @@ def _load_data(
     labels: str | Path | None,
     options: QuantizeOptions,
     progress: Progress,
+    engine: Engine | None = None,
 ) -> tuple[Dataset, Dataset, np.ndarray | None]:
+    outputs = engine.outputs if engine is not None else ()
     calib = load_dataset(
-        calibration, inputs, max_samples=options.samples, seed=options.seed, preprocess=options.preprocess
+        calibration,
+        inputs,
+        max_samples=options.samples,
+        seed=options.seed,
+        preprocess=options.preprocess,
+        signature=options.signature,
+        outputs=outputs,
     )
+    if calib.stateful:
+        if engine is None:
+            raise ModelInputError("stateful sequences (--state) are quantized from an ONNX model to .onnx")
+        calib = unroll(engine, calib, progress=progress)  # every step's inputs, states from the float model
     if calib.size < MIN_CALIBRATION_SAMPLES:
         progress.note(
             f"warning: only {calib.size} calibration samples (< {MIN_CALIBRATION_SAMPLES}); SQNR usually "
@@ -125,6 +140,8 @@ def _load_data(
         max_samples=options.eval_samples,
         seed=options.seed,
         preprocess=options.preprocess,
+        signature=options.signature,
+        outputs=outputs,
     )
     label_array = load_labels(labels, evaluation) if labels is not None else None
     return calib, evaluation, label_array
@@ -159,9 +176,12 @@ def _quantize_onnx(
     from converters.repair import search_exclusions
 
     check_onnx_file(model)
-    inputs = load_engine(model).inputs
-    calib, evaluation, label_array = _load_data(inputs, calibration, eval_data, labels, options, progress)
-    reference_outputs = run_model(load_engine(model), evaluation, progress=progress, label="float reference")
+    engine = load_engine(model)
+    calib, evaluation, label_array = _load_data(
+        engine.inputs, calibration, eval_data, labels, options, progress, engine
+    )
+    reference_outputs = run_model(engine, evaluation, progress=progress, label="float reference")
+    steps = unroll(engine, evaluation)  # localization and latency run single steps
 
     def evaluate(candidate: Path) -> dict[str, Any]:
         return parity_report(
@@ -203,7 +223,7 @@ def _quantize_onnx(
         used = quantize_static_onnx(float_model, candidate, calib, config, progress=progress)
         section["config"] = asdict(used)
         report = evaluate(candidate)
-        ranking = localize(float_model, candidate, evaluation, workdir)
+        ranking = localize(float_model, candidate, steps, workdir)
         per_tensor = as_report_rows(ranking)
         if not report["passed"] and options.repair:
             quantizable = quantized_nodes(candidate)
@@ -248,7 +268,7 @@ def _quantize_onnx(
         quantize_fp16_onnx(model, candidate)
         report = evaluate(candidate)
     return _finish(
-        report, section, repair_section, per_tensor, model, candidate, output, evaluation, options, progress
+        report, section, repair_section, per_tensor, model, candidate, output, steps, options, progress
     )
 
 
@@ -350,10 +370,13 @@ def _finish(
         )
     if options.latency is not None:
         progress.note("measuring latency (float vs quantized, interleaved)")
-        sample = {
-            name: array[: max(options.latency.batch_sizes)] for name, array in evaluation.arrays.items()
-        }
-        latency = compare_latency(reference, candidate, sample, options.latency)
+        config = options.latency
+        if evaluation.run_batch(max(config.batch_sizes)) < max(config.batch_sizes):
+            config = replace(config, batch_sizes=(evaluation.run_batch(max(config.batch_sizes)),))
+        sample = evaluation.take(max(config.batch_sizes))
+        latency = compare_latency(
+            reference, candidate, sample.feeds(slice(0, sample.size)), config, batch_axes=sample.batch_axes
+        )
         latency["allowed_slower"] = options.allow_slower
         report["latency"] = latency
         if latency["slower"] and not options.allow_slower:

@@ -65,7 +65,7 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    np.save(buffer, np.require(array, requirements="C"), allow_pickle=False)  # keeps 0-d arrays 0-d
     return buffer.getvalue()
 
 
@@ -90,7 +90,8 @@ def golden_files(
     for index, (suffix, data) in enumerate(images):
         image_names.append(f"{GOLDEN_DIR}/image_{index}{suffix}")
         files[image_names[-1]] = data
-    samples = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    # The first input with a batch-like leading axis counts the samples (a 0-d input has none).
+    samples = next((int(np.shape(a)[0]) for a in inputs.values() if np.ndim(a) > 0), 1 if inputs else 0)
     document = {
         "schema": GOLDEN_SCHEMA,
         "samples": samples,

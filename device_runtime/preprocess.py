@@ -126,6 +126,11 @@ def _dtype(name: str) -> np.dtype[Any]:
 
 def _check_tensor(spec: TensorInputSpec, value: object) -> np.ndarray:
     array = np.asarray(value)
+    if isinstance(value, (bool, int, float)) and array.ndim == 0:
+        # A Python scalar for a 0-d input (e.g. a sample rate): take it in the input's dtype when exact.
+        cast = array.astype(spec.dtype)
+        if cast.item() == value:
+            array = cast
     if array.dtype != np.dtype(spec.dtype):
         raise InputError(
             f"input {spec.name!r}: dtype {array.dtype} is not allowed (expected {spec.dtype}); "

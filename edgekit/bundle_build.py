@@ -258,9 +258,12 @@ def _golden(data: Path | None, engine: Engine, spec: Any, model: Path) -> dict[s
                 shutil.rmtree(spec_path.parent, ignore_errors=True)
             feeds = {k: v[:GOLDEN_SAMPLES] for k, v in dataset.arrays.items()}
         else:
-            dataset = load_dataset(data, engine.inputs, max_samples=GOLDEN_SAMPLES, seed=0)
-            feeds = dict(dataset.arrays)
-    outputs = engine.run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            dataset = load_dataset(
+                data, engine.inputs, max_samples=GOLDEN_SAMPLES, seed=0, outputs=engine.outputs
+            )
+            dataset = dataset.take(dataset.run_batch(GOLDEN_SAMPLES))  # one run: the device checks so
+            feeds = dataset.feeds(slice(0, dataset.size))
+    outputs = engine.run({k: np.require(v, requirements="C") for k, v in feeds.items()})
     return golden_files(feeds, outputs, images=images)
 
 
@@ -274,7 +277,8 @@ def _read_parity(path: Path) -> bytes:
         raise BundleError(f"{path}: not a readable parity report ({e})") from e
     if not isinstance(document, dict) or document.get("schema") != "edgekit.parity/v1":
         raise BundleError(
-            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); use --report output"
+            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); use the file "
+            "`edgekit quantize --report` or `edgekit parity --report` writes"
         )
     if document.get("passed") is not True:
         raise BundleError(f"{path}: the parity report did not pass its gate; refusing to ship that model")

@@ -72,7 +72,7 @@ def _onnx_requirements(path: Path) -> Runtime:
         known = f"{min(ONNXRUNTIME_FOR_OPSET)}..{max(ONNXRUNTIME_FOR_OPSET)}"
         raise RequirementsError(
             f"{path.name}: ONNX opset {opset} has no known minimum onnxruntime release (known: {known}); "
-            "re-export with a supported --opset"
+            "re-export with a supported opset (`edgekit convert --opset`)"
         )
     return Runtime("onnxruntime", ONNXRUNTIME_FOR_OPSET[opset], opset)
 

@@ -71,7 +71,7 @@ def keygen(directory: Path, name: str, passphrase_env: str | None) -> None:
     type=click.Path(path_type=Path),
     help="Sample inputs for golden vectors: .npy/.npz or a folder of images (default: random tensors).",
 )
-@click.option("--parity", type=click.Path(path_type=Path), help="Parity report (edgekit quantize --report).")
+@click.option("--parity", type=click.Path(path_type=Path), help="Parity report (`quantize --report`).")
 @click.option(
     "--hardware", "hardware_ids", multiple=True, help="Hardware id this bundle is for (repeatable)."
 )

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import ClickProgress, echo_json, handle_errors, write_json
+from edgekit.commands._common import (
+    ClickProgress,
+    echo_json,
+    handle_errors,
+    parse_signature,
+    signature_options,
+    write_json,
+)
 
 
 def gate_options(function: Any) -> Any:
@@ -115,6 +122,7 @@ def _role_line(output: dict[str, Any]) -> str:
 @click.option("--labels", type=click.Path(path_type=Path), help="Integer class ids (.npy), one per sample.")
 @click.option("--preprocess", type=click.Path(path_type=Path), help="Preprocessing spec for image folders.")
 @click.option("--samples", type=click.IntRange(1), default=None, help="Evaluate at most this many samples.")
+@signature_options
 @gate_options
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
@@ -127,6 +135,8 @@ def parity(
     labels: Path | None,
     preprocess: Path | None,
     samples: int | None,
+    batch_axes: tuple[str, ...],
+    states: tuple[str, ...],
     min_agreement: float,
     max_drop: float,
     min_sqnr: float,
@@ -145,8 +155,15 @@ def parity(
 
     declared = load_roles(roles, preprocess)
     progress = ClickProgress(quiet=as_json)
-    inputs = load_engine(reference).inputs
-    dataset = load_dataset(data, inputs, max_samples=samples, preprocess=preprocess)
+    engine = load_engine(reference)
+    dataset = load_dataset(
+        data,
+        engine.inputs,
+        max_samples=samples,
+        preprocess=preprocess,
+        signature=parse_signature(batch_axes, states),
+        outputs=engine.outputs,
+    )
     label_array = load_labels(labels, dataset) if labels is not None else None
     gate = Gate(
         min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine

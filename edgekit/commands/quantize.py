@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import ClickProgress, echo_json, handle_errors, write_json
+from edgekit.commands._common import (
+    ClickProgress,
+    echo_json,
+    handle_errors,
+    parse_signature,
+    signature_options,
+    write_json,
+)
 from edgekit.commands.parity import gate_options, print_summary
 
 
@@ -70,6 +77,7 @@ from edgekit.commands.parity import gate_options, print_summary
     help="Calibration samples, drawn deterministically from --seed.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sampling.")
+@signature_options
 @gate_options
 @click.option(
     "--no-repair", is_flag=True, help="Do not search for nodes to keep in float when the gate fails."
@@ -100,6 +108,8 @@ def quantize(
     calibration_method: str,
     samples: int,
     seed: int,
+    batch_axes: tuple[str, ...],
+    states: tuple[str, ...],
     min_agreement: float,
     max_drop: float,
     min_sqnr: float,
@@ -142,6 +152,7 @@ def quantize(
         allow_slower=allow_slower,
         latency=None if skip_latency else LatencyConfig(),
         preprocess=preprocess,
+        signature=parse_signature(batch_axes, states),
         roles=load_roles(roles, preprocess),
     )
     report: dict[str, Any] | None = None

@@ -99,3 +99,20 @@ def test_quantize_cli_takes_role_and_refuses_a_bad_one_in_one_line(tmp_path: Pat
     assert result.exit_code == 1
     assert "iou_threshold must be <= 1" in result.output and "Traceback" not in result.output
     assert "--role OUTPUT=ROLE" in CliRunner().invoke(cli, ["quantize", "--help"]).output
+
+
+@pytest.mark.parametrize(
+    ("shape", "kind"),
+    [
+        pytest.param((64, 10), "classification", id="batch-first-logits"),
+        pytest.param((2, 64), "tensor", id="state-with-batch-on-axis-1"),
+        pytest.param((2, 64, 128), "tensor", id="recurrent-state"),
+        pytest.param((64, 22, 2100), "detection", id="yolo-head"),
+    ],
+)
+def test_with_a_known_sample_count_only_batch_first_outputs_are_inferred(
+    shape: tuple[int, ...], kind: str
+) -> None:
+    from converters.roles import infer_role
+
+    assert infer_role("y", shape, samples=64).kind == kind

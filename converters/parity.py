@@ -26,6 +26,7 @@ from converters.progress import Progress
 from converters.role_metrics import ROLE_THRESHOLDS, role_failures, role_metrics, role_objective
 from converters.roles import resolve_roles
 from converters.runner import run_model
+from converters.signature import with_hints
 from device_runtime.engines import Engine, load_engine
 from device_runtime.preprocess import OutputSpec
 
@@ -223,9 +224,11 @@ def _role_metrics(
             candidate_scores=candidate[role.scores] if paired and role.scores else None,
         )
     except (ValueError, IndexError, np.exceptions.AxisError) as e:
-        raise DataError(
-            f"output {role.name!r} of shape {list(x.shape)} cannot be read as a {role.kind} output ({e}); "
-            "declare its role with --role or the spec's outputs"
+        raise with_hints(
+            DataError(
+                f"output {role.name!r} of shape {list(x.shape)} cannot be read as a {role.kind} output ({e})"
+            ),
+            {"--role": "declare its role with --role OUTPUT=ROLE (or in the --preprocess spec's outputs)"},
         ) from e
 
 

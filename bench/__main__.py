@@ -156,6 +156,29 @@ def runtime_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def install_memory_rows(d: dict[str, Any]) -> list[Row]:
+    if "skipped" in d:
+        return [_row("install memory", "PP-OCRv4 detector", f"skipped: {d['skipped']}", "-", "-", None)]
+    rows = []
+    for label in ("install", "install-unbounded"):
+        if label not in d:
+            continue
+        row = d[label]
+        rows.append(
+            _row(
+                "install memory",
+                f"{d['model']} {label}: peak RSS, bundle size",
+                f"{row['peak_kib'] / 1024:.0f} MiB ({row['vs_inference']:.2f}x); bundle "
+                f"{row['bundle_to_model']:.2f}x the model",
+                f"onnxruntime session + one inference: {d['baseline_inference_kib'] / 1024:.0f} MiB; "
+                f"session alone {d['baseline_session_kib'] / 1024:.0f} MiB",
+                "-",
+                None,
+            )
+        )
+    return rows
+
+
 def server_rows(d: dict[str, Any]) -> list[Row]:
     baseline = f"{d.get('baseline', 'static file server')}, same run"
     return [
@@ -294,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         ("quantize", lambda: _run(["bench.quantize"], args.out / "quantize.json", args.quick), quantize_rows),
         ("verify", lambda: _run(["bench.verify"], args.out / "verify.json", args.quick), verify_rows),
         ("runtime", lambda: _run(["bench.runtime"], args.out / "runtime.json", args.quick), runtime_rows),
+        (
+            "install_memory",
+            lambda: _run(["bench.install_memory"], args.out / "install_memory.json", args.quick),
+            install_memory_rows,
+        ),
         ("server", lambda: _run(["bench.server"], args.out / "server.json", args.quick), server_rows),
         ("simulate", lambda: run_simulations(args.out / "simulate.json", args.quick), simulate_rows),
         ("zoo", lambda: _run(["bench.zoo"], args.out / "zoo.json", args.quick), zoo_rows),

@@ -7,6 +7,9 @@
                                          an image file for image inputs
       revert [--json]                    go back to the previous model now
       upload --endpoint URL [--token-env VAR]   send queued telemetry until the queue is empty
+      bench BUNDLE [BUNDLE ...] [--seconds S] [--input FILE] [--threads N] [--json]
+                                         verify, load and time bundles here, interleaved; latency ratio
+                                         against the first bundle with a 95% confidence interval
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr, no traceback), 2 bad usage. Standard library
 argparse only: the device side does not depend on click. This module is the only device code that prints.
@@ -69,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
         "--unsafe-allow-http", action="store_true", help="allow plain http to a non-loopback host"
     )
     upload.add_argument("--json", action="store_true", help="print JSON")
+    bench = commands.add_parser(
+        "bench", help="time bundles on this device, interleaved (see device_runtime.bench)"
+    )
+    bench.add_argument(
+        "bundles", type=Path, nargs="+", metavar="BUNDLE", help=".ekb files; the first is the reference"
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=10.0, help="time budget of the timed rounds (default 10)"
+    )
+    bench.add_argument("--input", type=Path, help="one input for every bundle (default: their golden inputs)")
+    bench.add_argument("--threads", type=int, help="intra-op threads per engine (default: the engine's)")
+    bench.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -108,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from device_runtime.config import RuntimeConfig
     from device_runtime.runtime import Runtime
+
+    if args.command == "bench":  # no store needed: bundles are verified into a private temporary folder
+        return _bench(args)
 
     try:
         config = RuntimeConfig(
@@ -341,6 +359,35 @@ def _upload(runtime: Any, args: argparse.Namespace) -> int:
     if error is not None:
         print(f"{PROG}: error: {' '.join(error.split())}; the events stay queued", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from device_runtime.bench import bench_bundles, format_report
+    from signing.keys import load_public_key
+    from signing.verify import VerifyPolicy
+
+    if not 0 < args.seconds <= 3600:
+        raise _UsageError("--seconds must be in (0, 3600]")
+    if args.threads is not None and not 1 <= args.threads <= 256:
+        raise _UsageError("--threads must be in 1..256")
+    keys = [load_public_key(k) for k in args.key]
+    policy = VerifyPolicy(threshold=args.threshold, hardware_id=args.hardware_id)
+    request = None if args.input is None else _load_request(args.input)
+    result = bench_bundles(
+        args.bundles,
+        keys,
+        policy,
+        seconds=args.seconds,
+        request=request,
+        request_name="golden" if args.input is None else args.input.name,
+        threads=args.threads,
+    )
+    report = result.to_dict()
+    if args.json:
+        _emit(report)
+    else:
+        print("\n".join(format_report(report)))
     return 0
 
 

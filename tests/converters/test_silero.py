@@ -184,7 +184,7 @@ def test_int8_that_breaks_the_vad_is_refused_with_one_line(vad: Vad) -> None:
     )  # fmt: skip
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "fails the parity gate" in errors[0]
+    assert len(errors) == 1 and "fails the parity gate" in errors[0], (result.output, repr(result.exception))
     assert not output.exists() and "Traceback" not in result.output
 
 
@@ -210,14 +210,22 @@ def test_npz_with_0d_sr_goes_through_every_command_without_a_traceback(vad: Vad)
 
 
 def test_golden_vectors_keep_the_0d_sr_and_pass_the_device_check(vad: Vad, tmp_path: Path) -> None:
-    from device_runtime.golden import check_golden, golden_files
+    import json
+
+    from device_runtime.golden import check_golden
+    from edgekit._golden_pack import make_golden
 
     engine = load_engine(vad.model)
-    data = load_dataset(vad.flat, engine.inputs, outputs=engine.outputs)
-    feeds = data.feeds(slice(0, data.size))
-    for name, content in golden_files(feeds, engine.run(feeds)).items():
+    golden = make_golden(Path(vad.flat), engine, None, samples=4, budget=1 << 20)
+    for name, content in golden.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content)
-    assert np.load(tmp_path / "golden" / "input_2.npy").shape == ()  # sr stays 0-d
+    document = json.loads((tmp_path / "golden" / "golden.json").read_text())
+    assert document["layout"] == "runs" and document["samples"] == 4
+    assert np.load(tmp_path / "golden" / "input_2.npy").shape == (4,)  # sr: one 0-d value per run
+    assert np.load(tmp_path / "golden" / "input_1.npy").shape == (4, 2, 1, 128)  # state batched on axis 1
     result = check_golden(tmp_path, engine.run)
     assert result.passed, result.details
+    expected = np.load(tmp_path / "golden" / "output_0.npy")
+    np.save(tmp_path / "golden" / "output_0.npy", (1.0 - expected.astype(np.float32)).astype(expected.dtype))
+    assert not check_golden(tmp_path, engine.run).passed  # the check still bites in the runs layout

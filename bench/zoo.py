@@ -63,7 +63,7 @@ def _float_model(key: str, workdir: Path, inputs: Any) -> Path:
     if fmt == "torch-state-dict":
         from zoo.rebuild import voice_encoder_onnx
 
-        return voice_encoder_onnx(workdir, inputs.calibration["mels"][:2])
+        return voice_encoder_onnx()  # cached in the zoo cache after the first export
     if fmt == "keras-hdf5":
         from converters.export import convert
         from zoo.rebuild import fer_keras

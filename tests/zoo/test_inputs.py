@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from device_runtime.engines import Engine, load_engine
+from device_runtime.errors import EngineError
 from device_runtime.preprocess import check_against_model, parse_spec, preprocess_image
 from tests.zoo.conftest import fetched
 from zoo import _media
@@ -33,7 +34,12 @@ def engine() -> Callable[[str], Engine]:
 
     def get(key: str) -> Engine:
         if key not in engines:
-            engines[key] = load_engine(fetched(key))
+            try:
+                engines[key] = load_engine(fetched(key))
+            except EngineError as e:  # e.g. no LiteRT wheel for this platform: the model cannot run here
+                if "not installed" not in str(e):
+                    raise
+                pytest.skip(str(e))
         return engines[key]
 
     return get
@@ -195,7 +201,7 @@ def test_voice_encoder_separates_synthetic_speakers(data, tmp_path: Path) -> Non
 
     fetched("resemblyzer-voice-encoder")
     inputs = data("resemblyzer-voice-encoder")
-    encoder = load_engine(voice_encoder_onnx(tmp_path, inputs.calibration["mels"][:2]))
+    encoder = load_engine(voice_encoder_onnx())  # exported once, then reused from the zoo cache
     embeddings = encoder.run(inputs.evaluation)["embedding"]
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)
     speakers = np.array(inputs.truth["speaker"])

@@ -30,7 +30,6 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "converters/quantize_onnx.py": ("quantize",),
     "converters/tflite.py": ("quantize",),
     "converters/repair.py": ("quantize",),
-    "converters/roles.py": ("parity", "quantize"),  # declared roles: --role and --preprocess outputs
     "converters/localize.py": ("quantize",),
     "converters/latency.py": ("quantize",),
     "converters/signature.py": SIGNATURE_USERS,  # it echoes --batch-axis / --state values the user gave

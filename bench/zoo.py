@@ -87,7 +87,7 @@ def _float_model(key: str, workdir: Path, inputs: Any) -> Path:
     if fmt == "torch-state-dict":
         from zoo.rebuild import voice_encoder_onnx
 
-        return voice_encoder_onnx(workdir, inputs.calibration["mels"][:2])
+        return voice_encoder_onnx()  # cached in the zoo cache after the first export
     if fmt == "keras-hdf5":
         from converters.export import convert
         from zoo.rebuild import fer_keras
@@ -129,7 +129,9 @@ def _declared_roles(key: str, model: Path) -> dict[str, Any]:
             continue
         if role == "classification" and (shape[-1] or 0) < 2:
             continue
-        declared[name] = OutputSpec(name=name, kind=role)
+        # a one-channel NCHW map ([N, 1, H, W]): one sample's class axis is 0, not the default -1 (width)
+        axis = 0 if role == "segmentation" and len(shape) == 4 and shape[1] == 1 else None
+        declared[name] = OutputSpec(name=name, kind=role, class_axis=axis)
     return declared
 
 

@@ -399,9 +399,12 @@ def _read_npz(path: Path, inputs: tuple[TensorInfo, ...], optional: set[str]) ->
         return {expected[0]: next(iter(arrays.values()))}
     missing = [n for n in expected if n not in arrays and n not in optional]
     if missing:
-        raise DataError(
-            f"{path}: no array for model input(s) {missing}; the archive holds {sorted(arrays)}. "
-            f"Name the arrays after the model inputs {expected}"
+        raise with_hints(
+            DataError(
+                f"{path}: no array for model input(s) {missing}; the archive holds {sorted(arrays)}. "
+                f"Name the arrays after the model inputs {expected}"
+            ),
+            {"--state": "a state fed back from an output may be left out: declare --state OUTPUT=INPUT"},
         )
     return arrays
 
@@ -499,7 +502,14 @@ def _fit(path: Path, info: TensorInfo, axis: int | None, array: np.ndarray) -> t
                 f"{path}: input {info.name!r} has shape {array.shape}, the model expects "
                 f"{describe(info, axis)}"
             ),
-            {"--batch-axis": f"declare another batch axis with --batch-axis {info.name}=AXIS|none"},
+            {
+                "--batch-axis": f"declare another batch axis with --batch-axis {info.name}=AXIS|none",
+                **(
+                    {"--state": "sequences of a stateful model need its state pairs: --state OUTPUT=INPUT"}
+                    if array.ndim == rank + 1
+                    else {}
+                ),
+            },
         )
     return array, "batched"
 

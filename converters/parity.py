@@ -26,6 +26,7 @@ from converters.progress import Progress
 from converters.role_metrics import ROLE_THRESHOLDS, role_failures, role_metrics, role_objective
 from converters.roles import resolve_roles
 from converters.runner import run_model
+from converters.signature import with_hints
 from device_runtime.engines import Engine, load_engine
 from device_runtime.preprocess import OutputSpec
 
@@ -136,10 +137,14 @@ def compare_outputs(
     candidate: Mapping[str, np.ndarray],
     labels: np.ndarray | None = None,
     roles: Mapping[str, OutputSpec] | None = None,
+    *,
+    samples: int | None = None,
 ) -> list[OutputMetrics]:
     """Compute the parity metrics of every output the reference has, generic and per role.
 
-    ``roles``: declared output roles by name; the others are inferred from their shapes.
+    ``roles``: declared output roles by name; the others are inferred from their shapes. ``samples``:
+    the evaluated sample count, when known: only outputs with the batch on axis 0 are then inferred to
+    be classification or detection (a role's metrics read samples on axis 0).
 
     Raises:
         DataError: the candidate lacks an output or its shape differs, or a role does not fit its output.
@@ -151,7 +156,7 @@ def compare_outputs(
             raise DataError(
                 f"output {name!r}: reference shape {x.shape} but candidate shape {candidate[name].shape}"
             )
-    resolved = resolve_roles({name: x.shape for name, x in reference.items()}, roles)
+    resolved = resolve_roles({name: x.shape for name, x in reference.items()}, roles, samples=samples)
     metrics = []
     for name, x in reference.items():
         y = candidate[name]
@@ -219,9 +224,11 @@ def _role_metrics(
             candidate_scores=candidate[role.scores] if paired and role.scores else None,
         )
     except (ValueError, IndexError, np.exceptions.AxisError) as e:
-        raise DataError(
-            f"output {role.name!r} of shape {list(x.shape)} cannot be read as a {role.kind} output ({e}); "
-            "declare its role with --role or the spec's outputs"
+        raise with_hints(
+            DataError(
+                f"output {role.name!r} of shape {list(x.shape)} cannot be read as a {role.kind} output ({e})"
+            ),
+            {"--role": "declare its role with --role OUTPUT=ROLE (or in the --preprocess spec's outputs)"},
         ) from e
 
 
@@ -279,7 +286,7 @@ def parity_report(
     if reference_outputs is None:
         reference_outputs = run_model(reference_engine, data, progress=progress, label="reference")
     candidate_outputs = run_model(candidate_engine, data, progress=progress, label="candidate")
-    metrics = compare_outputs(reference_outputs, candidate_outputs, labels, roles)
+    metrics = compare_outputs(reference_outputs, candidate_outputs, labels, roles, samples=data.size)
     failures = evaluate_gate(metrics, gate)
     return {
         "schema": "edgekit.parity/v1",

@@ -249,8 +249,8 @@ def role_failures(
             failures.append(
                 f"{name}: the reference finds {value} detection(s) at score >= "
                 f"{metrics['decoding']['score_threshold']:g} on the evaluation data (at least {bound:g} "
-                "needed), so the detection check proves nothing; give images with objects or a lower "
-                f"score (--role {name}=detection,score=...)"
+                "needed), so the detection check proves nothing; give images with objects, or declare a "
+                "lower score threshold in the output's detection role (score=...)"
             )
             continue
         if key.startswith("min_") and not value >= bound:

@@ -42,15 +42,18 @@ MIN_ANCHORS_PER_CHANNEL = 8
 YOLO_ANCHOR_MULTIPLE = 21
 
 
-def infer_role(name: str, shape: Sequence[int]) -> OutputSpec:
+def infer_role(name: str, shape: Sequence[int], *, samples: int | None = None) -> OutputSpec:
     """The role an output's shape makes unambiguous (batch axis first), else ``tensor``.
 
     ``[N, C]`` with C >= 2 is classification; ``[N, 4 + C, A]`` with C >= 1, A >= 8 (4 + C) and A a
     multiple of 21 (anchors over strides 8, 16, 32) is a YOLO detection head (``[N, A, 4 + C]`` likewise,
     transposed). Segmentation, embedding, sequence and
-    regression look like other things and must be declared.
+    regression look like other things and must be declared. ``samples``: the evaluated sample count; when
+    given, an output whose first axis is not the batch (a state ``[2, N, 128]``) stays a tensor.
     """
     dims = tuple(int(d) for d in shape)
+    if samples is not None and (not dims or dims[0] != samples):
+        return OutputSpec(name=name, kind="tensor")
     if len(dims) == 2 and dims[1] >= 2:
         return OutputSpec(name=name, kind="classification")
     if len(dims) == 3 and dims[0] >= 1:
@@ -127,9 +130,13 @@ def load_roles(
 
 
 def resolve_roles(
-    shapes: Mapping[str, Sequence[int]], declared: Mapping[str, OutputSpec] | None = None
+    shapes: Mapping[str, Sequence[int]],
+    declared: Mapping[str, OutputSpec] | None = None,
+    *,
+    samples: int | None = None,
 ) -> dict[str, OutputSpec]:
-    """The role of every output in ``shapes``: declared, else inferred (:func:`infer_role`).
+    """The role of every output in ``shapes``: declared, else inferred (:func:`infer_role`, with
+    ``samples`` the evaluated sample count when known).
 
     Raises:
         DataError: a declared role names an output the model lacks, or a boxes-format detection names a
@@ -146,7 +153,11 @@ def resolve_roles(
     paired = {r.scores for r in declared.values() if r.kind == "detection" and r.effective_format == "boxes"}
     roles = {
         name: declared.get(name)
-        or (OutputSpec(name=name, kind="tensor") if name in paired else infer_role(name, shape))
+        or (
+            OutputSpec(name=name, kind="tensor")
+            if name in paired
+            else infer_role(name, shape, samples=samples)
+        )
         for name, shape in shapes.items()
     }
     for role in roles.values():

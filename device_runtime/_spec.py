@@ -25,7 +25,9 @@ and duplicate keys are refused, every number is bounded::
     OUTPUT (the output's role; keys after "kind" are optional, defaults shown):
      {"name": str, "kind": "classification"|"detection"|"segmentation"|"regression"|"embedding"
                            |"sequence"|"tensor",
-      "activation": "none"|"softmax"|"sigmoid" = "none", "top_k": int 1..1000 = 5,
+      "activation": "none"|"softmax"|"sigmoid" = "none",
+      "top_k": int 1..1000 = 5 (classification: classes shown; embedding: neighbours the parity gate
+               compares),
       "labels": plain file name or null = null (not for embedding and tensor; for sequence: the charset,
                 one token per line, the blank's line included),
       "score_threshold": float 0..1 or null = null (classification: drop lower scores; detection: the

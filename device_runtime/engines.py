@@ -225,11 +225,14 @@ class _LiteRTEngine:
             TensorInfo(i.name, i.shape, "float32" if i.scale else i.dtype) for i in self.inputs
         )
         prepared = _prepare_feeds(float_inputs, feeds)
-        batch = next(iter(prepared.values())).shape[0] if prepared else 1
+        # The first input with an axis 0 gives the batch (a 0-d input, e.g. a sample rate, has none).
+        batch = next((int(a.shape[0]) for a in prepared.values() if a.ndim > 0), 1)
         try:
             if batch != self._batch:
                 for detail in self._input_details:
                     shape = list(detail["shape"])
+                    if not shape:
+                        continue
                     shape[0] = batch
                     self._interpreter.resize_tensor_input(detail["index"], shape)
                 self._interpreter.allocate_tensors()

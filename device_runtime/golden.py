@@ -267,7 +267,7 @@ class _Golden:
 
     def feed(self, stored: _Stored, index: int) -> np.ndarray:
         """Sample `index` of a stored input, shaped as one run takes it."""
-        return stored.values[index] if self.runs else stored.values[index : index + 1]
+        return np.asarray(stored.values[index]) if self.runs else stored.values[index : index + 1]
 
 
 def _open(root: Path, preprocess: Any) -> _Golden:

@@ -118,7 +118,9 @@ def _run_each(engine: Engine, feeds: dict[str, np.ndarray], runs: bool) -> dict[
     results = []
     for index in range(count):
         one = {
-            k: np.ascontiguousarray(v[index] if runs else v[index : index + 1]) for k, v in feeds.items()
+            # np.require, not ascontiguousarray: the latter turns a 0-d feed into shape (1,)
+            k: np.require(v[index] if runs else v[index : index + 1], requirements="C")
+            for k, v in feeds.items()
         }
         results.append(engine.run(one))
     join = np.stack if runs else np.concatenate

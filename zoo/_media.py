@@ -88,15 +88,17 @@ def face_box() -> tuple[int, int, int, int]:
     return ASTRONAUT_FACE
 
 
-def face_crops(count: int, *, seed: int = 0) -> list[np.ndarray]:
-    """``count`` square crops around the astronaut's face, jittered in position and scale (RGB)."""
+def face_crops(count: int, *, seed: int = 0, scale: tuple[float, float] = (1.1, 1.6)) -> list[np.ndarray]:
+    """``count`` square crops around the astronaut's face, jittered in position and in size (``scale``
+    times the face box; the first crop is centred at the middle of ``scale``), every other one mirrored
+    (RGB)."""
     rng = np.random.default_rng(seed)
     image = photo("astronaut")
     top, bottom, left, right = ASTRONAUT_FACE
     cy, cx, side = (top + bottom) / 2, (left + right) / 2, max(bottom - top, right - left)
     crops = []
     for k in range(count):
-        s = side * (1.25 if k == 0 else rng.uniform(1.1, 1.6))
+        s = side * ((scale[0] + scale[1]) / 2 if k == 0 else rng.uniform(*scale))
         y = cy + (0 if k == 0 else rng.uniform(-0.08, 0.08) * side)
         x = cx + (0 if k == 0 else rng.uniform(-0.08, 0.08) * side)
         top, left = int(max(0, y - s / 2)), int(max(0, x - s / 2))

@@ -14,12 +14,15 @@ Everything writes into the folder it is given and returns the new file's path.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from zoo.fetch import fetch
+from zoo.catalog import get
+from zoo.fetch import cache_dir, fetch, sha256_file
 
 __all__ = ["fer_keras", "voice_encoder_module", "voice_encoder_onnx"]
 
@@ -59,13 +62,29 @@ def voice_encoder_module() -> Any:
     return module.eval()
 
 
-def voice_encoder_onnx(folder: Path, sample_mels: np.ndarray | None = None) -> Path:
+def voice_encoder_onnx(folder: Path | None = None, sample_mels: np.ndarray | None = None) -> Path:
     """The speaker encoder exported to ``folder/voice_encoder.onnx`` (input ``mels``, output ``embedding``).
+
+    Without ``folder`` the export is kept in the zoo cache (``derived/``), named for the checkpoint's pinned
+    hash and the torch version, with its own SHA-256 beside it: the dynamo export takes about a minute, so
+    a later call reuses the file after checking that hash (a tampered file is exported again).
     """
     import torch
 
     from converters.torch_export import export_torch
 
+    if folder is None:
+        pin = get("resemblyzer-voice-encoder").member_sha256[:16]
+        cached = cache_dir() / "derived" / f"voice_encoder-{pin}-torch{torch.__version__}.onnx"
+        digest = cached.with_name(cached.name + ".sha256")
+        if cached.is_file() and digest.is_file() and sha256_file(cached) == digest.read_text().strip():
+            return cached
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=cached.parent) as scratch:
+            exported = voice_encoder_onnx(Path(scratch), sample_mels)
+            digest.write_text(sha256_file(exported) + "\n")
+            os.replace(exported, cached)
+        return cached
     example = torch.from_numpy(sample_mels if sample_mels is not None else np.zeros((2, 160, 40), np.float32))
     target = Path(folder) / "voice_encoder.onnx"
     export_torch(voice_encoder_module(), [example], target, input_names=["mels"], output_names=["embedding"])

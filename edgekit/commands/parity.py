@@ -146,7 +146,10 @@ def parity(
     html_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Compare CANDIDATE with REFERENCE (ONNX or TFLite, either engine) on DATA; exit 1 if the gate fails."""
+    """Compare CANDIDATE with REFERENCE (ONNX or TFLite, either engine) on DATA; exit 1 if the gate fails.
+
+    Each output is judged as its role (--role, the --preprocess spec's outputs, else inferred from its
+    shape): a detector by recall and precision of its detections after NMS, not by whole-tensor SQNR."""
     from converters.data import load_dataset, load_labels
     from converters.parity import Gate, parity_report
     from converters.report_html import write_html

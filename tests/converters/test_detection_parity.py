@@ -27,7 +27,7 @@ SCORE, NMS_IOU, MATCH = 0.25, 0.45, 0.5
 class Detector:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.float = zoo_file("nudenet", "nudenet/320n.onnx", root)
+        self.float = zoo_file("yolov8n-nudenet")
         self.x = np.stack([letterbox_nchw(image, 320) for image in photos()])
         self.data = Dataset(arrays={"images": self.x}, source="photos", indices=np.arange(18), source_size=18)
         self.broken = root / "int8_all.onnx"

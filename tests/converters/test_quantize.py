@@ -206,7 +206,9 @@ def test_slower_int8_is_refused_unless_allowed(
     """The refusal path, with the measurement replaced by a slow verdict (timings are never asserted)."""
     import converters.quantize as module
 
-    def slow(reference: Path, candidate: Path, sample: object, config: object) -> dict[str, object]:
+    def slow(
+        reference: Path, candidate: Path, sample: object, config: object, **_: object
+    ) -> dict[str, object]:
         return {
             "batch_sizes": [1],
             "reference_ms": {"1": 1.0},

@@ -50,7 +50,7 @@ def ocr(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]
     from onnxruntime.quantization import quantize_dynamic
 
     root = tmp_path_factory.mktemp("ocr")
-    model = zoo_file("rapidocr_onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", root)
+    model = zoo_file("ppocrv4-rec")
     meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
     charset = ["<blank>", *meta["character"].splitlines(), " "]
     int8 = root / "rec_int8.onnx"
@@ -91,9 +91,7 @@ def test_segmentation_miou_matches_an_independent_computation(tmp_path: Path) ->
     from device_runtime.engines import load_engine
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    model = zoo_file(
-        "mediapipe", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite", tmp_path
-    )
+    model = zoo_file("mediapipe-selfie-segmentation")
     engine = load_engine(model)
     x = np.stack(
         [np.asarray(Image.fromarray(p).resize((256, 256)), np.float32) / 255.0 for p in photos()[:9]]

@@ -346,3 +346,18 @@ def test_model_input_error_for_state_on_a_non_onnx_source(tmp_path: Path) -> Non
     (tmp_path / "m.pkl").write_bytes(b"not a pickle")
     with pytest.raises(ModelInputError, match="apply to ONNX sources"):
         convert(tmp_path / "m.pkl", tmp_path / "o.onnx", signature=Signature(states={"a": "b"}))
+
+
+def test_latency_feeds_tile_each_input_on_its_own_batch_axis() -> None:
+    from converters.latency import _feeds_for
+
+    sample = {"state": np.arange(2 * 3 * 4).reshape(2, 3, 4), "sr": np.array(16000), "x": np.ones((3, 5))}
+    feeds = _feeds_for(sample, 7, {"state": 1, "sr": None})
+    assert feeds["state"].shape == (2, 7, 4) and feeds["sr"].shape == () and feeds["x"].shape == (7, 5)
+    np.testing.assert_array_equal(feeds["state"][:, 3], sample["state"][:, 0])
+
+
+def test_localization_treats_a_0d_activation_as_one_channel() -> None:
+    from converters.localize import _channel_sums
+
+    np.testing.assert_array_equal(_channel_sums(np.array(3.0)), [9.0])

@@ -1,26 +1,21 @@
-"""Real published models from the local wheel cache (no downloads): unzip one member, or skip the test."""
+"""Real published models from the project's zoo (pinned PyPI wheels, verified), and photos to run them on."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-WHEELS = Path.home() / ".cache" / "edgekit" / "zoo" / "wheels"
 
+def zoo_file(key: str) -> Path:
+    """The verified model file of zoo entry `key`, or skip the test saying why it cannot be fetched here."""
+    from zoo import ZooUnavailable, fetch
 
-def zoo_file(wheel_prefix: str, member: str, destination: Path) -> Path:
-    """Extract `member` of the cached wheel whose name starts with `wheel_prefix` into `destination`."""
-    wheels = sorted(WHEELS.glob(f"{wheel_prefix}*.whl"))
-    if not wheels:
-        pytest.skip(f"no {wheel_prefix} wheel in {WHEELS} (pip download --no-deps {wheel_prefix})")
-    target = destination / Path(member).name
-    if not target.exists():
-        with zipfile.ZipFile(wheels[-1]) as z:
-            target.write_bytes(z.read(member))
-    return target
+    try:
+        return fetch(key)
+    except ZooUnavailable as e:
+        pytest.skip(str(e))
 
 
 def photos() -> list[np.ndarray]:

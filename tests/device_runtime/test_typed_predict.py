@@ -44,7 +44,7 @@ def test_predict_prints_detections_with_labels_after_nms(tmp_path: Path) -> None
     from signing.keys import generate_keypair
 
     skimage_data = pytest.importorskip("skimage.data")
-    model = zoo_file("nudenet", "nudenet/320n.onnx", tmp_path)
+    model = zoo_file("yolov8n-nudenet")
     spec_path = tmp_path / "preprocess.json"
     spec_path.write_text(
         json.dumps(

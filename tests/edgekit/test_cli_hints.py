@@ -33,7 +33,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "converters/localize.py": ("quantize",),
     "converters/latency.py": ("quantize",),
     "converters/signature.py": SIGNATURE_USERS,  # it echoes --batch-axis / --state values the user gave
-    # Output roles are judged by the parity and quantize gates only (the export gate waives role checks).
+    # Role messages need declared roles (--role, parity and quantize); convert's check declares none.
     "converters/parity.py": ("parity", "quantize"),
     "converters/roles.py": ("parity", "quantize"),
     "converters/role_metrics.py": ("parity", "quantize"),
@@ -60,6 +60,14 @@ def _strings(tree: ast.AST) -> list[tuple[int, str, bool]]:
             isinstance(t, ast.Attribute) and t.attr == "option_hints" for t in node.targets
         ):
             hint_nodes |= {id(n) for n in ast.walk(node.value)}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
@@ -70,7 +78,12 @@ def _strings(tree: ast.AST) -> list[tuple[int, str, bool]]:
             hint_nodes |= {id(v) for v in node.values}
             continue
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _inside_joined(node, tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings  # documentation, not a message
+            and not _inside_joined(node, tree)
+        ):
             found.append((node.lineno, node.value, id(node) in hint_nodes))
     return found
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from device_runtime.engines import Engine, load_engine
+from device_runtime.errors import EngineError
 from device_runtime.preprocess import check_against_model, parse_spec, preprocess_image
 from tests.zoo.conftest import fetched
 from zoo import _media
@@ -33,7 +34,12 @@ def engine() -> Callable[[str], Engine]:
 
     def get(key: str) -> Engine:
         if key not in engines:
-            engines[key] = load_engine(fetched(key))
+            try:
+                engines[key] = load_engine(fetched(key))
+            except EngineError as e:  # e.g. no LiteRT wheel for this platform: the model cannot run here
+                if "not installed" not in str(e):
+                    raise
+                pytest.skip(str(e))
         return engines[key]
 
     return get
@@ -164,14 +170,15 @@ def test_image_spec_fits_the_model_and_reproduces_the_inputs(key: str, data) -> 
         check_against_model(spec, {i.name: (i.shape, i.dtype) for i in session.inputs})
     image_spec = spec.inputs[0]
     if key in ("mediapipe-selfie-segmentation", "fer-emotion"):  # a plain stretch: the spec is exact
-        photo = _media.photo("astronaut") if key != "fer-emotion" else _media.face_crops(1)[0]
+        tight_face = _media.face_crops(1, scale=(0.8, 1.05))[0]
+        photo = _media.photo("astronaut") if key != "fer-emotion" else tight_face
         ours = inputs_for(key, quick=True).evaluation[image_spec.name][0]
         device = preprocess_image(image_spec, photo)[0]
         assert np.abs(device - ours).mean() < 0.02
 
 
 @pytest.mark.slow
-def test_fer_emotion_keras_model_and_its_published_tflite_agree_on_faces(data, tmp_path: Path) -> None:
+def test_fer_emotion_sees_the_smile_and_its_published_tflite_agrees(data, tmp_path: Path) -> None:
     import tensorflow as tf
 
     from zoo.fetch import fetch_side_file
@@ -180,6 +187,9 @@ def test_fer_emotion_keras_model_and_its_published_tflite_agree_on_faces(data, t
     keras_model = tf.keras.models.load_model(fetched("fer-emotion"), compile=False)
     reference = keras_model.predict(inputs, verbose=0)
     assert np.allclose(reference.sum(axis=1), 1, atol=1e-4)
+    truth = data("fer-emotion").truth
+    happy = truth["labels"].index(truth["expected"])
+    assert (reference.argmax(axis=1) == happy).mean() >= 0.75, "the astronaut smiles"
     tflite = load_engine(fetch_side_file("fer-emotion", "emotion_model_quantized.tflite"))
     published = np.concatenate([tflite.run({"x": x[None]})["Identity"] for x in inputs])
     assert (published.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.75
@@ -191,7 +201,7 @@ def test_voice_encoder_separates_synthetic_speakers(data, tmp_path: Path) -> Non
 
     fetched("resemblyzer-voice-encoder")
     inputs = data("resemblyzer-voice-encoder")
-    encoder = load_engine(voice_encoder_onnx(tmp_path, inputs.calibration["mels"][:2]))
+    encoder = load_engine(voice_encoder_onnx())  # exported once, then reused from the zoo cache
     embeddings = encoder.run(inputs.evaluation)["embedding"]
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)
     speakers = np.array(inputs.truth["speaker"])

@@ -96,7 +96,7 @@ class Flow:
         """``edgekit quantize`` (int8 through the strategy ladder); on a refusal the reason must be in the
         report and the CLI's advice, then ``--mode fp16``. Returns the model to ship."""
         suffix = model.suffix
-        target, report = self.work / f"int8{suffix}", self.work / "quantize.json"
+        target, report = self.work / f"int8{suffix}", self.work / "quantize-int8.json"
         common = ["--calibration", self.cal, "--eval", self.eval, "--skip-latency", *self.signature,
                   *[f"--role={r}" for r in self.roles]]
         result = run_cli(["quantize", model, "-o", target, *common, "--report", report])
@@ -108,15 +108,17 @@ class Flow:
             assert self.quantize_report["passed"]
             return target
         self.refusal = result.output
-        stated = report.is_file() and json.loads(report.read_text()).get("quantization", {}).get("strategies")
-        if not stated or "--mode fp16" not in result.output:
+        refused = json.loads(report.read_text()) if report.is_file() else {}
+        stated = refused.get("quantization", {}).get("strategies")  # every rung tried, with its failures
+        if not stated or not refused.get("failures") or "--mode fp16" not in result.output:
             self.gaps.append(f"int8 refused without the strategies tried: {_tail(result.output)}")
-        fp16 = self.work / f"fp16{suffix}"
+        fp16, report = self.work / f"fp16{suffix}", self.work / "quantize-fp16.json"
         result = run_cli(["quantize", model, "-o", fp16, *common, "--mode", "fp16", "--report", report])
         if result.exit_code != 0:
             self.gaps.append(f"fp16 refused too: {_tail(result.output)}")
             return model
         self.quantize_report = json.loads(report.read_text())
+        assert self.quantize_report["passed"]
         return fp16
 
     def parity(self, reference: Path, candidate: Path) -> dict[str, Any]:

@@ -111,6 +111,16 @@ def _install_peak_kib(device_args: list[str]) -> tuple[int, int, str]:
     return int(figures["exit_code"] or 0), int(figures["peak_kib"]), result.stderr.strip()[-300:]
 
 
+def _one_sample(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first sample of every feed: 0-d feeds as they are (silero's sr), a feed whose axis 0 is not the
+    sample count cut on axis 1 (silero's state [2, N, 128])."""
+    count = max(a.shape[0] for a in feeds.values() if a.ndim > 0)
+    return {
+        name: a if a.ndim == 0 else np.ascontiguousarray(a[:1] if a.shape[0] == count else a[:, :1])
+        for name, a in feeds.items()
+    }
+
+
 def _declared_roles(key: str, model: Path) -> dict[str, Any]:
     """The catalog's output roles as the gate's role declarations, where the output's shape fits the role
     (a two-output BlazeFace head or a one-logit classifier is left to the shape inference)."""
@@ -201,7 +211,7 @@ def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:
     else:
         shipped = target
         row["size_ratio"] = round(model.stat().st_size / target.stat().st_size, 2)
-        sample = {name: a[:1] for name, a in inputs.evaluation.items()}
+        sample = _one_sample(inputs.evaluation)
         try:
             row["speed_ratio"] = compare_latency(model, target, sample, latency)["ratio"]
         except Exception as e:

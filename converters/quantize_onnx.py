@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.data import Dataset
-from converters.errors import QuantizationError, first_line
+from converters.errors import QuantizationError, explain
 from converters.progress import NullProgress, Progress
 
 __all__ = [
@@ -103,17 +103,62 @@ def saturation_note(config: StaticConfig) -> str | None:
     return None
 
 
-def preprocess_for_quantization(source: Path, destination: Path, progress: Progress) -> Path:
-    """Run onnxruntime's `quant_pre_process` (shape inference + optimization); fall back gracefully.
+# quant_pre_process runs in a child process whose working directory is inside edgekit's workdir:
+# onnxruntime's symbolic shape inference saves `sym_shape_infer_temp.onnx` and a `<uuid>.data` file into
+# the *current* directory when it fails, and no option moves them.
+_PREPROCESS_SCRIPT = """
+import json, sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+args = json.loads(sys.argv[1])
+quant_pre_process(args["source"], args["destination"], skip_optimization=args["skip_optimization"],
+                  skip_symbolic_shape=args["skip_symbolic_shape"])
+"""
+
+
+def _run_pre_process(source: Path, destination: Path, *, optimize: bool, symbolic: bool, cwd: Path) -> None:
+    """One `quant_pre_process` call in a child process run from `cwd`; raises QuantizationError."""
+    import json
+    import subprocess
+    import sys
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    args = {
+        "source": str(source.resolve()),
+        "destination": str(destination.resolve()),
+        "skip_optimization": not optimize,
+        "skip_symbolic_shape": not symbolic,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PREPROCESS_SCRIPT, json.dumps(args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-12:]
+        if any("sympy is required" in line for line in tail):
+            raise ImportError("sympy")
+        raise QuantizationError(explain(RuntimeError("\n".join(tail) or f"exit {done.returncode}")))
+
+
+def preprocess_for_quantization(
+    source: Path, destination: Path, progress: Progress, *, optimize: bool = True, workdir: Path | None = None
+) -> Path:
+    """Run onnxruntime's `quant_pre_process` (shape inference, and graph fusions when `optimize`).
+
+    `optimize=False` skips onnxruntime's graph optimisation: on Paddle exports its Conv+Add / Conv+BN
+    fusions produce a bias that no longer loads once quantized. Every file onnxruntime writes lands under
+    `workdir` (default: beside `destination`), never in the current directory. Falls back to running
+    without symbolic shape inference, then to the model as exported.
 
     Returns the model to quantize: `destination` on success, `source` if pre-processing is impossible.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    for skip_symbolic in (False, True):
+    scratch = (workdir or destination.parent) / f"ort-cwd-{destination.stem}"
+    for symbolic in (True, False):
         try:
-            quant_pre_process(str(source), str(destination), skip_symbolic_shape=skip_symbolic)
-            if skip_symbolic:
+            _run_pre_process(source, destination, optimize=optimize, symbolic=symbolic, cwd=scratch)
+            if not symbolic:
                 progress.note("symbolic shape inference failed; pre-processed without it")
             return destination
         except ImportError as e:
@@ -121,7 +166,7 @@ def preprocess_for_quantization(source: Path, destination: Path, progress: Progr
                 "onnxruntime's quantization tools need sympy: "
                 "pip install 'onnxruntime[quantization,symbolic]'"
             ) from e
-        except Exception:
+        except QuantizationError:
             continue
     progress.note("quant_pre_process failed twice; quantizing the model as exported")
     return source
@@ -187,6 +232,7 @@ def quantize_static_onnx(
     config: StaticConfig,
     *,
     exclude: tuple[str, ...] = (),
+    op_types: tuple[str, ...] | None = None,
     progress: Progress | None = None,
 ) -> StaticConfig:
     """Static QDQ int8 quantization; on a crash, retry with per-tensor weights. Returns the config used.
@@ -217,6 +263,7 @@ def quantize_static_onnx(
                     reduce_range=attempt.reduce_range,  # costs ~9 dB SQNR on VNNI CPUs
                     calibrate_method=method,
                     nodes_to_exclude=list(exclude),
+                    op_types_to_quantize=list(op_types) if op_types else None,
                     extra_options={
                         "ActivationSymmetric": attempt.symmetric_activations,
                         "WeightSymmetric": True,
@@ -228,21 +275,27 @@ def quantize_static_onnx(
         except QuantizationError:
             raise
         except Exception as e:
-            text = first_line(e, 200)
+            text = explain(e)
             failures.append(f"{attempt.name}: {type(e).__name__}: {text}")
     raise QuantizationError(
         "onnxruntime's quantize_static failed for every configuration: " + "; ".join(failures)
     )
 
 
-def quantize_dynamic_onnx(model: Path, output: Path) -> None:
+def quantize_dynamic_onnx(model: Path, output: Path, *, op_types: tuple[str, ...] | None = None) -> None:
     """Dynamic int8 (weights int8, activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(str(model), str(output), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(
+            str(model),
+            str(output),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=list(op_types) if op_types else None,
+        )
     except Exception as e:
-        text = first_line(e, 200)
+        text = explain(e)
         raise QuantizationError(f"dynamic quantization failed: {text}") from e
 
 
@@ -255,5 +308,5 @@ def quantize_fp16_onnx(model: Path, output: Path) -> None:
         converted = float16.convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
         onnx.save(converted, str(output))
     except Exception as e:
-        text = first_line(e, 200)
+        text = explain(e)
         raise QuantizationError(f"float16 conversion failed: {text}") from e

@@ -243,7 +243,7 @@ def _mode_words(mode: str) -> str:
 
 def _attempt_words(row: dict[str, Any]) -> str:
     if row["error"]:
-        return f"{row['name']}: error ({row['error'][:160]})"
+        return f"{row['name']}: error ({row['error'][:300]})"
     metrics = row["metrics"]
     parts = []
     if metrics["agreement"] is not None:

@@ -9,8 +9,9 @@ the failure is recorded and the next configuration is tried.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import platform
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -251,7 +252,8 @@ def quantize_static_onnx(
     for attempt in attempts:
         reader = _Reader(data, progress)
         try:
-            with tempfile.TemporaryDirectory(prefix="edgekit-calib-"):
+            # onnxruntime's histogram calibrators print to stdout, which would corrupt `--json` output.
+            with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(
                     str(model),
                     str(output),

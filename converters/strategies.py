@@ -209,13 +209,17 @@ class _Ladder:
             attempt.nodes_quantized = int8_node_count(output)
             attempt.report = self.evaluate(output)
         except ConverterError as e:
-            attempt = Attempt(strategy, error=str(e))
+            attempt = Attempt(strategy, error=self._short(str(e)))
         except Exception as e:  # onnxruntime refuses the graph, or its quantizer raises
-            attempt = Attempt(strategy, error=f"{type(e).__name__}: {explain(e)}")
+            attempt = Attempt(strategy, error=self._short(f"{type(e).__name__}: {explain(e)}"))
         self.outcome.attempts.append(attempt)
         if attempt.passed and self.outcome.chosen is None:
             self.outcome.chosen = attempt
         return attempt
+
+    def _short(self, text: str) -> str:
+        # The temporary directory's path says nothing and would push the node names out of the summary.
+        return text.replace(f"Load model from {self.workdir}/", "Load model ").replace(f"{self.workdir}/", "")
 
     def done(self) -> bool:
         return self.outcome.chosen is not None or self.budget_left <= 0
@@ -316,18 +320,20 @@ def _static_rungs(ladder: _Ladder, probe: Dataset) -> None:
                 if ladder.done():
                     return
                 current = ladder.incumbent()
-                assert current is not None and current.strategy.config is not None
+                assert current is not None and current.config_used is not None
                 ladder.attempt(
                     replace(
                         current.strategy,
                         name=method,
                         why=f"{method} calibration: activations have outliers (max/p99.9: {worst})",
-                        config=replace(current.strategy.config, calibration=method),
+                        config=replace(current.config_used, calibration=method),
                     )
                 )
     if not settings.per_channel_forced and not ladder.done():
         current = ladder.incumbent()
-        assert current is not None and current.config_used is not None
+        assert current is not None and current.config_used is not None and current.strategy.config is not None
+        if current.config_used.per_channel != current.strategy.config.per_channel:
+            return  # per-channel already crashed the quantizer and fell back to per-tensor
         flipped = not current.config_used.per_channel
         name = "per-channel" if flipped else "per-tensor"
         ladder.attempt(
@@ -358,6 +364,7 @@ def _exclusion_rung(ladder: _Ladder, probe: Dataset) -> None:
     def try_exclusions(exclude: list[str]) -> dict[str, Any]:
         strategy = replace(
             current.strategy,
+            config=current.config_used,
             name="exclusion",
             why=f"{len(exclude)} most sensitive node(s) of {current.strategy.name} kept in float",
             exclude=tuple(exclude),

@@ -226,7 +226,7 @@ def _print_extras(report: dict[str, Any]) -> None:
 def _strategy_line(row: dict[str, Any]) -> str:
     mark = "*" if row.get("chosen") else " "
     if row.get("error"):
-        return f"{mark} {row['name']:<13} error: {row['error'][:200]}"
+        return f"{mark} {row['name']:<13} error: {row['error'][:300]}"
     metrics = row.get("metrics") or {}
     figures = []
     if metrics.get("agreement") is not None:

@@ -361,32 +361,3 @@ def test_a_crashing_quantizer_call_falls_back_to_the_next_configuration(
     )
     assert result.report["quantization"]["config"]["per_channel"] is False
     assert any("per-tensor" in note for note in progress.notes)
-
-
-def test_symbolic_shape_inference_failure_is_retried_without_it(
-    digits_onnx: Path, data_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import onnxruntime.quantization.shape_inference as shape_inference
-
-    from converters.progress import NullProgress
-
-    real = shape_inference.quant_pre_process
-    calls: list[bool] = []
-
-    def picky(*args: object, skip_symbolic_shape: bool = False, **kwargs: object) -> object:
-        calls.append(skip_symbolic_shape)
-        if not skip_symbolic_shape:
-            raise RuntimeError("Incomplete symbolic shape inference")
-        return real(*args, skip_symbolic_shape=skip_symbolic_shape, **kwargs)
-
-    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
-    progress = NullProgress()
-    result = quantize(
-        digits_onnx,
-        tmp_path / "q.onnx",
-        data_files["calib"],
-        options=QuantizeOptions(latency=None, samples=64),
-        progress=progress,
-    )
-    assert result.report["passed"] and calls == [False, True]
-    assert any("symbolic shape inference failed" in note for note in progress.notes)

@@ -1,0 +1,170 @@
+"""The quantization ladder on real published models, and what it must never do (write into the cwd)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters.errors import GateError, QuantizationError, explain
+from converters.quantize import QuantizeOptions, quantize
+from edgekit.cli import cli
+from tests.converters import real_models
+
+NO_LATENCY = QuantizeOptions(latency=None, samples=32)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("zoo")
+
+
+def test_explain_keeps_the_node_names_and_drops_stack_frames() -> None:
+    error = RuntimeError(
+        "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from m.onnx failed:This is an invalid model.\n"
+        '  In Node, ("ConvAddFusion_Add_B_Reshape@0_DequantizeLinear", DequantizeLinear, "", -1)\n'
+        "#0 0x7f3a2b onnxruntime::Graph::Resolve()\n"
+        "#1 0x7f3a2c onnxruntime::InferenceSession::Load()\n" + "x" * 2000
+    )
+    text = explain(error, limit=300)
+    assert "INVALID_GRAPH" in text and "ConvAddFusion_Add_B_Reshape@0_DequantizeLinear" in text
+    assert "0x7f3a2b" not in text and len(text) <= 300 and text.endswith("…")
+
+
+@pytest.mark.slow
+def test_paddle_classifier_skips_the_fusions_that_make_an_invalid_graph(zoo: Path, tmp_path: Path) -> None:
+    """PP-OCR cls: the preset's fused Conv+BN bias does not load; no-fusion pre-processing does."""
+    model = real_models.ocr_model("cls", zoo)
+    data = tmp_path / "lines.npy"
+    np.save(data, real_models.text_lines(200, 48, 192))
+    out = tmp_path / "cls.int8.onnx"
+    try:
+        report = quantize(model, out, data, options=NO_LATENCY).report
+    except GateError as e:  # no int8 strategy passes: the refusal lists every strategy it tried
+        assert e.report is not None and "no int8 strategy passes" in str(e) and "no-fusion:" in str(e)
+        report = e.report
+        assert not out.exists()
+    rows = {row["name"]: row for row in report["quantization"]["strategies"]}
+    assert rows["preset"]["error"] and "INVALID_GRAPH" in rows["preset"]["error"]
+    assert "Fusion" in rows["preset"]["error"], "the error keeps the node that explains it"
+    assert rows["no-fusion"]["error"] is None and rows["no-fusion"]["nodes_quantized"] > 0
+    if report["passed"]:
+        chosen = report["quantization"]["strategy"]
+        assert chosen != "preset" and rows[chosen]["chosen"]
+        assert next(r for r in report["quantization"]["strategies"] if r["chosen"])["pre_processing"] == (
+            "no-fusion"
+        )
+        import onnxruntime
+
+        onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+def test_keras_byte_classifier_passes_with_int8_compute_ops_only(zoo: Path, tmp_path: Path) -> None:
+    """magika: LayerNorm/Softmax/GELU collapse under int8 (agreement ~3%); MatMul/Conv alone keep ~99.5%."""
+    model, config = real_models.magika_model(zoo)
+    data = tmp_path / "bytes.npy"
+    np.save(data, real_models.magika_features(config, 200))
+    out = tmp_path / "magika.int8.onnx"
+    result = quantize(model, out, data, options=NO_LATENCY)
+    quantization = result.report["quantization"]
+    rows = {row["name"]: row for row in quantization["strategies"]}
+    assert result.report["passed"] and out.is_file()
+    assert quantization["strategy"] in ("compute-only", "percentile", "entropy", "per-channel", "per-tensor")
+    assert quantization["op_types"] == ["Conv", "MatMul", "Gemm"]
+    assert not rows["preset"]["passed"] and rows["preset"]["metrics"]["agreement"] < 0.5
+    assert "chosen" in quantization["choice"] or "passed" in quantization["choice"]
+    assert result.report["candidate"]["size_bytes"] < 0.5 * result.report["reference"]["size_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["det", "rec"])
+def test_paddle_ocr_det_and_rec_never_answer_with_an_invalid_graph(
+    kind: str, zoo: Path, tmp_path: Path
+) -> None:
+    """PP-OCRv4 det/rec: either a loadable int8 model that passes, or a refusal listing every strategy."""
+    model = real_models.ocr_model(kind, zoo)
+    data = tmp_path / "x.npy"
+    images = real_models.text_pages(12, 96, 192) if kind == "det" else real_models.text_lines(16, 48, 320)
+    np.save(data, images)
+    out = tmp_path / f"{kind}.int8.onnx"
+    options = QuantizeOptions(latency=None, samples=8, max_evaluations=6)
+    try:
+        report = quantize(model, out, data, options=options).report
+    except GateError as e:
+        assert e.report is not None and not out.exists()
+        message = str(e)
+        assert "no int8 strategy passes" in message and "--mode fp16" in message and "preset:" in message
+        report = e.report
+    rows = {row["name"]: row for row in report["quantization"]["strategies"]}
+    assert "INVALID_GRAPH" in (rows["preset"]["error"] or ""), "the fused bias is the known failure"
+    assert rows["no-fusion"]["error"] is None
+    if report["passed"]:
+        import onnxruntime
+
+        onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert report["quantization"]["strategy"] != "preset"
+
+
+def test_failing_dynamic_mode_does_not_suggest_dynamic_mode(zoo: Path, tmp_path: Path) -> None:
+    model = real_models.ocr_model("cls", zoo)
+    data = tmp_path / "lines.npy"
+    np.save(data, real_models.text_lines(32, 48, 192))
+    options = QuantizeOptions(latency=None, mode="dynamic", samples=16)
+    with pytest.raises((GateError, QuantizationError)) as caught:
+        quantize(model, tmp_path / "d.onnx", data, options=options)
+    message = str(caught.value)
+    assert "--mode dynamic" not in message and "--mode fp16" in message and "dynamic" in message
+
+
+def test_quantize_writes_nothing_into_the_current_directory(
+    zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Symbolic shape inference fails on magika; onnxruntime then saves `sym_shape_infer_temp.onnx` and a
+    `<uuid>.data` file into the current directory unless the step runs elsewhere."""
+    model, config = real_models.magika_model(zoo)
+    data = tmp_path / "bytes.npy"
+    np.save(data, real_models.magika_features(config, 24))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "quantize",
+            str(model),
+            "-o",
+            str(out),
+            "--calibration",
+            str(data),
+            "--samples",
+            "8",
+            "--max-evaluations",
+            "2",
+            "--skip-latency",
+            "--report",
+            str(report),
+        ],
+    )
+    assert result.exit_code in (0, 1), result.output
+    assert os.listdir(cwd) == [], "nothing may be written into the current directory"
+    assert "symbolic shape inference failed" in result.output
+    assert "strategies tried:" in result.output and "preset" in result.output
+    assert len(json.loads(report.read_text())["quantization"]["strategies"]) == 2
+
+
+def test_cli_allow_slower_is_a_deprecated_no_op_and_require_speedup_is_listed() -> None:
+    help_text = CliRunner().invoke(cli, ["quantize", "--help"]).output
+    assert "--require-speedup" in help_text and "--allow-slower" not in help_text
+
+
+def test_cli_allow_slower_is_still_accepted_with_a_note(tmp_path: Path) -> None:
+    args = ["quantize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")]
+    result = CliRunner().invoke(cli, [*args, "--calibration", str(tmp_path / "c.npy"), "--allow-slower"])
+    assert result.exit_code == 1 and "no such option" not in result.output.lower()
+    assert "--allow-slower is deprecated" in result.output

@@ -24,7 +24,7 @@ from converters._files import atomic_output
 from converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset, load_labels
 from converters.errors import GateError, ModelInputError, QuantizationError
 from converters.latency import LatencyConfig, compare_latency
-from converters.parity import INT8_GATE, Gate, parity_report, run_model
+from converters.parity import INT8_GATE, Gate, parity_report, run_model, summary_metrics
 from converters.progress import NullProgress, Progress
 from device_runtime.engines import TensorInfo, load_engine
 
@@ -320,7 +320,17 @@ def _quantize_tflite(
             "seed": options.seed,
             "method": "tflite representative",
         },
-        "strategies": [{"name": f"tflite-{precision}", "kind": options.mode, "chosen": True}],
+        "strategies": [
+            {
+                "name": f"tflite-{precision}",
+                "kind": precision,
+                "passed": report["passed"],
+                "metrics": summary_metrics(report),
+                "size_bytes": candidate.stat().st_size,
+                "error": None,
+                "chosen": True,
+            }
+        ],
     }
     if not report["passed"]:
         section["repair"] = (

@@ -10,7 +10,8 @@ Keras/JAX classifier collapse under int8 while its MatMuls do not. Each rung fix
                          elementwise ops stay float;
 4. ``percentile`` / ``entropy``  other calibration methods, when activations have outliers;
 5. ``per-tensor`` / ``per-channel``  the other weight granularity;
-6. ``dynamic``           dynamic int8 of the MatMuls, for MatMul-heavy models;
+6. ``dynamic``           dynamic int8 of the MatMuls, for MatMul-heavy models (``--mode dynamic``
+                         tries every op first, as ``dynamic-all``);
 7. ``exclusion``         the sensitive nodes kept in float (`converters.localize` + `converters.repair`).
 
 Rungs 3-7 start from the best candidate so far (the "incumbent"), so fixes combine. A candidate that
@@ -134,6 +135,10 @@ def _score(attempt: Attempt) -> tuple[float, float, float]:
     return (-len(attempt.report["failures"]), agreement, metrics["sqnr_db"])
 
 
+class _NothingQuantized(ConverterError):
+    """A rung whose candidate has no int8 node (e.g. dynamic MatMul-only on a model without MatMuls)."""
+
+
 class _Ladder:
     def __init__(
         self,
@@ -207,6 +212,8 @@ class _Ladder:
             attempt.path = output
             attempt.size_bytes = output.stat().st_size
             attempt.nodes_quantized = int8_node_count(output)
+            if attempt.nodes_quantized == 0 and strategy.kind != "fp16":
+                raise _NothingQuantized("no node was quantized: the candidate is the float model")
             attempt.report = self.evaluate(output)
         except ConverterError as e:
             attempt = Attempt(strategy, error=self._short(str(e)))
@@ -254,11 +261,10 @@ def run_ladder(
         ladder.attempt(Strategy("fp16", "fp16", "--mode fp16: float16 weights and activations"))
     if mode in ("auto", "static"):
         _static_rungs(ladder, probe)
-    dynamic = mode == "dynamic" or (mode == "auto" and _matmul_heavy(model))
-    if dynamic and not ladder.done():
+    if mode == "dynamic":
+        ladder.attempt(Strategy("dynamic-all", "dynamic", "--mode dynamic: dynamic int8 of every op"))
+    if mode in ("auto", "dynamic") and not ladder.done() and _matmul_heavy(model):
         ladder.attempt(Strategy("dynamic", "dynamic", _DYNAMIC_WHY[mode], op_types=_MATMUL_OPS))
-        if mode == "dynamic" and not ladder.done():
-            ladder.attempt(Strategy("dynamic-all", "dynamic", "dynamic int8 of every op it handles"))
     if mode in ("auto", "static") and settings.repair and not ladder.done():
         _exclusion_rung(ladder, probe)
     outcome = ladder.outcome
@@ -273,7 +279,7 @@ def run_ladder(
 
 _DYNAMIC_WHY = {
     "auto": "MatMul/Gemm hold most weights: dynamic int8 of the MatMuls, activations scaled per call",
-    "dynamic": "--mode dynamic: dynamic int8 of the MatMuls, activations scaled per call",
+    "dynamic": "dynamic int8 of the MatMuls only (MatMul/Gemm hold most weights)",
 }
 
 

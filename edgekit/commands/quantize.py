@@ -193,7 +193,7 @@ def _write_reports(
 def _print_extras(report: dict[str, Any]) -> None:
     quantization = report.get("quantization", {})
     strategies = quantization.get("strategies") or []
-    if len(strategies) > 1 or any(row.get("error") for row in strategies):
+    if strategies:
         click.echo("strategies tried:")
         for row in strategies:
             click.echo("  " + _strategy_line(row))

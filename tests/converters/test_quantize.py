@@ -361,3 +361,31 @@ def test_a_crashing_quantizer_call_falls_back_to_the_next_configuration(
     )
     assert result.report["quantization"]["config"]["per_channel"] is False
     assert any("per-tensor" in note for note in progress.notes)
+
+
+@pytest.mark.parametrize(
+    ("flags", "exit_code"),
+    [
+        pytest.param([], 0, id="warns-by-default"),
+        pytest.param(["--require-speedup"], 1, id="refuses-when-asked"),
+    ],
+)
+def test_cli_slower_verdict_warns_or_refuses(
+    flags: list[str],
+    exit_code: int,
+    fragile: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import converters.quantize as module
+
+    monkeypatch.setattr(module, "compare_latency", _slow_latency)
+    model, data = fragile
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(model), "-o", str(out), "--calibration", str(data), "--preset", "x86", *flags]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == exit_code, result.output
+    assert "slower than float on this host" in result.output and "Test CPU, no VNNI" in result.output
+    assert out.exists() is (exit_code == 0)
+    if exit_code == 0:
+        assert "speed on this host: slower (speed-up 0.67x, 95% interval" in result.output

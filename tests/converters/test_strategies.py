@@ -54,11 +54,9 @@ def test_paddle_classifier_skips_the_fusions_that_make_an_invalid_graph(zoo: Pat
     assert "Fusion" in rows["preset"]["error"], "the error keeps the node that explains it"
     assert rows["no-fusion"]["error"] is None and rows["no-fusion"]["nodes_quantized"] > 0
     if report["passed"]:
-        chosen = report["quantization"]["strategy"]
-        assert chosen != "preset" and rows[chosen]["chosen"]
-        assert next(r for r in report["quantization"]["strategies"] if r["chosen"])["pre_processing"] == (
-            "no-fusion"
-        )
+        (chosen,) = [row for row in report["quantization"]["strategies"] if row["chosen"]]
+        assert chosen["name"] == report["quantization"]["strategy"] != "preset"
+        assert chosen["pre_processing"] == "no-fusion" and chosen["passed"]
         import onnxruntime
 
         onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -216,7 +216,8 @@ def _quantize_onnx(
     if not report["passed"]:
         report["quantization"] = section
         raise GateError(
-            f"no {_mode_words(options.mode)} strategy passes the parity gate ({outcome.reason}): "
+            f"no {_mode_words(options.mode)} strategy passes; the best, {best.strategy.name}, fails the "
+            f"parity gate: {'; '.join(report['failures'])}. Tried ({outcome.reason}): "
             + "; ".join(_attempt_words(row) for row in section["strategies"])
             + ". Nothing was written. "
             + _alternatives(options.mode),

@@ -137,19 +137,25 @@ def speed_verdict(round_ratios: Mapping[str, Sequence[float]]) -> dict[str, Any]
     "slower" needs the whole interval below 1, "faster" the whole interval above 1. Fewer than two
     usable rounds give "inconclusive".
     """
-    series = [[math.log(r) for r in ratios if r > 0 and math.isfinite(r)] for ratios in round_ratios.values()]
-    rounds = min((len(s) for s in series), default=0)
-    combined = [statistics.fmean(s[i] for s in series) for i in range(rounds)] if series else []
-    if len(combined) < 2:
-        return {"speedup": None, "speedup_interval": None, "verdict": "inconclusive", "slower": False}
-    mean = statistics.fmean(combined)
-    spread = statistics.stdev(combined) / math.sqrt(len(combined))
-    t = _T95[len(combined) - 2] if len(combined) - 1 <= len(_T95) else 1.96
+    series = {
+        batch: [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+        for batch, ratios in round_ratios.items()
+    }
+    rounds = min((len(s) for s in series.values()), default=0)
+    combined = [statistics.fmean(s[i] for s in series.values()) for i in range(rounds)]
+    result = _interval(combined)
+    result["slower"] = result["verdict"] == "slower"
+    result["per_batch"] = {batch: _interval(logs) for batch, logs in series.items()}
+    return result
+
+
+def _interval(logs: Sequence[float]) -> dict[str, Any]:
+    """Geometric-mean speed-up, its 95% t-interval and the verdict, from per-round log speed-ups."""
+    if len(logs) < 2:
+        return {"speedup": None, "speedup_interval": None, "verdict": "inconclusive"}
+    mean = statistics.fmean(logs)
+    spread = statistics.stdev(logs) / math.sqrt(len(logs))
+    t = _T95[len(logs) - 2] if len(logs) - 1 <= len(_T95) else 1.96
     low, high = math.exp(mean - t * spread), math.exp(mean + t * spread)
     verdict = "slower" if high < 1.0 else "faster" if low > 1.0 else "inconclusive"
-    return {
-        "speedup": math.exp(mean),
-        "speedup_interval": [low, high],
-        "verdict": verdict,
-        "slower": verdict == "slower",
-    }
+    return {"speedup": math.exp(mean), "speedup_interval": [low, high], "verdict": verdict}

@@ -139,7 +139,7 @@ def quantize(
     progress = ClickProgress(quiet=as_json)
     if allow_slower:
         progress.note(
-            "note: --allow-slower is deprecated and has no effect: a slower model is a warning unless "
+            "--allow-slower is deprecated and has no effect: a slower model is a warning unless "
             "--require-speedup is given"
         )
     options = QuantizeOptions(
@@ -216,9 +216,11 @@ def _print_extras(report: dict[str, Any]) -> None:
 
         for batch in latency["batch_sizes"]:
             key = str(batch)
+            interval = latency.get("per_batch", {}).get(key, {}).get("speedup_interval")
+            spread = f", 95% interval {interval[0]:.2f}-{interval[1]:.2f}x" if interval else ""
             click.echo(
-                f"latency batch {batch}: float {latency['reference_ms'][key]:.3f} ms, "
-                f"quantized {latency['candidate_ms'][key]:.3f} ms ({latency['ratio'][key]:.2f}x speed-up)"
+                f"latency batch {batch}: float {latency['reference_ms'][key]:.3f} ms, quantized "
+                f"{latency['candidate_ms'][key]:.3f} ms ({latency['ratio'][key]:.2f}x speed-up{spread})"
             )
         click.echo(f"speed on this host: {latency['verdict']} ({speed_words(latency)})")
 

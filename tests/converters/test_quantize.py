@@ -205,6 +205,14 @@ def test_speed_verdict_needs_the_whole_interval_on_one_side_of_one(
     if result["speedup_interval"] is not None:
         low, high = result["speedup_interval"]
         assert low <= result["speedup"] <= high
+    assert set(result["per_batch"]) == set(rounds)
+
+
+def test_each_batch_size_gets_its_own_interval() -> None:
+    result = speed_verdict({"1": [1.9, 1.95, 1.9, 1.92], "32": [0.68, 0.7, 0.66, 0.69]})
+    assert result["per_batch"]["1"]["verdict"] == "faster"
+    assert result["per_batch"]["32"]["verdict"] == "slower"
+    assert result["verdict"] == "faster" and not result["slower"]
 
 
 def _slow_latency(reference: Path, candidate: Path, sample: object, config: object) -> dict[str, object]:

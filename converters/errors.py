@@ -78,10 +78,15 @@ def explain(error: BaseException, limit: int = 600) -> str:
 
     onnxruntime puts the offending node and tensor names after the first line or deep in one long line
     (`INVALID_GRAPH ... In Node, ("ConvAddFusion_Add_B_Reshape@0_DequantizeLinear", ...)`), so the first
-    line alone loses them. Stack frames are dropped, the remaining lines are joined with " | " and the
-    text is cut at `limit` characters with an ellipsis.
+    line alone loses them, and the reason comes last. Stack frames are dropped, the remaining lines are
+    joined with " | ", and a text longer than `limit` keeps its beginning and its end around an ellipsis.
     """
     text = str(error).strip() or type(error).__name__
     lines = [" ".join(line.split()) for line in text.splitlines() if not _NOISE.match(line)]
     joined = " | ".join(dict.fromkeys(line for line in lines if line)) or type(error).__name__
-    return joined if len(joined) <= limit else joined[: limit - 1].rstrip() + "…"
+    if len(joined) <= limit:
+        return joined
+    # onnxruntime names the node first and gives the reason last (`..., Error Unrecognized attribute:
+    # axis for operator DequantizeLinear`): keep both ends.
+    tail = max(limit * 2 // 5, 1)
+    return joined[: limit - tail - 3].rstrip() + " … " + joined[-tail:].lstrip()

@@ -27,12 +27,14 @@ __all__ = [
     "StaticConfig",
     "check_calibration_method",
     "cpu_has_vnni",
+    "lift_constants",
     "preprocess_for_quantization",
     "quantize_dynamic_onnx",
     "quantize_fp16_onnx",
     "quantize_static_onnx",
     "resolve_preset",
     "saturation_note",
+    "upgrade_opset",
 ]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -171,6 +173,62 @@ def preprocess_for_quantization(
             continue
     progress.note("quant_pre_process failed twice; quantizing the model as exported")
     return source
+
+
+def lift_constants(model_path: Path) -> int:
+    """Turn `Constant` nodes holding a tensor into initializers, in place; return how many were lifted.
+
+    Paddle exports keep every weight in a Constant node and have no initializers at all. The quantizers
+    only treat initializers as weights: otherwise a convolution's weights are calibrated like an
+    activation (asymmetric, one scale per tensor, per-channel silently ignored) and dynamic quantization
+    refuses the model (`Expected conv2d_157.w_0 to be an initializer`). The graph is unchanged otherwise.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    kept, lifted = [], 0
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            lifted += 1
+        else:
+            kept.append(node)
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+        onnx.save(model, str(model_path))
+    return lifted
+
+
+PER_CHANNEL_MIN_OPSET = 13  # DequantizeLinear's `axis` attribute, which per-channel weights need
+
+
+def upgrade_opset(model_path: Path, target: int = PER_CHANNEL_MIN_OPSET) -> int | None:
+    """Convert the model to `target` opset in place when it is older; return the old opset if converted.
+
+    Per-channel QDQ writes `DequantizeLinear(axis=...)`, an attribute that exists from opset 13: on an
+    opset-11 export (Paddle's) the quantized model fails to load with `Unrecognized attribute: axis`.
+    Leaves the file untouched when onnx's version converter cannot convert it.
+    """
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(model_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= target:
+        return None
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception:
+        return None
+    onnx.save(converted, str(model_path))
+    return opset
 
 
 class _Reader:

@@ -6,6 +6,8 @@ Keras/JAX classifier collapse under int8 while its MatMuls do not. Each rung fix
 
 1. ``preset``            the backend preset, onnxruntime's full pre-processing, every op it quantizes;
 2. ``no-fusion``         pre-processing without onnxruntime's graph fusions (tried when 1 fails);
+                         every rung lifts Constant-node weights into initializers (Paddle keeps all
+                         its weights in Constant nodes, which the quantizers would treat as activations);
 3. ``compute-only``      only Conv / MatMul / Gemm in int8; normalisation, softmax, activations and
                          elementwise ops stay float;
 4. ``percentile`` / ``entropy``  other calibration methods, when activations have outliers;
@@ -160,7 +162,12 @@ class _Ladder:
 
     def preprocessed(self, optimize: bool) -> Path:
         from converters.localize import ensure_node_names
-        from converters.quantize_onnx import preprocess_for_quantization
+        from converters.quantize_onnx import (
+            PER_CHANNEL_MIN_OPSET,
+            lift_constants,
+            preprocess_for_quantization,
+            upgrade_opset,
+        )
 
         if optimize not in self._preprocessed:
             destination = self.workdir / f"preprocessed-{'full' if optimize else 'no-fusion'}.onnx"
@@ -169,9 +176,23 @@ class _Ladder:
             )
             if made != destination:
                 shutil.copyfile(made, destination)
+            lift_constants(destination)
+            old = upgrade_opset(destination)
+            if old is not None:
+                self.progress.note(f"opset {old} -> {PER_CHANNEL_MIN_OPSET}: per-channel weights need it")
             ensure_node_names(destination)
             self._preprocessed[optimize] = destination
         return self._preprocessed[optimize]
+
+    def lifted(self) -> Path:
+        """The model as given with Constant weights made initializers (what dynamic int8 needs)."""
+        from converters.quantize_onnx import lift_constants
+
+        destination = self.workdir / "lifted.onnx"
+        if not destination.exists():
+            shutil.copyfile(self.model, destination)
+            lift_constants(destination)
+        return destination
 
     def build(self, strategy: Strategy, output: Path) -> Attempt:
         from converters.quantize_onnx import (
@@ -194,7 +215,7 @@ class _Ladder:
                 progress=self.progress,
             )
         elif strategy.kind == "dynamic":
-            quantize_dynamic_onnx(self.model, output, op_types=strategy.op_types)
+            quantize_dynamic_onnx(self.lifted(), output, op_types=strategy.op_types)
         else:
             quantize_fp16_onnx(self.model, output)
         return attempt

@@ -1,13 +1,17 @@
 """The quantization ladder: configurations tried in order, before and up to keeping nodes in float.
 
-Real exports break the one-size preset in different ways: onnxruntime's Conv+Add / Conv+BN fusions in
-pre-processing make Paddle models that no longer load once quantized; LayerNorm, Softmax and GELU in a
-Keras/JAX classifier collapse under int8 while its MatMuls do not. Each rung fixes one such cause:
+Real exports break the one-size preset in different ways. Paddle exports (opset 11/12, every weight in
+a Constant node) gave `INVALID_GRAPH ... ConvAddFusion_Add_B_Reshape@0_DequantizeLinear`: the reason at
+the end of that message is `Unrecognized attribute: axis for operator DequantizeLinear`, i.e. per-channel
+QDQ needs opset 13, and without initializers the weights were calibrated like activations. So every
+pre-processed model has its Constant weights lifted into initializers and an opset below 13 converted
+(the gate compares with the original model, so a conversion that changed the maths would be caught).
+LayerNorm, Softmax and GELU in a Keras/JAX classifier (magika) collapse under int8 while its MatMuls do
+not. Each rung fixes one such cause:
 
 1. ``preset``            the backend preset, onnxruntime's full pre-processing, every op it quantizes;
-2. ``no-fusion``         pre-processing without onnxruntime's graph fusions (tried when 1 fails);
-                         every rung lifts Constant-node weights into initializers (Paddle keeps all
-                         its weights in Constant nodes, which the quantizers would treat as activations);
+2. ``no-fusion``         pre-processing without onnxruntime's graph fusions (BatchNorm and Add kept
+                         apart; tried when 1 fails);
 3. ``compute-only``      only Conv / MatMul / Gemm in int8; normalisation, softmax, activations and
                          elementwise ops stay float;
 4. ``percentile`` / ``entropy``  other calibration methods, when activations have outliers;

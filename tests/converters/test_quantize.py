@@ -397,3 +397,17 @@ def test_cli_slower_verdict_warns_or_refuses(
     assert out.exists() is (exit_code == 0)
     if exit_code == 0:
         assert "speed on this host: slower (speed-up 0.67x, 95% interval" in result.output
+
+
+def test_bisection_evaluates_a_repeated_node_set_once() -> None:
+    """A unit whose nodes are already excluded leaves the set unchanged: it is not evaluated twice."""
+    units = [["a", "b"], ["b"], ["c"], ["d"]]
+    seen: list[list[str]] = []
+
+    def evaluate(excluded: list[str]) -> dict[str, object]:
+        seen.append(excluded)
+        return {"passed": "d" in excluded}
+
+    outcome = search_exclusions(units, evaluate, max_excluded=4, max_evaluations=10)
+    assert outcome.excluded == ["a", "b", "c", "d"]
+    assert len(seen) == len({tuple(s) for s in seen})

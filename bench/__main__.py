@@ -156,6 +156,29 @@ def runtime_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def install_memory_rows(d: dict[str, Any]) -> list[Row]:
+    if "skipped" in d:
+        return [_row("install memory", "PP-OCRv4 detector", f"skipped: {d['skipped']}", "-", "-", None)]
+    rows = []
+    for label in ("install", "install-unbounded"):
+        if label not in d:
+            continue
+        row = d[label]
+        rows.append(
+            _row(
+                "install memory",
+                f"{d['model']} {label}: peak RSS, bundle size",
+                f"{row['peak_kib'] / 1024:.0f} MiB ({row['vs_inference']:.2f}x); bundle "
+                f"{row['bundle_to_model']:.2f}x the model",
+                f"onnxruntime session + one inference: {d['baseline_inference_kib'] / 1024:.0f} MiB; "
+                f"session alone {d['baseline_session_kib'] / 1024:.0f} MiB",
+                "-",
+                None,
+            )
+        )
+    return rows
+
+
 def server_rows(d: dict[str, Any]) -> list[Row]:
     baseline = f"{d.get('baseline', 'static file server')}, same run"
     return [
@@ -217,6 +240,39 @@ def simulate_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def zoo_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for m in d.get("models", []):
+        if "unavailable" in m or "float_model" in m:
+            value = m.get("unavailable") or m.get("float_model")
+            rows.append(_row("zoo", f"{m['model']}", f"not run: {value}", "-", "-", None))
+            continue
+        speed = m.get("speed_ratio")
+        speed_text = (
+            ", ".join(f"b{k} {v:.2f}x" for k, v in speed.items()) if isinstance(speed, dict) else speed
+        )
+        size = m.get("size_ratio")
+        metrics = "; ".join(
+            f"{name} ({v['role']}) {v['metric']} {v['value']:.3g}" if isinstance(v.get("value"), float)
+            else f"{name} ({v['role']}) {v['metric']} n/a"
+            for name, v in (m.get("role_metric") or {}).items()
+        )
+        rows.append(
+            _row(
+                "zoo",
+                f"{m['model']} [{m.get('strategy') or 'no strategy'}]",
+                f"size {size if isinstance(size, str) else f'{size:.2f}x smaller'}; speed-up {speed_text}; "
+                f"{metrics or m.get('quantize', 'no report')}; quantize {m.get('quantize_seconds')} s; "
+                f"bundle/model {m.get('bundle_vs_model')}; "
+                f"install peak RSS {m.get('install_peak_rss_mib')} MiB",
+                d.get("baseline", "fp32 model, same run"),
+                "quantized, gate passes",
+                isinstance(size, float) and "quantize" not in m,
+            )
+        )
+    return rows
+
+
 def run_simulations(out: Path, quick: bool) -> dict[str, Any] | None:
     runs = "50" if quick else "1000"
     results = {}
@@ -261,8 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         ("quantize", lambda: _run(["bench.quantize"], args.out / "quantize.json", args.quick), quantize_rows),
         ("verify", lambda: _run(["bench.verify"], args.out / "verify.json", args.quick), verify_rows),
         ("runtime", lambda: _run(["bench.runtime"], args.out / "runtime.json", args.quick), runtime_rows),
+        (
+            "install_memory",
+            lambda: _run(["bench.install_memory"], args.out / "install_memory.json", args.quick),
+            install_memory_rows,
+        ),
         ("server", lambda: _run(["bench.server"], args.out / "server.json", args.quick), server_rows),
         ("simulate", lambda: run_simulations(args.out / "simulate.json", args.quick), simulate_rows),
+        ("zoo", lambda: _run(["bench.zoo"], args.out / "zoo.json", args.quick), zoo_rows),
     ]
     rows: list[Row] = []
     raw: dict[str, Any] = {}

@@ -17,13 +17,21 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
-from converters.data import load_dataset
-from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, first_line
+from converters.data import Dataset, load_dataset
+from converters.errors import (
+    ConversionError,
+    ConverterError,
+    ModelInputError,
+    UnsupportedModelError,
+    first_line,
+)
 from converters.onnx_model import check_onnx_file, load_onnx
 from converters.parity import EXPORT_GATE, FP16_GATE, Gate, compare_outputs, evaluate_gate
+from converters.runner import run_model
+from converters.signature import Signature, resolve_batch_axes, sample_shape, with_hints
 from device_runtime.engines import TensorInfo, load_engine
 
-__all__ = ["DEFAULT_OPSET", "ExportResult", "convert", "prove_parity", "sample_inputs"]
+__all__ = ["DEFAULT_OPSET", "ExportResult", "convert", "prove_parity", "sample_dataset", "sample_inputs"]
 
 DEFAULT_OPSET = 17
 SAMPLE_COUNT = 16
@@ -40,39 +48,131 @@ class ExportResult:
 
 
 def sample_inputs(
-    inputs: tuple[TensorInfo, ...], *, count: int = SAMPLE_COUNT, seed: int = 0
+    inputs: tuple[TensorInfo, ...],
+    *,
+    count: int = SAMPLE_COUNT,
+    seed: int = 0,
+    batch_axes: dict[str, int | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic random inputs for the given tensors (dynamic batch becomes `count`)."""
+    """Deterministic random feeds for one run: `count` samples on each input's dynamic batch axis.
+
+    `batch_axes` defaults to the axes inferred from the shapes (`converters.signature`); an input without
+    a batch axis gets one random value of its exact shape; a fixed batch dimension keeps its size, so the
+    feeds always fit one run.
+
+    Raises:
+        ModelInputError: an input has dynamic dimensions besides its batch axis.
+        UnsupportedModelError: an input is not numeric.
+    """
+    axes = batch_axes if batch_axes is not None else resolve_batch_axes(inputs)
+    return _random_feeds(inputs, axes, count, seed, keep_fixed=True)
+
+
+def _random_feeds(
+    inputs: tuple[TensorInfo, ...], axes: Mapping[str, int | None], count: int, seed: int, *, keep_fixed: bool
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in inputs:
-        if any(d is None for d in info.shape[1:]):
-            raise ModelInputError(
-                f"input {info.name!r} has dynamic dimensions {info.shape}; fix them with "
-                f"--input-shape {info.name}:1,... or pass --sample DATA"
+        axis = axes.get(info.name)
+        if any(d is None for d in sample_shape(info, axis)):
+            raise with_hints(
+                ModelInputError(
+                    f"input {info.name!r} has dynamic dimensions {info.shape} besides its batch axis "
+                    f"({'none' if axis is None else axis}); random sample inputs need them fixed"
+                ),
+                {
+                    "--input-shape": f"fix them with --input-shape {info.name}:D0,D1,...",
+                    "--sample": "or give real inputs with --sample DATA",
+                    "--golden": "give real inputs with --golden DATA",
+                },
             )
-        shape = (count, *(int(d) for d in info.shape[1:] if d is not None))
-        if info.dtype.startswith("float"):
-            feeds[info.name] = rng.standard_normal(shape).astype(info.dtype)
-        elif info.dtype in ("int32", "int64", "int8", "uint8"):
-            feeds[info.name] = rng.integers(0, 10, size=shape).astype(info.dtype)
-        else:
-            raise UnsupportedModelError(
-                f"input {info.name!r} has dtype {info.dtype}; only numeric inputs are supported"
-            )
+        shape = [count if d is None else int(d) for d in info.shape]
+        if axis is not None and not keep_fixed:
+            shape[axis] = count
+        feeds[info.name] = _random(info, tuple(shape), rng)
     return feeds
 
 
+def _random(info: TensorInfo, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if info.dtype.startswith("float"):
+        return rng.standard_normal(shape).astype(info.dtype)
+    if info.dtype in ("int32", "int64", "int8", "uint8", "int16", "uint16"):
+        return rng.integers(0, 10, size=shape).astype(info.dtype)
+    if info.dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    raise UnsupportedModelError(
+        f"input {info.name!r} has dtype {info.dtype}; only numeric inputs are supported"
+    )
+
+
+def sample_dataset(
+    inputs: tuple[TensorInfo, ...],
+    outputs: tuple[TensorInfo, ...] = (),
+    signature: Signature | None = None,
+    *,
+    count: int = SAMPLE_COUNT,
+    seed: int = 0,
+) -> Dataset:
+    """Deterministic random data of `count` samples (runs in chunks a fixed batch allows).
+
+    A stateful signature gets 4 sequences of `count // 4` steps (one of `count` for a fixed batch of one),
+    states starting at zeros.
+
+    Raises:
+        ModelInputError, UnsupportedModelError: as `sample_inputs`.
+    """
+    signature = signature or Signature()
+    axes = resolve_batch_axes(inputs, outputs, signature)
+    states = set(signature.states.values())
+    fixed = [int(d) for i in inputs if (a := axes[i.name]) is not None and (d := i.shape[a]) is not None]
+    max_batch = min(fixed) if fixed else None
+    if max_batch:
+        count = max(max_batch, count - count % max_batch)
+    stateful = bool(states)
+    sequences = (1 if max_batch == 1 else max_batch or 4) if stateful else count
+    steps = max(1, count // sequences) if stateful else 1
+    feeds = _random_feeds(
+        tuple(i for i in inputs if i.name not in states), axes, sequences * steps, seed, keep_fixed=False
+    )
+    return Dataset(
+        arrays=feeds,
+        source="random sample inputs",
+        indices=np.arange(sequences * steps),
+        source_size=sequences * steps,
+        batch_axes=dict(axes),
+        max_batch=max_batch,
+        steps=steps,
+        states=dict(signature.states),
+    )
+
+
 def prove_parity(
-    reference: Mapping[str, np.ndarray], exported_path: Path, feeds: dict[str, np.ndarray], gate: Gate
+    reference: Mapping[str, np.ndarray],
+    exported_path: Path,
+    feeds: dict[str, np.ndarray] | Dataset,
+    gate: Gate,
 ) -> dict[str, Any]:
-    """Run the exported model on `feeds` and compare with the source framework's outputs.
+    """Run the exported model on `feeds` (one batch, or a dataset) and compare with the source's outputs.
 
     Raises:
         ConversionError: the exported model misses the gate (names the output and the figures).
     """
     engine = load_engine(exported_path)
-    produced = engine.run(feeds)
+    if isinstance(feeds, Dataset):
+        data = feeds
+    else:
+        axes = resolve_batch_axes(engine.inputs, engine.outputs)
+        data = Dataset(
+            arrays=feeds,
+            source="sample inputs",
+            indices=np.arange(1),
+            source_size=1,
+            batch_axes={name: axes.get(name, 0) for name in feeds},
+            max_batch=None,
+        )
+        data = replace(data, indices=np.arange(data.size), source_size=data.size)
+    produced = run_model(engine, data)
     if set(reference) != set(produced) and len(reference) == len(produced):
         produced = dict(zip(reference, produced.values(), strict=True))  # same order, other names
     metrics = compare_outputs(
@@ -91,7 +191,7 @@ def prove_parity(
     ]
     agreements = [m.agreement for m in metrics if m.agreement is not None]
     report = {
-        "samples": int(next(iter(feeds.values())).shape[0]),
+        "samples": data.size,
         "gate": {"min_agreement": gate.min_agreement, "min_sqnr_db": gate.min_sqnr_db},
         "passed": not failures,
         "failures": failures,
@@ -115,6 +215,7 @@ def convert(
     input_shapes: dict[str, list[int]] | None = None,
     precision: str = "float32",
     sample_data: str | Path | None = None,
+    signature: Signature | None = None,
 ) -> ExportResult:
     """Export `source` to `output` (suffix `.onnx` or `.tflite`) and prove parity.
 
@@ -122,9 +223,11 @@ def convert(
         source: `.keras`, a SavedModel folder, `.onnx`, or a scikit-learn `.pkl`/`.joblib`.
         output: destination; written only if the export passes its parity check.
         opset: ONNX opset for ONNX exports.
-        input_shapes: fixed shapes for inputs with dynamic non-batch dimensions.
+        input_shapes: fixed shapes for inputs with dynamic dimensions; an ONNX model is written with them
+            (shapes re-inferred, checked in onnxruntime) and parity is proven on the fixed model.
         precision: `float32` or `float16` (TFLite output only).
         sample_data: real inputs (`.npy`/`.npz`) for the parity check instead of random ones.
+        signature: declared batch axes and state pairs (ONNX sources; `converters.signature`).
 
     Raises:
         ModelInputError, UnsupportedModelError, ConversionError.
@@ -148,13 +251,15 @@ def convert(
             f"{source}: TFLite output is made from Keras or SavedModel sources, not from a {kind} model; "
             f"{advice}"
         )
+    if signature is not None and signature.states and kind != "onnx":
+        raise ModelInputError(f"{source}: state pairs (--state) apply to ONNX sources, not to a {kind} model")
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         workdir = Path(tmp)
         if kind in ("keras", "savedmodel"):
-            return _export_tf(source, output, workdir, opset, input_shapes, precision, sample_data)
+            return _export_tf(source, output, workdir, opset, input_shapes, precision, sample_data, signature)
         if kind == "onnx":
-            return _export_onnx(source, output, sample_data, input_shapes)
-        return _export_sklearn(source, output, opset, sample_data)
+            return _export_onnx(source, output, sample_data, input_shapes, signature)
+        return _export_sklearn(source, output, opset, sample_data, signature)
 
 
 def _source_kind(source: Path) -> str:
@@ -183,24 +288,23 @@ def _source_kind(source: Path) -> str:
     return kinds[suffix]
 
 
-def _feeds(
+def _data(
     inputs: tuple[TensorInfo, ...],
+    outputs: tuple[TensorInfo, ...],
     sample_data: str | Path | None,
-    input_shapes: dict[str, list[int]] | None = None,
-) -> dict[str, np.ndarray]:
-    if input_shapes:
-        unknown = sorted(set(input_shapes) - {i.name for i in inputs})
-        if unknown:
-            names = [i.name for i in inputs]
-            raise ModelInputError(f"--input-shape names {unknown}, but the model inputs are {names}")
-        inputs = tuple(
-            replace(i, shape=(None, *input_shapes[i.name][1:])) if i.name in input_shapes else i
-            for i in inputs
-        )
+    signature: Signature | None,
+) -> Dataset:
     if sample_data is None:
-        return sample_inputs(inputs)
-    data = load_dataset(sample_data, inputs, max_samples=64)
-    return dict(data.arrays)
+        return sample_dataset(inputs, outputs, signature)
+    return load_dataset(sample_data, inputs, max_samples=64, signature=signature, outputs=outputs)
+
+
+def _feeds(
+    inputs: tuple[TensorInfo, ...], sample_data: str | Path | None, signature: Signature | None
+) -> dict[str, np.ndarray]:
+    """One batch of sample feeds for sources run by their own framework (Keras, scikit-learn)."""
+    data = _data(inputs, (), sample_data, signature)
+    return data.feeds(slice(0, data.size))
 
 
 def _export_tf(
@@ -211,11 +315,12 @@ def _export_tf(
     input_shapes: dict[str, list[int]] | None,
     precision: str,
     sample_data: str | Path | None,
+    signature: Signature | None,
 ) -> ExportResult:
     from converters.tf_source import load_tf_source
 
     tf_source = load_tf_source(source, workdir, input_shapes)
-    feeds = _feeds(tf_source.inputs, sample_data)
+    feeds = _feeds(tf_source.inputs, sample_data, signature)
     reference = tf_source.predict(feeds)
     kind = "keras" if source.is_file() else "savedmodel"
     with atomic_output(output) as tmp:
@@ -245,27 +350,117 @@ def _tf_to_onnx(tf_source: Any, path: Path, opset: int) -> None:
 
 
 def _export_onnx(
-    source: Path, output: Path, sample_data: str | Path | None, input_shapes: dict[str, list[int]] | None
+    source: Path,
+    output: Path,
+    sample_data: str | Path | None,
+    input_shapes: dict[str, list[int]] | None,
+    signature: Signature | None,
 ) -> ExportResult:
     import onnx
 
     model = load_onnx(source)
     check_onnx_file(source)
     engine = load_engine(source)
-    feeds = _feeds(engine.inputs, sample_data, input_shapes)
-    reference = engine.run(feeds)
+    # Batch axes come from the source: a fixed dim of 1 no longer says where the batch was.
+    signature = signature or Signature()
+    axes = resolve_batch_axes(engine.inputs, engine.outputs, signature)
+    signature = Signature(batch_axes=axes, states=signature.states)
+    route = "onnx->onnx (checked, shapes inferred)"
+    if input_shapes:
+        model = fix_input_shapes(model, input_shapes)
+        fixed = ", ".join(f"{n}:{','.join(map(str, d))}" for n, d in input_shapes.items())
+        route = f"onnx->onnx (input shapes fixed to {fixed}, shapes inferred)"
     with atomic_output(output) as tmp:
         onnx.save(model, str(tmp))
-        parity = prove_parity(reference, tmp, feeds, EXPORT_GATE)
-    return ExportResult(output, "onnx->onnx (checked, shapes inferred)", parity)
+        if input_shapes:
+            try:
+                check_onnx_file(tmp)
+            except ConverterError as e:
+                detail = str(e).replace(f"{tmp}: ", "").replace(str(tmp), output.name)
+                raise ModelInputError(
+                    f"{source.name} with --input-shape {fixed}: {detail}. The graph cannot take these "
+                    "static shapes; leave those dimensions dynamic or give other values"
+                ) from e
+        exported = load_engine(tmp)
+        data = _data(exported.inputs, exported.outputs, sample_data, signature)
+        reference = run_model(engine, data)
+        parity = prove_parity(reference, tmp, data, EXPORT_GATE)
+    return ExportResult(output, route, parity)
 
 
-def _export_sklearn(source: Path, output: Path, opset: int, sample_data: str | Path | None) -> ExportResult:
+def fix_input_shapes(model: Any, input_shapes: Mapping[str, list[int]]) -> Any:
+    """Set the named inputs' dims to fixed values, propagate them and re-run shape inference.
+
+    A symbolic dim (ONNX `dim_param`) that gets a value is replaced by that value wherever the graph uses
+    it (outputs, value_info), so the written model states one consistent shape.
+
+    Raises:
+        ModelInputError: an unknown input, a rank mismatch, or a value that contradicts a static dim.
+    """
+    import onnx
+
+    graph_inputs = {i.name: i for i in model.graph.input}
+    initializers = {t.name for t in model.graph.initializer}
+    names = [n for n in graph_inputs if n not in initializers]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise ModelInputError(f"--input-shape names {unknown}, but the model inputs are {names}")
+    symbols: dict[str, int] = {}
+    for name, dims in input_shapes.items():
+        shape = graph_inputs[name].type.tensor_type.shape
+        if len(shape.dim) != len(dims):
+            raise ModelInputError(
+                f"--input-shape {name}:{','.join(map(str, dims))} has {len(dims)} dimensions, but input "
+                f"{name!r} has {len(shape.dim)} ({_shape_text(shape)}); give one value per dimension"
+            )
+        for axis, (dim, value) in enumerate(zip(shape.dim, dims, strict=True)):
+            if dim.HasField("dim_value") and dim.dim_value != value:
+                raise ModelInputError(
+                    f"--input-shape {name}:{','.join(map(str, dims))}: dimension {axis} of {name!r} is "
+                    f"fixed to {dim.dim_value} in the model ({_shape_text(shape)}); "
+                    f"keep {dim.dim_value} there"
+                )
+            if dim.HasField("dim_param") and dim.dim_param:
+                previous = symbols.setdefault(dim.dim_param, value)
+                if previous != value:
+                    raise ModelInputError(
+                        f"--input-shape: dimension {dim.dim_param!r} gets both {previous} and {value}; "
+                        "inputs sharing a named dimension need the same value"
+                    )
+    for name, dims in input_shapes.items():
+        for dim, value in zip(graph_inputs[name].type.tensor_type.shape.dim, dims, strict=True):
+            dim.Clear()
+            dim.dim_value = value
+    for value_info in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if not value_info.type.HasField("tensor_type"):
+            continue
+        for dim in value_info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in symbols:
+                fixed = symbols[dim.dim_param]
+                dim.Clear()
+                dim.dim_value = fixed
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as e:
+        raise ModelInputError(
+            f"--input-shape: the model does not accept these shapes ({first_line(e)}); "
+            "give shapes the model can take"
+        ) from e
+
+
+def _shape_text(shape: Any) -> str:
+    dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+    return "(" + ", ".join(dims) + ")"
+
+
+def _export_sklearn(
+    source: Path, output: Path, opset: int, sample_data: str | Path | None, signature: Signature | None
+) -> ExportResult:
     from converters.sklearn_export import export_sklearn, load_sklearn
 
     estimator = load_sklearn(source)
     with atomic_output(output) as tmp:
         inputs, predict = export_sklearn(estimator, tmp, opset=opset)
-        feeds = _feeds(inputs, sample_data)
+        feeds = _feeds(inputs, sample_data, signature)
         parity = prove_parity(predict(feeds), tmp, feeds, EXPORT_GATE)
     return ExportResult(output, f"sklearn->onnx (skl2onnx, {type(estimator).__name__})", parity)

@@ -75,21 +75,35 @@ def _time_calls(engine: Engine, feeds: dict[str, np.ndarray], seconds: float) ->
             return elapsed / calls
 
 
-def _feeds_for(sample: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+def _feeds_for(
+    sample: dict[str, np.ndarray], batch: int, batch_axes: Mapping[str, int | None] | None = None
+) -> dict[str, np.ndarray]:
+    """`batch` samples tiled from `sample` on each input's batch axis (axis 0 unless given; None: as is)."""
     out = {}
     for name, array in sample.items():
-        reps = math.ceil(batch / array.shape[0])
-        out[name] = np.concatenate([array] * reps, axis=0)[:batch]
+        axis = (batch_axes or {}).get(name, 0)
+        if axis is None:
+            out[name] = array
+            continue
+        reps = math.ceil(batch / array.shape[axis])
+        tiled = np.concatenate([array] * reps, axis=axis)
+        out[name] = np.ascontiguousarray(np.take(tiled, np.arange(batch), axis=axis))
     return out
 
 
 def compare_latency(
-    reference: Path, candidate: Path, sample: dict[str, np.ndarray], config: LatencyConfig | None = None
+    reference: Path,
+    candidate: Path,
+    sample: dict[str, np.ndarray],
+    config: LatencyConfig | None = None,
+    *,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """Measure both models at each batch size; return the report's `latency` section.
 
     `ratio` is the median reference time / median candidate time: above 1 the candidate is faster.
-    `round_ratios` keeps the paired per-round speed-ups the verdict is computed from.
+    `round_ratios` keeps the paired per-round speed-ups the verdict is computed from. `batch_axes`: each
+    input's batch axis (default 0; None for an input fed as it is).
     """
     config = config or LatencyConfig()
     engines = {
@@ -107,7 +121,7 @@ def compare_latency(
         "round_ratios": {},
     }
     for batch in config.batch_sizes:
-        feeds = _feeds_for(sample, batch)
+        feeds = _feeds_for(sample, batch, batch_axes)
         for engine in engines.values():
             for _ in range(config.warmup_calls):
                 engine.run(feeds)

@@ -66,6 +66,7 @@ def _channel_axis(array: np.ndarray) -> int:
 
 
 def _channel_sums(array: np.ndarray) -> np.ndarray:
+    array = np.atleast_1d(array)  # a 0-d activation (a scalar in the graph) is one channel
     axis = _channel_axis(array)
     other = tuple(a for a in range(array.ndim) if a != axis)
     return np.sum(array * array, axis=other) if other else array * array

@@ -1,9 +1,12 @@
-"""The one parity contract: float reference vs candidate, per output, with a configurable gate.
+"""The one parity contract: float reference vs candidate, per output and per output role, with a gate.
 
 Definitions (QUANTIZATION.md), per output tensor, reference x vs candidate y over the evaluation set:
 top-1 agreement (share of samples with the same argmax, classification outputs only); task accuracy and
 its drop in percentage points when labels are given; SQNR dB = 20·log10(‖x‖ / ‖x − y‖), 100 when
-identical; cosine similarity; max |x − y| / max |x|.
+identical; cosine similarity; max |x − y| / max |x|. Every output also has a role (declared, or inferred
+from its shape: :mod:`converters.roles`) judged by its own metrics and default thresholds
+(:mod:`converters.role_metrics`: detection recall/precision after NMS, segmentation mIoU, embedding
+cosine and neighbours, sequence agreement and exact decodes, regression relative error).
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ import numpy as np
 from converters._files import sha256_file
 from converters.data import Dataset
 from converters.errors import DataError
-from converters.progress import NullProgress, Progress
+from converters.progress import Progress
+from converters.role_metrics import ROLE_THRESHOLDS, role_failures, role_metrics, role_objective
+from converters.roles import resolve_roles
+from converters.runner import run_model
+from converters.signature import with_hints
 from device_runtime.engines import Engine, load_engine
+from device_runtime.preprocess import OutputSpec
 
 __all__ = [
     "EXPORT_GATE",
@@ -33,6 +41,7 @@ __all__ = [
     "parity_report",
     "run_model",
     "sqnr_db",
+    "summary_metrics",
 ]
 
 IDENTICAL_SQNR_DB = 100.0
@@ -41,24 +50,43 @@ HISTOGRAM_BINS = 30
 
 @dataclass(frozen=True)
 class Gate:
-    """Thresholds a candidate must meet; None disables a check."""
+    """Thresholds a candidate must meet; None disables a check.
+
+    ``min_agreement``/``max_drop_pp`` judge classification outputs; ``min_sqnr_db``/``min_cosine`` are a
+    floor on the whole tensor of every output. ``role_thresholds`` overrides the per-role defaults of
+    :data:`converters.role_metrics.ROLE_THRESHOLDS` (e.g. ``{"detection": {"min_recall": 0.95}}``).
+    """
 
     min_agreement: float | None = 0.99
     max_drop_pp: float | None = 1.0
     min_sqnr_db: float | None = 20.0
     min_cosine: float | None = None
+    role_thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
         if self.max_drop_pp is not None and self.max_drop_pp < 0:
             raise ValueError(f"max_drop_pp must be >= 0, got {self.max_drop_pp}")
+        for kind, overrides in self.role_thresholds.items():
+            unknown = set(overrides) - set(ROLE_THRESHOLDS.get(kind, {}))
+            if kind not in ROLE_THRESHOLDS or unknown:
+                raise ValueError(
+                    f"role_thresholds[{kind!r}]: unknown role or threshold {sorted(unknown)}; "
+                    f"known: {ROLE_THRESHOLDS}"
+                )
+
+    def thresholds_for(self, kind: str) -> dict[str, float]:
+        """The role checks of an output of this kind: the defaults with this gate's overrides."""
+        return {**ROLE_THRESHOLDS.get(kind, {}), **self.role_thresholds.get(kind, {})}
 
 
 INT8_GATE = Gate()
-EXPORT_GATE = Gate(min_agreement=1.0, max_drop_pp=0.0, min_sqnr_db=80.0)
+# Export proves fidelity on synthetic inputs by whole-tensor SQNR: a detector there may see no object.
+_SYNTHETIC = {"detection": {"min_reference_detections": 0.0}}
+EXPORT_GATE = Gate(min_agreement=1.0, max_drop_pp=0.0, min_sqnr_db=80.0, role_thresholds=_SYNTHETIC)
 # float16 rounds every weight to 11 significant bits: ~60-70 dB is normal, so 80 dB cannot apply.
-FP16_GATE = Gate(min_agreement=0.99, max_drop_pp=0.5, min_sqnr_db=40.0)
+FP16_GATE = Gate(min_agreement=0.99, max_drop_pp=0.5, min_sqnr_db=40.0, role_thresholds=_SYNTHETIC)
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,9 @@ class OutputMetrics:
     accuracy_candidate: float | None = None
     accuracy_drop_pp: float | None = None
     error_histogram: dict[str, list[float]] = field(default_factory=dict)
+    role: str = "tensor"
+    role_config: dict[str, Any] = field(default_factory=dict)  # the output entry of the spec
+    role_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -101,33 +132,41 @@ def _cosine(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.dot(a, b) / denominator)
 
 
-def _is_classification(array: np.ndarray) -> bool:
-    return array.ndim == 2 and array.shape[1] >= 2
-
-
 def compare_outputs(
     reference: Mapping[str, np.ndarray],
     candidate: Mapping[str, np.ndarray],
     labels: np.ndarray | None = None,
+    roles: Mapping[str, OutputSpec] | None = None,
+    *,
+    samples: int | None = None,
 ) -> list[OutputMetrics]:
-    """Compute the parity metrics of every output the reference has.
+    """Compute the parity metrics of every output the reference has, generic and per role.
+
+    ``roles``: declared output roles by name; the others are inferred from their shapes. ``samples``:
+    the evaluated sample count, when known: only outputs with the batch on axis 0 are then inferred to
+    be classification or detection (a role's metrics read samples on axis 0).
 
     Raises:
-        DataError: the candidate lacks an output or its shape differs.
+        DataError: the candidate lacks an output or its shape differs, or a role does not fit its output.
     """
-    metrics = []
     for name, x in reference.items():
         if name not in candidate:
             raise DataError(f"candidate has no output {name!r}; its outputs are {sorted(candidate)}")
+        if x.shape != candidate[name].shape:
+            raise DataError(
+                f"output {name!r}: reference shape {x.shape} but candidate shape {candidate[name].shape}"
+            )
+    resolved = resolve_roles({name: x.shape for name, x in reference.items()}, roles, samples=samples)
+    metrics = []
+    for name, x in reference.items():
         y = candidate[name]
-        if x.shape != y.shape:
-            raise DataError(f"output {name!r}: reference shape {x.shape} but candidate shape {y.shape}")
-        classification = _is_classification(x)
+        role = resolved[name]
+        classification = role.kind == "classification"
         agreement = None
         acc_ref = acc_cand = drop = None
         if classification:
-            ref_top = x.argmax(axis=1)
-            cand_top = y.argmax(axis=1)
+            ref_top = x.reshape(x.shape[0], -1).argmax(axis=1)
+            cand_top = y.reshape(y.shape[0], -1).argmax(axis=1)
             agreement = float(np.mean(ref_top == cand_top))
             if labels is not None:
                 if labels.shape[0] != x.shape[0]:
@@ -156,9 +195,41 @@ def compare_outputs(
                 accuracy_candidate=acc_cand,
                 accuracy_drop_pp=drop,
                 error_histogram=histogram,
+                role=role.kind,
+                role_config=_role_config(role),
+                role_metrics=_role_metrics(role, x, y, reference, candidate),
             )
         )
     return metrics
+
+
+def _role_config(role: OutputSpec) -> dict[str, Any]:
+    return {k: v for k, v in asdict(role).items() if v is not None}
+
+
+def _role_metrics(
+    role: OutputSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    paired = role.kind == "detection" and role.effective_format == "boxes" and role.scores is not None
+    try:
+        return role_metrics(
+            role,
+            x,
+            y,
+            reference_scores=reference[role.scores] if paired and role.scores else None,
+            candidate_scores=candidate[role.scores] if paired and role.scores else None,
+        )
+    except (ValueError, IndexError, np.exceptions.AxisError) as e:
+        raise with_hints(
+            DataError(
+                f"output {role.name!r} of shape {list(x.shape)} cannot be read as a {role.kind} output ({e})"
+            ),
+            {"--role": "declare its role with --role OUTPUT=ROLE (or in the --preprocess spec's outputs)"},
+        ) from e
 
 
 def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
@@ -185,29 +256,8 @@ def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
             failures.append(f"{m.name}: SQNR {m.sqnr_db:.2f} dB < {gate.min_sqnr_db:.2f} dB")
         if gate.min_cosine is not None and not m.cosine >= gate.min_cosine:
             failures.append(f"{m.name}: cosine {m.cosine:.5f} < {gate.min_cosine:.5f}")
+        failures += role_failures(m.name, m.role, m.role_metrics, gate.thresholds_for(m.role))
     return failures
-
-
-def run_model(
-    engine: Engine,
-    data: Dataset,
-    *,
-    batch_size: int = 64,
-    progress: Progress | None = None,
-    label: str = "run",
-) -> dict[str, np.ndarray]:
-    """Run every sample of `data` through `engine` and concatenate the outputs by name."""
-    progress = progress or NullProgress()
-    task = progress.task(label, data.size)
-    parts: dict[str, list[np.ndarray]] = {}
-    try:
-        for feeds in data.batches(batch_size):
-            for name, value in engine.run(feeds).items():
-                parts.setdefault(name, []).append(np.asarray(value))
-            task.advance(next(iter(feeds.values())).shape[0])
-    finally:
-        task.close()
-    return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
 
 
 def _model_entry(path: str | Path, engine: Engine) -> dict[str, Any]:
@@ -223,17 +273,20 @@ def parity_report(
     labels: np.ndarray | None = None,
     reference_outputs: Mapping[str, np.ndarray] | None = None,
     progress: Progress | None = None,
+    roles: Mapping[str, OutputSpec] | None = None,
 ) -> dict[str, Any]:
     """Run both models on `data` (through the device's engines) and return the parity report dict.
 
-    `reference_outputs` skips re-running the reference when the caller has them already.
+    `reference_outputs` skips re-running the reference when the caller has them already; `roles` are the
+    declared output roles (:func:`converters.roles.load_roles`), the others are inferred from shapes.
+    The report holds every output's role, role metrics and the thresholds it was judged by.
     """
     reference_engine = load_engine(reference_path)
     candidate_engine = load_engine(candidate_path)
     if reference_outputs is None:
         reference_outputs = run_model(reference_engine, data, progress=progress, label="reference")
     candidate_outputs = run_model(candidate_engine, data, progress=progress, label="candidate")
-    metrics = compare_outputs(reference_outputs, candidate_outputs, labels)
+    metrics = compare_outputs(reference_outputs, candidate_outputs, labels, roles, samples=data.size)
     failures = evaluate_gate(metrics, gate)
     return {
         "schema": "edgekit.parity/v1",
@@ -241,21 +294,41 @@ def parity_report(
         "candidate": _model_entry(candidate_path, candidate_engine),
         "samples": data.size,
         "gate": asdict(gate),
+        "role_thresholds": {kind: gate.thresholds_for(kind) for kind in ROLE_THRESHOLDS},
         "passed": not failures,
         "failures": failures,
-        "outputs": [asdict(m) for m in metrics],
+        "outputs": [{**asdict(m), "thresholds": _thresholds(m, gate)} for m in metrics],
     }
 
 
+def _thresholds(m: OutputMetrics, gate: Gate) -> dict[str, float]:
+    """Every threshold this output was judged by (None-valued checks left out)."""
+    base: dict[str, float | None] = {"min_sqnr_db": gate.min_sqnr_db, "min_cosine": gate.min_cosine}
+    if m.role == "classification":
+        base.update(min_agreement=gate.min_agreement)
+        if m.accuracy_drop_pp is not None:
+            base.update(max_drop_pp=gate.max_drop_pp)
+    return {**{k: v for k, v in base.items() if v is not None}, **gate.thresholds_for(m.role)}
+
+
 def summary_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The worst figures over all outputs: what a one-line summary or a repair candidate shows."""
+    """The worst figures over all outputs: what a one-line summary or a repair candidate shows.
+
+    ``objective`` is the worst output's role objective (higher is better, in [0, 1]; see
+    :func:`converters.role_metrics.role_objective`) and ``objective_metric`` says which it is: the one
+    number a repair search should drive up (whole-tensor SQNR hides a broken detector).
+    """
     outputs = report["outputs"]
     agreements = [o["agreement"] for o in outputs if o["agreement"] is not None]
     drops = [o["accuracy_drop_pp"] for o in outputs if o["accuracy_drop_pp"] is not None]
+    objectives = [(*role_objective(o.get("role", "tensor"), o), o["name"]) for o in outputs]
+    what, worst, name = min(objectives, key=lambda t: t[1]) if objectives else ("none", 1.0, "")
     return {
         "passed": report["passed"],
         "agreement": min(agreements) if agreements else None,
         "sqnr_db": min(o["sqnr_db"] for o in outputs),
         "cosine": min(o["cosine"] for o in outputs),
         "accuracy_drop_pp": max(drops) if drops else None,
+        "objective": worst,
+        "objective_metric": f"{name}: {what}" if name else what,
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,12 @@ from converters._files import atomic_output
 from converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset, load_labels
 from converters.errors import GateError, ModelInputError, QuantizationError
 from converters.latency import LatencyConfig, compare_latency
-from converters.parity import INT8_GATE, Gate, parity_report, run_model, summary_metrics
+from converters.parity import INT8_GATE, Gate, parity_report, summary_metrics
 from converters.progress import NullProgress, Progress
-from device_runtime.engines import TensorInfo, load_engine
+from converters.runner import run_model, unroll
+from converters.signature import Signature
+from device_runtime.engines import Engine, TensorInfo, load_engine
+from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
 
@@ -52,6 +56,8 @@ class QuantizeOptions:
     require_speedup: bool = False  # refuse a candidate measured slower than float on this host
     allow_slower: bool = False  # deprecated no-op: a slower model is now a warning unless require_speedup
     preprocess: str | Path | None = None  # spec for folders of images
+    signature: Signature | None = None  # declared batch axes and state pairs (converters.signature)
+    roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
 
 
 @dataclass(frozen=True)
@@ -110,10 +116,22 @@ def _load_data(
     labels: str | Path | None,
     options: QuantizeOptions,
     progress: Progress,
+    engine: Engine | None = None,
 ) -> tuple[Dataset, Dataset, np.ndarray | None]:
+    outputs = engine.outputs if engine is not None else ()
     calib = load_dataset(
-        calibration, inputs, max_samples=options.samples, seed=options.seed, preprocess=options.preprocess
+        calibration,
+        inputs,
+        max_samples=options.samples,
+        seed=options.seed,
+        preprocess=options.preprocess,
+        signature=options.signature,
+        outputs=outputs,
     )
+    if calib.stateful:
+        if engine is None:
+            raise ModelInputError("stateful sequences (--state) are quantized from an ONNX model to .onnx")
+        calib = unroll(engine, calib, progress=progress)  # every step's inputs, states from the float model
     if calib.size < MIN_CALIBRATION_SAMPLES:
         progress.note(
             f"warning: only {calib.size} calibration samples (< {MIN_CALIBRATION_SAMPLES}); SQNR usually "
@@ -125,6 +143,8 @@ def _load_data(
         max_samples=options.eval_samples,
         seed=options.seed,
         preprocess=options.preprocess,
+        signature=options.signature,
+        outputs=outputs,
     )
     label_array = load_labels(labels, evaluation) if labels is not None else None
     return calib, evaluation, label_array
@@ -146,9 +166,12 @@ def _quantize_onnx(
     from converters.strategies import LadderSettings, attempt_rows, config_of, run_ladder
 
     check_onnx_file(model)
-    inputs = load_engine(model).inputs
-    calib, evaluation, label_array = _load_data(inputs, calibration, eval_data, labels, options, progress)
-    reference_outputs = run_model(load_engine(model), evaluation, progress=progress, label="float reference")
+    engine = load_engine(model)
+    calib, evaluation, label_array = _load_data(
+        engine.inputs, calibration, eval_data, labels, options, progress, engine
+    )
+    reference_outputs = run_model(engine, evaluation, progress=progress, label="float reference")
+    steps = unroll(engine, evaluation)  # localization and latency run single steps
 
     def evaluate(candidate: Path) -> dict[str, Any]:
         return parity_report(
@@ -158,6 +181,7 @@ def _quantize_onnx(
             gate=options.gate,
             labels=label_array,
             reference_outputs=reference_outputs,
+            roles=options.roles,
         )
 
     config = resolve_preset(options.preset)
@@ -187,7 +211,7 @@ def _quantize_onnx(
         max_evaluations=options.max_evaluations,
         max_excluded_fraction=options.max_excluded_fraction,
     )
-    outcome = run_ladder(model, workdir, calib, evaluate, settings, progress)
+    outcome = run_ladder(model, workdir, calib, evaluate, settings, progress, localize_data=steps)
     section["strategies"] = attempt_rows(outcome)
     section["choice"] = outcome.reason
     best = outcome.best()
@@ -208,7 +232,7 @@ def _quantize_onnx(
     per_tensor = None
     ranking = outcome.ranking
     if ranking is None and best.float_model is not None:
-        ranking = localize(best.float_model, best.path, evaluation, workdir)
+        ranking = localize(best.float_model, best.path, steps, workdir)
     if ranking is not None:
         per_tensor = as_report_rows(ranking)
     if outcome.repair is not None:
@@ -224,7 +248,7 @@ def _quantize_onnx(
             _decorate(report, section, outcome.repair, per_tensor, model, best.path, output),
         )
     return _finish(
-        report, section, outcome.repair, per_tensor, model, best.path, output, evaluation, options, progress
+        report, section, outcome.repair, per_tensor, model, best.path, output, steps, options, progress
     )
 
 
@@ -309,7 +333,13 @@ def _quantize_tflite(
         )
     )
     report = parity_report(
-        reference, candidate, evaluation, gate=options.gate, labels=label_array, progress=progress
+        reference,
+        candidate,
+        evaluation,
+        gate=options.gate,
+        labels=label_array,
+        progress=progress,
+        roles=options.roles,
     )
     report["reference"]["path"] = f"{model} (float32 TFLite)"
     section = {
@@ -383,10 +413,13 @@ def _finish(
         )
     if options.latency is not None:
         progress.note("measuring latency (float vs quantized, interleaved rounds)")
-        sample = {
-            name: array[: max(options.latency.batch_sizes)] for name, array in evaluation.arrays.items()
-        }
-        latency = compare_latency(reference, candidate, sample, options.latency)
+        config = options.latency
+        if evaluation.run_batch(max(config.batch_sizes)) < max(config.batch_sizes):
+            config = replace(config, batch_sizes=(evaluation.run_batch(max(config.batch_sizes)),))
+        sample = evaluation.take(max(config.batch_sizes))
+        latency = compare_latency(
+            reference, candidate, sample.feeds(slice(0, sample.size)), config, batch_axes=sample.batch_axes
+        )
         latency["required_speedup"] = options.require_speedup
         report["latency"] = latency
         if latency["verdict"] == "slower":

@@ -143,6 +143,14 @@ def _header(report: Mapping[str, Any]) -> str:
         [_td("min cosine"), _td(_fmt(gate.get("min_cosine"), 4))],
     ]
     parts.append(_table(["Threshold", "Value"], gate_rows))
+    role_rows = [
+        [_td(_e(kind)), _td(", ".join(f"{_e(k)} {_fmt(v, 2)}" for k, v in _map(limits).items()) or "—")]
+        for kind, limits in _map(report.get("role_thresholds")).items()
+    ]
+    if role_rows:
+        parts.append(
+            "<h3>Role thresholds</h3>" + _table(["Role", "Thresholds (on top of the gate)"], role_rows)
+        )
     failures = [f for f in _seq(report.get("failures")) if f is not None]
     if failures:
         items = "".join(f"<li>{_e(f)}</li>" for f in failures)
@@ -165,6 +173,7 @@ def _outputs(report: Mapping[str, Any]) -> str:
         rows.append(
             [
                 _td(_e(o.get("name"))),
+                _td(_e(o.get("role", "tensor"))),
                 _td(_pct(o.get("agreement")), _below(o.get("agreement"), gate.get("min_agreement"))),
                 _td(_pct(o.get("accuracy_reference"))),
                 _td(_pct(o.get("accuracy_candidate"))),
@@ -193,6 +202,7 @@ def _outputs(report: Mapping[str, Any]) -> str:
             plots.append(f"<h3>Error histogram: {_e(name)}</h3>" + _plot(draw, (6, 3), f"histogram {name}"))
     headers = [
         "Output",
+        "Role",
         "Agreement",
         "Acc. ref",
         "Acc. cand",
@@ -352,13 +362,60 @@ def _latency(report: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _role_value(value: Any) -> str:
+    f = _num(value)
+    if f is None:
+        return _e(value)
+    return str(int(f)) if isinstance(value, int) else f"{f:.4f}"
+
+
+def _roles(report: Mapping[str, Any]) -> str:
+    """Per output: its role, decoding, role metrics and the thresholds it was judged by."""
+    parts = []
+    for o in (_map(x) for x in _seq(report.get("outputs"))):
+        metrics, thresholds = _map(o.get("role_metrics")), _map(o.get("thresholds"))
+        if not metrics:
+            continue
+        rows = []
+        for key, value in metrics.items():
+            if isinstance(value, (Mapping, list, tuple)):
+                continue
+            limit = thresholds.get(f"min_{key}", thresholds.get(f"max_{key}"))
+            bad = (f"min_{key}" in thresholds and _below(value, limit)) or (
+                f"max_{key}" in thresholds and _below(limit, value)
+            )
+            shown = "—" if limit is None else ("≥ " if f"min_{key}" in thresholds else "≤ ") + _fmt(limit, 4)
+            rows.append([_td(_e(key.replace("_", " "))), _td(_role_value(value), bad), _td(shown)])
+        decoding = _map(metrics.get("decoding")) or {
+            k: v for k, v in _map(o.get("role_config")).items() if k not in ("name", "kind")
+        }
+        config = ", ".join(f"{_e(k)}={_e(v)}" for k, v in decoding.items())
+        parts.append(
+            f"<h3>{_e(o.get('name'))}: {_e(o.get('role'))}</h3>"
+            + (f"<p>Decoding: {config}</p>" if config else "")
+            + _table(["Metric", "Value", "Threshold"], rows)
+        )
+    if not parts:
+        return ""
+    return "<h2>Output roles</h2><p>Each output judged as its role (reference = truth).</p>" + "\n".join(
+        parts
+    )
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """Render a parity/quantize report dict as a self-contained HTML page."""
     passed = report.get("passed") is True
     title = f"edgekit parity: {'PASS' if passed else 'FAIL'}"
     body = "\n".join(
         s
-        for s in (_header(report), _outputs(report), _per_tensor(report), _repair(report), _latency(report))
+        for s in (
+            _header(report),
+            _outputs(report),
+            _roles(report),
+            _per_tensor(report),
+            _repair(report),
+            _latency(report),
+        )
         if s
     )
     return (

@@ -76,9 +76,9 @@ def _shape_for(name: str, shape: Any, input_shapes: dict[str, list[int]] | None)
             raise ModelInputError(f"--input-shape {name}: {len(fixed)} dims given, the model has {len(dims)}")
         return [None if i == 0 else int(d) for i, d in enumerate(fixed)]
     if dims and any(d is None for d in dims[1:]):
-        raise ModelInputError(
-            f"input {name!r} has dynamic dimensions {dims}; fix them with --input-shape {name}:1,..."
-        )
+        error = ModelInputError(f"input {name!r} has dynamic dimensions {dims}")
+        error.option_hints = {"--input-shape": f"fix them with --input-shape {name}:1,..."}  # type: ignore[attr-defined]
+        raise error
     return [None, *dims[1:]]
 
 

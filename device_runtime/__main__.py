@@ -7,6 +7,9 @@
                                          an image file for image inputs
       revert [--json]                    go back to the previous model now
       upload --endpoint URL [--token-env VAR]   send queued telemetry until the queue is empty
+      bench BUNDLE [BUNDLE ...] [--seconds S] [--input FILE] [--threads N] [--json]
+                                         verify, load and time bundles here, interleaved; latency ratio
+                                         against the first bundle with a 95% confidence interval
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr, no traceback), 2 bad usage. Standard library
 argparse only: the device side does not depend on click. This module is the only device code that prints.
@@ -27,6 +30,7 @@ __all__ = ["main"]
 PROG = "python -m device_runtime"
 MAX_UPLOAD_BATCHES = 10_000  # one `upload` command sends at most this many batches
 MAX_OUTPUT_VALUES = 10_000  # outputs larger than this are shown by shape only
+MAX_SHOWN_DETECTIONS = 20  # lines of detections (and mask classes) printed without --json
 
 
 class _UsageError(Exception):
@@ -68,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
         "--unsafe-allow-http", action="store_true", help="allow plain http to a non-loopback host"
     )
     upload.add_argument("--json", action="store_true", help="print JSON")
+    bench = commands.add_parser(
+        "bench", help="time bundles on this device, interleaved (see device_runtime.bench)"
+    )
+    bench.add_argument(
+        "bundles", type=Path, nargs="+", metavar="BUNDLE", help=".ekb files; the first is the reference"
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=10.0, help="time budget of the timed rounds (default 10)"
+    )
+    bench.add_argument("--input", type=Path, help="one input for every bundle (default: their golden inputs)")
+    bench.add_argument("--threads", type=int, help="intra-op threads per engine (default: the engine's)")
+    bench.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -107,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from device_runtime.config import RuntimeConfig
     from device_runtime.runtime import Runtime
+
+    if args.command == "bench":  # no store needed: bundles are verified into a private temporary folder
+        return _bench(args)
 
     try:
         config = RuntimeConfig(
@@ -231,18 +250,52 @@ def _predict(runtime: Any, args: argparse.Namespace) -> int:
                 "bundle_id": result.bundle_id,
                 "latency_ms": result.latency_ms,
                 "top_k": top,
+                "decoded": result.decoded,
                 "outputs": outputs,
             }
         )
         return 0
     print(f"{result.model} {result.version}: {result.latency_ms:.2f} ms")
-    if top:
-        for label, score in top:
-            print(f"  {label}: {score:.4f}")
-    else:
+    for label, score in top:
+        print(f"  {label}: {score:.4f}")
+    for name, summary in result.decoded.items():
+        for line in _decoded_lines(name, summary):
+            print(line)
+    if not top and not result.decoded:
         for name, value in result.outputs.items():
             print(f"  {name}: shape {list(value.shape)} {value.dtype}")
     return 0
+
+
+def _decoded_lines(name: str, d: dict[str, Any]) -> list[str]:
+    """A decoded output (device_runtime.decode.decode_output) as indented text lines."""
+    role = d.get("role")
+    head = f"  {name} ({role})"
+    if role == "detection":
+        found = d["detections"]
+        lines = [f"{head}: {len(found)} detection(s)"]
+        for det in found[:MAX_SHOWN_DETECTIONS]:
+            box = ", ".join(f"{v:.1f}" for v in det["box"])
+            lines.append(f"    {det['label']}: {det['score']:.3f} at [{box}]")
+        if len(found) > MAX_SHOWN_DETECTIONS:
+            lines.append(f"    ... {len(found) - MAX_SHOWN_DETECTIONS} more (--json shows all)")
+        return lines
+    if role == "segmentation":
+        shares = sorted(d["shares"].items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{label} {100 * share:.1f}%" for label, share in shares[:MAX_SHOWN_DETECTIONS])
+        return [f"{head}: mask {'x'.join(str(n) for n in d['shape'])}: {text}"]
+    if role == "sequence":
+        shown = (
+            json.dumps(d["text"], ensure_ascii=False) if d["text"] is not None else f"tokens {d['tokens']}"
+        )
+        return [f"{head}: {shown}"]
+    if role == "embedding":
+        return [f"{head}: vector of dim {d['dim']}, norm {d['norm']:.4f}"]
+    if role == "regression":
+        values = ", ".join(f"{k}={v:.4g}" for k, v in d["values"].items())
+        more = f" (+{d['count'] - len(d['values'])} more)" if d["count"] > len(d["values"]) else ""
+        return [f"{head}: {values}{more}"]
+    return [f"{head}: {d}"]
 
 
 def _revert(runtime: Any, args: argparse.Namespace) -> int:
@@ -306,6 +359,35 @@ def _upload(runtime: Any, args: argparse.Namespace) -> int:
     if error is not None:
         print(f"{PROG}: error: {' '.join(error.split())}; the events stay queued", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from device_runtime.bench import bench_bundles, format_report
+    from signing.keys import load_public_key
+    from signing.verify import VerifyPolicy
+
+    if not 0 < args.seconds <= 3600:
+        raise _UsageError("--seconds must be in (0, 3600]")
+    if args.threads is not None and not 1 <= args.threads <= 256:
+        raise _UsageError("--threads must be in 1..256")
+    keys = [load_public_key(k) for k in args.key]
+    policy = VerifyPolicy(threshold=args.threshold, hardware_id=args.hardware_id)
+    request = None if args.input is None else _load_request(args.input)
+    result = bench_bundles(
+        args.bundles,
+        keys,
+        policy,
+        seconds=args.seconds,
+        request=request,
+        request_name="golden" if args.input is None else args.input.name,
+        threads=args.threads,
+    )
+    report = result.to_dict()
+    if args.json:
+        _emit(report)
+    else:
+        print("\n".join(format_report(report)))
     return 0
 
 

@@ -22,11 +22,26 @@ and duplicate keys are refused, every number is bounded::
       "mean": [float per channel] = 0, "std": [float per channel, 1e-6..1e6] = 1,
       "quantization": {"scale": float > 0, "zero_point": int in the dtype's range} or null = null}
 
-    OUTPUT:
-     {"name": str, "kind": "classification"|"regression"|"embedding"|"detection",
-      "activation": "none"|"softmax"|"sigmoid" = "none", "top_k": int 1..1000 = 5,
-      "labels": plain file name or null = null (classification and detection only),
-      "score_threshold": float 0..1 or null = null}
+    OUTPUT (the output's role; keys after "kind" are optional, defaults shown):
+     {"name": str, "kind": "classification"|"detection"|"segmentation"|"regression"|"embedding"
+                           |"sequence"|"tensor",
+      "activation": "none"|"softmax"|"sigmoid" = "none",
+      "top_k": int 1..1000 = 5 (classification: classes shown; embedding: neighbours the parity gate
+               compares),
+      "labels": plain file name or null = null (not for embedding and tensor; for sequence: the charset,
+                one token per line, the blank's line included),
+      "score_threshold": float 0..1 or null = null (classification: drop lower scores; detection: the
+                         per-box score floor before NMS, null = 0.25; segmentation: the threshold of a
+                         single-channel probability, null = 0.5),
+      detection only (null elsewhere):
+      "format": "yolo"|"yolo_transposed"|"boxes" or null = null ("yolo": [B, 4 + C, A] cx cy w h + C class
+                scores; "yolo_transposed": [B, A, 4 + C]; "boxes": this output is [B, A, 4] x1 y1 x2 y2 and
+                "scores" names the [B, A, C] or [B, A] scores output; null = "yolo"),
+      "scores": output name or null = null (required with "format": "boxes", refused otherwise),
+      "iou_threshold": float 0..1 or null = null (NMS; null = 0.45),
+      "max_detections": int 1..10000 or null = null (after NMS, per image; null = 100),
+      segmentation only: "class_axis": int -8..7 or null = null (axis of the class scores; null = -1),
+      sequence only: "blank": int 0..1000000 or null = null (CTC blank class; null = 0)}
 
 Names are 1..256 characters without control characters. Channels: 3 for RGB/BGR, 1 for GRAY; ``mean``
 and ``std`` hold one value per channel. ``quantization`` needs dtype uint8 or int8.
@@ -45,6 +60,7 @@ from typing import Any, ClassVar, NoReturn, TypeAlias
 from device_runtime.errors import SpecError
 
 __all__ = [
+    "OUTPUT_KINDS",
     "SCHEMA",
     "ImageInputSpec",
     "InputSpec",
@@ -53,6 +69,7 @@ __all__ = [
     "Quantization",
     "TensorInputSpec",
     "load_spec",
+    "parse_output",
     "parse_spec",
 ]
 
@@ -65,6 +82,8 @@ MAX_DIM = 2**31 - 1
 MAX_NAME = 256  # characters
 MAX_SPEC_BYTES = 1024 * 1024  # bytes read by load_spec
 MAX_TOP_K = 1000
+MAX_DETECTIONS = 10000
+MAX_BLANK = 1_000_000
 DEFAULT_RESCALE = 1 / 255
 
 TENSOR_DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
@@ -134,7 +153,10 @@ InputSpec: TypeAlias = ImageInputSpec | TensorInputSpec
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """How to read one model output: activation, labels file, top-k and score threshold."""
+    """How to read one model output: its role (``kind``) and that role's decoding parameters.
+
+    Fields that do not apply to the kind are None; the ``effective_*`` properties give the defaults.
+    """
 
     name: str
     kind: str
@@ -142,6 +164,44 @@ class OutputSpec:
     labels: str | None = None
     top_k: int = 5
     score_threshold: float | None = None
+    format: str | None = None  # detection: yolo | yolo_transposed | boxes (None: yolo)
+    scores: str | None = None  # detection with format "boxes": the scores output
+    iou_threshold: float | None = None  # detection NMS (None: 0.45)
+    max_detections: int | None = None  # detection, per image (None: 100)
+    class_axis: int | None = None  # segmentation (None: -1)
+    blank: int | None = None  # sequence CTC blank class (None: 0)
+
+    @property
+    def effective_format(self) -> str:
+        """The detection format, "yolo" when not given."""
+        return self.format or "yolo"
+
+    @property
+    def effective_score_threshold(self) -> float:
+        """The score floor: as given, else 0.25 for detection, 0.5 for segmentation, 0 otherwise."""
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return {"detection": 0.25, "segmentation": 0.5}.get(self.kind, 0.0)
+
+    @property
+    def effective_iou_threshold(self) -> float:
+        """The NMS IoU threshold, 0.45 when not given."""
+        return 0.45 if self.iou_threshold is None else self.iou_threshold
+
+    @property
+    def effective_max_detections(self) -> int:
+        """Detections kept per image after NMS, 100 when not given."""
+        return 100 if self.max_detections is None else self.max_detections
+
+    @property
+    def effective_class_axis(self) -> int:
+        """The segmentation class axis of one sample's array, -1 when not given."""
+        return -1 if self.class_axis is None else self.class_axis
+
+    @property
+    def effective_blank(self) -> int:
+        """The CTC blank class, 0 when not given."""
+        return 0 if self.blank is None else self.blank
 
 
 @dataclass(frozen=True)
@@ -294,7 +354,27 @@ _IMAGE_KEYS = (
     "std",
     "quantization",
 )
-_OUTPUT_KINDS = ("classification", "regression", "embedding", "detection")
+OUTPUT_KINDS = (
+    "classification",
+    "detection",
+    "segmentation",
+    "regression",
+    "embedding",
+    "sequence",
+    "tensor",
+)
+_OUTPUT_KINDS = OUTPUT_KINDS
+DETECTION_FORMATS = ("yolo", "yolo_transposed", "boxes")
+_LABELLED_KINDS = ("classification", "detection", "segmentation", "regression", "sequence")
+# key: the one kind it belongs to (a non-null value on another kind is refused)
+_KIND_KEYS = {
+    "format": "detection",
+    "scores": "detection",
+    "iou_threshold": "detection",
+    "max_detections": "detection",
+    "class_axis": "segmentation",
+    "blank": "sequence",
+}
 
 
 def _parse_image(d: Mapping[str, Any], path: str) -> ImageInputSpec:
@@ -353,13 +433,26 @@ def _parse_tensor(d: Mapping[str, Any], path: str) -> TensorInputSpec:
 
 
 def _parse_output(value: object, path: str) -> OutputSpec:
-    d = _obj(value, path, ("name", "kind"), ("activation", "labels", "top_k", "score_threshold"))
-    kind = _enum(d["kind"], f"{path}.kind", _OUTPUT_KINDS)
+    d = _obj(value, path, ("name", "kind"), ("activation", "labels", "top_k", "score_threshold", *_KIND_KEYS))
+    kind = _enum(d["kind"], f"{path}.kind", OUTPUT_KINDS)
     labels, threshold = d.get("labels"), d.get("score_threshold")
-    if labels is not None and kind not in ("classification", "detection"):
-        _fail(f"{path}.labels", labels, f"labels are for classification and detection outputs, not {kind}")
+    if labels is not None and kind not in _LABELLED_KINDS:
+        _fail(f"{path}.labels", labels, f"labels are for {', '.join(_LABELLED_KINDS)} outputs, not {kind}")
     if labels is not None and (not isinstance(labels, str) or not _LABELS_FILE.fullmatch(labels)):
         _fail(f"{path}.labels", labels, 'labels must be a plain file name in the bundle, e.g. "labels.txt"')
+    for key, owner in _KIND_KEYS.items():
+        if d.get(key) is not None and kind != owner:
+            _fail(f"{path}.{key}", d[key], f"{key} is for {owner} outputs only, not {kind}")
+    fmt = None if d.get("format") is None else _enum(d["format"], f"{path}.format", DETECTION_FORMATS)
+    scores = None if d.get("scores") is None else _name(d["scores"], f"{path}.scores")
+    if (fmt == "boxes") != (scores is not None):
+        _fail(
+            f"{path}.scores",
+            scores,
+            'format "boxes" needs "scores" (the name of the scores output), and only it takes one',
+        )
+    iou, most = d.get("iou_threshold"), d.get("max_detections")
+    axis, blank = d.get("class_axis"), d.get("blank")
     return OutputSpec(
         name=_name(d["name"], f"{path}.name"),
         kind=kind,
@@ -369,7 +462,27 @@ def _parse_output(value: object, path: str) -> OutputSpec:
         score_threshold=None
         if threshold is None
         else _float(threshold, f"{path}.score_threshold", "score_threshold", ge=0.0, le=1.0),
+        format=fmt,
+        scores=scores,
+        iou_threshold=None
+        if iou is None
+        else _float(iou, f"{path}.iou_threshold", "iou_threshold", ge=0.0, le=1.0),
+        max_detections=None
+        if most is None
+        else _int(most, f"{path}.max_detections", "max_detections", 1, MAX_DETECTIONS),
+        class_axis=None
+        if axis is None
+        else _int(axis, f"{path}.class_axis", "class_axis", -MAX_RANK, MAX_RANK - 1),
+        blank=None if blank is None else _int(blank, f"{path}.blank", "blank", 0, MAX_BLANK),
     )
+
+
+def parse_output(value: object, path: str = "output") -> OutputSpec:
+    """Validate one OUTPUT object (see the module docstring), e.g. a role given on a command line.
+
+    Raises SpecError naming ``path`` and the bad field.
+    """
+    return _parse_output(value, path)
 
 
 def _unique(names: list[str], section: str) -> None:

@@ -36,13 +36,19 @@ _ONNX_DTYPES = {
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Name, shape (None for a dynamic dimension), dtype and optional quantization of a model tensor."""
+    """Name, shape (None for a dynamic dimension), dtype and optional quantization of a model tensor.
+
+    `dim_names` holds the symbolic name of each dynamic dimension when the model names it (ONNX
+    `dim_param`, e.g. "batch"), None elsewhere; empty when the engine does not report names. Shared names
+    tell which axis of each tensor is the batch.
+    """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str
     scale: float | None = None
     zero_point: int | None = None
+    dim_names: tuple[str | None, ...] = ()
 
 
 class Engine(Protocol):
@@ -100,7 +106,7 @@ def _check_feed(info: TensorInfo, array: np.ndarray) -> None:
             f"the model expects {len(info.shape)} {info.shape}"
         )
     for axis, (got, want) in enumerate(zip(array.shape, info.shape, strict=True)):
-        if want is not None and axis > 0 and got != want:
+        if want is not None and got != want:
             raise InputError(
                 f"input {info.name!r}: dimension {axis} is {got}, the model expects {want} "
                 f"(full shape {info.shape}, got {tuple(array.shape)})"
@@ -140,7 +146,13 @@ class _OnnxEngine:
 
 def _onnx_info(node: Any) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) else None for d in node.shape)
-    return TensorInfo(name=node.name, shape=shape, dtype=_ONNX_DTYPES.get(node.type, node.type))
+    names = tuple(d if isinstance(d, str) and d else None for d in node.shape)
+    return TensorInfo(
+        name=node.name,
+        shape=shape,
+        dtype=_ONNX_DTYPES.get(node.type, node.type),
+        dim_names=names if any(names) else (),
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -161,7 +173,7 @@ def _fits(info: TensorInfo, array: object) -> bool:
         return False
     # Same length checked above, so strict=False cannot hide a mismatch.
     pairs = enumerate(zip(shape, info.shape, strict=False))
-    return all(want is None or got == want or axis == 0 for axis, (got, want) in pairs)
+    return all(want is None or got == want for _, (got, want) in pairs)
 
 
 def _prepare_feeds(inputs: tuple[TensorInfo, ...], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -183,7 +195,7 @@ def _prepare_feeds(inputs: tuple[TensorInfo, ...], feeds: dict[str, np.ndarray])
                     f"input {info.name!r}: dtype {array.dtype} cannot be fed to a {info.dtype} input"
                 )
             array = array.astype(info.dtype)
-        prepared[info.name] = np.ascontiguousarray(array)
+        prepared[info.name] = np.require(array, requirements="C")  # ascontiguousarray makes 0-d 1-d
     return prepared
 
 
@@ -213,11 +225,14 @@ class _LiteRTEngine:
             TensorInfo(i.name, i.shape, "float32" if i.scale else i.dtype) for i in self.inputs
         )
         prepared = _prepare_feeds(float_inputs, feeds)
-        batch = next(iter(prepared.values())).shape[0] if prepared else 1
+        # The first input with an axis 0 gives the batch (a 0-d input, e.g. a sample rate, has none).
+        batch = next((int(a.shape[0]) for a in prepared.values() if a.ndim > 0), 1)
         try:
             if batch != self._batch:
                 for detail in self._input_details:
                     shape = list(detail["shape"])
+                    if not shape:
+                        continue
                     shape[0] = batch
                     self._interpreter.resize_tensor_input(detail["index"], shape)
                 self._interpreter.allocate_tensors()

@@ -38,6 +38,7 @@ from device_runtime._spec import (
     TensorInputSpec,
     _fail,
     load_spec,
+    parse_output,
     parse_spec,
 )
 from device_runtime.errors import InputError, SpecError
@@ -54,6 +55,7 @@ __all__ = [
     "check_against_model",
     "list_images",
     "load_spec",
+    "parse_output",
     "parse_spec",
     "postprocess",
     "prepare_inputs",
@@ -124,6 +126,11 @@ def _dtype(name: str) -> np.dtype[Any]:
 
 def _check_tensor(spec: TensorInputSpec, value: object) -> np.ndarray:
     array = np.asarray(value)
+    if isinstance(value, (bool, int, float)) and array.ndim == 0:
+        # A Python scalar for a 0-d input (e.g. a sample rate): take it in the input's dtype when exact.
+        cast = array.astype(spec.dtype)
+        if cast.item() == value:
+            array = cast
     if array.dtype != np.dtype(spec.dtype):
         raise InputError(
             f"input {spec.name!r}: dtype {array.dtype} is not allowed (expected {spec.dtype}); "
@@ -190,12 +197,15 @@ class Prediction:
     ``values``: the output after the activation (float32, the sample's own shape). For classification,
     ``indices``/``scores`` hold the top-k classes by descending score (ties: lower index first) with scores
     below ``score_threshold`` dropped, and ``labels`` their names when labels were given; otherwise empty.
+    For the other roles (not tensor), ``decoded`` is the sample decoded as its role
+    (:func:`device_runtime.decode.decode_output`: detections, mask shares, text, vector norm, values).
     """
 
     values: np.ndarray
     indices: tuple[int, ...] = ()
     scores: tuple[float, ...] = ()
     labels: tuple[str, ...] | None = None
+    decoded: dict[str, Any] | None = None
 
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
@@ -207,21 +217,44 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
     return x
 
 
-def postprocess(spec: OutputSpec, array: object, *, labels: Sequence[str] | None = None) -> list[Prediction]:
-    """Apply the output's activation (over the last axis) and, for classification, top-k; one item per sample.
+def postprocess(
+    spec: OutputSpec,
+    array: object,
+    *,
+    labels: Sequence[str] | None = None,
+    scores: object | None = None,
+) -> list[Prediction]:
+    """Apply the output's activation (over the last axis), then top-k for classification or the role's
+    decoding for the others; one item per sample.
 
     ``array``: the model output with the batch axis first; a 1-D array is one sample. ``labels``: the
-    class names (from the bundle's labels file), one per class. Raises InputError for a scalar output and
-    SpecError when the label count does not match the class count.
+    class names (from the bundle's labels file), one per class (the charset for a sequence). ``scores``:
+    the scores output of a detection in format "boxes". Raises InputError for a scalar output or one
+    that does not fit its role, and SpecError when the label count does not match the class count.
     """
+    from device_runtime.decode import decode_output
+
     x = np.asarray(array, dtype=np.float64)  # float64: integer outputs and stable activations alike
     if x.ndim == 0:
         raise InputError(f"output {spec.name!r}: a scalar has no batch axis; pass the model's output array")
     batch = _activate(x[np.newaxis] if x.ndim == 1 else x, spec.activation).astype(np.float32)
+    paired = None if scores is None else np.asarray(scores, dtype=np.float32)
     predictions = []
-    for sample in batch:
-        if spec.kind != "classification":
+    for i, sample in enumerate(batch):
+        if spec.kind == "tensor":
             predictions.append(Prediction(values=sample))
+            continue
+        if spec.kind != "classification":
+            try:
+                decoded = decode_output(
+                    spec, sample, labels=labels, scores=None if paired is None else paired[i]
+                )
+            except (ValueError, IndexError) as e:
+                raise InputError(
+                    f"output {spec.name!r} of shape {list(sample.shape)} cannot be decoded as "
+                    f"{spec.kind} ({e}); fix the spec's outputs"
+                ) from e
+            predictions.append(Prediction(values=sample, decoded=decoded))
             continue
         flat = sample.reshape(-1)
         if labels is not None and len(labels) != flat.size:
@@ -259,6 +292,24 @@ def _static(dim: object) -> int | None:
     return None
 
 
+def _class_count(out: OutputSpec, model_outputs: Mapping[str, tuple[Sequence[object], object]]) -> int | None:
+    """The static class count of an output as its role reads it (None when dynamic or unknown)."""
+    dims = list(model_outputs[out.name][0])
+    if out.kind == "detection":
+        if out.effective_format == "boxes" and out.scores is not None:
+            return _static(list(model_outputs[out.scores][0])[-1])
+        channels = (
+            _static(dims[1] if out.effective_format == "yolo" else dims[-1]) if len(dims) == 3 else None
+        )
+        return None if channels is None else channels - 4
+    if out.kind == "segmentation":
+        axis = out.effective_class_axis
+        sample = dims[1:]  # the class axis counts within one sample
+        count = _static(sample[axis]) if -len(sample) <= axis < len(sample) else None
+        return 2 if count == 1 else count  # one probability channel, thresholded: two classes
+    return _static(dims[-1])
+
+
 def _check_shape(path: str, ours: Sequence[int | None], theirs: Sequence[object]) -> None:
     if len(ours) != len(theirs):
         raise SpecError(
@@ -286,7 +337,9 @@ def check_against_model(
     ``model_inputs``/``model_outputs``: name to (shape, dtype) as the engine reports them; dims that are
     None, <= 0 or strings are dynamic; dtypes as numpy names or ONNX ``tensor(float)`` strings.
     ``model_quantization``: input name to the model's (scale, zero_point); scale 0 means not quantized.
-    ``labels``: output name to its class names, checked against the output's last static dim.
+    ``labels``: output name to its class names, checked against the output's class count (the last
+    static dim; for a YOLO head its channels less 4, for a boxes detection its scores' last dim, for a
+    segmentation its class axis).
     Raises SpecError when names, dtypes, static dims, quantization or label counts disagree.
     """
     ours = sorted(i.name for i in spec.inputs)
@@ -318,9 +371,11 @@ def check_against_model(
     for j, out in enumerate(spec.outputs):
         if model_outputs is not None and out.name not in model_outputs:
             _fail(f"outputs[{j}].name", out.name, f"the model's outputs are {sorted(model_outputs)}")
+        if model_outputs is not None and out.scores is not None and out.scores not in model_outputs:
+            _fail(f"outputs[{j}].scores", out.scores, f"the model's outputs are {sorted(model_outputs)}")
         names = (labels or {}).get(out.name)
         if names is not None and model_outputs is not None and len(model_outputs[out.name][0]) > 0:
-            classes = _static(list(model_outputs[out.name][0])[-1])
+            classes = _class_count(out, model_outputs)
             if classes is not None and len(names) != classes:
                 _fail(
                     f"outputs[{j}].labels",

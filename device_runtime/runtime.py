@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,7 +72,9 @@ class InstallResult:
 
 @dataclass(frozen=True, slots=True)  # slots: built on every predict
 class PredictionResult:
-    """One prediction: raw outputs by name, top-k of the first classification output, provenance."""
+    """One prediction: raw outputs by name, top-k of the first classification output, provenance, and
+    ``decoded``: every other declared output (detection, segmentation, sequence, embedding, regression)
+    decoded as its role by name (:func:`device_runtime.decode.decode_output`)."""
 
     prediction_id: str
     outputs: dict[str, Any]
@@ -82,6 +84,7 @@ class PredictionResult:
     bundle_id: str
     latency_ms: float
     top_index: int | None = None  # class index of the top-1 prediction (None for non-classifiers)
+    decoded: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _reason(error: BaseException) -> str:
@@ -384,16 +387,23 @@ class Runtime:
         prediction_id = f"{self._prediction_prefix}-{self._prediction_count}"
         top: list[tuple[str | int, float]] = []
         top_index: int | None = None
+        decoded: dict[str, dict[str, Any]] = {}
+        classified = False
         for spec in loaded.spec.outputs:
-            if spec.kind == "classification" and spec.name in outputs:
+            if spec.kind == "classification" and spec.name in outputs and not classified:
+                classified = True
                 first = postprocess(spec, outputs[spec.name], labels=loaded.labels)[0]
                 top = [
                     (loaded.labels[i] if loaded.labels else i, s)
                     for i, s in zip(first.indices, first.scores, strict=True)
                 ]
                 top_index = int(first.indices[0]) if first.indices else None
-                break
-        if not top:
+            elif spec.kind not in ("classification", "tensor") and spec.name in outputs:
+                named = loaded.labels if spec.labels is not None else None
+                paired = outputs.get(spec.scores) if spec.scores is not None else None
+                sample = postprocess(spec, outputs[spec.name], labels=named, scores=paired)[0]
+                decoded[spec.name] = sample.decoded or {}
+        if not top and not decoded:
             first_output = next(iter(outputs.values()))
             shape: tuple[int, ...] = getattr(first_output, "shape", ())
             if len(shape) == 2 and shape[0] >= 1 and shape[1] > 1:
@@ -413,6 +423,7 @@ class Runtime:
             loaded.record.bundle_id,
             latency_ms,
             top_index,
+            decoded,
         )
 
     def feedback(self, prediction_id: str, true_label: str | int) -> bool:

@@ -1,11 +1,16 @@
 """`edgekit bundle`: assemble, check, sign and write a deterministic `.ekb`.
 
-A bundle holds the model (and its ONNX external data), `preprocess.json`, optional `labels.txt`, golden
+A bundle holds the model as it is (any existing ONNX or TFLite model: its runtime requirements are read
+from its operators, `edgekit.runtime_requirements`), `preprocess.json`, optional `labels.txt`, golden
 vectors made with the device's own preprocessing and engine code (`device_runtime`), and an optional
 parity report, all signed (`signing`). It refuses what a device could not use safely: a model whose
 runtime requirements cannot be stated, a spec that does not match the model's inputs, labels that do not
 match the output size or contradict labels embedded in a TFLite model. Same inputs, same bytes
 (`created` comes from `--created` or SOURCE_DATE_EPOCH when set).
+
+Golden vectors go over the air to every device, so they are bounded (`edgekit._golden_pack`): at most
+`golden_samples` samples and `golden_budget` bytes (default max(256 KiB, 10% of the model)), stored
+compactly, and never fewer than one sample.
 """
 
 from __future__ import annotations
@@ -22,11 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from converters._files import atomic_output
 from device_runtime.engines import Engine, load_engine
-from device_runtime.golden import golden_files
+from edgekit._golden_pack import GoldenDataError, make_golden
 from signing.archive import member_order, write_ekb
 from signing.envelope import sign_manifest
 from signing.keys import load_private_key
@@ -34,7 +37,10 @@ from signing.manifest import SIGNATURE_FILE, BundleManifest, FileEntry
 
 __all__ = ["BuildResult", "BundleError", "BundleRequest", "build_bundle"]
 
-GOLDEN_SAMPLES = 8
+GOLDEN_SAMPLES = 8  # default upper bound on golden samples
+MAX_GOLDEN_SAMPLES = 64
+GOLDEN_BUDGET_FLOOR = 256 << 10  # bytes
+GOLDEN_BUDGET_SHARE = 0.10  # of the model's bytes (with ONNX external data)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 
@@ -60,6 +66,9 @@ class BundleRequest:
     hardware_ids: tuple[str, ...] = ()
     release_counter: int = 0
     created: str | None = None
+    min_runtime_version: str | None = None  # explicit runtime requirement (else read from the model)
+    golden_samples: int = GOLDEN_SAMPLES
+    golden_budget: int | None = None  # bytes; None: max(256 KiB, 10% of the model)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ class BuildResult:
     manifest: BundleManifest
     payload_sha256: str
     notes: list[str] = field(default_factory=list)
+    golden: dict[str, Any] = field(default_factory=dict)  # the golden storage figures
+    requirements_source: str = ""  # where runtime.min_version comes from
 
 
 def _created(request: BundleRequest) -> str:
@@ -105,12 +116,22 @@ def build_bundle(request: BundleRequest) -> BuildResult:
         raise BundleError(f"{model}: a bundle carries an existing .onnx or .tflite model")
     if not request.keys:
         raise BundleError("give at least one signing key (--key)")
+    if not 1 <= request.golden_samples <= MAX_GOLDEN_SAMPLES:
+        raise BundleError(f"--golden-samples must be in 1..{MAX_GOLDEN_SAMPLES}")
+    if request.golden_budget is not None and request.golden_budget < 1:
+        raise BundleError("--golden-budget must be a positive number of bytes")
     private_keys = [load_private_key(k, request.passphrase) for k in request.keys]
     try:
-        runtime = runtime_requirements(model)
+        requirements = runtime_requirements(model, min_runtime_version=request.min_runtime_version)
         external = onnx_external_data(model) if model.suffix.lower() == ".onnx" else []
     except RequirementsError as e:
         raise BundleError(str(e)) from e
+    runtime = requirements.runtime
+    notes = list(requirements.notes)
+    model_bytes = model.stat().st_size + sum((model.parent / x).stat().st_size for x in external)
+    budget = (
+        request.golden_budget if request.golden_budget is not None else default_golden_budget(model_bytes)
+    )
     engine = load_engine(model)
     spec = _load_or_default_spec(request.preprocess, engine)
     labels = _read_labels(request.labels, model, engine, spec)
@@ -128,7 +149,12 @@ def build_bundle(request: BundleRequest) -> BuildResult:
         )
         if labels is not None:
             files["labels.txt"] = ("\n".join(labels).encode("utf-8") + b"\n", "labels")
-        for name, data in _golden(request.golden, engine, spec, model).items():
+        try:
+            golden = make_golden(request.golden, engine, spec, samples=request.golden_samples, budget=budget)
+        except GoldenDataError as e:
+            raise BundleError(f"{model.name}: {e}") from e
+        notes += golden.notes
+        for name, data in golden.files.items():
             files[name] = (data, "golden")
         if request.parity is not None:
             files["parity.json"] = (_read_parity(request.parity), "parity")
@@ -164,7 +190,19 @@ def build_bundle(request: BundleRequest) -> BuildResult:
         )
         with atomic_output(request.output) as out:
             write_ekb(root, member_order(verified.manifest), out)
-    return BuildResult(request.output, verified.manifest, verified.payload_sha256)
+    return BuildResult(
+        request.output,
+        verified.manifest,
+        verified.payload_sha256,
+        notes,
+        golden.figures,
+        requirements.source,
+    )
+
+
+def default_golden_budget(model_bytes: int) -> int:
+    """Bytes of golden vectors allowed by default: a share of the model with a floor."""
+    return max(GOLDEN_BUDGET_FLOOR, int(model_bytes * GOLDEN_BUDGET_SHARE))
 
 
 def _load_or_default_spec(path: Path | None, engine: Engine) -> Any:
@@ -237,33 +275,6 @@ def _tflite_embedded_labels(model: Path) -> list[str] | None:
     return None
 
 
-def _golden(data: Path | None, engine: Engine, spec: Any, model: Path) -> dict[str, bytes]:
-    from converters.data import load_dataset
-    from converters.export import sample_inputs
-
-    images: list[tuple[str, bytes]] = []
-    if data is None:
-        feeds = sample_inputs(engine.inputs, count=GOLDEN_SAMPLES, seed=0)
-    else:
-        if data.is_dir():
-            from device_runtime.preprocess import list_images
-
-            chosen = list_images(data)[:GOLDEN_SAMPLES]
-            images = [(p.suffix.lower(), p.read_bytes()) for p in chosen]
-            spec_path = Path(tempfile.mkdtemp(prefix="edgekit-spec-")) / "spec.json"
-            spec_path.write_bytes(spec.to_json())
-            try:
-                dataset = load_dataset(data, engine.inputs, max_samples=None, preprocess=spec_path)
-            finally:
-                shutil.rmtree(spec_path.parent, ignore_errors=True)
-            feeds = {k: v[:GOLDEN_SAMPLES] for k, v in dataset.arrays.items()}
-        else:
-            dataset = load_dataset(data, engine.inputs, max_samples=GOLDEN_SAMPLES, seed=0)
-            feeds = dict(dataset.arrays)
-    outputs = engine.run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
-    return golden_files(feeds, outputs, images=images)
-
-
 def _read_parity(path: Path) -> bytes:
     from signing.errors import FormatError
     from signing.strict_json import parse_strict
@@ -274,7 +285,8 @@ def _read_parity(path: Path) -> bytes:
         raise BundleError(f"{path}: not a readable parity report ({e})") from e
     if not isinstance(document, dict) or document.get("schema") != "edgekit.parity/v1":
         raise BundleError(
-            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); use --report output"
+            f"{path}: not an edgekit parity report (schema edgekit.parity/v1); pass the file written by "
+            "`edgekit quantize --report` or `edgekit parity --report`"
         )
     if document.get("passed") is not True:
         raise BundleError(f"{path}: the parity report did not pass its gate; refusing to ship that model")

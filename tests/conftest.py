@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,3 +77,24 @@ def data_files(tmp_path_factory: pytest.TempPathFactory, digits: Digits) -> dict
     np.save(files["eval"], digits.x[1400:])
     np.save(files["labels"], digits.y[1400:])
     return files
+
+
+@pytest.fixture(autouse=True)
+def _cli_output_names_only_existing_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every edgekit CliRunner run in the suite: the options its output names exist on that command."""
+    from click.testing import CliRunner
+
+    from tests.edgekit.hints import unknown_options
+
+    original = CliRunner.invoke
+
+    def invoke(self: CliRunner, cli: Any, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        result = original(self, cli, args, *rest, **kwargs)
+        if getattr(cli, "name", None) == "cli" and isinstance(args, list | tuple):
+            unknown = unknown_options([str(a) for a in args], result.output)
+            assert not unknown, (
+                f"the output names options {sorted(unknown)} its command lacks:\n{result.output}"
+            )
+        return result
+
+    monkeypatch.setattr(CliRunner, "invoke", invoke)

@@ -14,7 +14,17 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["ClickProgress", "echo_json", "handle_errors", "json_safe", "parse_input_shapes", "write_json"]
+__all__ = [
+    "ClickProgress",
+    "command_options",
+    "echo_json",
+    "handle_errors",
+    "json_safe",
+    "parse_input_shapes",
+    "parse_signature",
+    "signature_options",
+    "write_json",
+]
 
 
 def handle_errors(function: F) -> F:
@@ -33,11 +43,30 @@ def handle_errors(function: F) -> F:
             context = click.get_current_context(silent=True)
             if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
                 raise
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(str(e) + _hints(e, context)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; nothing was written") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def command_options(command: click.Command) -> set[str]:
+    """Every option string (`--name`, `-o`) a command accepts."""
+    names: set[str] = set()
+    for param in command.params:
+        if isinstance(param, click.Option):
+            names.update(param.opts)
+            names.update(param.secondary_opts)
+    return names
+
+
+def _hints(error: BaseException, context: click.Context | None) -> str:
+    """The error's CLI hints for options this command has (library errors cannot know the command)."""
+    hints: dict[str, str] = getattr(error, "option_hints", None) or {}
+    if not hints or context is None:
+        return ""
+    available = command_options(context.command)
+    return "".join(f"; {text}" for option, text in hints.items() if option in available)
 
 
 class _Task:
@@ -120,3 +149,60 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
             )
         shapes[name] = parsed
     return shapes
+
+
+def signature_options(function: Any) -> Any:
+    """`--batch-axis NAME=AXIS|none` and `--state OUTPUT=INPUT`, shared by convert, parity and quantize."""
+    options = [
+        click.option(
+            "--batch-axis",
+            "batch_axes",
+            multiple=True,
+            metavar="NAME=AXIS|none",
+            help="The batch axis of an input, or 'none' for an input fed whole to every run "
+            "(default: from the model's shapes; repeatable).",
+        ),
+        click.option(
+            "--state",
+            "states",
+            multiple=True,
+            metavar="OUTPUT=INPUT",
+            help="A state output fed back as an input at the next step (repeatable): the data then holds "
+            "sequences, (S, T, ...) per input; states start at zeros unless the data gives them.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def parse_signature(batch_axes: tuple[str, ...], states: tuple[str, ...]) -> Any:
+    """Parse `--batch-axis` and `--state` into a `converters.signature.Signature` (None when neither)."""
+    from converters.signature import Signature
+
+    if not batch_axes and not states:
+        return None
+    axes: dict[str, int | None] = {}
+    for value in batch_axes:
+        name, sep, axis = value.rpartition("=")
+        parsed: int | None
+        if axis.strip().lower() == "none":
+            parsed = None
+        else:
+            try:
+                parsed = int(axis)
+            except ValueError:
+                parsed = -1
+        if not sep or not name or (parsed is not None and parsed < 0):
+            raise click.BadParameter(
+                f"{value!r}: expected NAME=AXIS (a non-negative integer) or NAME=none",
+                param_hint="--batch-axis",
+            )
+        axes[name] = parsed
+    pairs: dict[str, str] = {}
+    for value in states:
+        output, sep, target = value.partition("=")
+        if not sep or not output or not target:
+            raise click.BadParameter(f"{value!r}: expected OUTPUT=INPUT", param_hint="--state")
+        pairs[output] = target
+    return Signature(batch_axes=axes, states=pairs)

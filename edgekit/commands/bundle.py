@@ -71,7 +71,7 @@ def keygen(directory: Path, name: str, passphrase_env: str | None) -> None:
     type=click.Path(path_type=Path),
     help="Sample inputs for golden vectors: .npy/.npz or a folder of images (default: random tensors).",
 )
-@click.option("--parity", type=click.Path(path_type=Path), help="Parity report (edgekit quantize --report).")
+@click.option("--parity", type=click.Path(path_type=Path), help="Parity report (`quantize --report`).")
 @click.option(
     "--hardware", "hardware_ids", multiple=True, help="Hardware id this bundle is for (repeatable)."
 )
@@ -83,6 +83,24 @@ def keygen(directory: Path, name: str, passphrase_env: str | None) -> None:
     help="Monotonic release number; devices refuse a lower one (anti-rollback).",
 )
 @click.option("--created", help="Creation time to record (default: SOURCE_DATE_EPOCH or now).")
+@click.option(
+    "--min-runtime-version",
+    metavar="X.Y[.Z]",
+    help="State the engine version the device needs (default: read from the model's operators); "
+    "must be at least what the operators need.",
+)
+@click.option(
+    "--golden-samples",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="At most this many golden samples (at least one is always kept).",
+)
+@click.option(
+    "--golden-budget",
+    metavar="BYTES",
+    help="Golden vector byte budget, e.g. 512KiB or 2MB (default: max(256KiB, 10% of the model)).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def bundle(
@@ -99,9 +117,12 @@ def bundle(
     hardware_ids: tuple[str, ...],
     release_counter: int,
     created: str | None,
+    min_runtime_version: str | None,
+    golden_samples: int,
+    golden_budget: str | None,
     as_json: bool,
 ) -> None:
-    """Build, sign and write a deterministic bundle for MODEL."""
+    """Build, sign and write a deterministic bundle for MODEL (an existing .onnx or .tflite, as it is)."""
     from edgekit.bundle_build import BundleRequest, build_bundle
 
     result = build_bundle(
@@ -119,6 +140,9 @@ def bundle(
             hardware_ids=hardware_ids,
             release_counter=release_counter,
             created=created,
+            min_runtime_version=min_runtime_version,
+            golden_samples=golden_samples,
+            golden_budget=None if golden_budget is None else parse_bytes(golden_budget),
         )
     )
     summary = _manifest_summary(result.manifest)
@@ -127,6 +151,9 @@ def bundle(
             "path": str(result.path),
             "bundle_id": result.payload_sha256,
             "size_bytes": result.path.stat().st_size,
+            "runtime_source": result.requirements_source,
+            "golden": result.golden,
+            "notes": result.notes,
         }
     )
     if as_json:
@@ -136,6 +163,46 @@ def bundle(
         f"wrote {result.path} ({summary['size_bytes']:,} bytes), bundle id {result.payload_sha256[:16]}"
     )
     _print_manifest(summary)
+    _print_golden(result.golden)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 1 << 20}
+
+
+def parse_bytes(text: str) -> int:
+    """`262144`, `256KiB`, `2MB`, `1.5MiB` -> bytes (what --golden-budget takes)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise click.BadParameter(
+            f"{text!r}: expected bytes such as 262144, 256KiB or 2MB", param_hint="--golden-budget"
+        )
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value < 1:
+        raise click.BadParameter(f"{text!r}: must be at least 1 byte", param_hint="--golden-budget")
+    return value
+
+
+def _print_golden(golden: dict[str, Any] | None) -> None:
+    if not golden or "error" in golden:
+        if golden:
+            click.echo(f"golden: {golden['error']}")
+        return
+    stored = ", ".join(
+        f"{name} {info.get('dtype', '?')}"
+        + (f" ({info['selected']:,} elements/sample)" if info.get("selected") else "")
+        for name, info in golden.get("outputs", {}).items()
+    )
+    budget = golden.get("budget_bytes")
+    click.echo(
+        f"golden: {golden['samples']} of {golden['samples_offered']} samples, {golden['bytes']:,} bytes "
+        + (f"(budget {budget:,})" if budget is not None else "(no budget recorded)")
+        + (f"; outputs {stored}" if stored else "")
+    )
 
 
 @click.command()
@@ -254,7 +321,7 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
     from signing.manifest import parse_statement
     from signing.strict_json import parse_strict
 
-    signature, parity, archive_sizes = _read_small_members(bundle_path)
+    signature, parity, golden, archive_sizes = _read_small_members(bundle_path)
     payload = signed_payload(signature)
     manifest = parse_statement(parse_strict(payload, what="signed statement", max_bytes=1 << 20))
     document = json.loads(signature)
@@ -273,6 +340,7 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
                 for o in report.get("outputs", [])
             ],
         }
+    summary["golden"] = _golden_summary(golden, archive_sizes)
     if as_json:
         echo_json(summary)
         return
@@ -281,6 +349,7 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
         f"signatures: {summary['signatures']}, first signer key id (hint) {summary['first_signer_hint'][:16]}"
     )
     _print_manifest(summary)
+    _print_golden(summary["golden"])
     if parity is not None:
         for output in summary["parity"]["outputs"]:
             agreement = output["agreement"]
@@ -292,7 +361,35 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
             )
 
 
-def _read_small_members(path: Path) -> tuple[bytes, bytes | None, dict[str, int]]:
+def _golden_summary(golden: bytes | None, sizes: dict[str, int]) -> dict[str, Any] | None:
+    """Figures of the golden vectors (from golden.json and the archive's member sizes; unverified)."""
+    if golden is None:
+        return None
+    try:
+        document = json.loads(golden)
+
+        def entry(value: Any) -> dict[str, Any]:
+            file = value["file"] if isinstance(value, dict) else value
+            return {"file": file, "selected": value.get("select") if isinstance(value, dict) else None}
+
+        storage = document.get("storage", {})
+        return {
+            "samples": document["samples"],
+            "samples_offered": storage.get("samples_offered", document["samples"]),
+            "budget_bytes": storage.get("budget_bytes"),
+            "bytes": sum(size for name, size in sizes.items() if name.startswith("golden/")),
+            "images": len(document.get("images", [])),
+            "outputs": {
+                name: {**entry(value), **storage.get("outputs", {}).get(name, {})}
+                for name, value in document.get("outputs", {}).items()
+            },
+            "tolerance": document.get("tolerance"),
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {"error": "golden/golden.json is unreadable"}
+
+
+def _read_small_members(path: Path) -> tuple[bytes, bytes | None, bytes | None, dict[str, int]]:
     from signing.envelope import MAX_SIGNATURE_BYTES
     from signing.errors import FormatError
 
@@ -300,31 +397,37 @@ def _read_small_members(path: Path) -> tuple[bytes, bytes | None, dict[str, int]
         signature = (path / "model.sig").read_bytes()[: MAX_SIGNATURE_BYTES + 1]
         parity_path = path / "parity.json"
         parity = parity_path.read_bytes() if parity_path.is_file() else None
+        golden_path = path / "golden" / "golden.json"
+        golden = golden_path.read_bytes()[: 1 << 20] if golden_path.is_file() else None
         sizes = {
             p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()
         }
-        return signature, parity, sizes
+        return signature, parity, golden, sizes
     if not path.is_file():
         raise click.ClickException(f"{path}: no such bundle file or directory")
     signature_bytes: bytes | None = None
     parity_bytes: bytes | None = None
+    golden_bytes: bytes | None = None
+    small = ("model.sig", "parity.json", "golden/golden.json")
     sizes = {}
     try:
         with tarfile.open(path, mode="r|") as archive:
             for member in archive:
                 sizes[member.name] = member.size
-                if member.isreg() and member.name in ("model.sig", "parity.json") and member.size <= 16 << 20:
+                if member.isreg() and member.name in small and member.size <= 16 << 20:
                     stream = archive.extractfile(member)
                     data = stream.read() if stream is not None else b""
                     if member.name == "model.sig":
                         signature_bytes = data
-                    else:
+                    elif member.name == "parity.json":
                         parity_bytes = data
+                    else:
+                        golden_bytes = data
     except (tarfile.TarError, OSError, EOFError) as e:
         raise FormatError(f"{path}: not a readable .ekb archive ({e})") from e
     if signature_bytes is None:
         raise FormatError(f"{path}: has no model.sig")
-    return signature_bytes, parity_bytes, sizes
+    return signature_bytes, parity_bytes, golden_bytes, sizes
 
 
 def _manifest_summary(manifest: Any) -> dict[str, Any]:

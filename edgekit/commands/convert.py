@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from edgekit.commands._common import echo_json, handle_errors, parse_input_shapes
+from edgekit.commands._common import (
+    echo_json,
+    handle_errors,
+    parse_input_shapes,
+    parse_signature,
+    signature_options,
+)
 
 
 @click.command()
@@ -24,7 +30,7 @@ from edgekit.commands._common import echo_json, handle_errors, parse_input_shape
     "input_shapes",
     multiple=True,
     metavar="NAME:D0,D1,...",
-    help="Fix the shape of an input with dynamic dimensions (repeatable).",
+    help="Fix the shape of an input (repeatable); an ONNX model is written with these fixed dimensions.",
 )
 @click.option(
     "--precision",
@@ -39,6 +45,7 @@ from edgekit.commands._common import echo_json, handle_errors, parse_input_shape
     type=click.Path(path_type=Path),
     help="Real inputs (.npy/.npz) for the parity check instead of random ones.",
 )
+@signature_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
 def convert(
@@ -48,6 +55,8 @@ def convert(
     input_shapes: tuple[str, ...],
     precision: str,
     sample_data: Path | None,
+    batch_axes: tuple[str, ...],
+    states: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Export SOURCE (.keras, SavedModel folder, .onnx, scikit-learn .pkl/.joblib) to OUTPUT.
@@ -65,6 +74,7 @@ def convert(
         input_shapes=parse_input_shapes(input_shapes),
         precision=precision,
         sample_data=sample_data,
+        signature=parse_signature(batch_axes, states),
     )
     if as_json:
         echo_json({"output": str(result.path), "route": result.route, "parity": result.parity})

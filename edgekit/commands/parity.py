@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import ClickProgress, echo_json, handle_errors, write_json
+from edgekit.commands._common import (
+    ClickProgress,
+    echo_json,
+    handle_errors,
+    parse_signature,
+    signature_options,
+    write_json,
+)
 
 
 def gate_options(function: Any) -> Any:
@@ -35,6 +42,18 @@ def gate_options(function: Any) -> Any:
             help="Minimum cosine similarity (off by default).",
         ),
     ]
+    options.append(
+        click.option(
+            "--role",
+            "roles",
+            multiple=True,
+            metavar="OUTPUT=ROLE[,key=value...]",
+            help="Declare an output's role (classification, detection, segmentation, regression, embedding, "
+            "sequence, tensor) and its decoding, e.g. output0=detection,score=0.25,iou=0.5 (keys: score, "
+            "iou, max, format, scores, top_k, activation, axis, blank). Repeatable; overrides the "
+            "--preprocess spec's outputs; undeclared outputs are inferred from their shape.",
+        )
+    )
     for option in reversed(options):
         function = option(function)
     return function
@@ -60,9 +79,35 @@ def print_summary(report: dict[str, Any]) -> None:
             f"cosine {output['cosine']:.5f}",
             f"max err {output['max_abs_error_norm']:.4f} (of max |x|)",
         ]
-        click.echo(f"  {output['name']}: " + ", ".join(parts))
+        click.echo(f"  {output['name']} ({output.get('role', 'tensor')}): " + ", ".join(parts))
+        role_line = _role_line(output)
+        if role_line:
+            click.echo(f"    {role_line}")
     for failure in report["failures"]:
         click.echo(f"  failed: {failure}")
+
+
+def _role_line(output: dict[str, Any]) -> str:
+    """The role's own figures in one line ('' for classification and tensor)."""
+    m, role = output.get("role_metrics") or {}, output.get("role")
+    if role == "detection":
+        return (
+            f"detections: recall {m['recall']:.3f}, precision {m['precision']:.3f}, class-score SQNR "
+            f"{m['score_sqnr_db']:.2f} dB, box SQNR {m['box_sqnr_db']:.2f} dB, detections "
+            f"{m['reference_detections']} -> {m['candidate_detections']}, images with a detection "
+            f"{m['reference_images_with_detections']} -> {m['candidate_images_with_detections']}"
+        )
+    if role == "segmentation":
+        return f"mask mean IoU {m['miou']:.4f}, pixel agreement {m['pixel_agreement']:.4f}"
+    if role == "embedding":
+        nn = m["neighbour_agreement"]
+        shown = "n/a" if nn is None else f"{nn:.3f} (k={m['neighbour_k']})"
+        return f"cosine mean {m['mean_cosine']:.5f}, min {m['min_cosine']:.5f}, neighbour agreement {shown}"
+    if role == "sequence":
+        return f"step agreement {m['step_agreement']:.4f}, exact decodes {m['exact_rate']:.4f}"
+    if role == "regression":
+        return f"relative error {m['relative_error']:.4f} (worst sample {m['max_sample_relative_error']:.4f})"
+    return ""
 
 
 @click.command()
@@ -77,6 +122,7 @@ def print_summary(report: dict[str, Any]) -> None:
 @click.option("--labels", type=click.Path(path_type=Path), help="Integer class ids (.npy), one per sample.")
 @click.option("--preprocess", type=click.Path(path_type=Path), help="Preprocessing spec for image folders.")
 @click.option("--samples", type=click.IntRange(1), default=None, help="Evaluate at most this many samples.")
+@signature_options
 @gate_options
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
@@ -89,28 +135,45 @@ def parity(
     labels: Path | None,
     preprocess: Path | None,
     samples: int | None,
+    batch_axes: tuple[str, ...],
+    states: tuple[str, ...],
     min_agreement: float,
     max_drop: float,
     min_sqnr: float,
     min_cosine: float | None,
+    roles: tuple[str, ...],
     report_path: Path | None,
     html_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Compare CANDIDATE with REFERENCE (ONNX or TFLite, either engine) on DATA; exit 1 if the gate fails."""
+    """Compare CANDIDATE with REFERENCE (ONNX or TFLite, either engine) on DATA; exit 1 if the gate fails.
+
+    Each output is judged as its role (--role, the --preprocess spec's outputs, else inferred from its
+    shape): a detector by recall and precision of its detections after NMS, not by whole-tensor SQNR."""
     from converters.data import load_dataset, load_labels
     from converters.parity import Gate, parity_report
     from converters.report_html import write_html
+    from converters.roles import load_roles
     from device_runtime.engines import load_engine
 
+    declared = load_roles(roles, preprocess)
     progress = ClickProgress(quiet=as_json)
-    inputs = load_engine(reference).inputs
-    dataset = load_dataset(data, inputs, max_samples=samples, preprocess=preprocess)
+    engine = load_engine(reference)
+    dataset = load_dataset(
+        data,
+        engine.inputs,
+        max_samples=samples,
+        preprocess=preprocess,
+        signature=parse_signature(batch_axes, states),
+        outputs=engine.outputs,
+    )
     label_array = load_labels(labels, dataset) if labels is not None else None
     gate = Gate(
         min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine
     )
-    report = parity_report(reference, candidate, dataset, gate=gate, labels=label_array, progress=progress)
+    report = parity_report(
+        reference, candidate, dataset, gate=gate, labels=label_array, progress=progress, roles=declared
+    )
     if report_path is not None:
         write_json(report, report_path)
     if html_path is not None:

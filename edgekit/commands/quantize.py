@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import ClickProgress, echo_json, handle_errors, write_json
+from edgekit.commands._common import (
+    ClickProgress,
+    echo_json,
+    handle_errors,
+    parse_signature,
+    signature_options,
+    write_json,
+)
 from edgekit.commands.parity import gate_options, print_summary
 
 
@@ -72,6 +79,7 @@ from edgekit.commands.parity import gate_options, print_summary
     help="Calibration samples, drawn deterministically from --seed.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sampling.")
+@signature_options
 @gate_options
 @click.option(
     "--no-repair", is_flag=True, help="Do not search for nodes to keep in float when the gate fails."
@@ -108,10 +116,13 @@ def quantize(
     calibration_method: str | None,
     samples: int,
     seed: int,
+    batch_axes: tuple[str, ...],
+    states: tuple[str, ...],
     min_agreement: float,
     max_drop: float,
     min_sqnr: float,
     min_cosine: float | None,
+    roles: tuple[str, ...],
     no_repair: bool,
     max_evaluations: int,
     require_speedup: bool,
@@ -135,6 +146,7 @@ def quantize(
     from converters.quantize import QuantizeOptions
     from converters.quantize import quantize as run_quantize
     from converters.report_html import write_html
+    from converters.roles import load_roles
 
     progress = ClickProgress(quiet=as_json)
     if allow_slower:
@@ -157,6 +169,8 @@ def quantize(
         require_speedup=require_speedup,
         latency=None if skip_latency else LatencyConfig(),
         preprocess=preprocess,
+        signature=parse_signature(batch_axes, states),
+        roles=load_roles(roles, preprocess),
     )
     report: dict[str, Any] | None = None
     try:

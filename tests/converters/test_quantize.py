@@ -215,7 +215,9 @@ def test_each_batch_size_gets_its_own_interval() -> None:
     assert result["verdict"] == "faster" and not result["slower"]
 
 
-def _slow_latency(reference: Path, candidate: Path, sample: object, config: object) -> dict[str, object]:
+def _slow_latency(
+    reference: Path, candidate: Path, sample: object, config: object, **_: object
+) -> dict[str, object]:
     rounds = {"1": [0.66, 0.69, 0.67, 0.68, 0.66]}
     return {
         "host": {"name": "Test CPU", "machine": "x86_64", "vnni": False},

@@ -28,14 +28,24 @@ def full_report() -> dict[str, Any]:
         "failures": ["logits: SQNR 18.07 dB < 20.00 dB"],
         "outputs": [
             {
-                "name": "logits", "classification": True, "agreement": 0.9899, "sqnr_db": 18.07,
-                "cosine": 0.992, "max_abs_error_norm": 0.12, "accuracy_reference": 0.992,
-                "accuracy_candidate": 0.985, "accuracy_drop_pp": 0.7,
+                "name": "logits",
+                "classification": True,
+                "agreement": 0.9899,
+                "sqnr_db": 18.07,
+                "cosine": 0.992,
+                "max_abs_error_norm": 0.12,
+                "accuracy_reference": 0.992,
+                "accuracy_candidate": 0.985,
+                "accuracy_drop_pp": 0.7,
                 "error_histogram": {"bin_edges": [0.0, 0.01, 0.02, 0.03, 0.04], "counts": [120, 40, 0, 3]},
             },
             {
-                "name": "embedding", "classification": False, "agreement": None, "sqnr_db": 25.0,
-                "cosine": 0.999, "max_abs_error_norm": 0.03,
+                "name": "embedding",
+                "classification": False,
+                "agreement": None,
+                "sqnr_db": 25.0,
+                "cosine": 0.999,
+                "max_abs_error_norm": 0.03,
                 "error_histogram": {"bin_edges": [0.0, 0.5, 1.0], "counts": [10, 2]},
             },
         ],
@@ -45,7 +55,10 @@ def full_report() -> dict[str, Any]:
             {"tensor": "x", "node": "id", "op_type": "Identity", "sqnr_db": float("inf")},
         ],
         "repair": {
-            "quantizable_nodes": 12, "excluded_nodes": ["dense_1/MatMul"], "kept_int8": 11, "evaluations": 4,
+            "quantizable_nodes": 12,
+            "excluded_nodes": ["dense_1/MatMul"],
+            "kept_int8": 11,
+            "evaluations": 4,
             "before": {"passed": False, "agreement": 0.98, "sqnr_db": 18.0, "accuracy_drop_pp": 0.7},
             "after": {"passed": True, "agreement": 0.997, "sqnr_db": 27.5, "accuracy_drop_pp": 0.0},
             "candidates": [
@@ -54,9 +67,12 @@ def full_report() -> dict[str, Any]:
             ],
         },
         "latency": {
-            "batch_sizes": [1, 32], "reference_ms": {"1": 0.16, "32": 4.3},
-            "candidate_ms": {"1": 0.14, "32": 4.2}, "ratio": {"1": 1.14, "32": 1.02},
-            "slower": False, "allowed_slower": False,
+            "batch_sizes": [1, 32],
+            "reference_ms": {"1": 0.16, "32": 4.3},
+            "candidate_ms": {"1": 0.14, "32": 4.2},
+            "ratio": {"1": 1.14, "32": 1.02},
+            "slower": False,
+            "allowed_slower": False,
         },
     }
 
@@ -71,8 +87,16 @@ def minimal_report() -> dict[str, Any]:
         "gate": {"min_agreement": 0.99, "max_drop_pp": None, "min_sqnr_db": None, "min_cosine": None},
         "passed": True,
         "failures": [],
-        "outputs": [{"name": "y", "classification": False, "agreement": None, "sqnr_db": 40.0,
-                     "cosine": 1.0, "max_abs_error_norm": 0.001}],
+        "outputs": [
+            {
+                "name": "y",
+                "classification": False,
+                "agreement": None,
+                "sqnr_db": 40.0,
+                "cosine": 1.0,
+                "max_abs_error_norm": 0.001,
+            }
+        ],
     }
 
 
@@ -85,8 +109,18 @@ def test_full_report_sections_and_images() -> None:
     page = render_html(full_report())
     assert page.startswith("<!DOCTYPE html>")
     assert "FAIL" in page and 'class="badge fail"' in page
-    for heading in ("What was compared", "Gate", "Failures", "Outputs", "Error histogram",
-                    "Per-layer SQNR", "Repair", "Candidates evaluated", "Before / after", "Latency"):
+    for heading in (
+        "What was compared",
+        "Gate",
+        "Failures",
+        "Outputs",
+        "Error histogram",
+        "Per-layer SQNR",
+        "Repair",
+        "Candidates evaluated",
+        "Before / after",
+        "Latency",
+    ):
         assert heading in page, heading
     assert "logits: SQNR 18.07 dB &lt; 20.00 dB" in page
     assert "ab12ab12ab12" in page and "ab12" * 16 not in page

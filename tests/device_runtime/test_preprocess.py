@@ -215,9 +215,9 @@ BAD_SPECS = [
     pytest.param(mutate("outputs.0.labels", "../labels.txt"), "outputs[0].labels", id="labels-traversal"),
     pytest.param(mutate("outputs.0.labels", "dir/labels.txt"), "outputs[0].labels", id="labels-subdir"),
     pytest.param(mutate("outputs.0.activation", "relu"), "outputs[0].activation", id="activation-unknown"),
-    pytest.param(mutate("outputs.0.kind", "segmentation"), "outputs[0].kind", id="output-kind-unknown"),
+    pytest.param(mutate("outputs.0.kind", "keypoints"), "outputs[0].kind", id="output-kind-unknown"),
     pytest.param(mutate("outputs.1.name", "probs"), "outputs[1].name", id="duplicate-output-name"),
-    pytest.param(mutate("outputs.0.kind", "regression"), "outputs[0].labels", id="labels-on-regression"),
+    pytest.param(mutate("outputs.0.kind", "embedding"), "outputs[0].labels", id="labels-on-embedding"),
 ]
 
 

@@ -73,38 +73,55 @@ def _graphs(graph: Any) -> Iterator[Any]:
                 yield from _graphs(sub)
 
 
-def _out_of_range_nodes(model: Any) -> dict[str, str]:
-    """Nodes (by name) that hold or read float32 weights with finite values float16 cannot represent.
+def _constants_to_initializers(graph: Any, names: set[str]) -> None:
+    """Turn the Constant nodes of `graph` that produce `names` into initializers.
 
-    A Constant node holding such values is blocked too (the converter rewrites Constants whatever their
-    consumers); an unnamed one is given the name ``<output>_constant`` in `model` so it can be blocked.
+    The converter wraps a blocked Constant in Cast(float16) → Cast(float), which clips a value above 65504;
+    an initializer read only by blocked nodes it leaves in float32 instead.
+    """
+    keep = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in names)]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in names:
+            tensor = next(a.t for a in node.attribute if a.name == "value")
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _out_of_range_nodes(model: Any) -> dict[str, str]:
+    """Nodes (by name) that read float32 weights with finite values float16 cannot represent.
+
+    Edits `model`: such a node gets a name if it has none, and it and its constant operands become
+    initializers so that they stay float32 with it (BatchNorm's mean next to a huge variance is large too, and
+    `x - mean` in float16 cancels catastrophically).
     """
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
-    too_big: dict[str, float] = {}
     blocked: dict[str, str] = {}
     for graph in _graphs(model.graph):
-        tensors = [(t.name, t, None) for t in graph.initializer]
-        tensors += [(n.output[0], a.t, n) for n in graph.node if n.op_type == "Constant"
-                    for a in n.attribute if a.name == "value"]
-        for name, tensor, constant in tensors:
+        constants = {n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
+                     for a in n.attribute if a.name == "value"}
+        tensors = {t.name: t for t in graph.initializer} | constants
+        too_big: dict[str, float] = {}
+        for name, tensor in tensors.items():
             if tensor.data_type != TensorProto.FLOAT:
                 continue
             values = np.abs(numpy_helper.to_array(tensor))
             values = values[np.isfinite(values)]  # float16 has infinities: -inf masks survive as they are
             peak = float(values.max()) if values.size else 0.0
-            if peak <= FP16_MAX:
-                continue
-            too_big[name] = peak
-            if constant is not None:
-                constant.name = constant.name or f"{name}_constant"
-                blocked[constant.name] = f"holds {name!r} with |x| up to {peak:.3g} > {FP16_MAX:g}"
-    for graph in _graphs(model.graph):
+            if peak > FP16_MAX:
+                too_big[name] = peak
+        moved: set[str] = set()
         for node in graph.node:
-            for name in node.input:
-                if name in too_big and node.name:
-                    blocked[node.name] = f"reads {name!r} with |x| up to {too_big[name]:.3g} > {FP16_MAX:g}"
+            hit = next((name for name in node.input if name in too_big), None)
+            if hit is None:
+                continue
+            node.name = node.name or f"{node.output[0]}_node"
+            blocked[node.name] = f"reads {hit!r} with |x| up to {too_big[hit]:.3g} > {FP16_MAX:g}"
+            moved |= {name for name in node.input if name in constants}
+        _constants_to_initializers(graph, moved)
     return blocked
 
 
@@ -193,7 +210,7 @@ def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATT
         source = onnx.load(str(model))
     except Exception as e:
         raise ModelInputError(f"{model}: cannot read it as ONNX: {first_line(e)}") from e
-    blocked_nodes = _out_of_range_nodes(source)  # names unnamed Constants it blocks, hence first
+    blocked_nodes = _out_of_range_nodes(source)  # edits `source` (names, initializers): first
     names = _node_names(source)
     op_block = list(float16.DEFAULT_OP_BLOCK_LIST)
     blocked_ops: dict[str, str] = {}

@@ -3,9 +3,10 @@
 Plain ``onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)`` breaks published models
 in three ways, each handled here:
 
-1. A ``Cast(to=FLOAT)`` feeding a float16 consumer (YOLOv8's ``/model.22/Cast_5`` before ``Range``, magika's
-   one-hot ``Cast_1`` before a MatMul): the converter rewrites the output's ``value_info`` to float16 but leaves
-   ``to`` at FLOAT, so onnxruntime sees a float16 declaration on a float result and refuses the graph.
+1. A ``Cast(to=FLOAT)`` feeding a float16 consumer (YOLOv8's ``/model.22/Cast_5`` before ``Range``,
+   magika's one-hot ``Cast_1`` before a MatMul): the converter rewrites the output's ``value_info`` to
+   float16 but leaves ``to`` at FLOAT, so onnxruntime sees a float16 declaration on a float result and refuses
+   the graph.
    onnxruntime's own converter (``onnxruntime.transformers.float16``) rewrites ``to`` as well; after
    conversion :func:`_align_casts` makes every Cast agree with its declared output type anyway.
 2. Stale ``value_info`` inside ``If``/``Loop`` bodies (silero_vad's STFT padding): also handled by
@@ -16,8 +17,8 @@ in three ways, each handled here:
 
 Ops with no float16 CPU kernel need no blocking to *load*: onnxruntime inserts casts around them itself; the
 converter's default op block list (Resize, Range, Upsample, reductions ...) keeps the known troublemakers in
-float32. Whatever still fails to load is parsed from onnxruntime's error, its node added to the node block list,
-and the conversion retried, at most ``max_attempts`` times.
+float32. Whatever still fails to load is parsed from onnxruntime's error, its node added to the node block
+list, and the conversion retried, at most ``max_attempts`` times.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ __all__ = ["FP16_MAX", "Fp16Result", "convert_to_float16"]
 
 FP16_MAX = 65504.0  # the largest finite float16
 MAX_ATTEMPTS = 8  # conversions tried before giving up
+# Added to onnxruntime's DEFAULT_OP_BLOCK_LIST: onnxconverter-common keeps Resize in float32 for onnxruntime's
+# CPU provider too; where a float16 kernel is missing onnxruntime would wrap it in casts at load time anyway.
+EXTRA_OP_BLOCK = ("Resize",)
 
 # onnxruntime names the node in its load errors as `node (NAME)` or `node with name 'NAME'`; the last one in a
 # message is the innermost (an If reports its failing subgraph node after itself).
@@ -52,7 +56,7 @@ class Fp16Result:
         blocked_ops: op types kept in float32 on top of the converter's default list, with the reason.
         blocked_nodes: node names kept in float32, with the reason (out-of-range weight, load error).
         attempts: conversions tried (1 when the first one loaded).
-        default_blocked_ops: the converter's own list of op types it always keeps in float32.
+        default_blocked_ops: op types always kept in float32 (onnxruntime's converter's list and Resize).
     """
 
     path: Path
@@ -212,7 +216,8 @@ def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATT
         raise ModelInputError(f"{model}: cannot read it as ONNX: {first_line(e)}") from e
     blocked_nodes = _out_of_range_nodes(source)  # edits `source` (names, initializers): first
     names = _node_names(source)
-    op_block = list(float16.DEFAULT_OP_BLOCK_LIST)
+    default_block = tuple(sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(EXTRA_OP_BLOCK)))
+    op_block = list(default_block)
     blocked_ops: dict[str, str] = {}
     error = "no attempt made"
     for attempt in range(1, max_attempts + 1):
@@ -225,8 +230,8 @@ def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATT
         error = _load_error(converted) or ""
         if not error:
             _write_atomically(converted, output)
-            return Fp16Result(output, tuple(sorted(blocked_ops.items())), tuple(sorted(blocked_nodes.items())),
-                              attempt, tuple(sorted(float16.DEFAULT_OP_BLOCK_LIST)))
+            return Fp16Result(output, tuple(sorted(blocked_ops.items())),
+                              tuple(sorted(blocked_nodes.items())), attempt, default_block)
         no_kernel = _OP_WITHOUT_KERNEL.search(error)
         culprit = _failing_node(error, names)
         if no_kernel and no_kernel.group(1) not in blocked_ops:

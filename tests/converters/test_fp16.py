@@ -117,6 +117,24 @@ def test_op_in_the_default_block_list_stays_float32(tmp_path: Path) -> None:
     assert _sqnr(_session(source).run(None, {"x": x})[0], _session(result.path).run(None, {"x": x})[0]) > 50
 
 
+def test_op_without_a_float16_cpu_kernel_is_blocked_on_retry(tmp_path: Path) -> None:
+    # onnxruntime's CPU provider has no float16 RandomNormal: the first conversion fails to load with
+    # NOT_IMPLEMENTED, the retry keeps the op in float32. A tiny scale makes the "random" tensor ~ its mean
+    # (scale=0 aborts onnxruntime 1.31 in std::normal_distribution).
+    graph = helper.make_graph(
+        [helper.make_node("RandomNormal", [], ["r"], dtype=TensorProto.FLOAT, shape=[3, 3], mean=2.0,
+                          scale=1e-4, seed=1.0, name="noise"),
+         helper.make_node("Add", ["x", "r"], ["y"], name="add")],
+        "no_kernel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])])
+    source = _save(graph, tmp_path / "noise.onnx")
+    result = convert_to_float16(source, tmp_path / "noise16.onnx")
+    assert result.attempts == 2
+    assert result.blocked_ops == (("RandomNormal", "onnxruntime has no CPU kernel for it in float16"),)
+    x = np.linspace(-1, 1, 9, dtype=np.float32).reshape(3, 3)
+    assert _sqnr(_session(source).run(None, {"x": x})[0], _session(result.path).run(None, {"x": x})[0]) > 40
+
+
 _YOLO_ERROR = ("Type Error: Type (tensor(float16)) of output arg (/model.22/Cast_5_output_0) of node "
                "(/model.22/Cast_5) does not match expected type (tensor(float)).")
 _SILERO_ERROR = ("Node (If_0) Op (If) [TypeInferenceError] Graph attribute inferencing failed: Type Error: "

@@ -147,6 +147,30 @@ def _align_casts(model: Any) -> int:
     return changed
 
 
+def _pack_float16(model: Any) -> None:
+    """Store float16 tensors as raw little-endian bytes, not in `int32_data` (one varint per value).
+
+    The converter leaves Constant-node weights in `int32_data`, where a float16 takes 2-3 bytes: PP-OCR cls
+    shrank 1.42x instead of ~2x.
+    """
+    import numpy as np
+    from onnx import TensorProto
+
+    def pack(tensor: Any) -> None:
+        if tensor.data_type == TensorProto.FLOAT16 and len(tensor.int32_data):
+            bits = np.asarray(tensor.int32_data, dtype=np.uint16)
+            del tensor.int32_data[:]
+            tensor.raw_data = bits.astype("<u2").tobytes()
+
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            pack(tensor)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    pack(attribute.t)
+
+
 def _node_names(model: Any) -> dict[str, str]:
     """Every node name (subgraphs included) → its op type."""
     return {n.name: n.op_type for g in _graphs(model.graph) for n in g.node if n.name}
@@ -182,13 +206,14 @@ def _load_error(model: Any) -> str | None:
 
 
 def _convert(source: Any, op_block: list[str], node_block: list[str]) -> Any:
-    """One conversion with onnxruntime's float16 converter, then the Cast alignment."""
+    """One conversion with onnxruntime's float16 converter, then the Cast alignment and packing."""
     from onnxruntime.transformers import float16
 
     model = float16.convert_float_to_float16(
         source, keep_io_types=True, op_block_list=op_block, node_block_list=node_block,
         min_positive_val=5.96e-08, max_finite_val=FP16_MAX)
     _align_casts(model)
+    _pack_float16(model)
     return model
 
 

@@ -202,5 +202,5 @@ def test_published_model_converts_loads_and_matches_float32(key: str, tmp_path: 
         b = np.concatenate([g[j].ravel() for g in got])
         assert b.dtype == np.float32
         assert _sqnr(a, b) >= _FLOORS[key], output.name
-    assert source.stat().st_size / result.path.stat().st_size > 1.4
+    assert source.stat().st_size / result.path.stat().st_size > 1.6  # [1.70 PP-OCR cls .. 1.98 YOLOv8]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model16.onnx"]

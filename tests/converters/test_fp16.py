@@ -176,8 +176,10 @@ def _feeds(key: str) -> list[dict[str, np.ndarray]]:
 
 
 # Whole-tensor SQNR floors per model, each below what was measured on this host (in brackets). PP-OCRv4 rec's
-# softmax is the exception: float16 rounding accumulates to ~30 dB in its last blocks and one of 320 time
-# steps of one line flips between two near-tied characters, which costs the pooled probabilities 20 dB.
+# softmax is the exception: float16 rounding accumulates to ~30 dB in its last blocks (no single node: keeping
+# LayerNorm's ReduceMean/Pow/Sqrt in float32 changes nothing) and one of the 320 time steps (8 lines x 40)
+# flips between two near-tied characters, which costs the pooled probabilities ~25 dB; its greedy CTC
+# characters are checked instead.
 _FLOORS = {
     "yolov8n-nudenet": 40.0,  # [68]
     "ppocrv4-det": 40.0,  # [51 with the BatchNorm in float32, 0 without]
@@ -202,5 +204,9 @@ def test_published_model_converts_loads_and_matches_float32(key: str, tmp_path: 
         b = np.concatenate([g[j].ravel() for g in got])
         assert b.dtype == np.float32
         assert _sqnr(a, b) >= _FLOORS[key], output.name
+    if key == "ppocrv4-rec":  # what the recognizer is for: greedy CTC characters per time step
+        steps_a = np.concatenate([e[0].argmax(-1).ravel() for e in expected])
+        steps_b = np.concatenate([g[0].argmax(-1).ravel() for g in got])
+        assert (steps_a == steps_b).mean() >= 0.99
     assert source.stat().st_size / result.path.stat().st_size > 1.6  # [1.70 PP-OCR cls .. 1.98 YOLOv8]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model16.onnx"]

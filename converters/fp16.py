@@ -15,10 +15,11 @@ in three ways, each handled here:
    largest finite float16 and the output is garbage (SQNR ~0 dB) though the model loads. Nodes reading such an
    initializer or Constant stay float32 (:func:`_out_of_range_nodes`).
 
-Ops with no float16 CPU kernel need no blocking to *load*: onnxruntime inserts casts around them itself; the
-converter's default op block list (Resize, Range, Upsample, reductions ...) keeps the known troublemakers in
-float32. Whatever still fails to load is parsed from onnxruntime's error, its node added to the node block
-list, and the conversion retried, at most ``max_attempts`` times.
+Most ops without a float16 CPU kernel load anyway: onnxruntime wraps them in casts itself. The converter's
+default op block list (Range, Upsample, TopK, CumSum, Min/Max, NonMaxSuppression, the ai.onnx.ml ops; Resize
+added here) keeps the known troublemakers in float32. Whatever still fails to load (e.g. RandomNormal:
+NOT_IMPLEMENTED in float16) is parsed from onnxruntime's error, its op type or node added to the block lists,
+and the conversion retried, at most ``max_attempts`` times.
 """
 
 from __future__ import annotations

@@ -360,13 +360,11 @@ def quantize_dynamic_onnx(model: Path, output: Path, *, op_types: tuple[str, ...
 
 
 def quantize_fp16_onnx(model: Path, output: Path) -> None:
-    """float16 weights and activations, float32 inputs and outputs (onnxconverter-common)."""
-    import onnx
-    from onnxconverter_common import float16
+    """float16 weights and activations, float32 inputs and outputs, loadable on real graphs.
 
-    try:
-        converted = float16.convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
-        onnx.save(converted, str(output))
-    except Exception as e:
-        text = explain(e)
-        raise QuantizationError(f"float16 conversion failed: {text}") from e
+    See `converters.fp16.convert_to_float16` (nodes onnxruntime cannot run in float16, or whose constants
+    overflow it, stay float32).
+    """
+    from converters.fp16 import convert_to_float16
+
+    convert_to_float16(model, output)

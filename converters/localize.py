@@ -105,12 +105,29 @@ def quantized_nodes(qdq_model_path: Path) -> list[str]:
 
 
 def int8_node_count(model_path: Path) -> int:
-    """How many compute nodes run in int8: QDQ-fed nodes plus integer operators (dynamic int8)."""
+    """How many compute nodes run in int8: QDQ-fed nodes plus integer operators (dynamic int8).
+
+    Nodes inside control-flow subgraphs (If / Loop / Scan bodies, e.g. silero's) count too.
+    """
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    integer = sum(1 for n in model.graph.node if n.op_type in _INTEGER_OPS)
-    return integer + len(quantized_nodes(model_path))
+    nodes: list[Any] = []
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            nodes.append(node)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    walk(attribute.g)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    for subgraph in attribute.graphs:
+                        walk(subgraph)
+
+    walk(model.graph)
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = sum(1 for n in nodes if n.op_type not in _QDQ_OPS and any(i in dequantized for i in n.input))
+    return fed + sum(1 for n in nodes if n.op_type in _INTEGER_OPS)
 
 
 def activation_outliers(

@@ -59,7 +59,7 @@ def check_tflite_file(source: Path) -> Engine:
 
 
 def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int) -> list[str]:
-    """Write the ONNX conversion of TFLite model `source` to `output`, tensors named as `reference` names them.
+    """Write the ONNX conversion of TFLite model `source` to `output`, named as `reference` names tensors.
 
     Args:
         source: the `.tflite` file (checked by `check_tflite_file`).

@@ -1,0 +1,175 @@
+"""Tests for the TFLite → ONNX route (converters.tflite_source) on MediaPipe's published models.
+
+Face detection and face landmark convert with parity against LiteRT at the 100 dB cap (identical to
+float rounding), keep the TFLite tensor names and the NHWC layout, and the converted ONNX models take
+`edgekit quantize`; selfie segmentation uses MediaPipe's custom op `Convolution2DTransposeBias`, which
+tf2onnx cannot convert, and is refused in one line that points at `edgekit bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters.errors import ModelInputError, UnsupportedModelError
+from converters.export import convert
+from device_runtime.engines import load_engine
+from edgekit.cli import cli
+from tests.converters.zoo import zoo_file
+
+FACE_DETECTION = "mediapipe-face-detection-short"
+FACE_LANDMARK = "mediapipe-face-landmark"
+SELFIE = "mediapipe-selfie-segmentation"
+
+
+def _error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def _save_inputs(key: str, folder: Path) -> tuple[Path, Path]:
+    from zoo.inputs import inputs_for
+
+    inputs = inputs_for(key)
+    calibration, evaluation = folder / f"{key}-calibration.npz", folder / f"{key}-evaluation.npz"
+    np.savez(calibration, **inputs.calibration)
+    np.savez(evaluation, **inputs.evaluation)
+    return calibration, evaluation
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Face detection (random samples) and face landmark (zoo photos as --sample) converted once."""
+    folder = tmp_path_factory.mktemp("tflite-source")
+    results = {}
+    for key, sample in ((FACE_DETECTION, None), (FACE_LANDMARK, _save_inputs(FACE_LANDMARK, folder)[1])):
+        output = folder / f"{key}.onnx"
+        result = convert(zoo_file(key), output, sample_data=sample)
+        results[key] = (output, {"route": result.route, "parity": result.parity, "notes": result.notes})
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, samples", [(FACE_DETECTION, 16), (FACE_LANDMARK, 8)])
+def test_mediapipe_models_convert_with_parity_at_the_cap(
+    converted: dict[str, tuple[Path, dict]], key: str, samples: int
+) -> None:
+    output, result = converted[key]
+    assert result["route"] == "tflite->onnx (tf2onnx TFLite front end, opset 17)"
+    parity = result["parity"]
+    assert parity["passed"] is True and parity["failures"] == []
+    assert parity["samples"] == samples
+    # Measured: 100.0 dB (the cap) on every output; the 80 dB export gate needs no lower floor here.
+    assert parity["sqnr_db"] >= 99.0
+    assert all(o["sqnr_db"] >= 99.0 for o in parity["outputs"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [FACE_DETECTION, FACE_LANDMARK])
+def test_converted_model_keeps_the_tflite_names_and_nhwc_layout(
+    converted: dict[str, tuple[Path, dict]], key: str
+) -> None:
+    source, exported = load_engine(zoo_file(key)), load_engine(converted[key][0])
+    assert [i.name for i in exported.inputs] == [i.name for i in source.inputs]
+    assert [o.name for o in exported.outputs] == [o.name for o in source.outputs]
+    for ours, theirs in zip(exported.inputs, source.inputs, strict=True):
+        assert ours.shape[1:] == theirs.shape[1:] and ours.shape[-1] == 3  # NHWC kept
+
+
+@pytest.mark.slow
+def test_custom_op_tf2onnx_cannot_convert_is_refused_by_name(tmp_path: Path) -> None:
+    output = tmp_path / "selfie.onnx"
+    with pytest.raises(UnsupportedModelError) as caught:
+        convert(zoo_file(SELFIE), output)
+    message = str(caught.value)
+    assert "Convolution2DTransposeBias" in message and "edgekit bundle" in message
+    assert "\n" not in message
+    assert not output.exists()
+
+
+@pytest.mark.slow
+def test_cli_refuses_the_custom_op_model_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["convert", str(zoo_file(SELFIE)), "-o", str(tmp_path / "s.onnx")])
+    assert result.exit_code == 1
+    line = _error_line(result.output)
+    assert "custom op Convolution2DTransposeBias" in line and "`edgekit bundle`" in line
+
+
+@pytest.mark.slow
+def test_converted_face_landmark_quantizes_and_passes_the_gate(
+    converted: dict[str, tuple[Path, dict]], tmp_path: Path
+) -> None:
+    model = converted[FACE_LANDMARK][0]
+    calibration, evaluation = _save_inputs(FACE_LANDMARK, tmp_path)
+    output = tmp_path / "face_landmark.int8.onnx"
+    # Latency is not judged here: a shared test host cannot time kernels reliably.
+    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration),
+            "--eval", str(evaluation), "--skip-latency", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["parity"]["passed"] is True
+    # Measured: conv2d_21 (landmarks) 43.8 dB, conv2d_31 (presence logit) 31.5 dB; size 0.27x.
+    assert min(o["sqnr_db"] for o in report["parity"]["outputs"]) >= 25.0
+    assert output.stat().st_size < 0.35 * model.stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="BlazeFace int8 misses the 20 dB gate on the current ladder (measured: static 9.8 dB, dynamic "
+    "10.1 dB, percentile 12.7 dB on classificators); the improved ladder is landing on main",
+    strict=False,
+)
+def test_converted_face_detection_quantizes_and_passes_the_gate(
+    converted: dict[str, tuple[Path, dict]], tmp_path: Path
+) -> None:
+    model = converted[FACE_DETECTION][0]
+    calibration, evaluation = _save_inputs(FACE_DETECTION, tmp_path)
+    output = tmp_path / "face_detection.int8.onnx"
+    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration),
+            "--eval", str(evaluation), "--skip-latency"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert output.stat().st_size < 0.5 * model.stat().st_size
+
+
+def test_tflite_to_tflite_says_there_is_nothing_to_convert(tmp_path: Path) -> None:
+    source = tmp_path / "model.tflite"
+    source.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    result = CliRunner().invoke(cli, ["convert", str(source), "-o", str(tmp_path / "out.tflite")])
+    assert result.exit_code == 1
+    line = _error_line(result.output)
+    assert "already a TFLite model, there is nothing to convert" in line and "`edgekit bundle`" in line
+    assert not (tmp_path / "out.tflite").exists()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        pytest.param(None, "LiteRT cannot load this TFLite model", id="truncated"),
+        pytest.param(b"PK\x03\x04 not a flatbuffer at all" * 4, "not a TFLite model", id="zip-named-tflite"),
+        pytest.param(b"", "not a TFLite model", id="empty"),
+    ],
+)
+def test_cli_refuses_a_broken_tflite_in_one_line(tmp_path: Path, content: bytes | None, expected: str) -> None:
+    source = tmp_path / "model.tflite"
+    if content is None:  # the first half of a real model: header intact, buffers cut off
+        whole = zoo_file(FACE_LANDMARK).read_bytes()
+        content = whole[: len(whole) // 2]
+    source.write_bytes(content)
+    output = tmp_path / "model.onnx"
+    result = CliRunner().invoke(cli, ["convert", str(source), "-o", str(output)])
+    assert result.exit_code == 1, result.output
+    assert expected in _error_line(result.output)
+    assert not output.exists()
+
+
+def test_input_shape_is_refused_for_a_tflite_source(tmp_path: Path) -> None:
+    with pytest.raises(ModelInputError, match="input shapes are fixed in the file"):
+        convert(zoo_file(FACE_LANDMARK), tmp_path / "m.onnx", input_shapes={"input_1": [1, 96, 96, 3]})

@@ -60,7 +60,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
 def test_mediapipe_models_convert_with_parity_at_the_cap(
     converted: dict[str, tuple[Path, dict]], key: str, samples: int
 ) -> None:
-    output, result = converted[key]
+    result = converted[key][1]
     assert result["route"] == "tflite->onnx (tf2onnx TFLite front end, opset 17)"
     parity = result["parity"]
     assert parity["passed"] is True and parity["failures"] == []
@@ -157,7 +157,9 @@ def test_tflite_to_tflite_says_there_is_nothing_to_convert(tmp_path: Path) -> No
         pytest.param(b"", "not a TFLite model", id="empty"),
     ],
 )
-def test_cli_refuses_a_broken_tflite_in_one_line(tmp_path: Path, content: bytes | None, expected: str) -> None:
+def test_cli_refuses_a_broken_tflite_in_one_line(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
     source = tmp_path / "model.tflite"
     if content is None:  # the first half of a real model: header intact, buffers cut off
         whole = zoo_file(FACE_LANDMARK).read_bytes()

@@ -7,8 +7,10 @@ from; its ONNX twin does have the whole ONNX strategy ladder and the accuracy-aw
    `ModelInputError` (truncated files, other files with a ``.tflite`` suffix);
 2. convert with ``tf2onnx.convert.from_tflite``; inputs keep the TFLite layout (NHWC stays NHWC, so a
    preprocessing spec written for the TFLite model still fits) and the batch stays as the model has it;
-3. refuse a graph in which tf2onnx left an op it could not convert (it does not raise: it keeps the
-   TFLite op, e.g. MediaPipe's ``Convolution2DTransposeBias``, which no ONNX runtime can run);
+3. lower MediaPipe's custom ``Convolution2DTransposeBias`` (a transposed convolution with bias, its
+   padding and strides in the op's custom options) to ONNX ``ConvTranspose``; refuse a graph in which
+   tf2onnx left any other op it could not convert (it does not raise: it keeps the TFLite op, which no
+   ONNX runtime can run);
 4. rename the ONNX inputs and outputs to the names the device's LiteRT engine reports (signature names
    when the model has exactly one signature, tensor names otherwise), so specs and labels still fit.
 
@@ -89,6 +91,7 @@ def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int)
     finally:
         for logger, level in quiet:
             logger.setLevel(level)
+    _lower_transpose_conv_bias(model, source)
     unconverted = _unconverted_ops(model)
     if unconverted:
         ops = ", ".join(unconverted)
@@ -100,6 +103,80 @@ def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int)
     _rename_io(model, source, reference)
     onnx.save(model, str(output))
     return [f"{i.name}: layout kept as in the TFLite model {list(i.shape)}" for i in reference.inputs]
+
+
+def _lower_transpose_conv_bias(model: Any, source: Path) -> None:
+    """Replace each ``TFL_Convolution2DTransposeBias`` node with Transpose → ConvTranspose → Transpose.
+
+    MediaPipe's custom options are a raw ``TfLiteTransposeConvParams`` (int32 padding, stride_width,
+    stride_height; padding 1 = SAME, 2 = VALID); the weights are ``[out, kh, kw, in]`` as in TFLite's
+    TRANSPOSE_CONV and the op works on NHWC tensors. Pads come from the TFLite output shape, split as
+    TensorFlow splits SAME padding (the extra pixel at the end).
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes = [n for n in model.graph.node if n.op_type == "TFL_Convolution2DTransposeBias"]
+    if not nodes:
+        return
+    ops = _custom_ops(source, "Convolution2DTransposeBias")
+    initializers = {t.name: t for t in model.graph.initializer}
+    for node in nodes:
+        found = ops.get(node.output[0])
+        if found is None or len(node.input) != 3 or node.input[1] not in initializers:
+            return  # left in the graph: refused by name below
+        options, in_shape, out_shape = found
+        if len(options) != 12 or len(in_shape) != 4 or len(out_shape) != 4:
+            return
+        padding, stride_w, stride_h = (int(v) for v in np.frombuffer(options, dtype="<i4"))
+        weights = numpy_helper.to_array(initializers[node.input[1]])  # [out, kh, kw, in]
+        kh, kw = int(weights.shape[1]), int(weights.shape[2])
+        pads = []
+        for size, out, stride, kernel in ((in_shape[1], out_shape[1], stride_h, kh),
+                                          (in_shape[2], out_shape[2], stride_w, kw)):
+            total = (int(size) - 1) * stride + kernel - int(out)
+            if total < 0 or (padding == 2 and total != 0):
+                return
+            pads.append((total // 2, total - total // 2))
+        name = node.name or node.output[0]
+        weight = numpy_helper.from_array(
+            np.ascontiguousarray(weights.transpose(3, 0, 1, 2)), f"{name}__weights_iohw"
+        )
+        model.graph.initializer.append(weight)
+        lowered = [
+            helper.make_node("Transpose", [node.input[0]], [f"{name}__nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node(
+                "ConvTranspose",
+                [f"{name}__nchw", weight.name, node.input[2]],
+                [f"{name}__conv"],
+                kernel_shape=[kh, kw],
+                strides=[stride_h, stride_w],
+                pads=[pads[0][0], pads[1][0], pads[0][1], pads[1][1]],
+            ),
+            helper.make_node("Transpose", [f"{name}__conv"], [node.output[0]], perm=[0, 2, 3, 1]),
+        ]
+        position = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for offset, new in enumerate(lowered):
+            model.graph.node.insert(position + offset, new)
+
+
+def _custom_ops(source: Path, code: str) -> dict[str, tuple[bytes, list[int], list[int]]]:
+    """Custom ops named `code` in subgraph 0: output tensor name → (custom options, in, out shape)."""
+    from tf2onnx.tflite import Model
+
+    model = Model.Model.GetRootAsModel(source.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    found = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if model.OperatorCodes(op.OpcodeIndex()).CustomCode() != code.encode():
+            continue
+        output, first = graph.Tensors(op.Outputs(0)), graph.Tensors(op.Inputs(0))
+        options = bytes(op.CustomOptionsAsNumpy()) if op.CustomOptionsLength() else b""
+        shapes = first.ShapeAsNumpy().tolist(), output.ShapeAsNumpy().tolist()
+        found[output.Name().decode()] = (options, *shapes)
+    return found
 
 
 def _unconverted_ops(model: Any) -> list[str]:

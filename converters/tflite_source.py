@@ -20,6 +20,7 @@ Parity against LiteRT is proven by `converters.export`, which owns the gate.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ def check_tflite_file(source: Path) -> Engine:
 
     Raises:
         ModelInputError: not a TFLite file, or one LiteRT cannot load (truncated, corrupt).
+        UnsupportedModelError: the model needs a custom op LiteRT lacks.
     """
     with source.open("rb") as f:
         head = f.read(8)
@@ -54,6 +56,12 @@ def check_tflite_file(source: Path) -> Engine:
     try:
         return load_engine(source, kind="litert")
     except EngineError as e:
+        custom = re.search(r"unresolved custom op: (\w+)", str(e))
+        if custom:
+            raise UnsupportedModelError(
+                f"{source}: uses the custom op {custom.group(1)}, which LiteRT does not have (the SDK that "
+                "made the model registers it), so neither a conversion nor a bundle can run it here"
+            ) from e
         raise ModelInputError(
             f"{source}: LiteRT cannot load this TFLite model ({first_line(e, 200)}); the file is truncated "
             "or corrupt: copy it again from its source"
@@ -132,8 +140,10 @@ def _lower_transpose_conv_bias(model: Any, source: Path) -> None:
         weights = numpy_helper.to_array(initializers[node.input[1]])  # [out, kh, kw, in]
         kh, kw = int(weights.shape[1]), int(weights.shape[2])
         pads = []
-        for size, out, stride, kernel in ((in_shape[1], out_shape[1], stride_h, kh),
-                                          (in_shape[2], out_shape[2], stride_w, kw)):
+        for size, out, stride, kernel in (
+            (in_shape[1], out_shape[1], stride_h, kh),
+            (in_shape[2], out_shape[2], stride_w, kw),
+        ):
             total = (int(size) - 1) * stride + kernel - int(out)
             if total < 0 or (padding == 2 and total != 0):
                 return

@@ -1,9 +1,10 @@
 """Tests for the TFLite → ONNX route (converters.tflite_source) on MediaPipe's published models.
 
-Face detection and face landmark convert with parity against LiteRT at the 100 dB cap (identical to
-float rounding), keep the TFLite tensor names and the NHWC layout, and the converted ONNX models take
-`edgekit quantize`; selfie segmentation uses MediaPipe's custom op `Convolution2DTransposeBias`, which
-tf2onnx cannot convert, and is refused in one line that points at `edgekit bundle`.
+All three convert with parity against LiteRT (face detection and face landmark at the 100 dB cap;
+selfie segmentation, whose MediaPipe custom op `Convolution2DTransposeBias` is lowered to ONNX
+`ConvTranspose`, at 86 dB on random inputs), keep the TFLite tensor names and the NHWC layout, and the
+converted ONNX models take `edgekit quantize`. A custom op nothing can lower is refused in one line that
+points at `edgekit bundle`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from converters.errors import ModelInputError, UnsupportedModelError
 from converters.export import convert
+from converters.tflite_source import tflite_to_onnx
 from device_runtime.engines import load_engine
 from edgekit.cli import cli
 from tests.converters.zoo import zoo_file
@@ -33,6 +35,11 @@ def _error_line(output: str) -> str:
     return lines[0]
 
 
+def _with_unknown_custom_op(selfie: Path) -> bytes:
+    """The selfie model's bytes with its custom op renamed (same length, so the flatbuffer stays valid)."""
+    return selfie.read_bytes().replace(b"Convolution2DTransposeBias", b"Convolution2DTransposeBiaz")
+
+
 def _save_inputs(key: str, folder: Path) -> tuple[Path, Path]:
     from zoo.inputs import inputs_for
 
@@ -45,10 +52,11 @@ def _save_inputs(key: str, folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
-    """Face detection (random samples) and face landmark (zoo photos as --sample) converted once."""
+    """Face detection and selfie segmentation (random samples), face landmark (zoo photos as --sample)."""
     folder = tmp_path_factory.mktemp("tflite-source")
     results = {}
-    for key, sample in ((FACE_DETECTION, None), (FACE_LANDMARK, _save_inputs(FACE_LANDMARK, folder)[1])):
+    landmark_sample = _save_inputs(FACE_LANDMARK, folder)[1]
+    for key, sample in ((FACE_DETECTION, None), (FACE_LANDMARK, landmark_sample), (SELFIE, None)):
         output = folder / f"{key}.onnx"
         result = convert(zoo_file(key), output, sample_data=sample)
         results[key] = (output, {"route": result.route, "parity": result.parity, "notes": result.notes})
@@ -56,22 +64,31 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key, samples", [(FACE_DETECTION, 16), (FACE_LANDMARK, 8)])
+@pytest.mark.parametrize(
+    "key, samples, min_sqnr",
+    [
+        # Measured: 100.0 dB (the cap: identical to float rounding) on every output.
+        (FACE_DETECTION, 16, 99.0),
+        (FACE_LANDMARK, 8, 99.0),
+        # Measured: 86.0 dB on random inputs (100 dB on the zoo photos): the lowered ConvTranspose sums in
+        # another order than MediaPipe's kernel. Still above the 80 dB export gate, no lower floor needed.
+        (SELFIE, 16, 84.0),
+    ],
+)
 def test_mediapipe_models_convert_with_parity_at_the_cap(
-    converted: dict[str, tuple[Path, dict]], key: str, samples: int
+    converted: dict[str, tuple[Path, dict]], key: str, samples: int, min_sqnr: float
 ) -> None:
     result = converted[key][1]
     assert result["route"] == "tflite->onnx (tf2onnx TFLite front end, opset 17)"
     parity = result["parity"]
     assert parity["passed"] is True and parity["failures"] == []
     assert parity["samples"] == samples
-    # Measured: 100.0 dB (the cap) on every output; the 80 dB export gate needs no lower floor here.
-    assert parity["sqnr_db"] >= 99.0
-    assert all(o["sqnr_db"] >= 99.0 for o in parity["outputs"])
+    assert parity["sqnr_db"] >= min_sqnr
+    assert all(o["sqnr_db"] >= min_sqnr for o in parity["outputs"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", [FACE_DETECTION, FACE_LANDMARK])
+@pytest.mark.parametrize("key", [FACE_DETECTION, FACE_LANDMARK, SELFIE])
 def test_converted_model_keeps_the_tflite_names_and_nhwc_layout(
     converted: dict[str, tuple[Path, dict]], key: str
 ) -> None:
@@ -84,21 +101,27 @@ def test_converted_model_keeps_the_tflite_names_and_nhwc_layout(
 
 @pytest.mark.slow
 def test_custom_op_tf2onnx_cannot_convert_is_refused_by_name(tmp_path: Path) -> None:
-    output = tmp_path / "selfie.onnx"
+    # The selfie model with its custom op renamed: tf2onnx keeps the op, which no lowering knows.
+    original = zoo_file(SELFIE)
+    source = tmp_path / "renamed.tflite"
+    source.write_bytes(_with_unknown_custom_op(original))
+    output = tmp_path / "renamed.onnx"
     with pytest.raises(UnsupportedModelError) as caught:
-        convert(zoo_file(SELFIE), output)
+        tflite_to_onnx(source, output, load_engine(original), opset=17)
     message = str(caught.value)
-    assert "Convolution2DTransposeBias" in message and "edgekit bundle" in message
+    assert "custom op Convolution2DTransposeBiaz" in message and "`edgekit bundle`" in message
     assert "\n" not in message
     assert not output.exists()
 
 
 @pytest.mark.slow
-def test_cli_refuses_the_custom_op_model_in_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["convert", str(zoo_file(SELFIE)), "-o", str(tmp_path / "s.onnx")])
+def test_cli_refuses_a_custom_op_litert_lacks_in_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "renamed.tflite"
+    source.write_bytes(_with_unknown_custom_op(zoo_file(SELFIE)))
+    result = CliRunner().invoke(cli, ["convert", str(source), "-o", str(tmp_path / "s.onnx")])
     assert result.exit_code == 1
-    line = _error_line(result.output)
-    assert "custom op Convolution2DTransposeBias" in line and "`edgekit bundle`" in line
+    assert "custom op Convolution2DTransposeBiaz" in _error_line(result.output)
+    assert not (tmp_path / "s.onnx").exists()
 
 
 @pytest.mark.slow
@@ -109,11 +132,21 @@ def test_converted_face_landmark_quantizes_and_passes_the_gate(
     calibration, evaluation = _save_inputs(FACE_LANDMARK, tmp_path)
     output = tmp_path / "face_landmark.int8.onnx"
     # Latency is not judged here: a shared test host cannot time kernels reliably.
-    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration),
-            "--eval", str(evaluation), "--skip-latency", "--json"]
+    args = [
+        "quantize",
+        str(model),
+        "-o",
+        str(output),
+        "--calibration",
+        str(calibration),
+        "--eval",
+        str(evaluation),
+        "--skip-latency",
+        "--json",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["passed"] is True
     # Measured: conv2d_21 (landmarks) 43.8 dB, conv2d_31 (presence logit) 31.5 dB; size 0.27x.
     assert min(o["sqnr_db"] for o in report["outputs"]) >= 25.0
@@ -122,19 +155,20 @@ def test_converted_face_landmark_quantizes_and_passes_the_gate(
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="BlazeFace int8 misses the 20 dB gate on the current ladder (measured: static 9.8 dB, dynamic "
-    "10.1 dB, percentile 12.7 dB on classificators); the improved ladder is landing on main",
+    reason="int8 misses the 20 dB gate on the current ladder (measured, static minmax: face detection "
+    "classificators 9.8 dB, selfie mask 10.8 dB; repair cannot recover them); the improved ladder is "
+    "landing on main",
     strict=False,
 )
-def test_converted_face_detection_quantizes_and_passes_the_gate(
-    converted: dict[str, tuple[Path, dict]], tmp_path: Path
+@pytest.mark.parametrize("key", [FACE_DETECTION, SELFIE])
+def test_converted_face_detection_and_selfie_quantize_and_pass_the_gate(
+    converted: dict[str, tuple[Path, dict]], tmp_path: Path, key: str
 ) -> None:
-    model = converted[FACE_DETECTION][0]
-    calibration, evaluation = _save_inputs(FACE_DETECTION, tmp_path)
-    output = tmp_path / "face_detection.int8.onnx"
-    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration),
-            "--eval", str(evaluation), "--skip-latency"]
-    result = CliRunner().invoke(cli, args)
+    model = converted[key][0]
+    calibration, evaluation = _save_inputs(key, tmp_path)
+    output = tmp_path / f"{key}.int8.onnx"
+    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration)]
+    result = CliRunner().invoke(cli, [*args, "--eval", str(evaluation), "--skip-latency"])
     assert result.exit_code == 0, result.output
     assert output.stat().st_size < 0.5 * model.stat().st_size
 

@@ -15,6 +15,7 @@ Every message names the file or tensor, what was observed, what was expected and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ModelInputError",
     "QuantizationError",
     "UnsupportedModelError",
+    "explain",
     "first_line",
 ]
 
@@ -65,3 +67,26 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, bounded: third-party errors can be pages of C++."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:limit]
+
+
+# Lines of third-party errors that carry no explanation: C++ stack frames, Python traceback frames.
+_NOISE = re.compile(r"^(\s*(#\d+|0x[0-9a-f]+|at |File \"|Traceback|Stacktrace:?$)|\s*$)", re.IGNORECASE)
+
+
+def explain(error: BaseException, limit: int = 600) -> str:
+    """An exception's message with the lines that explain it (node names, indices), bounded in length.
+
+    onnxruntime puts the offending node and tensor names after the first line or deep in one long line
+    (`INVALID_GRAPH ... In Node, ("ConvAddFusion_Add_B_Reshape@0_DequantizeLinear", ...)`), so the first
+    line alone loses them, and the reason comes last. Stack frames are dropped, the remaining lines are
+    joined with " | ", and a text longer than `limit` keeps its beginning and its end around an ellipsis.
+    """
+    text = str(error).strip() or type(error).__name__
+    lines = [" ".join(line.split()) for line in text.splitlines() if not _NOISE.match(line)]
+    joined = " | ".join(dict.fromkeys(line for line in lines if line)) or type(error).__name__
+    if len(joined) <= limit:
+        return joined
+    # onnxruntime names the node first and gives the reason last (`..., Error Unrecognized attribute:
+    # axis for operator DequantizeLinear`): keep both ends.
+    tail = max(limit * 2 // 5, 1)
+    return joined[: limit - tail - 3].rstrip() + " … " + joined[-tail:].lstrip()

@@ -22,14 +22,27 @@ from device_runtime.engines import load_engine
 
 __all__ = [
     "NodeDamage",
+    "activation_outliers",
     "as_report_rows",
     "ensure_node_names",
     "exclusion_units",
+    "int8_node_count",
     "localize",
     "quantized_nodes",
 ]
 
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+# Operators that compute in integers themselves (dynamic int8 and QOperator models).
+_INTEGER_OPS = {
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "QAttention",
+}
 _DQ_SUFFIX = "_DequantizeLinear_Output"
 
 
@@ -89,6 +102,48 @@ def quantized_nodes(qdq_model_path: Path) -> list[str]:
         for n in model.graph.node
         if n.op_type not in _QDQ_OPS and any(i in dequantized for i in n.input)
     ]
+
+
+def int8_node_count(model_path: Path) -> int:
+    """How many compute nodes run in int8: QDQ-fed nodes plus integer operators (dynamic int8)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    integer = sum(1 for n in model.graph.node if n.op_type in _INTEGER_OPS)
+    return integer + len(quantized_nodes(model_path))
+
+
+def activation_outliers(
+    float_model: Path, data: Dataset, workdir: Path, *, max_samples: int = 4, ratio: float = 20.0
+) -> list[tuple[str, float]]:
+    """Float activations whose maximum is far beyond their bulk: max |x| / 99.9th percentile of |x|.
+
+    MinMax calibration spends the int8 range on such outliers; percentile or entropy calibration clips
+    them. Returns (tensor, ratio) for tensors above `ratio`, worst first, from up to `max_samples` samples.
+    """
+    import onnx
+
+    proto = onnx.load(str(float_model))
+    names = [o for n in proto.graph.node for o in n.output if o]
+    probe = workdir / "probe_outliers.onnx"
+    exposed = _with_outputs(proto, {t: t for t in names}, probe)
+    engine = load_engine(probe)
+    found: dict[str, float] = {}
+    taken = 0
+    for feeds in data.batches(1):  # one sample at a time: every activation of the model is exposed
+        outputs = engine.run(feeds)
+        for name in exposed:
+            values = np.abs(np.asarray(outputs[name], dtype=np.float64)).ravel()
+            if values.size < 1000:  # too few values for a 99.9th percentile
+                continue
+            bulk = float(np.quantile(values, 0.999))
+            peak = float(values.max())
+            if bulk > 0 and peak / bulk > ratio:
+                found[name] = max(found.get(name, 0.0), peak / bulk)
+        taken += next(iter(feeds.values())).shape[0]
+        if taken >= max_samples:
+            break
+    return sorted(found.items(), key=lambda item: -item[1])
 
 
 def _produced(model: Any) -> set[str]:

@@ -1,11 +1,13 @@
 """`edgekit quantize`: quantize, gate, repair, check latency, and write the model only if it is good.
 
-ONNX input → ONNX output: static int8 (QDQ, backend preset), dynamic int8, or fp16.
+ONNX input → ONNX output: int8 by a ladder of strategies (`converters.strategies`: the preset, then
+pre-processing without fusions, int8 compute ops only, other calibrations, the other weight granularity,
+dynamic int8, then sensitive nodes kept in float), or one forced mode (static, dynamic, fp16).
 Keras / SavedModel input → TFLite output: full int8, dynamic range, or float16.
-The candidate is compared with the float model on the evaluation data under one parity contract; a
-static int8 ONNX model that misses the gate is repaired (sensitive nodes kept in float) within a bounded
-number of evaluations; an int8 model slower than float on this host is refused unless allowed.
-Nothing is written unless every check passes (the report is written either way).
+Each candidate is compared with the float model on the evaluation data under one parity contract, within
+a bounded number of evaluations. The speed on this host is measured and reported with the CPU named; a
+candidate measured slower is a warning, refused only with `require_speedup` (this host is not the device).
+Nothing is written unless the gate passes (the report is written either way).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from converters._files import atomic_output
 from converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset, load_labels
-from converters.errors import GateError, ModelInputError
+from converters.errors import GateError, ModelInputError, QuantizationError
 from converters.latency import LatencyConfig, compare_latency
 from converters.parity import INT8_GATE, Gate, parity_report, summary_metrics
 from converters.progress import NullProgress, Progress
@@ -32,26 +34,27 @@ from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
 
-ONNX_MODES = ("static", "dynamic", "fp16")
+ONNX_MODES = ("auto", "static", "dynamic", "fp16")
 
 
 @dataclass(frozen=True)
 class QuantizeOptions:
     """Everything `quantize` can be told; defaults are the documented ones."""
 
-    mode: str = "static"  # static | dynamic | fp16
+    mode: str = "auto"  # auto (static strategies, then dynamic) | static | dynamic | fp16
     preset: str = "auto"  # auto | x86 | x86-reduce-range | arm (static ONNX)
-    per_channel: bool | None = None  # None: the preset's choice (per-channel weights)
-    calibration_method: str = "minmax"
+    per_channel: bool | None = None  # None: the preset's choice first, the ladder may try the other
+    calibration_method: str | None = None  # None: minmax first, the ladder may try others
     samples: int = 256  # calibration samples, drawn deterministically
     eval_samples: int | None = 1000
     seed: int = 0
     gate: Gate = INT8_GATE
     repair: bool = True
-    max_evaluations: int = 12
+    max_evaluations: int = 20  # candidate evaluations: strategies and repair together
     max_excluded_fraction: float = 0.5
     latency: LatencyConfig | None = field(default_factory=LatencyConfig)  # None skips the latency check
-    allow_slower: bool = False
+    require_speedup: bool = False  # refuse a candidate measured slower than float on this host
+    allow_slower: bool = False  # deprecated no-op: a slower model is now a warning unless require_speedup
     preprocess: str | Path | None = None  # spec for folders of images
     signature: Signature | None = None  # declared batch axes and state pairs (converters.signature)
     roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
@@ -85,8 +88,8 @@ def quantize(
     progress = progress or NullProgress()
     model, output = Path(model), Path(output)
     if options.mode not in ONNX_MODES:
-        raise ModelInputError(f"--mode {options.mode!r}: use static, dynamic or fp16")
-    if options.mode == "static":
+        raise ModelInputError(f"--mode {options.mode!r}: use auto, static, dynamic or fp16")
+    if options.calibration_method is not None:
         from converters.quantize_onnx import check_calibration_method
 
         check_calibration_method(options.calibration_method)
@@ -157,23 +160,10 @@ def _quantize_onnx(
     progress: Progress,
     workdir: Path,
 ) -> QuantizeResult:
-    from converters.localize import (
-        as_report_rows,
-        ensure_node_names,
-        exclusion_units,
-        localize,
-        quantized_nodes,
-    )
+    from converters.localize import as_report_rows, localize
     from converters.onnx_model import check_onnx_file
-    from converters.quantize_onnx import (
-        preprocess_for_quantization,
-        quantize_dynamic_onnx,
-        quantize_fp16_onnx,
-        quantize_static_onnx,
-        resolve_preset,
-        saturation_note,
-    )
-    from converters.repair import search_exclusions
+    from converters.quantize_onnx import resolve_preset, saturation_note
+    from converters.strategies import LadderSettings, attempt_rows, config_of, run_ladder
 
     check_onnx_file(model)
     engine = load_engine(model)
@@ -194,82 +184,111 @@ def _quantize_onnx(
             roles=options.roles,
         )
 
-    float_model = model
-    candidate = workdir / "candidate.onnx"
+    config = resolve_preset(options.preset)
+    if options.calibration_method is not None:
+        config = replace(config, calibration=options.calibration_method)
+    if options.per_channel is not None:
+        config = replace(config, per_channel=options.per_channel)
     section: dict[str, Any] = {
-        "mode": options.mode,
+        "requested_mode": options.mode,
         "calibration": {
             "source": str(calibration),
             "samples": calib.size,
             "seed": options.seed,
-            "method": options.calibration_method,
+            "method": config.calibration,
         },
     }
-    repair_section: dict[str, Any] | None = None
-    per_tensor: list[dict[str, Any]] | None = None
-    if options.mode == "static":
-        float_model = preprocess_for_quantization(model, workdir / "preprocessed.onnx", progress)
-        if float_model == model:
-            shutil.copyfile(model, workdir / "preprocessed.onnx")
-            float_model = workdir / "preprocessed.onnx"
-        ensure_node_names(float_model)
-        config = replace(resolve_preset(options.preset), calibration=options.calibration_method)
-        if options.per_channel is not None:
-            config = replace(config, per_channel=options.per_channel)
-        note = saturation_note(config)
-        if note:
-            progress.note(note)
-            section["cpu_note"] = note
-        used = quantize_static_onnx(float_model, candidate, calib, config, progress=progress)
-        section["config"] = asdict(used)
-        report = evaluate(candidate)
-        ranking = localize(float_model, candidate, steps, workdir)
-        per_tensor = as_report_rows(ranking)
-        if not report["passed"] and options.repair:
-            quantizable = quantized_nodes(candidate)
-            before = summary_metrics(report)
-            task = progress.task("repairing (bisection over ranked nodes)", options.max_evaluations)
-
-            def try_exclusions(exclude: list[str]) -> dict[str, Any]:
-                trial = workdir / "trial.onnx"
-                quantize_static_onnx(float_model, trial, calib, used, exclude=tuple(exclude))
-                task.advance()
-                return summary_metrics(evaluate(trial))
-
-            max_excluded = max(1, int(options.max_excluded_fraction * len(quantizable)))
-            outcome = search_exclusions(
-                exclusion_units(ranking),
-                try_exclusions,
-                max_excluded=max_excluded,
-                max_evaluations=options.max_evaluations,
-            )
-            task.close()
-            repair_section = {
-                "quantizable_nodes": len(quantizable),
-                "excluded_nodes": outcome.excluded or [],
-                "kept_int8": len(quantizable) - len(outcome.excluded or []),
-                "evaluations": len(outcome.candidates),
-                "before": before,
-                "candidates": [{"excluded": 0, **before}, *outcome.candidates],
-                "stopped_because": outcome.stopped_because,
-            }
-            if outcome.excluded is not None:
-                quantize_static_onnx(float_model, candidate, calib, used, exclude=tuple(outcome.excluded))
-                report = evaluate(candidate)
-                progress.note(
-                    f"repair: kept {len(outcome.excluded)} of {len(quantizable)} quantized nodes in float "
-                    f"({', '.join(outcome.excluded)}) after {len(outcome.candidates)} evaluations"
-                )
-            repair_section["after"] = summary_metrics(report)
-    elif options.mode == "dynamic":
-        quantize_dynamic_onnx(model, candidate)
-        report = evaluate(candidate)
-    else:
-        quantize_fp16_onnx(model, candidate)
-        report = evaluate(candidate)
-    return _finish(
-        report, section, repair_section, per_tensor, model, candidate, output, steps, options, progress
+    note = saturation_note(config) if options.mode in ("auto", "static") else None
+    if note:
+        progress.note(note)
+        section["cpu_note"] = note
+    settings = LadderSettings(
+        mode=options.mode,
+        base=config,
+        calibration_forced=options.calibration_method is not None,
+        per_channel_forced=options.per_channel is not None,
+        repair=options.repair,
+        max_evaluations=options.max_evaluations,
+        max_excluded_fraction=options.max_excluded_fraction,
     )
+    outcome = run_ladder(model, workdir, calib, evaluate, settings, progress, localize_data=steps)
+    section["strategies"] = attempt_rows(outcome)
+    section["choice"] = outcome.reason
+    best = outcome.best()
+    if best is None or best.report is None or best.path is None:
+        raise QuantizationError(
+            f"no {_mode_words(options.mode)} candidate could be built or loaded; every strategy failed: "
+            + "; ".join(f"{a.strategy.name}: {a.error}" for a in outcome.attempts)
+            + ". Nothing was written. "
+            + _alternatives(options.mode)
+        )
+    report = best.report
+    section["mode"] = best.strategy.kind
+    section["strategy"] = best.strategy.name
+    section["calibration"]["method"] = best.config_used.calibration if best.config_used else None
+    if best.config_used is not None:
+        section["config"] = config_of(best)
+        section["op_types"] = list(best.strategy.op_types) if best.strategy.op_types else "all"
+    per_tensor = None
+    ranking = outcome.ranking
+    if ranking is None and best.float_model is not None:
+        ranking = localize(best.float_model, best.path, steps, workdir)
+    if ranking is not None:
+        per_tensor = as_report_rows(ranking)
+    if outcome.repair is not None:
+        note_repair(outcome.repair, progress)
+    if not report["passed"]:
+        report["quantization"] = section
+        raise GateError(
+            f"no {_mode_words(options.mode)} strategy passes; the best, {best.strategy.name}, fails the "
+            f"parity gate: {'; '.join(report['failures'])}. Tried ({outcome.reason}): "
+            + "; ".join(_attempt_words(row) for row in section["strategies"])
+            + ". Nothing was written. "
+            + _alternatives(options.mode),
+            _decorate(report, section, outcome.repair, per_tensor, model, best.path, output),
+        )
+    return _finish(
+        report, section, outcome.repair, per_tensor, model, best.path, output, steps, options, progress
+    )
+
+
+def note_repair(repair: dict[str, Any], progress: Progress) -> None:
+    """One progress line for the exclusion rung."""
+    excluded = repair["excluded_nodes"]
+    if excluded:
+        progress.note(
+            f"repair: kept {len(excluded)} of {repair['quantizable_nodes']} quantized nodes in float "
+            f"({', '.join(excluded)}) after {repair['evaluations']} evaluations"
+        )
+
+
+def _mode_words(mode: str) -> str:
+    return {"auto": "int8", "static": "static int8", "dynamic": "dynamic int8", "fp16": "float16"}[mode]
+
+
+def _attempt_words(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"{row['name']}: error ({row['error'][:300]})"
+    metrics = row["metrics"]
+    parts = []
+    if metrics["agreement"] is not None:
+        parts.append(f"agreement {100 * metrics['agreement']:.1f}%")
+    parts.append(f"SQNR {metrics['sqnr_db']:.1f} dB")
+    return f"{row['name']}: {', '.join(parts)}"
+
+
+def _alternatives(mode: str) -> str:
+    """Options that exist and that this run did not already try."""
+    options = []
+    if mode == "static":
+        options.append("--mode auto (adds dynamic int8 for MatMul-heavy models)")
+    if mode != "fp16":
+        options.append("--mode fp16")
+    if mode in ("auto", "static"):
+        options.append("a larger --max-evaluations")
+    options.append("more or more representative --calibration data")
+    options.append("a relaxed gate (--min-agreement, --max-drop, --min-sqnr) if the figures are acceptable")
+    return "Try " + ", ".join(options)
 
 
 def _quantize_tflite(
@@ -301,7 +320,7 @@ def _quantize_tflite(
     )
     reference = workdir / "float.tflite"
     reference.write_bytes(convert_savedmodel(source.saved_model_dir, precision="float32"))
-    precision = {"static": "int8", "dynamic": "dynamic", "fp16": "float16"}[options.mode]
+    precision = {"auto": "int8", "static": "int8", "dynamic": "dynamic", "fp16": "float16"}[options.mode]
 
     def representative() -> Any:
         task = progress.task("calibrating", calib.size)
@@ -337,12 +356,43 @@ def _quantize_tflite(
             "seed": options.seed,
             "method": "tflite representative",
         },
+        "strategies": [
+            {
+                "name": f"tflite-{precision}",
+                "kind": precision,
+                "passed": report["passed"],
+                "metrics": summary_metrics(report),
+                "size_bytes": candidate.stat().st_size,
+                "error": None,
+                "chosen": True,
+            }
+        ],
     }
     if not report["passed"]:
         section["repair"] = (
             "not available for TFLite output; quantize to .onnx to use the accuracy-aware repair"
         )
     return _finish(report, section, None, None, reference, candidate, output, evaluation, options, progress)
+
+
+def _decorate(
+    report: dict[str, Any],
+    section: dict[str, Any],
+    repair_section: dict[str, Any] | None,
+    per_tensor: list[dict[str, Any]] | None,
+    reference: Path,
+    candidate: Path,
+    output: Path,
+) -> dict[str, Any]:
+    report["quantization"] = section
+    if per_tensor is not None:
+        report["per_tensor_sqnr"] = per_tensor
+    if repair_section is not None:
+        report["repair"] = repair_section
+    report["reference"]["size_bytes"] = reference.stat().st_size
+    report["candidate"]["size_bytes"] = candidate.stat().st_size
+    report["candidate"]["path"] = str(output)
+    return report
 
 
 def _finish(
@@ -357,24 +407,17 @@ def _finish(
     options: QuantizeOptions,
     progress: Progress,
 ) -> QuantizeResult:
-    report["quantization"] = section
-    if per_tensor is not None:
-        report["per_tensor_sqnr"] = per_tensor
-    if repair_section is not None:
-        report["repair"] = repair_section
-    report["reference"]["size_bytes"] = reference.stat().st_size
-    report["candidate"]["size_bytes"] = candidate.stat().st_size
-    report["candidate"]["path"] = str(output)
+    _decorate(report, section, repair_section, per_tensor, reference, candidate, output)
     if not report["passed"]:
         raise GateError(
             "the quantized model fails the parity gate: "
             + "; ".join(report["failures"])
-            + ". Nothing was written. Try more calibration data, --mode dynamic, or relax the gate "
+            + ". Nothing was written. Try more calibration data, --mode fp16, or relax the gate "
             "(--min-agreement, --max-drop, --min-sqnr) if the figures are acceptable",
             report,
         )
     if options.latency is not None:
-        progress.note("measuring latency (float vs quantized, interleaved)")
+        progress.note("measuring latency (float vs quantized, interleaved rounds)")
         config = options.latency
         if evaluation.run_batch(max(config.batch_sizes)) < max(config.batch_sizes):
             config = replace(config, batch_sizes=(evaluation.run_batch(max(config.batch_sizes)),))
@@ -382,15 +425,37 @@ def _finish(
         latency = compare_latency(
             reference, candidate, sample.feeds(slice(0, sample.size)), config, batch_axes=sample.batch_axes
         )
-        latency["allowed_slower"] = options.allow_slower
+        latency["required_speedup"] = options.require_speedup
         report["latency"] = latency
-        if latency["slower"] and not options.allow_slower:
-            ratios = ", ".join(f"batch {b}: {r:.2f}x" for b, r in latency["ratio"].items())
-            raise GateError(
-                f"the quantized model is slower than float on this host (speed-up {ratios}); nothing was "
-                "written. Try --preset x86/arm, --mode dynamic, or pass --allow-slower to ship it anyway",
-                report,
+        if latency["verdict"] == "slower":
+            words = speed_words(latency)
+            if options.require_speedup:
+                raise GateError(
+                    f"the quantized model is slower than float on this host ({words}) and --require-speedup "
+                    "was given; nothing was written. This host may not be the device: measure there, or "
+                    "try another --preset or --mode",
+                    report,
+                )
+            progress.note(
+                f"warning: the quantized model is slower than float on this host ({words}); the device "
+                "may differ (int8 speed depends on the CPU's dot-product instructions) — measure there, "
+                "or pass --require-speedup to refuse such a model"
             )
     with atomic_output(output) as tmp:
         shutil.copyfile(candidate, tmp)
     return QuantizeResult(output, report)
+
+
+def speed_words(latency: dict[str, Any]) -> str:
+    """`speed-up 0.67x (95% interval 0.61-0.72x) on <CPU>`: the verdict's figures in one phrase."""
+    host = latency.get("host", {})
+    cpu = host.get("name", "this CPU")
+    if host.get("vnni") is False:
+        cpu += ", no VNNI"
+    interval = latency.get("speedup_interval")
+    if latency.get("speedup") is None or interval is None:
+        return f"speed-up not measurable on {cpu}"
+    return (
+        f"speed-up {latency['speedup']:.2f}x, 95% interval {interval[0]:.2f}-{interval[1]:.2f}x, "
+        f"on {cpu}"
+    )

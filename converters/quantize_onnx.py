@@ -9,15 +9,16 @@ the failure is recorded and the next configuration is tried.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import platform
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from converters.data import Dataset
-from converters.errors import QuantizationError, first_line
+from converters.errors import QuantizationError, explain
 from converters.progress import NullProgress, Progress
 
 __all__ = [
@@ -26,12 +27,14 @@ __all__ = [
     "StaticConfig",
     "check_calibration_method",
     "cpu_has_vnni",
+    "lift_constants",
     "preprocess_for_quantization",
     "quantize_dynamic_onnx",
     "quantize_fp16_onnx",
     "quantize_static_onnx",
     "resolve_preset",
     "saturation_note",
+    "upgrade_opset",
 ]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -103,17 +106,62 @@ def saturation_note(config: StaticConfig) -> str | None:
     return None
 
 
-def preprocess_for_quantization(source: Path, destination: Path, progress: Progress) -> Path:
-    """Run onnxruntime's `quant_pre_process` (shape inference + optimization); fall back gracefully.
+# quant_pre_process runs in a child process whose working directory is inside edgekit's workdir:
+# onnxruntime's symbolic shape inference saves `sym_shape_infer_temp.onnx` and a `<uuid>.data` file into
+# the *current* directory when it fails, and no option moves them.
+_PREPROCESS_SCRIPT = """
+import json, sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+args = json.loads(sys.argv[1])
+quant_pre_process(args["source"], args["destination"], skip_optimization=args["skip_optimization"],
+                  skip_symbolic_shape=args["skip_symbolic_shape"])
+"""
+
+
+def _run_pre_process(source: Path, destination: Path, *, optimize: bool, symbolic: bool, cwd: Path) -> None:
+    """One `quant_pre_process` call in a child process run from `cwd`; raises QuantizationError."""
+    import json
+    import subprocess
+    import sys
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    args = {
+        "source": str(source.resolve()),
+        "destination": str(destination.resolve()),
+        "skip_optimization": not optimize,
+        "skip_symbolic_shape": not symbolic,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PREPROCESS_SCRIPT, json.dumps(args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-12:]
+        if any("sympy is required" in line for line in tail):
+            raise ImportError("sympy")
+        raise QuantizationError(explain(RuntimeError("\n".join(tail) or f"exit {done.returncode}")))
+
+
+def preprocess_for_quantization(
+    source: Path, destination: Path, progress: Progress, *, optimize: bool = True, workdir: Path | None = None
+) -> Path:
+    """Run onnxruntime's `quant_pre_process` (shape inference, and graph fusions when `optimize`).
+
+    `optimize=False` skips onnxruntime's graph optimisation: on Paddle exports its Conv+Add / Conv+BN
+    fusions produce a bias that no longer loads once quantized. Every file onnxruntime writes lands under
+    `workdir` (default: beside `destination`), never in the current directory. Falls back to running
+    without symbolic shape inference, then to the model as exported.
 
     Returns the model to quantize: `destination` on success, `source` if pre-processing is impossible.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    for skip_symbolic in (False, True):
+    scratch = (workdir or destination.parent) / f"ort-cwd-{destination.stem}"
+    for symbolic in (True, False):
         try:
-            quant_pre_process(str(source), str(destination), skip_symbolic_shape=skip_symbolic)
-            if skip_symbolic:
+            _run_pre_process(source, destination, optimize=optimize, symbolic=symbolic, cwd=scratch)
+            if not symbolic:
                 progress.note("symbolic shape inference failed; pre-processed without it")
             return destination
         except ImportError as e:
@@ -121,10 +169,66 @@ def preprocess_for_quantization(source: Path, destination: Path, progress: Progr
                 "onnxruntime's quantization tools need sympy: "
                 "pip install 'onnxruntime[quantization,symbolic]'"
             ) from e
-        except Exception:
+        except QuantizationError:
             continue
     progress.note("quant_pre_process failed twice; quantizing the model as exported")
     return source
+
+
+def lift_constants(model_path: Path) -> int:
+    """Turn `Constant` nodes holding a tensor into initializers, in place; return how many were lifted.
+
+    Paddle exports keep every weight in a Constant node and have no initializers at all. The quantizers
+    only treat initializers as weights: otherwise a convolution's weights are calibrated like an
+    activation (asymmetric, one scale per tensor, per-channel silently ignored) and dynamic quantization
+    refuses the model (`Expected conv2d_157.w_0 to be an initializer`). The graph is unchanged otherwise.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    kept, lifted = [], 0
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            lifted += 1
+        else:
+            kept.append(node)
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+        onnx.save(model, str(model_path))
+    return lifted
+
+
+PER_CHANNEL_MIN_OPSET = 13  # DequantizeLinear's `axis` attribute, which per-channel weights need
+
+
+def upgrade_opset(model_path: Path, target: int = PER_CHANNEL_MIN_OPSET) -> int | None:
+    """Convert the model to `target` opset in place when it is older; return the old opset if converted.
+
+    Per-channel QDQ writes `DequantizeLinear(axis=...)`, an attribute that exists from opset 13: on an
+    opset-11 export (Paddle's) the quantized model fails to load with `Unrecognized attribute: axis`.
+    Leaves the file untouched when onnx's version converter cannot convert it.
+    """
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(model_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= target:
+        return None
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception:
+        return None
+    onnx.save(converted, str(model_path))
+    return opset
 
 
 class _Reader:
@@ -187,6 +291,7 @@ def quantize_static_onnx(
     config: StaticConfig,
     *,
     exclude: tuple[str, ...] = (),
+    op_types: tuple[str, ...] | None = None,
     progress: Progress | None = None,
 ) -> StaticConfig:
     """Static QDQ int8 quantization; on a crash, retry with per-tensor weights. Returns the config used.
@@ -205,7 +310,8 @@ def quantize_static_onnx(
     for attempt in attempts:
         reader = _Reader(data, progress)
         try:
-            with tempfile.TemporaryDirectory(prefix="edgekit-calib-"):
+            # onnxruntime's histogram calibrators print to stdout, which would corrupt `--json` output.
+            with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(
                     str(model),
                     str(output),
@@ -217,6 +323,7 @@ def quantize_static_onnx(
                     reduce_range=attempt.reduce_range,  # costs ~9 dB SQNR on VNNI CPUs
                     calibrate_method=method,
                     nodes_to_exclude=list(exclude),
+                    op_types_to_quantize=list(op_types) if op_types else None,
                     extra_options={
                         "ActivationSymmetric": attempt.symmetric_activations,
                         "WeightSymmetric": True,
@@ -228,32 +335,36 @@ def quantize_static_onnx(
         except QuantizationError:
             raise
         except Exception as e:
-            text = first_line(e, 200)
+            text = explain(e)
             failures.append(f"{attempt.name}: {type(e).__name__}: {text}")
     raise QuantizationError(
         "onnxruntime's quantize_static failed for every configuration: " + "; ".join(failures)
     )
 
 
-def quantize_dynamic_onnx(model: Path, output: Path) -> None:
+def quantize_dynamic_onnx(model: Path, output: Path, *, op_types: tuple[str, ...] | None = None) -> None:
     """Dynamic int8 (weights int8, activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(str(model), str(output), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(
+            str(model),
+            str(output),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=list(op_types) if op_types else None,
+        )
     except Exception as e:
-        text = first_line(e, 200)
+        text = explain(e)
         raise QuantizationError(f"dynamic quantization failed: {text}") from e
 
 
 def quantize_fp16_onnx(model: Path, output: Path) -> None:
-    """float16 weights and activations, float32 inputs and outputs (onnxconverter-common)."""
-    import onnx
-    from onnxconverter_common import float16
+    """float16 weights and activations, float32 inputs and outputs, loadable on real graphs.
 
-    try:
-        converted = float16.convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
-        onnx.save(converted, str(output))
-    except Exception as e:
-        text = first_line(e, 200)
-        raise QuantizationError(f"float16 conversion failed: {text}") from e
+    See `converters.fp16.convert_to_float16` (nodes onnxruntime cannot run in float16, or whose constants
+    overflow it, stay float32).
+    """
+    from converters.fp16 import convert_to_float16
+
+    convert_to_float16(model, output)

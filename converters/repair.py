@@ -45,14 +45,18 @@ def search_exclusions(
         limit += 1
     outcome = RepairOutcome(excluded=None)
     results: dict[int, dict[str, Any]] = {}
+    by_set: dict[tuple[str, ...], dict[str, Any]] = {}  # two k can give the same union: evaluate it once
 
     def passes(k: int) -> bool:
         if k not in results:
-            metrics = dict(evaluate(prefixes[k]))
-            metrics["excluded"] = len(prefixes[k])
-            metrics["excluded_nodes"] = prefixes[k]
-            results[k] = metrics
-            outcome.candidates.append(metrics)
+            key = tuple(prefixes[k])
+            if key not in by_set:
+                metrics = dict(evaluate(prefixes[k]))
+                metrics["excluded"] = len(prefixes[k])
+                metrics["excluded_nodes"] = prefixes[k]
+                by_set[key] = metrics
+                outcome.candidates.append(metrics)
+            results[k] = by_set[key]
         return bool(results[k]["passed"])
 
     if limit == 0:
@@ -60,7 +64,7 @@ def search_exclusions(
         return outcome
     low, high, k = 0, None, 1
     while k <= limit:  # (1) grow k geometrically until the gate passes
-        if len(results) >= max_evaluations:
+        if len(outcome.candidates) >= max_evaluations:
             outcome.stopped_because = f"evaluation budget ({max_evaluations}) spent"
             return outcome
         if passes(k):
@@ -74,7 +78,7 @@ def search_exclusions(
             f"(the limit is {max_excluded})"
         )
         return outcome
-    while high - low > 1 and len(results) < max_evaluations:  # (2) bisect between fail and pass
+    while high - low > 1 and len(outcome.candidates) < max_evaluations:  # (2) bisect between fail and pass
         middle = (low + high) // 2
         if passes(middle):
             high = middle

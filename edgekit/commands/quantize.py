@@ -47,10 +47,10 @@ from edgekit.commands.parity import gate_options, print_summary
 @click.option("--preprocess", type=click.Path(path_type=Path), help="Preprocessing spec for image folders.")
 @click.option(
     "--mode",
-    type=click.Choice(["static", "dynamic", "fp16"]),
-    default="static",
+    type=click.Choice(["auto", "static", "dynamic", "fp16"]),
+    default="auto",
     show_default=True,
-    help="static int8 (calibrated), dynamic int8, or float16.",
+    help="auto: static int8 strategies, then dynamic int8 for MatMul-heavy models; or force one mode.",
 )
 @click.option(
     "--preset",
@@ -60,14 +60,16 @@ from edgekit.commands.parity import gate_options, print_summary
     help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; arm = symmetric int8.",
 )
 @click.option(
-    "--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per-channel, +9 dB on CNNs)."
+    "--per-tensor",
+    is_flag=True,
+    help="Force per-tensor weight scales (default: per-channel first, +9 dB on CNNs; the other if it fails).",
 )
 @click.option(
     "--calibration-method",
     type=click.Choice(["minmax", "entropy", "percentile", "distribution"]),
-    default="minmax",
-    show_default=True,
-    help="'distribution' is refused for int8 (it yields garbage).",
+    default=None,
+    help="Force one calibration method (default: minmax, then percentile/entropy on outliers). "
+    "'distribution' is refused for int8 (it yields garbage).",
 )
 @click.option(
     "--samples",
@@ -85,11 +87,17 @@ from edgekit.commands.parity import gate_options, print_summary
 @click.option(
     "--max-evaluations",
     type=click.IntRange(1, 100),
-    default=12,
+    default=20,
     show_default=True,
-    help="Bound on repair evaluations.",
+    help="Bound on candidate evaluations (strategies and repair together).",
 )
-@click.option("--allow-slower", is_flag=True, help="Accept a quantized model slower than float on this host.")
+@click.option(
+    "--require-speedup",
+    is_flag=True,
+    help="Refuse a model measured slower than float on this host (default: a warning; the host is "
+    "not the device).",
+)
+@click.option("--allow-slower", is_flag=True, hidden=True, help="Deprecated no-op (slower is now a warning).")
 @click.option("--skip-latency", is_flag=True, help="Do not measure latency (no speed check).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
@@ -105,7 +113,7 @@ def quantize(
     mode: str,
     preset: str,
     per_tensor: bool,
-    calibration_method: str,
+    calibration_method: str | None,
     samples: int,
     seed: int,
     batch_axes: tuple[str, ...],
@@ -117,16 +125,20 @@ def quantize(
     roles: tuple[str, ...],
     no_repair: bool,
     max_evaluations: int,
+    require_speedup: bool,
     allow_slower: bool,
     skip_latency: bool,
     report_path: Path | None,
     html_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Quantize MODEL and write OUTPUT only if it passes the parity gate (and is not slower than float).
+    """Quantize MODEL and write OUTPUT only if it passes the parity gate.
 
-    A static int8 ONNX model that fails the gate is repaired: the nodes that lose the most SQNR are kept
-    in float, found by bisection within --max-evaluations. Same inputs and seed give identical bytes.
+    For ONNX, strategies are tried in order until one passes: the preset, pre-processing without graph
+    fusions, int8 Conv/MatMul/Gemm only, other calibration methods, the other weight granularity, dynamic
+    int8, then the nodes that lose the most SQNR kept in float (bisection), all within --max-evaluations.
+    Speed on this host is reported; slower is a warning unless --require-speedup. Same inputs and seed
+    give identical bytes.
     """
     from converters.errors import GateError
     from converters.latency import LatencyConfig
@@ -137,6 +149,11 @@ def quantize(
     from converters.roles import load_roles
 
     progress = ClickProgress(quiet=as_json)
+    if allow_slower:
+        progress.note(
+            "--allow-slower is deprecated and has no effect: a slower model is a warning unless "
+            "--require-speedup is given"
+        )
     options = QuantizeOptions(
         mode=mode,
         preset=preset,
@@ -149,7 +166,7 @@ def quantize(
         ),
         repair=not no_repair,
         max_evaluations=max_evaluations,
-        allow_slower=allow_slower,
+        require_speedup=require_speedup,
         latency=None if skip_latency else LatencyConfig(),
         preprocess=preprocess,
         signature=parse_signature(batch_axes, states),
@@ -188,6 +205,14 @@ def _write_reports(
 
 
 def _print_extras(report: dict[str, Any]) -> None:
+    quantization = report.get("quantization", {})
+    strategies = quantization.get("strategies") or []
+    if strategies:
+        click.echo("strategies tried:")
+        for row in strategies:
+            click.echo("  " + _strategy_line(row))
+        if quantization.get("choice"):
+            click.echo(f"chosen: {quantization['choice']}")
     repair = report.get("repair")
     if repair:
         excluded = repair["excluded_nodes"]
@@ -201,9 +226,32 @@ def _print_extras(report: dict[str, Any]) -> None:
         click.echo(f"  SQNR {before['sqnr_db']:.2f} -> {after.get('sqnr_db', float('nan')):.2f} dB")
     latency = report.get("latency")
     if latency:
+        from converters.quantize import speed_words
+
         for batch in latency["batch_sizes"]:
             key = str(batch)
+            interval = latency.get("per_batch", {}).get(key, {}).get("speedup_interval")
+            spread = f", 95% interval {interval[0]:.2f}-{interval[1]:.2f}x" if interval else ""
             click.echo(
-                f"latency batch {batch}: float {latency['reference_ms'][key]:.3f} ms, "
-                f"quantized {latency['candidate_ms'][key]:.3f} ms ({latency['ratio'][key]:.2f}x speed-up)"
+                f"latency batch {batch}: float {latency['reference_ms'][key]:.3f} ms, quantized "
+                f"{latency['candidate_ms'][key]:.3f} ms ({latency['ratio'][key]:.2f}x speed-up{spread})"
             )
+        click.echo(f"speed on this host: {latency['verdict']} ({speed_words(latency)})")
+
+
+def _strategy_line(row: dict[str, Any]) -> str:
+    mark = "*" if row.get("chosen") else " "
+    if row.get("error"):
+        return f"{mark} {row['name']:<13} error: {row['error'][:300]}"
+    metrics = row.get("metrics") or {}
+    figures = []
+    if metrics.get("agreement") is not None:
+        figures.append(f"agreement {100 * metrics['agreement']:.2f}%")
+    if metrics.get("sqnr_db") is not None:
+        figures.append(f"SQNR {metrics['sqnr_db']:.2f} dB")
+    if row.get("size_bytes"):
+        figures.append(f"{row['size_bytes']:,} bytes")
+    if row.get("nodes_quantized") is not None:
+        figures.append(f"{row['nodes_quantized']} int8 nodes")
+    verdict = "pass" if row.get("passed") else "fail"
+    return f"{mark} {row['name']:<13} {verdict}: {', '.join(figures)}"

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from converters.errors import GateError, QuantizationError
-from converters.latency import LatencyConfig, is_slower
+from converters.latency import LatencyConfig, speed_verdict
 from converters.quantize import QuantizeOptions, quantize
 from converters.repair import search_exclusions
 from edgekit.cli import cli
@@ -60,7 +60,7 @@ def test_one_sample_calibration_is_refused_and_warned(
     from converters.progress import NullProgress
 
     progress = NullProgress()
-    options = QuantizeOptions(latency=None, samples=1, repair=False, preset="x86-reduce-range")
+    options = QuantizeOptions(latency=None, samples=1, repair=False, preset="x86-reduce-range", mode="static")
     with pytest.raises(GateError) as caught:
         quantize(
             digits_onnx,
@@ -173,7 +173,6 @@ def test_latency_is_measured_and_reported(
     from converters.latency import LatencyConfig
 
     options = QuantizeOptions(
-        allow_slower=True,
         samples=64,
         preset="x86-reduce-range",
         latency=LatencyConfig(rounds=3, seconds_per_round=0.01),
@@ -182,50 +181,88 @@ def test_latency_is_measured_and_reported(
     latency = report["latency"]
     assert set(latency["ratio"]) == {"1", "32"}
     assert all(v > 0 for v in latency["reference_ms"].values())
-    assert latency["allowed_slower"] is True
+    assert all(len(rounds) == 3 for rounds in latency["round_ratios"].values())
+    assert latency["verdict"] in ("faster", "slower", "inconclusive") and latency["host"]["name"]
 
 
 @pytest.mark.parametrize(
-    ("ratios", "slower"),
+    ("rounds", "verdict"),
     [
-        pytest.param({"1": 1.3, "32": 1.5}, False, id="faster"),
-        pytest.param({"1": 0.97, "32": 1.0}, False, id="within-noise"),
-        pytest.param({"1": 0.7, "32": 0.9}, True, id="slower"),
-        pytest.param({"1": 0.6, "32": 1.8}, False, id="mixed-geometric-mean"),
+        pytest.param({"1": [1.31, 1.28, 1.35, 1.30], "32": [1.52, 1.49, 1.50, 1.55]}, "faster", id="faster"),
+        pytest.param({"1": [0.66, 0.69, 0.67, 0.68, 0.66]}, "slower", id="clearly-slower"),
+        pytest.param({"1": [0.97, 1.02, 0.99, 1.01, 0.98]}, "inconclusive", id="within-noise"),
+        pytest.param({"1": [0.5, 1.6, 0.7, 1.4, 0.9]}, "inconclusive", id="noisy-rounds"),
+        pytest.param({"1": [0.6, 0.6, 0.6], "32": [1.8, 1.8, 1.8]}, "faster", id="geometric-mean-of-batches"),
+        pytest.param({"1": [0.7]}, "inconclusive", id="one-round-is-no-interval"),
     ],
 )
-def test_slower_decision_uses_the_geometric_mean_and_a_noise_margin(
-    ratios: dict[str, float], slower: bool
+def test_speed_verdict_needs_the_whole_interval_on_one_side_of_one(
+    rounds: dict[str, list[float]], verdict: str
 ) -> None:
-    assert is_slower(ratios, 0.05) is slower
+    result = speed_verdict(rounds)
+    assert result["verdict"] == verdict
+    assert result["slower"] is (verdict == "slower")
+    if result["speedup_interval"] is not None:
+        low, high = result["speedup_interval"]
+        assert low <= result["speedup"] <= high
+    assert set(result["per_batch"]) == set(rounds)
 
 
-def test_slower_int8_is_refused_unless_allowed(
+def test_each_batch_size_gets_its_own_interval() -> None:
+    result = speed_verdict({"1": [1.9, 1.95, 1.9, 1.92], "32": [0.68, 0.7, 0.66, 0.69]})
+    assert result["per_batch"]["1"]["verdict"] == "faster"
+    assert result["per_batch"]["32"]["verdict"] == "slower"
+    assert result["verdict"] == "faster" and not result["slower"]
+
+
+def _slow_latency(
+    reference: Path, candidate: Path, sample: object, config: object, **_: object
+) -> dict[str, object]:
+    rounds = {"1": [0.66, 0.69, 0.67, 0.68, 0.66]}
+    return {
+        "host": {"name": "Test CPU", "machine": "x86_64", "vnni": False},
+        "batch_sizes": [1],
+        "reference_ms": {"1": 1.0},
+        "candidate_ms": {"1": 1.5},
+        "ratio": {"1": 0.67},
+        "round_ratios": rounds,
+        **speed_verdict(rounds),
+    }
+
+
+def test_slower_int8_is_written_with_a_warning_naming_the_cpu(
     fragile: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The refusal path, with the measurement replaced by a slow verdict (timings are never asserted)."""
+    """This host is not the device: a slower verdict warns; the measurement is replaced by given rounds."""
+    import converters.quantize as module
+    from converters.progress import NullProgress
+
+    monkeypatch.setattr(module, "compare_latency", _slow_latency)
+    model, data = fragile
+    progress = NullProgress()
+    result = quantize(
+        model,
+        tmp_path / "slow.onnx",
+        data,
+        options=replace(FRAGILE, latency=LatencyConfig()),
+        progress=progress,
+    )
+    assert result.path.is_file() and result.report["latency"]["verdict"] == "slower"
+    assert any("slower than float on this host" in n and "Test CPU, no VNNI" in n for n in progress.notes)
+
+
+def test_slower_int8_is_refused_with_require_speedup(
+    fragile: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import converters.quantize as module
 
-    def slow(
-        reference: Path, candidate: Path, sample: object, config: object, **_: object
-    ) -> dict[str, object]:
-        return {
-            "batch_sizes": [1],
-            "reference_ms": {"1": 1.0},
-            "candidate_ms": {"1": 2.0},
-            "ratio": {"1": 0.5},
-            "slower": True,
-        }
-
-    monkeypatch.setattr(module, "compare_latency", slow)
+    monkeypatch.setattr(module, "compare_latency", _slow_latency)
     model, data = fragile
     out = tmp_path / "slow.onnx"
-    with pytest.raises(GateError, match="slower than float"):
-        quantize(model, out, data, options=replace(FRAGILE, latency=LatencyConfig()))
+    options = replace(FRAGILE, latency=LatencyConfig(), require_speedup=True)
+    with pytest.raises(GateError, match=r"slower than float on this host \(speed-up 0.67x, 95% interval"):
+        quantize(model, out, data, options=options)
     assert not out.exists()
-    assert quantize(
-        model, out, data, options=replace(FRAGILE, latency=LatencyConfig(), allow_slower=True)
-    ).path.is_file()
 
 
 def test_bisection_finds_the_smallest_passing_prefix_within_budget() -> None:
@@ -336,30 +373,43 @@ def test_a_crashing_quantizer_call_falls_back_to_the_next_configuration(
     assert any("per-tensor" in note for note in progress.notes)
 
 
-def test_symbolic_shape_inference_failure_is_retried_without_it(
-    digits_onnx: Path, data_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("flags", "exit_code"),
+    [
+        pytest.param([], 0, id="warns-by-default"),
+        pytest.param(["--require-speedup"], 1, id="refuses-when-asked"),
+    ],
+)
+def test_cli_slower_verdict_warns_or_refuses(
+    flags: list[str],
+    exit_code: int,
+    fragile: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import onnxruntime.quantization.shape_inference as shape_inference
+    import converters.quantize as module
 
-    from converters.progress import NullProgress
+    monkeypatch.setattr(module, "compare_latency", _slow_latency)
+    model, data = fragile
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(model), "-o", str(out), "--calibration", str(data), "--preset", "x86", *flags]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == exit_code, result.output
+    assert "slower than float on this host" in result.output and "Test CPU, no VNNI" in result.output
+    assert out.exists() is (exit_code == 0)
+    if exit_code == 0:
+        assert "speed on this host: slower (speed-up 0.67x, 95% interval" in result.output
 
-    real = shape_inference.quant_pre_process
-    calls: list[bool] = []
 
-    def picky(*args: object, skip_symbolic_shape: bool = False, **kwargs: object) -> object:
-        calls.append(skip_symbolic_shape)
-        if not skip_symbolic_shape:
-            raise RuntimeError("Incomplete symbolic shape inference")
-        return real(*args, skip_symbolic_shape=skip_symbolic_shape, **kwargs)
+def test_bisection_evaluates_a_repeated_node_set_once() -> None:
+    """A unit whose nodes are already excluded leaves the set unchanged: it is not evaluated twice."""
+    units = [["a", "b"], ["b"], ["c"], ["d"]]
+    seen: list[list[str]] = []
 
-    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
-    progress = NullProgress()
-    result = quantize(
-        digits_onnx,
-        tmp_path / "q.onnx",
-        data_files["calib"],
-        options=QuantizeOptions(latency=None, samples=64),
-        progress=progress,
-    )
-    assert result.report["passed"] and calls == [False, True]
-    assert any("symbolic shape inference failed" in note for note in progress.notes)
+    def evaluate(excluded: list[str]) -> dict[str, object]:
+        seen.append(excluded)
+        return {"passed": "d" in excluded}
+
+    outcome = search_exclusions(units, evaluate, max_excluded=4, max_evaluations=10)
+    assert outcome.excluded == ["a", "b", "c", "d"]
+    assert len(seen) == len({tuple(s) for s in seen})

@@ -124,53 +124,49 @@ def test_cli_refuses_a_custom_op_litert_lacks_in_one_line(tmp_path: Path) -> Non
     assert not (tmp_path / "s.onnx").exists()
 
 
-@pytest.mark.slow
-def test_converted_face_landmark_quantizes_and_passes_the_gate(
-    converted: dict[str, tuple[Path, dict]], tmp_path: Path
-) -> None:
-    model = converted[FACE_LANDMARK][0]
-    calibration, evaluation = _save_inputs(FACE_LANDMARK, tmp_path)
-    output = tmp_path / "face_landmark.int8.onnx"
+def _quantize(model: Path, key: str, folder: Path) -> tuple[Path, dict, str]:
+    calibration, evaluation = _save_inputs(key, folder)
+    output = folder / f"{key}.int8.onnx"
     # Latency is not judged here: a shared test host cannot time kernels reliably.
-    args = [
-        "quantize",
-        str(model),
-        "-o",
-        str(output),
-        "--calibration",
-        str(calibration),
-        "--eval",
-        str(evaluation),
-        "--skip-latency",
-        "--json",
-    ]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{") :])
-    assert report["passed"] is True
-    # Measured: conv2d_21 (landmarks) 43.8 dB, conv2d_31 (presence logit) 31.5 dB; size 0.27x.
-    assert min(o["sqnr_db"] for o in report["outputs"]) >= 25.0
-    assert output.stat().st_size < 0.35 * model.stat().st_size
+    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration)]
+    result = CliRunner().invoke(cli, [*args, "--eval", str(evaluation), "--skip-latency", "--json"])
+    text = result.stdout
+    report = json.loads(text[text.index("{") :]) if result.exit_code == 0 else {}
+    return output, report, result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "key, min_sqnr, max_ratio",
+    [
+        # Measured: conv2d_21 (landmarks) 43.8 dB, conv2d_31 (presence logit) 31.5 dB; size 0.27x.
+        (FACE_LANDMARK, 25.0, 0.35),
+        # Measured: 20.15 dB after the ladder keeps 4 nodes (classificator_16 among them) in float; 0.68x.
+        (FACE_DETECTION, 20.0, 0.8),
+    ],
+)
+def test_converted_model_quantizes_and_passes_the_gate(
+    converted: dict[str, tuple[Path, dict]], tmp_path: Path, key: str, min_sqnr: float, max_ratio: float
+) -> None:
+    model = converted[key][0]
+    output, report, text = _quantize(model, key, tmp_path)
+    assert report.get("passed") is True, text
+    assert min(o["sqnr_db"] for o in report["outputs"]) >= min_sqnr
+    assert output.stat().st_size < max_ratio * model.stat().st_size
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="int8 misses the 20 dB gate on the current ladder (measured, static minmax: face detection "
-    "classificators 9.8 dB, selfie mask 10.8 dB; repair cannot recover them); the improved ladder is "
-    "landing on main",
+    reason="int8 of the selfie mask misses the 20 dB gate on every strategy of the ladder (measured: best "
+    "16.1 dB, exclusion; preset 10.8 dB); nothing is written",
     strict=False,
 )
-@pytest.mark.parametrize("key", [FACE_DETECTION, SELFIE])
-def test_converted_face_detection_and_selfie_quantize_and_pass_the_gate(
-    converted: dict[str, tuple[Path, dict]], tmp_path: Path, key: str
+def test_converted_selfie_segmentation_quantizes_and_passes_the_gate(
+    converted: dict[str, tuple[Path, dict]], tmp_path: Path
 ) -> None:
-    model = converted[key][0]
-    calibration, evaluation = _save_inputs(key, tmp_path)
-    output = tmp_path / f"{key}.int8.onnx"
-    args = ["quantize", str(model), "-o", str(output), "--calibration", str(calibration)]
-    result = CliRunner().invoke(cli, [*args, "--eval", str(evaluation), "--skip-latency"])
-    assert result.exit_code == 0, result.output
-    assert output.stat().st_size < 0.5 * model.stat().st_size
+    model = converted[SELFIE][0]
+    _, report, text = _quantize(model, SELFIE, tmp_path)
+    assert report.get("passed") is True, text
 
 
 def test_tflite_to_tflite_says_there_is_nothing_to_convert(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`edgekit convert`: export a trained model to ONNX or TFLite and prove fp32 parity with its source.
 
 Routes: Keras `.keras` / SavedModel → ONNX (tf2onnx from a signature function) or TFLite (float32 or
-float16); ONNX → ONNX (checked, shape-inferred, re-saved); scikit-learn pickle/joblib → ONNX (skl2onnx);
+float16); TFLite → ONNX (tf2onnx's TFLite front end, parity against LiteRT: `converters.tflite_source`);
+ONNX → ONNX (checked, shape-inferred, re-saved); scikit-learn pickle/joblib → ONNX (skl2onnx);
 PyTorch through `converters.export_torch`. Every export runs the source framework and the exported model
 (through the device's own engine code) on the same sample inputs and refuses a mismatch.
 """
@@ -220,7 +221,8 @@ def convert(
     """Export `source` to `output` (suffix `.onnx` or `.tflite`) and prove parity.
 
     Args:
-        source: `.keras`, a SavedModel folder, `.onnx`, or a scikit-learn `.pkl`/`.joblib`.
+        source: `.keras`, a SavedModel folder, `.tflite` (to ONNX only), `.onnx`, or a scikit-learn
+            `.pkl`/`.joblib`.
         output: destination; written only if the export passes its parity check.
         opset: ONNX opset for ONNX exports.
         input_shapes: fixed shapes for inputs with dynamic dimensions; an ONNX model is written with them
@@ -245,6 +247,11 @@ def convert(
         raise ModelInputError(
             "--precision float16 applies to TFLite output; for ONNX use `edgekit quantize --mode fp16`"
         )
+    if suffix == ".tflite" and kind == "tflite":
+        raise UnsupportedModelError(
+            f"{source}: already a TFLite model, there is nothing to convert to .tflite; bundle it as it is "
+            "with `edgekit bundle`, or convert it to .onnx for int8 quantization"
+        )
     if suffix == ".tflite" and kind not in ("keras", "savedmodel"):
         advice = "use the .onnx model as it is" if kind == "onnx" else "convert it to .onnx instead"
         raise UnsupportedModelError(
@@ -259,6 +266,8 @@ def convert(
             return _export_tf(source, output, workdir, opset, input_shapes, precision, sample_data, signature)
         if kind == "onnx":
             return _export_onnx(source, output, sample_data, input_shapes, signature)
+        if kind == "tflite":
+            return _export_tflite(source, output, opset, input_shapes, sample_data, signature)
         return _export_sklearn(source, output, opset, sample_data, signature)
 
 
@@ -274,16 +283,15 @@ def _source_kind(source: Path) -> str:
         ".keras": "keras",
         ".h5": "keras",
         ".onnx": "onnx",
+        ".tflite": "tflite",
         ".pkl": "sklearn",
         ".pickle": "sklearn",
         ".joblib": "sklearn",
     }
-    if suffix == ".tflite":
-        raise UnsupportedModelError(f"{source}: a .tflite model is already converted; use it as is")
     if suffix not in kinds:
         raise ModelInputError(
             f"{source}: unknown model type {suffix!r}; "
-            "expected .keras, a SavedModel folder, .onnx, .pkl or .joblib"
+            "expected .keras, a SavedModel folder, .tflite, .onnx, .pkl or .joblib"
         )
     return kinds[suffix]
 
@@ -386,6 +394,31 @@ def _export_onnx(
         reference = run_model(engine, data)
         parity = prove_parity(reference, tmp, data, EXPORT_GATE)
     return ExportResult(output, route, parity)
+
+
+def _export_tflite(
+    source: Path,
+    output: Path,
+    opset: int,
+    input_shapes: dict[str, list[int]] | None,
+    sample_data: str | Path | None,
+    signature: Signature | None,
+) -> ExportResult:
+    from converters.tflite_source import check_tflite_file, tflite_to_onnx
+
+    if input_shapes:
+        raise ModelInputError(
+            f"{source}: --input-shape applies to ONNX, Keras and SavedModel sources; a TFLite model's "
+            "input shapes are fixed in the file, so leave the option out"
+        )
+    reference = check_tflite_file(source)
+    with atomic_output(output) as tmp:
+        notes = tflite_to_onnx(source, tmp, reference, opset=opset)
+        check_onnx_file(tmp)
+        exported = load_engine(tmp)
+        data = _data(exported.inputs, exported.outputs, sample_data, signature)
+        parity = prove_parity(run_model(reference, data), tmp, data, EXPORT_GATE)
+    return ExportResult(output, f"tflite->onnx (tf2onnx TFLite front end, opset {opset})", parity, notes)
 
 
 def fix_input_shapes(model: Any, input_shapes: Mapping[str, list[int]]) -> Any:

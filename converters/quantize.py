@@ -305,9 +305,14 @@ def _quantize_tflite(
     from converters.tflite import convert_savedmodel
 
     if model.suffix.lower() in (".onnx", ".tflite"):
+        route = (
+            f"; without that source run `edgekit convert {model} -o model.onnx` and quantize the ONNX model"
+            if model.suffix.lower() == ".tflite"
+            else ""
+        )
         raise ModelInputError(
             f"{model}: TFLite quantization starts from the Keras (.keras) or SavedModel source, not a "
-            f"{model.suffix} file"
+            f"{model.suffix} file{route}"
         )
     source = load_tf_source(model, workdir)
     calib, evaluation, label_array = _load_data(

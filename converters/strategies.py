@@ -141,10 +141,6 @@ def _score(attempt: Attempt) -> tuple[float, float, float]:
     return (-len(attempt.report["failures"]), agreement, metrics["sqnr_db"])
 
 
-class _NothingQuantized(ConverterError):
-    """A rung whose candidate has no int8 node (e.g. dynamic MatMul-only on a model without MatMuls)."""
-
-
 class _Ladder:
     def __init__(
         self,
@@ -238,7 +234,11 @@ class _Ladder:
             attempt.size_bytes = output.stat().st_size
             attempt.nodes_quantized = int8_node_count(output)
             if attempt.nodes_quantized == 0 and strategy.kind != "fp16":
-                raise _NothingQuantized("no node was quantized: the candidate is the float model")
+                # onnxruntime leaves control-flow bodies (silero's If branches) alone: say so, and let the
+                # gate judge the result rather than hide it.
+                self.progress.note(
+                    f"warning: strategy {strategy.name} quantized no node (the candidate is still float)"
+                )
             attempt.report = self.evaluate(output)
         except ConverterError as e:
             attempt = Attempt(strategy, error=self._short(str(e)))

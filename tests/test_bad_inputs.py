@@ -420,11 +420,11 @@ CASES = [
     ),
     pytest.param(sklearn_without_converter, ("KernelRidge", "skl2onnx"), 1, id="sklearn-without-converter"),
     pytest.param(json_flag_error, ("nowhere.keras", "no such file"), 1, id="error-with-json-flag"),
-    pytest.param(convert_tflite_source, ("model.tflite", "already converted"), 1, id="convert-tflite-source"),
+    pytest.param(convert_tflite_source, ("model.tflite", "not a TFLite"), 1, id="convert-not-tflite"),
     pytest.param(convert_to_pb, ("model.pb", ".onnx or .tflite"), 1, id="convert-to-pb"),
     pytest.param(onnx_to_tflite, ("tflite", "onnx model"), 1, id="onnx-to-tflite"),
     pytest.param(float16_onnx_output, ("float16", "quantize --mode fp16"), 1, id="float16-onnx-output"),
-    pytest.param(quantize_tflite_source, ("model.tflite", "keras"), 1, id="quantize-tflite-source"),
+    pytest.param(quantize_tflite_source, ("model.tflite", "edgekit convert"), 1, id="quantize-tflite-source"),
     pytest.param(quantize_keras_to_onnx, ("digits.keras", "edgekit convert"), 1, id="quantize-keras-to-onnx"),
     pytest.param(
         calib_wrong_shape, ("calib.npy", "(10, 9, 9, 1)", "(N, 8, 8, 1)"), 1, id="calibration-wrong-shape"

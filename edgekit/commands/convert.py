@@ -59,7 +59,7 @@ def convert(
     states: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Export SOURCE (.keras, SavedModel folder, .onnx, scikit-learn .pkl/.joblib) to OUTPUT.
+    """Export SOURCE (.keras, SavedModel folder, .tflite, .onnx, scikit-learn .pkl/.joblib) to OUTPUT.
 
     The exported model is run next to the source framework on sample inputs and written only if it
     reproduces it (top-1 agreement 100%, SQNR >= 80 dB; >= 40 dB for float16). Pickles run code when

@@ -136,9 +136,9 @@ def quantize(
 
     For ONNX, strategies are tried in order until one passes: the preset, pre-processing without graph
     fusions, int8 Conv/MatMul/Gemm only, other calibration methods, the other weight granularity, dynamic
-    int8, then the nodes that lose the most SQNR kept in float (bisection), all within --max-evaluations.
-    Speed on this host is reported; slower is a warning unless --require-speedup. Same inputs and seed
-    give identical bytes.
+    int8, then the nodes that lose the most SQNR kept in float (bisection), within the evaluation budget.
+    Speed on this host is reported; slower is a warning, and refused only on request. Same inputs and
+    seed give identical bytes.
     """
     from converters.errors import GateError
     from converters.latency import LatencyConfig

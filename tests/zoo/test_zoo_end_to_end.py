@@ -1,7 +1,7 @@
 """Real published models go end to end through the CLI and onto a real device runtime.
 
-Each test takes one zoo model the way a user would: ``edgekit convert`` (ONNX parity-checked, a .tflite
-taken as is, Keras 2 .hdf5 through ``zoo.rebuild``, the torch voice encoder through
+Each test takes one zoo model the way a user would: ``edgekit convert`` (ONNX parity-checked, a vendor .tflite
+to ONNX, Keras 2 .hdf5 through ``zoo.rebuild``, the torch voice encoder through
 ``converters.export_torch``) -> ``edgekit quantize`` (int8 through the strategy ladder, or the refusal's
 stated reason and then ``--mode fp16``) -> ``edgekit parity`` with ``--role`` declarations -> ``edgekit
 bundle`` (spec with the output roles, labels or charset, golden data, parity report) -> install into
@@ -209,8 +209,6 @@ def test_magika_byte_classifier_ships_with_the_same_file_types(tmp_path: Path) -
     _check_classification(flow, float_model, shipped, report, "target_label", magika_labels())
 
 
-@pytest.mark.xfail(strict=True, reason="edgekit quantize takes no .tflite input (it wants the Keras or "
-                   "SavedModel source), so a vendor TFLite model cannot be quantized")
 def test_mediapipe_selfie_segmentation_tflite_ships_with_the_same_masks(tmp_path: Path) -> None:
     flow, source = _flow("mediapipe-selfie-segmentation", tmp_path, ["activation_10=segmentation"])
     float_model, shipped, report = _ship(flow, source)
@@ -241,8 +239,6 @@ def test_fer_keras_hdf5_ships_with_the_same_emotions(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="edgekit quantize takes no .tflite input (it wants the Keras or "
-                   "SavedModel source), so a vendor TFLite model cannot be quantized")
 def test_mediapipe_face_landmark_tflite_ships_with_the_same_landmarks(tmp_path: Path) -> None:
     flow, source = _flow("mediapipe-face-landmark", tmp_path,
                          ["conv2d_21=regression", "conv2d_31=regression"])

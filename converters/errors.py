@@ -52,7 +52,11 @@ class ConversionError(ConverterError):
 
 
 class QuantizationError(ConverterError):
-    """Every quantization configuration that was tried failed."""
+    """Every quantization configuration that was tried failed; `report`, when set, lists what was tried."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class GateError(ConverterError):

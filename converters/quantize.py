@@ -216,11 +216,14 @@ def _quantize_onnx(
     section["choice"] = outcome.reason
     best = outcome.best()
     if best is None or best.report is None or best.path is None:
+        failures = [f"{a.strategy.name}: {a.error}" for a in outcome.attempts]
         raise QuantizationError(
             f"no {_mode_words(options.mode)} candidate could be built or loaded; every strategy failed: "
-            + "; ".join(f"{a.strategy.name}: {a.error}" for a in outcome.attempts)
+            + "; ".join(failures)
             + ". Nothing was written. "
-            + _alternatives(options.mode)
+            + _alternatives(options.mode),
+            # what --report receives: no candidate ran, so no per-output parity, only what was tried
+            {"schema": "edgekit.parity/v1", "passed": False, "failures": failures, "quantization": section},
         )
     report = best.report
     section["mode"] = best.strategy.kind

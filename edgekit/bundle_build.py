@@ -243,10 +243,12 @@ def _read_labels(path: Path | None, model: Path, engine: Engine, spec: Any) -> l
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise BundleError(f"{path}: cannot read labels as UTF-8 text ({e})") from e
-    while lines and not lines[-1].strip():
+    while lines and not lines[-1]:
         lines.pop()
-    if not lines or any(not line.strip() for line in lines):
-        raise BundleError(f"{path}: one non-empty label per line expected")
+    # A label may be whitespace (a CTC charset's space character) but never empty.
+    if not lines or any(not line for line in lines):
+        where = f"line {lines.index('') + 1} is empty" if "" in lines else "the file holds none"
+        raise BundleError(f"{path}: one non-empty label per line expected ({where})")
     sizes = [o.shape[-1] for o in engine.outputs if len(o.shape) >= 2 and o.shape[-1] is not None]
     if sizes and len(lines) not in sizes:
         raise BundleError(

@@ -140,7 +140,7 @@ def quantize(
     Speed on this host is reported; slower is a warning, and refused only on request. Same inputs and
     seed give identical bytes.
     """
-    from converters.errors import GateError
+    from converters.errors import GateError, QuantizationError
     from converters.latency import LatencyConfig
     from converters.parity import Gate
     from converters.quantize import QuantizeOptions
@@ -178,6 +178,12 @@ def quantize(
             model, output, calibration, eval_data=eval_data, labels=labels, options=options, progress=progress
         )
         report = result.report
+    except QuantizationError as e:
+        if e.report is not None:  # no candidate could be built: the report lists the strategies tried
+            _write_reports(e.report, report_path, None, write_html)
+            if not as_json:
+                _print_extras(e.report)
+        raise
     except GateError as e:
         if e.report is not None:
             _write_reports(e.report, report_path, html_path, write_html)

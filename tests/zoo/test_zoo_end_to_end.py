@@ -90,8 +90,6 @@ def test_ocr_text_detector_ships_with_the_same_text_masks(tmp_path: Path) -> Non
     assert not flow.gaps, flow.gaps
 
 
-@pytest.mark.xfail(strict=True, reason="bundle --labels refuses the CTC charset, whose last entry is ' ' "
-                   "(space): labels.txt takes no blank line")
 def test_ocr_recognizer_ships_and_reads_the_rendered_lines(tmp_path: Path) -> None:
     flow, source = _flow("ppocrv4-rec", tmp_path, ["softmax_11.tmp_0=sequence"])
     float_model, shipped, report = _ship(flow, source)
@@ -137,9 +135,6 @@ def test_ocr_orientation_classifier_ships_with_the_same_answers(tmp_path: Path) 
 # ---------------------------------------------------------------------------------------------- audio
 
 
-@pytest.mark.xfail(strict=True, reason="int8 refused because no candidate could be built or loaded "
-                   "(QuantizationError): quantize --report then writes no report, so the strategies tried "
-                   "are only in the CLI message, not in the report")
 def test_silero_vad_ships_with_the_same_speech_probabilities(tmp_path: Path) -> None:
     flow, source = _flow("silero-vad", tmp_path, ["output=regression"])
     float_model, shipped, report = _ship(flow, source)

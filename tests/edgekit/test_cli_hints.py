@@ -28,6 +28,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "converters/torch_export.py": ("convert",),
     "converters/quantize.py": ("quantize",),
     "converters/quantize_onnx.py": ("quantize",),
+    "converters/fp16.py": ("quantize",),
+    "converters/strategies.py": ("quantize",),
     "converters/tflite.py": ("quantize",),
     "converters/repair.py": ("quantize",),
     "converters/localize.py": ("quantize",),

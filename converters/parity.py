@@ -28,6 +28,7 @@ from converters.roles import resolve_roles
 from converters.runner import run_model
 from converters.signature import with_hints
 from device_runtime.engines import Engine, load_engine
+from device_runtime.golden import sqnr_db  # one SQNR for host and device: the same numbers
 from device_runtime.preprocess import OutputSpec
 
 __all__ = [
@@ -106,21 +107,6 @@ class OutputMetrics:
     role: str = "tensor"
     role_config: dict[str, Any] = field(default_factory=dict)  # the output entry of the spec
     role_metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """20·log10(‖x‖ / ‖x − y‖) in dB; 100 when identical; NaN-safe (NaN in y gives -inf)."""
-    x = reference.astype(np.float64).ravel()
-    y = candidate.astype(np.float64).ravel()
-    noise = float(np.linalg.norm(x - y))
-    if not math.isfinite(noise):
-        return -math.inf
-    if noise == 0.0:
-        return IDENTICAL_SQNR_DB
-    signal = float(np.linalg.norm(x))
-    if signal == 0.0:
-        return -math.inf
-    return min(IDENTICAL_SQNR_DB, 20.0 * math.log10(signal / noise))
 
 
 def _cosine(x: np.ndarray, y: np.ndarray) -> float:

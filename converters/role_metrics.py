@@ -42,6 +42,7 @@ from device_runtime.decode import (
     l2_normalize,
     segmentation_mask,
 )
+from device_runtime.golden import sqnr_db
 from device_runtime.preprocess import OutputSpec
 
 __all__ = [
@@ -68,18 +69,6 @@ ROLE_THRESHOLDS: dict[str, dict[str, float]] = {
     "regression": {"max_relative_error": 0.05},
     "tensor": {},
 }
-_IDENTICAL_DB = 100.0
-
-
-def _sqnr(x: np.ndarray, y: np.ndarray) -> float:
-    a, b = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
-    noise = float(np.linalg.norm(a - b))
-    if not math.isfinite(noise):
-        return -math.inf
-    if noise == 0.0:
-        return _IDENTICAL_DB
-    signal = float(np.linalg.norm(a))
-    return -math.inf if signal == 0.0 else min(_IDENTICAL_DB, 20.0 * math.log10(signal / noise))
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -137,8 +126,8 @@ def _detection(
         "candidate_per_image": cand_counts,
         "reference_images_with_detections": sum(1 for k in ref_counts if k),
         "candidate_images_with_detections": sum(1 for k in cand_counts if k),
-        "score_sqnr_db": _sqnr(sx, sy),
-        "box_sqnr_db": _sqnr(bx, by),
+        "score_sqnr_db": sqnr_db(sx, sy),
+        "box_sqnr_db": sqnr_db(bx, by),
         "decoding": {
             "format": role.effective_format,
             "score_threshold": role.effective_score_threshold,

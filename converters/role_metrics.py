@@ -142,7 +142,7 @@ def _detection(
 
 
 def _segmentation(role: OutputSpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    axis, threshold = role.effective_class_axis, role.effective_score_threshold
+    axis, threshold = role.class_axis_for(x.shape[1:]), role.effective_score_threshold
     ref = np.stack([segmentation_mask(s, class_axis=axis, threshold=threshold) for s in x])
     cand = np.stack([segmentation_mask(s, class_axis=axis, threshold=threshold) for s in y])
     ious: dict[str, float] = {}

@@ -193,10 +193,18 @@ class OutputSpec:
         """Detections kept per image after NMS, 100 when not given."""
         return 100 if self.max_detections is None else self.max_detections
 
-    @property
-    def effective_class_axis(self) -> int:
-        """The segmentation class axis of one sample's array, -1 when not given."""
-        return -1 if self.class_axis is None else self.class_axis
+    def class_axis_for(self, sample_shape: Sequence[object]) -> int:
+        """The segmentation class axis of one sample's array: the declared one, else the smaller end axis.
+
+        Undeclared, `[C, H, W]` (channels first, e.g. `[1, 640, 640]` probability maps) takes axis 0 and
+        `[H, W, C]` takes -1; judging `[1, H, W]` by an argmax over W would measure nothing useful.
+        """
+        if self.class_axis is not None:
+            return self.class_axis
+        dims = [d if isinstance(d, int) else None for d in sample_shape]
+        if len(dims) >= 3 and dims[0] is not None and (dims[-1] is None or dims[0] < dims[-1]):
+            return 0
+        return -1
 
     @property
     def effective_blank(self) -> int:

@@ -272,7 +272,7 @@ def decode_output(
         ]
     elif spec.kind == "segmentation":
         mask = segmentation_mask(
-            x, class_axis=spec.effective_class_axis, threshold=spec.effective_score_threshold
+            x, class_axis=spec.class_axis_for(x.shape), threshold=spec.effective_score_threshold
         )
         classes, counts = np.unique(mask, return_counts=True)
         out["shape"] = list(mask.shape)

@@ -303,8 +303,8 @@ def _class_count(out: OutputSpec, model_outputs: Mapping[str, tuple[Sequence[obj
         )
         return None if channels is None else channels - 4
     if out.kind == "segmentation":
-        axis = out.effective_class_axis
         sample = dims[1:]  # the class axis counts within one sample
+        axis = out.class_axis_for([_static(d) for d in sample])
         count = _static(sample[axis]) if -len(sample) <= axis < len(sample) else None
         return 2 if count == 1 else count  # one probability channel, thresholded: two classes
     return _static(dims[-1])

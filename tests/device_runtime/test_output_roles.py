@@ -13,6 +13,7 @@ from device_runtime.decode import (
     ctc_greedy,
     ctc_text,
     decode_boxes_scores,
+    decode_output,
     decode_yolo,
     l2_normalize,
     nms,
@@ -156,3 +157,28 @@ def test_segmentation_mask_is_argmax_or_threshold() -> None:
 def test_l2_normalize_keeps_zero_vectors() -> None:
     v = l2_normalize(np.array([[3, 4], [0, 0]], np.float32))
     assert v.tolist() == [[0.6000000238418579, 0.800000011920929], [0, 0]]
+
+
+@pytest.mark.parametrize(
+    ("sample_shape", "declared", "axis"),
+    [
+        pytest.param((1, 640, 640), None, 0, id="channels-first-probability-map"),
+        pytest.param((21, 64, 64), None, 0, id="channels-first-classes"),
+        pytest.param((256, 256, 1), None, -1, id="channels-last-probability-map"),
+        pytest.param((64, 64, 21), None, -1, id="channels-last-classes"),
+        pytest.param((1, 640, 640), 2, 2, id="declared-wins"),
+    ],
+)
+def test_an_undeclared_segmentation_class_axis_is_the_smaller_end_axis(
+    sample_shape: tuple[int, ...], declared: int | None, axis: int
+) -> None:
+    role = parse_output({"name": "mask", "kind": "segmentation", "class_axis": declared}, "outputs[0]")
+    assert role.class_axis_for(sample_shape) == axis
+
+
+def test_a_channels_first_probability_map_is_thresholded_not_argmaxed_over_its_width() -> None:
+    role = parse_output({"name": "mask", "kind": "segmentation"}, "outputs[0]")
+    probability = np.zeros((1, 4, 6), np.float32)
+    probability[0, 1:3, 2:5] = 0.9  # 6 pixels of 24 above the 0.5 threshold
+    decoded = decode_output(role, probability)
+    assert decoded["shape"] == [4, 6] and decoded["shares"]["1"] == pytest.approx(6 / 24)

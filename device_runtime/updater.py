@@ -15,26 +15,22 @@ Remote names never become local paths (attack 26): plan target paths must be `bu
 made of safe components, and files are stored under their SHA-256 only. The bundle's own signature, release
 floor and self-test are then checked by `Runtime.install`.
 
-Cohorts (pure, `cohort_u`): ``u = int.from_bytes(SHA-256(salt_utf8 + device_id_utf8)[:8], "big") / 2**64``,
-the salt and the device id encoded as UTF-8 and concatenated with no separator. At stage p% a device is in
-the treatment iff ``u < p/100``, in the control group iff ``p/100 <= u < 2p/100`` (same size, stays on the
-baseline) and "other" otherwise. Stages nest (1% ⊂ 5% ⊂ 25%) and are sticky: u depends only on the salt and
-the device id.
+The plan's contract (keys, name rules, stages, states, baseline), the cohorts and the decision are the pure
+module `device_runtime.rollout_plan`, which the server's plan state machine builds on too.
 
-Errors (`UpdaterError`, a `DeviceRuntimeError`; each has a stable `reason` code for telemetry)::
+Errors (each a `DeviceRuntimeError` with a stable `reason` code for telemetry)::
 
     UpdaterError
-    ├── PlanError       the signed plan is malformed or not for this model (fail closed: keep the model)
     ├── MetadataError   TUF refused metadata or a target (rollback, expiry, signatures, hashes): never trust
     └── TransportError  the network failed, was too slow or sent too much (retried later)
+    PlanError           (device_runtime.rollout_plan) the signed plan is malformed, unsafe or not for this
+                        model and channel, or does not match its targets: fail closed, keep the model
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
-import itertools
 import logging
 import math
 import os
@@ -55,34 +51,32 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from device_runtime.errors import DeviceRuntimeError
-from signing.errors import FormatError, VerificationError
-from signing.strict_json import parse_strict
+from device_runtime.rollout_plan import (
+    MAX_PLAN_BYTES,
+    Decision,
+    Plan,
+    PlanError,
+    Release,
+    decide,
+    parse_plan,
+    plan_target_path,
+)
+from signing.errors import VerificationError
+from signing.manifest import NAME_PATTERN
 
 __all__ = [
-    "PLAN_STATES",
     "BoundedFetcher",
-    "Decision",
     "MetadataError",
     "Outcome",
-    "Plan",
-    "PlanError",
-    "Release",
+    "PlanError",  # raised by `Updater.check`; defined by the plan contract, device_runtime.rollout_plan
     "TransportError",
     "Updater",
     "UpdaterConfig",
     "UpdaterError",
-    "cohort_u",
-    "decide",
-    "parse_plan",
-    "plan_target_path",
 ]
 
 logger = logging.getLogger(__name__)
 
-PLAN_STATES = ("running", "paused", "halted", "rolled_back", "complete")
-MAX_PLAN_BYTES = 64 << 10  # bytes
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -93,10 +87,6 @@ class UpdaterError(DeviceRuntimeError):
     def __init__(self, message: str, reason: str = "update") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class PlanError(UpdaterError):
-    """The signed rollout plan is malformed or not for this model: keep the current model."""
 
 
 class MetadataError(UpdaterError):
@@ -152,7 +142,7 @@ class UpdaterConfig:
         object.__setattr__(self, "metadata_dir", Path(self.metadata_dir))
         object.__setattr__(self, "download_dir", Path(self.download_dir))
         for label in ("model", "channel"):
-            if not _NAME.fullmatch(getattr(self, label)):
+            if not NAME_PATTERN.fullmatch(getattr(self, label)):
                 raise ValueError(f"UpdaterConfig.{label}: use lower-case letters, digits, '.', '_', '-'")
         if not self.device_id:
             raise ValueError("UpdaterConfig.device_id is required")
@@ -162,158 +152,6 @@ class UpdaterConfig:
             raise ValueError("UpdaterConfig: max_bundle_bytes >= 1 and min_speed_bytes_per_s >= 0")
         if not 0 < self.timeout_s <= 86_400 or not 0 <= self.speed_grace_s <= self.timeout_s:
             raise ValueError("UpdaterConfig: 0 < timeout_s <= 86400 and 0 <= speed_grace_s <= timeout_s")
-
-
-# ---- the plan and the decision: pure code ----------------------------------------------------------------
-@dataclass(frozen=True)
-class Release:
-    """A release a plan names: version, release counter and the TUF target path of its bundle."""
-
-    version: str
-    release_counter: int
-    target_path: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A parsed rollout plan (ROLLOUT.md): one per model and channel."""
-
-    model: str
-    rollout_id: str
-    salt: str
-    target: Release
-    baseline: Release | None
-    stages: tuple[float, ...]  # percent
-    stage_index: int
-    state: str
-    control: bool
-
-    @property
-    def stage_percent(self) -> float:
-        """The current stage, in percent of the fleet."""
-        return self.stages[self.stage_index]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What this device should run: `arm` is its cohort at the current stage; `wanted` None keeps it."""
-
-    rollout_id: str
-    state: str
-    arm: str  # treatment | control | other
-    u: float
-    stage_percent: float
-    wanted: Release | None
-    reason: str
-
-
-def plan_target_path(model: str, channel: str) -> str:
-    """The TUF target path of a model's plan on a channel."""
-    return f"rollouts/{model}/{channel}.json"
-
-
-def cohort_u(salt: str, device_id: str) -> float:
-    """u in [0, 1): the first 8 bytes of SHA-256(UTF-8 salt ‖ UTF-8 device id), big-endian, over 2**64."""
-    digest = hashlib.sha256(salt.encode("utf-8") + device_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def _check_bundle_path(path: Any, model: str, where: str) -> str:
-    parts = path.split("/") if isinstance(path, str) else []
-    if (
-        len(parts) != 3
-        or parts[0] != "bundles"
-        or parts[1] != model
-        or not all(_COMPONENT.fullmatch(p) and p not in (".", "..") for p in parts)
-        or not parts[2].endswith(".ekb")
-    ):
-        raise PlanError(
-            f"{where}.target_path {path!r}: expected bundles/{model}/<file>.ekb of [A-Za-z0-9._+-] parts "
-            "(remote names never become local paths)",
-            reason="unsafe-target-path",
-        )
-    return str(path)
-
-
-def _release(value: Any, model: str, where: str) -> Release:
-    if not isinstance(value, Mapping):
-        raise PlanError(f"plan {where}: expected an object with version, release_counter, target_path")
-    version, counter = value.get("version"), value.get("release_counter")
-    if not isinstance(version, str) or not version:
-        raise PlanError(f"plan {where}.version: expected a non-empty string, got {version!r}")
-    if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
-        raise PlanError(f"plan {where}.release_counter: expected an integer >= 0, got {counter!r}")
-    return Release(version, counter, _check_bundle_path(value.get("target_path"), model, f"plan {where}"))
-
-
-def parse_plan(document: bytes | Mapping[str, Any], *, model: str | None = None) -> Plan:
-    """Parse and check a rollout plan (bytes are parsed as strict JSON). `model`: the one expected.
-
-    Raises:
-        PlanError: malformed, unknown state, stages not increasing in (0, 100], unsafe target paths.
-    """
-    if isinstance(document, bytes):
-        try:
-            document = parse_strict(document, what="rollout plan", max_bytes=MAX_PLAN_BYTES)
-        except FormatError as e:
-            raise PlanError(str(e), reason="plan-format") from e
-    if not isinstance(document, Mapping):
-        raise PlanError("rollout plan: expected a JSON object", reason="plan-format")
-    plan_model = document.get("model")
-    if not isinstance(plan_model, str) or not _NAME.fullmatch(plan_model):
-        raise PlanError(f"plan.model {plan_model!r}: expected a model name", reason="plan-format")
-    if model is not None and plan_model != model:
-        raise PlanError(f"the plan is for model {plan_model!r}, this updater is for {model!r}", "wrong-model")
-    rollout_id, salt, state = document.get("rollout_id"), document.get("salt"), document.get("state")
-    if not isinstance(rollout_id, str) or not rollout_id:
-        raise PlanError("plan.rollout_id: expected a non-empty string", reason="plan-format")
-    if not isinstance(salt, str) or not salt:
-        raise PlanError("plan.salt: expected a non-empty string", reason="plan-format")
-    if state not in PLAN_STATES:
-        raise PlanError(f"plan.state {state!r}: expected one of {list(PLAN_STATES)}", reason="plan-format")
-    stages = document.get("stages")
-    if (
-        not isinstance(stages, list)
-        or not stages
-        or not all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s <= 100 for s in stages)
-        or any(b <= a for a, b in itertools.pairwise(stages))
-    ):
-        raise PlanError(f"plan.stages {stages!r}: expected increasing percentages in (0, 100]", "plan-format")
-    index = document.get("stage_index")
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(stages):
-        raise PlanError(f"plan.stage_index {index!r}: expected 0..{len(stages) - 1}", reason="plan-format")
-    control = document.get("control", True)
-    if not isinstance(control, bool):
-        raise PlanError("plan.control: expected true or false", reason="plan-format")
-    baseline = document.get("baseline")
-    return Plan(
-        model=plan_model,
-        rollout_id=rollout_id,
-        salt=salt,
-        target=_release(document.get("target"), plan_model, "target"),
-        baseline=None if baseline is None else _release(baseline, plan_model, "baseline"),
-        stages=tuple(float(s) for s in stages),
-        stage_index=index,
-        state=state,
-        control=control,
-    )
-
-
-def decide(plan: Plan, device_id: str) -> Decision:
-    """Which release `device_id` runs under `plan` (no IO). See the module docstring for the rules."""
-    u = cohort_u(plan.salt, device_id)
-    p = plan.stage_percent / 100.0
-    arm = "treatment" if u < p else "control" if plan.control and u < 2 * p else "other"
-    wanted: Release | None
-    if plan.state == "complete":
-        wanted, reason = plan.target, "rollout complete: every device runs the target"
-    elif plan.state in ("halted", "rolled_back"):
-        wanted, reason = plan.baseline, f"rollout {plan.state}: every device runs the baseline"
-    elif arm == "treatment":
-        wanted, reason = plan.target, f"u={u:.6f} < {p:.4f}: treatment at stage {plan.stage_percent:g}%"
-    else:
-        wanted, reason = plan.baseline, f"u={u:.6f} >= {p:.4f}: {arm} group stays on the baseline"
-    return Decision(plan.rollout_id, plan.state, arm, u, plan.stage_percent, wanted, reason)
 
 
 # ---- network: the fetcher with a speed floor ------------------------------------------------------------
@@ -464,7 +302,7 @@ class Updater:
         finally:
             with contextlib.suppress(OSError):
                 local.unlink()
-        plan = parse_plan(data, model=config.model)
+        plan = parse_plan(data, model=config.model, channel=config.channel)
         decision = decide(plan, config.device_id)
         logger.info("plan %s: %s", plan.rollout_id, decision.reason)
         return plan, decision
@@ -508,7 +346,7 @@ class Updater:
                         reason="too-large",
                     )
                 path = self._download(session, info, ".ekb")
-            except UpdaterError as e:
+            except (UpdaterError, PlanError) as e:
                 logger.warning("update refused (%s): %s", e.reason, e)
                 return Outcome("refused", e.reason, decision, release, detail=str(e))
             try:
@@ -529,11 +367,11 @@ class Updater:
         bundle_id = custom.get("bundle_id")
         if not isinstance(bundle_id, str) or not _SHA256.fullmatch(bundle_id):
             raise MetadataError(f"{info.path}: the target has no bundle_id", reason="target-custom")
-        found = (custom.get("name"), custom.get("version"), custom.get("release_counter"))
-        expected = (self._config.model, release.version, release.release_counter)
+        found = (custom.get("name"), custom.get("version"), custom.get("release_counter"), bundle_id)
+        expected = (self._config.model, release.version, release.release_counter, release.bundle_id)
         if found != expected:
             raise PlanError(
-                f"{info.path}: the target is {found} (name, version, release_counter); "
+                f"{info.path}: the target is {found} (name, version, release_counter, bundle_id); "
                 f"the plan says {expected}",
                 reason="plan-mismatch",
             )

@@ -18,10 +18,12 @@ from signing.errors import ManifestError
 
 __all__ = [
     "BUNDLE_SCHEMA",
+    "NAME_PATTERN",
     "PREDICATE_TYPE",
     "SERIALIZATION",
     "SIGNATURE_FILE",
     "STATEMENT_TYPE",
+    "VERSION_PATTERN",
     "BundleManifest",
     "FileEntry",
     "Runtime",
@@ -49,6 +51,9 @@ _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# Public so that other signed documents (the rollout plan, device_runtime.rollout_plan) name models and
+# versions by exactly the rules a bundle's manifest does.
+NAME_PATTERN, VERSION_PATTERN = _NAME, _VERSION
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ Errors::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -184,7 +185,8 @@ def _metrics(devices: int, device_hours: float, counts: np.ndarray) -> ArmMetric
 
 def _plan() -> RolloutPlan:
     def release(version: str, counter: int) -> Release:
-        return Release(version, counter, f"sim/model-{version}.ekb", f"sim-{version}")
+        bundle_id = hashlib.sha256(f"simulated {version}".encode()).hexdigest()  # a stand-in bundle id
+        return Release(version, counter, f"bundles/simulated/simulated-{version}.ekb", bundle_id)
 
     return RolloutPlan("simulated", "stable", "simulation", "salt", release("2", 2), release("1", 1))
 

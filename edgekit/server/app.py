@@ -40,7 +40,7 @@ from edgekit.rollout.gates import GateConfig
 from edgekit.rollout.plan import PlanError
 from edgekit.server import ingest
 from edgekit.server.metrics import Metrics
-from edgekit.server.rollouts import ACTIONS, RolloutError, RolloutService
+from edgekit.server.rollouts import ACTIONS, RolloutError, RolloutService, UnknownRolloutError
 from edgekit.server.storage import Database
 from edgekit.server.tuf_repo import TufRepository
 
@@ -315,9 +315,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     def act(rollout_id: str, action: Literal["pause", "resume", "abort", "promote"]) -> dict[str, Any]:
         try:
             return describe(service.act(rollout_id, action))
+        except UnknownRolloutError as e:
+            raise HTTPException(404, str(e)) from e
         except RolloutError as e:
-            status = 404 if "no rollout" in str(e) else 409
-            raise HTTPException(status, str(e)) from e
+            raise HTTPException(409, str(e)) from e
 
     @app.post("/v1/admin/evaluate", dependencies=[Depends(admin)])
     def evaluate_now() -> list[dict[str, Any]]:

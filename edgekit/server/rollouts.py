@@ -16,19 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgekit.errors import PlanError, RolloutConflictError, RolloutError, UnknownRolloutError
 from edgekit.rollout.gates import GateConfig, StageDecision, evaluate
-from edgekit.rollout.plan import PlanError, Release, RolloutPlan
+from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict
 from edgekit.server.aggregate import arm_metrics
 from edgekit.server.storage import Database, dumps
 from edgekit.server.tuf_repo import TufRepository
 
-__all__ = ["ACTIONS", "RolloutError", "RolloutService"]
+__all__ = ["ACTIONS", "RolloutConflictError", "RolloutError", "RolloutService", "UnknownRolloutError"]
 
 ACTIONS = ("pause", "resume", "abort", "promote")
-
-
-class RolloutError(Exception):
-    """A rollout request cannot be carried out (unknown release, conflicting rollout, bad action)."""
 
 
 @dataclass
@@ -51,11 +48,11 @@ class RolloutService:
         """One rollout by id.
 
         Raises:
-            RolloutError: unknown id.
+            UnknownRolloutError: unknown id.
         """
         rows = self.db.execute("SELECT plan FROM rollouts WHERE rollout_id = ?", (rollout_id,))
         if not rows:
-            raise RolloutError(f"no rollout {rollout_id!r}; list them with `edgekit rollout status`")
+            raise UnknownRolloutError(rollout_id)
         return RolloutPlan.from_json(rows[0][0])
 
     def decisions(self, rollout_id: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -110,11 +107,14 @@ class RolloutService:
         for target in self.repo.status()["targets"]:
             custom = target.get("custom") or {}
             if custom.get("name") == model and target["path"].startswith("bundles/"):
-                found[custom["version"]] = Release(
-                    version=custom["version"],
-                    release_counter=int(custom["release_counter"]),
-                    target_path=target["path"],
-                    bundle_id=custom["bundle_id"],
+                found[custom["version"]] = release_from_dict(
+                    {
+                        "version": custom["version"],
+                        "release_counter": custom["release_counter"],
+                        "target_path": target["path"],
+                        "bundle_id": custom["bundle_id"],
+                    },
+                    where=f"published target {target['path']}",
                 )
         return found
 
@@ -166,21 +166,21 @@ class RolloutService:
         """Start rolling `target_version` out over `baseline_version`.
 
         Raises:
-            RolloutError: unpublished versions, a non-increasing release counter, or a rollout already
-                running for this model and channel.
+            RolloutConflictError: unpublished versions, a non-increasing release counter, a rollout
+                already running for this model and channel, or a plan the contract refuses.
         """
         with self._lock:
             now = self.clock()
             releases = self.releases(model)
             for version in (target_version, baseline_version):
                 if version not in releases:
-                    raise RolloutError(
+                    raise RolloutConflictError(
                         f"{model} {version} is not published; publish it with `edgekit publish BUNDLE.ekb` "
                         f"(published: {sorted(releases) or 'none'})"
                     )
             target, baseline = releases[target_version], releases[baseline_version]
             if target.release_counter <= baseline.release_counter:
-                raise RolloutError(
+                raise RolloutConflictError(
                     f"target release_counter {target.release_counter} must be above the baseline's "
                     f"{baseline.release_counter} (devices refuse older releases)"
                 )
@@ -190,7 +190,7 @@ class RolloutService:
                     and existing.channel == channel
                     and existing.state in ("running", "paused")
                 ):
-                    raise RolloutError(
+                    raise RolloutConflictError(
                         f"rollout {existing.rollout_id} is {existing.state}; abort or finish it first"
                     )
             try:
@@ -207,7 +207,7 @@ class RolloutService:
                     stage_deadline_hours=deadline_hours,
                 )
             except PlanError as e:
-                raise RolloutError(str(e)) from e
+                raise RolloutConflictError(str(e)) from e
             self._store(plan, now, new=True)
             self._record(plan, {"outcome": "start", "records": [], "alert": None}, now)
             return plan
@@ -216,10 +216,11 @@ class RolloutService:
         """pause / resume / abort (roll back everyone) / promote (skip the gate: an operator's decision).
 
         Raises:
-            RolloutError: unknown action or one the plan's state does not allow.
+            UnknownRolloutError: unknown id.
+            RolloutConflictError: unknown action or one the plan's state does not allow.
         """
         if action not in ACTIONS:
-            raise RolloutError(f"unknown action {action!r}; use one of {ACTIONS}")
+            raise RolloutConflictError(f"unknown action {action!r}; use one of {ACTIONS}")
         with self._lock:
             now = self.clock()
             plan = self.plan(rollout_id)
@@ -233,7 +234,7 @@ class RolloutService:
                 else:
                     changed = plan.complete() if plan.at_last_stage else plan.promote(now)
             except PlanError as e:
-                raise RolloutError(str(e)) from e
+                raise RolloutConflictError(str(e)) from e
             self._store(changed, now)
             self._record(changed, {"outcome": f"manual-{action}", "records": [], "alert": None}, now)
             return changed

@@ -422,24 +422,33 @@ class TufRepository:
         Raises:
             RepositoryError: bad names, a malformed plan, or a plan naming a bundle that is not published.
         """
-        from device_runtime.updater import PlanError, parse_plan
-        from signing.strict_json import canonical_bytes
+        from device_runtime.rollout_plan import PlanError, parse_plan, plan_target_path
 
         for label, value in (("model", model), ("channel", channel)):
             if not _NAME.fullmatch(value):
                 raise RepositoryError(f"{label} {value!r}: use lower-case letters, digits, '.', '_' or '-'")
         try:
-            parsed = parse_plan(plan, model=model)
-            data = canonical_bytes(plan)
-        except (PlanError, ValueError, TypeError) as e:
+            parsed = parse_plan(plan, model=model, channel=channel)
+        except PlanError as e:
             raise RepositoryError(f"rollout plan for {model}/{channel} refused: {e}") from e
-        path = f"{ROLLOUTS}/{model}/{channel}.json"
+        data = parsed.to_bytes()  # the contract's canonical form: what every device parses
+        path = plan_target_path(model, channel)
         with self._lock():
             now = self._clock()
             published = self._load(Targets.type).signed.targets
             for release in (parsed.target, parsed.baseline):
-                if release is not None and release.target_path not in published:
+                if release is None:
+                    continue
+                if release.target_path not in published:
                     raise RepositoryError(f"the plan names {release.target_path}, which is not published")
+                custom = published[release.target_path].custom or {}
+                found = (custom.get("version"), custom.get("release_counter"), custom.get("bundle_id"))
+                if found != (release.version, release.release_counter, release.bundle_id):
+                    raise RepositoryError(
+                        f"the plan names {release.target_path} as (version, release_counter, bundle_id) "
+                        f"{(release.version, release.release_counter, release.bundle_id)}, but the "
+                        f"published target is {found}"
+                    )
             rollouts: Metadata[Targets] = self._load(ROLLOUTS)
             self.targets_dir.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=self.targets_dir, prefix=".incoming-", suffix=".json")

@@ -461,7 +461,7 @@ def describe_decision(decision: dict[str, Any]) -> str:
 
 def cohorts(plan: dict[str, Any], device_ids: list[str]) -> Counter[str]:
     """How many of these devices fall in each arm at the plan's current stage (the devices' own rule)."""
-    from device_runtime.updater import decide, parse_plan
+    from device_runtime.rollout_plan import decide, parse_plan
 
     parsed = parse_plan(plan)
     return Counter(decide(parsed, device_id).arm for device_id in device_ids)

@@ -37,7 +37,7 @@ def repo(tmp_path: Path, releases: Releases) -> TufRepository:
     repo = TufRepository.init(tmp_path / "data", offline_keys_dir=offline, release_keys=[releases.public_key])
     for version in ("1.0.0", "1.1.0"):
         repo.add_bundle(releases.bundles[version], offline_keys_dir=offline)
-    repo.set_plan("tiny", "stable", make_plan())
+    repo.set_plan("tiny", "stable", make_plan(bundle_ids=releases.bundle_ids))
     return repo
 
 
@@ -139,7 +139,7 @@ def test_download_stores_targets_and_does_not_fetch_a_cached_one_again(
     assert _download(client_dir, server, out, BUNDLE) == 0
     assert server.count(bundle_url) == 1  # matching hashes in O: not fetched again
     # a changed plan is fetched again into the same file name
-    repo.set_plan("tiny", "stable", make_plan(stage_index=2))
+    repo.set_plan("tiny", "stable", make_plan(stage_index=2, bundle_ids=releases.bundle_ids))
     assert _download(client_dir, server, out, PLAN) == 0
     assert json.loads((out / quote(PLAN, "")).read_bytes())["stage_index"] == 2
 

@@ -21,18 +21,9 @@ from typing import Any
 import pytest
 from tuf.ngclient import Updater as NgUpdater
 
+from device_runtime.rollout_plan import Decision, PlanError, cohort_u, decide, parse_plan
 from device_runtime.runtime import Runtime
-from device_runtime.updater import (
-    Decision,
-    MetadataError,
-    PlanError,
-    TransportError,
-    Updater,
-    UpdaterConfig,
-    cohort_u,
-    decide,
-    parse_plan,
-)
+from device_runtime.updater import MetadataError, TransportError, Updater, UpdaterConfig
 from edgekit.server.tuf_repo import TufRepository
 from tests.device_runtime.runtime_fixtures import Releases, build_releases, config
 from tests.server.test_tuf_repo import RepoServer, make_plan, plant_plan, served_path
@@ -97,7 +88,7 @@ def test_halted_or_rolled_back_plan_sends_everyone_to_the_baseline(state: str) -
 
 
 def test_complete_plan_sends_everyone_to_the_target() -> None:
-    decisions = _decisions(make_plan("complete", stage_index=1))
+    decisions = _decisions(make_plan("complete", stage_index=3))
     assert {x.wanted.version for x in decisions.values()} == {"1.1.0"}  # type: ignore[union-attr]
 
 
@@ -108,16 +99,26 @@ def test_complete_plan_sends_everyone_to_the_target() -> None:
         pytest.param({"stage_index": 4}, "plan-format", id="stage-out-of-range"),
         pytest.param({"salt": ""}, "plan-format", id="empty-salt"),
         pytest.param({"model": "other"}, "wrong-model", id="other-model"),
+        pytest.param({"channel": "beta"}, "wrong-channel", id="other-channel"),
+        pytest.param({"stages": [1.0, 5, 25, 100]}, "plan-format", id="float-stage"),
+        pytest.param({"stages": [1, 5, 25]}, "plan-format", id="no-100"),
+        pytest.param({"baseline": None}, "plan-format", id="running-without-baseline"),
+        pytest.param({"extra": 1}, "plan-format", id="unknown-key"),
         pytest.param(
-            {"target": {"version": "9", "release_counter": 9, "target_path": "/etc/passwd"}},
+            {"target": {**make_plan()["target"], "target_path": "/etc/passwd"}},
             "unsafe-target-path",
             id="absolute-path",
+        ),
+        pytest.param(
+            {"target": {**make_plan()["target"], "target_path": "bundles/other/other-1.1.0.ekb"}},
+            "unsafe-target-path",
+            id="another-models-bundle",
         ),
     ],
 )
 def test_malformed_plans_are_refused(change: dict[str, Any], reason: str) -> None:
     with pytest.raises(PlanError) as caught:
-        parse_plan(json.dumps({**make_plan(), **change}).encode(), model="tiny")
+        parse_plan(json.dumps({**make_plan(), **change}).encode(), model="tiny", channel="stable")
     assert caught.value.reason == reason
     with pytest.raises(PlanError):
         parse_plan(b'{"model": "tiny", "model": "tiny"}')  # duplicate keys: strict JSON
@@ -161,7 +162,7 @@ def world(tmp_path: Path, releases: Releases) -> Iterator[World]:
     repo = TufRepository.init(tmp_path / "data", offline_keys_dir=offline, release_keys=[releases.public_key])
     for version in ("1.0.0", "1.1.0"):
         repo.add_bundle(releases.bundles[version], offline_keys_dir=offline)
-    repo.set_plan("tiny", "stable", make_plan("complete", stage_index=3))
+    repo.set_plan("tiny", "stable", make_plan("complete", stage_index=3, bundle_ids=releases.bundle_ids))
     server = RepoServer(repo.data_dir / "repo")
     try:
         yield World(repo, server, offline, (repo.metadata_dir / "1.root.json").read_bytes(), tmp_path)
@@ -197,15 +198,17 @@ def test_full_flow_installs_through_tuf_and_then_is_up_to_date(
     assert (again.status, again.reason) == ("up-to-date", "active")
     assert world.server.count(bundle) == 1  # not downloaded again
     # a halted rollout sends the device to the baseline
-    world.repo.set_plan("tiny", "stable", make_plan("halted", stage_index=3))
+    world.repo.set_plan("tiny", "stable", make_plan("halted", stage_index=3, bundle_ids=releases.bundle_ids))
     back = updater.update(runtime)
     assert back.decision is not None and back.decision.wanted is not None
     assert back.decision.wanted.version == "1.0.0"
     assert back.status == "installed" and runtime.status()["active"]["version"] == "1.0.0"
 
 
-def test_a_device_outside_the_stage_keeps_the_baseline(world: World, runtime: Runtime) -> None:
-    world.repo.set_plan("tiny", "stable", make_plan(stage_index=0))
+def test_a_device_outside_the_stage_keeps_the_baseline(
+    world: World, runtime: Runtime, releases: Releases
+) -> None:
+    world.repo.set_plan("tiny", "stable", make_plan(stage_index=0, bundle_ids=releases.bundle_ids))
     outside = next(d for d in DEVICE_IDS if cohort_u("salt-1", d) >= 0.02)
     outcome = Updater(world.config(device_id=outside)).update(runtime)
     assert outcome.decision is not None and outcome.decision.arm == "other"
@@ -236,7 +239,7 @@ def test_expired_timestamp_is_refused(tmp_path: Path, releases: Releases, runtim
         clock=lambda: past,
     )
     repo.add_bundle(releases.bundles["1.1.0"], offline_keys_dir=tmp_path / "offline")
-    repo.set_plan("tiny", "stable", make_plan("complete", baseline=None))
+    repo.set_plan("tiny", "stable", make_plan("complete", 3, baseline=None, bundle_ids=releases.bundle_ids))
     server = RepoServer(repo.data_dir / "repo")
     try:
         world = World(
@@ -338,7 +341,7 @@ def test_a_root_planted_in_the_metadata_cache_is_never_trusted(
         tmp_path / "evil", offline_keys_dir=tmp_path / "evil-offline", release_keys=[releases.public_key]
     )
     evil.add_bundle(releases.bundles["1.1.0"], offline_keys_dir=tmp_path / "evil-offline")
-    evil.set_plan("tiny", "stable", make_plan("complete", baseline=None))
+    evil.set_plan("tiny", "stable", make_plan("complete", 3, baseline=None, bundle_ids=releases.bundle_ids))
     evil_server = RepoServer(evil.data_dir / "repo")
     try:
         cache = updater.config.metadata_dir
@@ -364,7 +367,7 @@ def test_a_root_planted_in_the_metadata_cache_is_never_trusted(
 
 def test_remote_names_never_become_local_paths(world: World, runtime: Runtime, tmp_path: Path) -> None:
     """Attack 26: a plan (signed with the online rollouts key) names a target path with `../`."""
-    plan = make_plan("complete")
+    plan = make_plan("complete", 3)
     plan["target"]["target_path"] = "bundles/tiny/../../../../escape.ekb"
     plant_plan(world.repo, "stable", json.dumps(plan).encode())
     updater = Updater(world.config())

@@ -8,13 +8,14 @@ import json
 
 import pytest
 
+from device_runtime import rollout_plan
 from edgekit.rollout.plan import PlanError, Release, RolloutPlan, arm, cohort_u, wanted_release
 
 TARGET = Release(
-    version="1.1.0", release_counter=7, target_path="models/cat/1.1.0.ekb", bundle_id="sha256:bb"
+    version="1.1.0", release_counter=7, target_path="bundles/cat/cat-1.1.0.ekb", bundle_id="b" * 64
 )
 BASELINE = Release(
-    version="1.0.0", release_counter=6, target_path="models/cat/1.0.0.ekb", bundle_id="sha256:aa"
+    version="1.0.0", release_counter=6, target_path="bundles/cat/cat-1.0.0.ekb", bundle_id="a" * 64
 )
 IDS = [f"device-{i:06d}" for i in range(100_000)]
 
@@ -166,10 +167,12 @@ def test_invalid_plans_are_refused(changes: dict[str, object], match: str) -> No
 
 
 def test_release_counter_must_be_a_non_negative_integer() -> None:
-    with pytest.raises(PlanError, match="release_counter"):
-        Release(version="1", release_counter=-1, target_path="p", bundle_id="b")
-    with pytest.raises(PlanError, match="release_counter"):
-        Release(version="1", release_counter=True, target_path="p", bundle_id="b")  # type: ignore[arg-type]
+    # Release is the device contract's own class: it raises the contract's PlanError.
+    path, bundle_id = "bundles/cat/cat-1.ekb", "c" * 64
+    with pytest.raises(rollout_plan.PlanError, match="release_counter"):
+        Release(version="1", release_counter=-1, target_path=path, bundle_id=bundle_id)
+    with pytest.raises(rollout_plan.PlanError, match="release_counter"):
+        Release(version="1", release_counter=True, target_path=path, bundle_id=bundle_id)  # type: ignore[arg-type]
 
 
 def test_json_round_trip_is_canonical() -> None:
@@ -205,7 +208,7 @@ def _mutated(mutate: object) -> str:
             "release_counter",
             id="string-counter",
         ),
-        pytest.param('{"salt": "a", "salt": "b"}', "duplicate key", id="duplicate-key"),
+        pytest.param('{"salt": "a", "salt": "b"}', "duplicate JSON key", id="duplicate-key"),
         pytest.param(
             _mutated(lambda d: d.update(stage_deadline_hours=1)).replace(
                 '"stage_deadline_hours": 1', '"stage_deadline_hours": NaN'

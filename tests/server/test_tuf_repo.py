@@ -7,13 +7,14 @@ with the device-side tests (`tests/device_runtime/test_updater.py`, `test_tuf_cl
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -107,19 +108,31 @@ def make_plan(
     target: str = "1.1.0",
     baseline: str | None = "1.0.0",
     salt: str = "salt-1",
-    stages: tuple[float, ...] = (1, 5, 25, 100),
+    stages: tuple[int, ...] = (1, 5, 25, 100),
+    channel: str = "stable",
+    bundle_ids: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A plan document of the contract (`device_runtime.rollout_plan`) for the test bundles.
+
+    `bundle_ids`: the published bundles' ids (`Releases.bundle_ids`), needed to publish the plan; pure
+    tests may leave it out and get stand-in ids.
+    """
     counters = {"1.0.0": 1, "1.1.0": 2, "1.2.0": 3}
 
     def release(version: str) -> dict[str, Any]:
+        bundle_id = (bundle_ids or {}).get(version) or hashlib.sha256(
+            f"bundle {version}".encode()
+        ).hexdigest()
         return {
             "version": version,
             "release_counter": counters[version],
             "target_path": f"bundles/{MODEL_NAME}/{MODEL_NAME}-{version}.ekb",
+            "bundle_id": bundle_id,
         }
 
     return {
         "model": MODEL_NAME,
+        "channel": channel,
         "rollout_id": "rollout-1",
         "salt": salt,
         "target": release(target),
@@ -128,6 +141,9 @@ def make_plan(
         "stage_index": stage_index,
         "state": state,
         "control": True,
+        "stage_started_at": 1_700_000_000.0,
+        "stage_deadline_hours": 72.0,
+        "reason": "",
     }
 
 
@@ -340,7 +356,7 @@ def test_set_plan_writes_a_delegated_target_and_bumps_versions(
     for version in ("1.0.0", "1.1.0"):
         repo.add_bundle(releases.bundles[version], offline_keys_dir=tmp_path / "offline")
     before = {r: v["version"] for r, v in repo.status()["roles"].items()}
-    published = repo.set_plan("tiny", "stable", make_plan())
+    published = repo.set_plan("tiny", "stable", make_plan(bundle_ids=releases.bundle_ids))
     after = {r: v["version"] for r, v in repo.status()["roles"].items()}
     assert published.path == "rollouts/tiny/stable.json" and published.role == "rollouts"
     assert after == {
@@ -349,7 +365,7 @@ def test_set_plan_writes_a_delegated_target_and_bumps_versions(
         "snapshot": before["snapshot"] + 1,
         "timestamp": before["timestamp"] + 1,
     }
-    repo.set_plan("tiny", "stable", make_plan(stage_index=1))
+    repo.set_plan("tiny", "stable", make_plan(stage_index=1, bundle_ids=releases.bundle_ids))
     assert repo.status()["roles"]["rollouts"]["version"] == 3
     client = _client(tmp_path, server, _bootstrap(repo))
     info = client.get_targetinfo("rollouts/tiny/stable.json")
@@ -391,7 +407,11 @@ def test_concurrent_writers_never_interleave(repo: TufRepository, releases: Rele
         mine = TufRepository(repo.data_dir)  # its own instance, as another server process would have
         try:
             for index in range(4):
-                mine.set_plan("tiny", channel, make_plan(stage_index=index))
+                mine.set_plan(
+                    "tiny",
+                    channel,
+                    make_plan(stage_index=index, channel=channel, bundle_ids=releases.bundle_ids),
+                )
                 mine.refresh_timestamp()
         except BaseException as e:
             errors.append(e)

@@ -29,6 +29,7 @@ import numpy as np
 
 from device_runtime.engines import Engine
 from device_runtime.golden import STORAGE_MIN_SQNR_DB, compact, golden_files, sqnr_db
+from edgekit.errors import EdgekitError
 
 __all__ = ["MIN_SELECTED", "Golden", "GoldenDataError", "make_golden"]
 
@@ -37,7 +38,7 @@ INPUT_SELECTED = 4096  # elements of a preprocessed image input kept to check th
 _OVERHEAD = 4096  # golden.json and .npy headers, counted against the budget
 
 
-class GoldenDataError(Exception):
+class GoldenDataError(EdgekitError):
     """Golden inputs cannot be made without data from the user (the message says what to pass)."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from converters._files import atomic_output
 from device_runtime.engines import Engine, load_engine
 from edgekit._golden_pack import GoldenDataError, make_golden
+from edgekit.errors import EdgekitError
 from signing.archive import member_order, write_ekb
 from signing.envelope import sign_manifest
 from signing.keys import load_private_key
@@ -45,7 +46,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 
 
-class BundleError(Exception):
+class BundleError(EdgekitError):
     """The inputs cannot make a safe bundle (the message says which and how to fix it)."""
 
 

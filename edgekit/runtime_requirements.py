@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.errors import EdgekitError
 from signing.manifest import Runtime
 
 __all__ = [
@@ -54,7 +55,7 @@ _CUSTOM = 32  # BuiltinOperator.CUSTOM
 _PLACEHOLDER = 127  # BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES: the real code is in builtin_code
 
 
-class RequirementsError(Exception):
+class RequirementsError(EdgekitError):
     """The model's runtime requirements cannot be stated (so it must not be bundled)."""
 
 

@@ -34,12 +34,12 @@ def handle_errors(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from converters.errors import ConverterError
         from device_runtime.errors import DeviceRuntimeError
-        from edgekit.bundle_build import BundleError
+        from edgekit.errors import EdgekitError
         from signing.errors import SigningError
 
         try:
             return function(*args, **kwargs)
-        except (ConverterError, DeviceRuntimeError, SigningError, BundleError) as e:
+        except (ConverterError, DeviceRuntimeError, SigningError, EdgekitError) as e:
             context = click.get_current_context(silent=True)
             if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
                 raise

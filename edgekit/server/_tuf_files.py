@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 
+from edgekit.errors import EdgekitError
+
 __all__ = [
     "FileLock",
     "RepositoryError",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class RepositoryError(Exception):
+class RepositoryError(EdgekitError):
     """The repository cannot do what was asked (the message says why and how to fix it)."""
 
 

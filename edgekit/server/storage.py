@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.errors import EdgekitError
+
 __all__ = ["Database", "StorageError", "open_database"]
 
 SCHEMA = [
@@ -43,7 +45,7 @@ SCHEMA = [
 ]
 
 
-class StorageError(Exception):
+class StorageError(EdgekitError):
     """The database cannot be opened or used (the message says which and how to fix it)."""
 
 

@@ -102,9 +102,12 @@ class ExpiryPolicy:
     def __post_init__(self) -> None:
         for role in ("root", "targets", "rollouts", "snapshot", "timestamp"):
             if not 0 < self.days(role) <= 3650:
-                raise ValueError(f"ExpiryPolicy.{role}_days must be in (0, 3650]")
+                raise RepositoryError(
+                    f"expiry {role}_days must be in (0, 3650] days, got {self.days(role)!r}; fix the "
+                    "repository config or the option that set it"
+                )
         if not 0 < self.resign_fraction < 1:
-            raise ValueError("ExpiryPolicy.resign_fraction must be in (0, 1)")
+            raise RepositoryError(f"expiry resign_fraction must be in (0, 1), got {self.resign_fraction!r}")
 
 
 @dataclass(frozen=True)

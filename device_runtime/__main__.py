@@ -222,18 +222,8 @@ def _load_request(path: Path) -> Any:
 
 
 def _predict(runtime: Any, args: argparse.Namespace) -> int:
-    from device_runtime.errors import InputError
-
     request = _load_request(args.file)
-    try:
-        result = runtime.predict(request)
-    except InputError as e:
-        if isinstance(request, Path) and "dtype object" in str(e):  # an image path given to a tensor input
-            raise InputError(
-                f"{request.name} was read as an image, but the model takes tensors: pass a .npy file "
-                "(or an .npz of input name to array)"
-            ) from e
-        raise
+    result = runtime.predict(request)  # an image file given to a tensor input is a clear InputError
     top = [[label, float(score)] for label, score in result.top_k]
     if args.json:
         outputs: dict[str, Any] = {}

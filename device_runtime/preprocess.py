@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,13 @@ def _dtype(name: str) -> np.dtype[Any]:
 
 
 def _check_tensor(spec: TensorInputSpec, value: object) -> np.ndarray:
+    if isinstance(value, str | bytes | os.PathLike):
+        # A file name is read as an image by image inputs only; say so rather than "dtype object".
+        name = os.fsdecode(value) if isinstance(value, bytes | os.PathLike) else value
+        raise InputError(
+            f"input {spec.name!r} takes a tensor, but got the file name {os.path.basename(name)!r} (read as "
+            "an image only by image inputs): pass a .npy file (or an .npz of input name to array)"
+        )
     array = np.asarray(value)
     if isinstance(value, (bool, int, float)) and array.ndim == 0:
         # A Python scalar for a 0-d input (e.g. a sample rate): take it in the input's dtype when exact.

@@ -89,10 +89,7 @@ class PredictionResult:
 
 def _reason(error: BaseException) -> str:
     """A stable reason code for telemetry."""
-    if isinstance(error, PolicyError):
-        text = str(error)
-        return "rollback" if "rollback" in text else "hardware" if "hardware" in text else "policy"
-    if isinstance(error, InstallError):
+    if isinstance(error, PolicyError | InstallError):
         return error.reason
     if isinstance(error, VerificationError):
         return type(error).__name__.removesuffix("Error").lower()
@@ -265,7 +262,8 @@ class Runtime:
         if manifest.release_counter < floor:
             raise PolicyError(
                 f"release_counter {manifest.release_counter} of {manifest.name} {manifest.version} is below "
-                f"this device's floor {floor}: a validly signed older release is refused (rollback)"
+                f"this device's floor {floor}: a validly signed older release is refused (rollback)",
+                reason="rollback",
             )
         if verified.payload_sha256 in state.bad_releases:
             raise InstallError(

@@ -63,4 +63,12 @@ class MemberError(VerificationError):
 
 
 class PolicyError(VerificationError):
-    """Validly signed, but not acceptable on this device (hardware id, release counter floor, runtime)."""
+    """Validly signed, but not acceptable on this device (hardware id, release counter floor, runtime).
+
+    `reason` is a stable code for telemetry: `rollback` (below the release floor), `hardware` (built for
+    other hardware) or `policy` (anything else).
+    """
+
+    def __init__(self, message: str, reason: str = "policy") -> None:
+        super().__init__(message)
+        self.reason = reason

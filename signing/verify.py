@@ -82,12 +82,14 @@ def check_policy(verified: Verified, policy: VerifyPolicy) -> None:
     ):
         raise PolicyError(
             f"bundle is built for hardware {list(manifest.hardware_ids)}, "
-            f"this device is {policy.hardware_id!r}"
+            f"this device is {policy.hardware_id!r}",
+            reason="hardware",
         )
     if policy.release_floor is not None and manifest.release_counter < policy.release_floor:
         raise PolicyError(
             f"release_counter {manifest.release_counter} of {manifest.name} {manifest.version} is below this "
-            f"device's floor {policy.release_floor}: a validly signed older release is refused (rollback)"
+            f"device's floor {policy.release_floor}: a validly signed older release is refused (rollback)",
+            reason="rollback",
         )
     total = sum(e.size for e in manifest.files.values())
     if total > policy.max_total_bytes:

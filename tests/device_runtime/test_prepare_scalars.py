@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,18 @@ def test_0d_inputs_take_0d_arrays_and_python_scalars_in_the_input_dtype() -> Non
 def test_0d_inputs_refuse_other_shapes_and_lossy_scalars(sr: object, gain: object, fragment: str) -> None:
     with pytest.raises(InputError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         prepare_inputs(SPEC, _request(sr, gain))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(Path("photos/cat.png"), id="path"),
+        pytest.param("photos/cat.png", id="str"),
+        pytest.param(b"photos/cat.png", id="bytes"),
+    ],
+)
+def test_a_file_name_for_a_tensor_input_says_it_takes_a_tensor(value: object) -> None:
+    # The device CLI passes any non-.npy file as a path; a tensor input must say so by itself (no caller
+    # has to recognise the message of a dtype error).
+    with pytest.raises(InputError, match=r"input 'input' takes a tensor, but got the file name 'cat.png'"):
+        prepare_inputs(SPEC, {**_request(16000, 0.5), "input": value})

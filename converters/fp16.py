@@ -24,9 +24,7 @@ and the conversion retried, at most ``max_attempts`` times.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,15 +271,10 @@ def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATT
 
 
 def _write_atomically(model: Any, output: Path) -> None:
-    """Save `model` to a temporary file beside `output`, then rename it over `output`."""
+    """Save `model` to a temporary file beside `output`, then rename it over `output` (`signing.atomic`)."""
     import onnx
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(handle)
-    try:
+    from signing.atomic import atomic_output
+
+    with atomic_output(output) as temp:
         onnx.save(model, temp)
-        os.replace(temp, output)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -9,13 +9,10 @@ repair, latency) are omitted when absent, and missing numbers render as "—".
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import itertools
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -425,22 +422,13 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 def write_html(report: Mapping[str, Any], path: str | Path) -> None:
-    """Render ``report`` and write it to ``path`` atomically (temp file + os.replace)."""
+    """Render ``report`` and write it to ``path`` atomically (`signing.atomic`), keeping an existing mode."""
+    from signing.atomic import atomic_write
+
     target = Path(path)
     content = render_html(report)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            try:
-                mode = target.stat().st_mode & 0o777
-            except FileNotFoundError:
-                mode = 0o644
-            os.chmod(tmp, mode)
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        mode: int | None = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = None
+    atomic_write(target, content.encode("utf-8"), mode=mode)

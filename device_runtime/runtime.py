@@ -44,10 +44,10 @@ from device_runtime.state import (
     State,
     TrialState,
     atomic_write,
-    fsync_dir,
     load_state,
     save_state,
 )
+from signing.atomic import fsync_dir
 from signing.errors import PolicyError, VerificationError
 from signing.keys import PublicKey, load_public_key
 from signing.manifest import BundleManifest

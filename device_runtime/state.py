@@ -8,12 +8,12 @@ inference (a crash, an OOM kill, or a watchdog killing a hang).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from signing import atomic as _atomic
 
 __all__ = ["SlotRecord", "State", "TrialState", "atomic_write", "load_state", "save_state"]
 
@@ -60,28 +60,8 @@ class State:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write-temp, fsync, rename, fsync the folder: a reader sees the old or the new bytes, nothing else."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write-temp, fsync, rename, fsync the folder (`signing.atomic`); device files are private (0600)."""
+    _atomic.atomic_write(path, data, mode=0o600)
 
 
 def save_state(path: Path, state: State) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from signing.atomic import fsync_dir
 from signing.envelope import MAX_SIGNATURE_BYTES, Verified, verify_signature_document
 from signing.errors import ContentError, FormatError, ManifestError, MemberError, PolicyError
 from signing.keys import PublicKey
@@ -384,12 +385,9 @@ def _copy_verified(
 
 
 def _fsync_dir(path: Path) -> None:
+    """fsync `path` and every folder below it (the extracted tree)."""
     for directory in [path, *(p for p in path.rglob("*") if p.is_dir())]:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
 
 
 def verify_directory(

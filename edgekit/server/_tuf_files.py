@@ -5,12 +5,10 @@ Split from `tuf_repo` along the seam between storage mechanics and TUF semantics
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import fcntl
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,6 +16,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 
 from edgekit.errors import EdgekitError
+from signing import atomic as _atomic
+from signing.atomic import fsync_dir
 
 __all__ = [
     "FileLock",
@@ -35,30 +35,10 @@ class RepositoryError(EdgekitError):
     """The repository cannot do what was asked (the message says why and how to fix it)."""
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write temp in the same folder, fsync, rename over `path`, fsync the folder."""
+    """Create the folder, then write atomically and durably (`signing.atomic`); repository files: 0644."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_dir(path.parent)
+    _atomic.atomic_write(path, data, mode=mode)
 
 
 def generate_key(path: Path) -> CryptoSigner:

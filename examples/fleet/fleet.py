@@ -70,9 +70,9 @@ def api(server: str, method: str, path: str, body: Any = None, token: str | None
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic write (readers never see half a file)."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(temp, path)
+    from signing.atomic import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def sim_label(seconds: float) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import signing.atomic
 from converters import report_html
 from converters.report_html import render_html, write_html
 
@@ -215,7 +216,7 @@ def test_write_html_replace_failure_cleans_temp(tmp_path: Path, monkeypatch: pyt
     def fail_replace(*_a: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_html.os, "replace", fail_replace)
+    monkeypatch.setattr(signing.atomic.os, "replace", fail_replace)  # write_html's atomic write
     with pytest.raises(OSError):
         write_html(full_report(), out)
     assert out.read_text(encoding="utf-8") == "old"

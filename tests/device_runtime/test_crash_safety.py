@@ -148,8 +148,8 @@ def test_crashing_candidate_is_reverted_after_three_starts(
 def test_power_loss_between_writing_and_renaming_state_keeps_the_old_state(
     tmp_path: Path, releases: Releases, zygote: Zygote, committed: Path, nth: int, survivor: str
 ) -> None:
-    """Attack 28: the child writes .state.json.tmp (fsynced) and dies by SIGKILL before the rename, on the
-    nth rename of state.json after start-up: 1 = the activation of 1.1.0, 2 = its first trial success,
+    """Attack 28: the child writes .state.json.<random>.tmp (fsynced) and dies by SIGKILL before the rename,
+    on the nth rename of state.json after start-up: 1 = the activation of 1.1.0, 2 = its first trial success,
     4 = its commit (trial_inferences=3). A restart finds exactly the state before that write."""
     store = reset_store(committed, tmp_path / "store")
     start = zygote.run(
@@ -162,7 +162,8 @@ def test_power_loss_between_writing_and_renaming_state_keeps_the_old_state(
         "power_loss", store, bundle=releases.bundles["1.1.0"], nth=nth, count=3, trial_inferences=3
     )
     assert died.signal == signal.SIGKILL, zygote.log_tail()
-    pending = load_state(store / ".state.json.tmp")
+    (temp,) = store.glob(".state.json.*.tmp")  # signing.atomic's unique temporary name
+    pending = load_state(temp)
     old = load_state(store / "state.json")
     assert pending is not None and old is not None  # the new state was written in full, never renamed
     assert pending != old

@@ -294,7 +294,7 @@ def start(args):
 
 
 def power_loss(args):
-    """Die by SIGKILL between writing .state.json.tmp and renaming it, on the nth state.json rename."""
+    """Die by SIGKILL between writing state.json's temporary file and renaming it, on the nth rename."""
     rt = make(args)
     real_replace, seen = os.replace, [0]
 
@@ -374,6 +374,12 @@ class Zygote:
             stdout=subprocess.PIPE,
             stderr=self._log_handle,
             cwd=ROOT,
+            # The script's folder, not the cwd, heads sys.path: name this checkout, or an editable install
+            # of another checkout would be imported instead.
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            },
             text=True,
             bufsize=1,
         )

@@ -58,6 +58,8 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar, NoReturn, TypeAlias
 
 from device_runtime.errors import SpecError
+from signing.errors import FormatError
+from signing.strict_json import canonical_bytes, parse_strict
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -229,8 +231,7 @@ class PreprocessSpec:
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no whitespace, UTF-8), e.g. for ``preprocess.json``."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return text.encode("utf-8")
+        return canonical_bytes(self.to_dict())
 
 
 def _plain(value: object) -> Any:
@@ -527,21 +528,6 @@ def parse_spec(doc: Mapping[str, Any]) -> PreprocessSpec:
     return PreprocessSpec(schema=SCHEMA, inputs=tuple(inputs), outputs=tuple(outputs))
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise SpecError(
-                f"duplicate key {json.dumps(key)} is not allowed; keep one of them and fix the spec"
-            )
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise SpecError(f"{name} is not allowed (numbers must be finite); fix the spec")
-
-
 def load_spec(path: str | os.PathLike[str]) -> PreprocessSpec:
     """Read, strictly parse (no duplicate keys, no NaN/Infinity, at most 1 MiB) and validate a spec file.
 
@@ -553,16 +539,10 @@ def load_spec(path: str | os.PathLike[str]) -> PreprocessSpec:
             data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
         raise SpecError(f"{where}: cannot read the spec ({e.strerror or e}); check the path") from e
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError(
-            f"{where}: larger than {MAX_SPEC_BYTES} bytes; a preprocessing spec is a small JSON file"
-        )
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except SpecError as e:
-        raise SpecError(f"{where}: {e}") from e
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise SpecError(f"{where}: not valid UTF-8 JSON ({e}); fix the spec") from e
+        doc = parse_strict(data, what=where, max_bytes=MAX_SPEC_BYTES)  # the one strict parser
+    except FormatError as e:
+        raise SpecError(f"{e}; a preprocessing spec is a small strict JSON file: fix the spec") from e
     try:
         return parse_spec(doc)
     except SpecError as e:

@@ -1,8 +1,11 @@
-"""Strict JSON for signed documents: bounded size, no duplicate keys, no NaN/Infinity, bounded integers.
+"""The one strict JSON parser and canonical serializer: bounded size, no duplicate keys, no NaN/Infinity,
+bounded integers; sorted, compact UTF-8 out.
 
 Python's `json` accepts duplicate keys (last one wins), `NaN` and arbitrarily large integers; an attacker
-can use each to make two parsers disagree about a signed document. Canonical output is sorted, compact
-UTF-8, so the same document always serializes to the same bytes.
+can use each to make two parsers disagree about a signed document. Every document edgekit reads from
+outside (signed statements, rollout plans, preprocessing specs, configs, Hugging Face preprocessor files)
+goes through `parse_strict`; canonical output is sorted, compact UTF-8, so the same document always
+serializes to the same bytes. Standard library only, for the device and the host alike.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ MAX_INTEGER = 2**53 - 1  # the range every JSON implementation represents exactl
 
 
 def _reject_constant(name: str) -> Any:
-    raise FormatError(f"JSON constant {name} is not allowed in signed documents")
+    raise FormatError(f"JSON constant {name} is not allowed (numbers must be finite)")
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ def preprocess() -> None:
 
 
 def _read_source(source: Path) -> tuple[Path, bytes]:
+    from converters.hf_import import MAX_CONFIG_BYTES
     from device_runtime.errors import SpecError
-    from device_runtime.hf_import import MAX_CONFIG_BYTES
 
     path = source / HF_CONFIG_NAME if source.is_dir() else source
     try:
@@ -63,8 +63,8 @@ def import_(
     as_json: bool,
 ) -> None:
     """Convert a Hugging Face preprocessor_config.json (SOURCE: the file or its folder) into a spec."""
+    from converters.hf_import import parse_hf_json, spec_from_hf_preprocessor
     from device_runtime.errors import SpecError
-    from device_runtime.hf_import import parse_hf_json, spec_from_hf_preprocessor
     from device_runtime.preprocess import parse_spec
 
     path, data = _read_source(source)

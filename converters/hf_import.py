@@ -33,6 +33,8 @@ from typing import Any, NoReturn
 
 from device_runtime._spec import SCHEMA, PreprocessSpec, parse_spec
 from device_runtime.errors import SpecError
+from signing.errors import FormatError
+from signing.strict_json import parse_strict
 
 __all__ = [
     "SUPPORTED_PROCESSORS",
@@ -528,31 +530,14 @@ def labels_from_id2label(id2label: Mapping[Any, Any]) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise SpecError(f"duplicate key {json.dumps(key)} is not allowed; keep one of them")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise SpecError(f"{name} is not allowed (numbers must be finite)")
-
-
 def parse_hf_json(data: bytes | str) -> dict[str, Any]:
     """Strictly decode a ``preprocessor_config.json``: UTF-8 JSON object, at most 1 MiB, no duplicate keys,
     no NaN/Infinity. Raises SpecError saying what is wrong."""
-    if len(data) > MAX_CONFIG_BYTES:
-        raise SpecError(f"larger than {MAX_CONFIG_BYTES} bytes; a preprocessor config is a small JSON file")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise SpecError(f"not valid UTF-8 JSON ({e}); fix the file") from e
-    except RecursionError as e:
-        raise SpecError("JSON nested too deeply; fix the file") from e
+        doc = parse_strict(raw, what="preprocessor config", max_bytes=MAX_CONFIG_BYTES)  # the one parser
+    except FormatError as e:
+        raise SpecError(f"{e}; fix the file") from e
     if not isinstance(doc, dict):
         raise SpecError(f"{_show(doc)} is not allowed (expected a JSON object)")
     return doc

@@ -1,4 +1,4 @@
-"""Tests for importing Hugging Face ``preprocessor_config.json`` files (device_runtime.hf_import) and the
+"""Tests for importing Hugging Face ``preprocessor_config.json`` files (converters.hf_import) and the
 ``edgekit preprocess import`` command."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from converters.hf_import import labels_from_id2label, parse_hf_json, spec_from_hf_preprocessor
 from device_runtime.errors import SpecError
-from device_runtime.hf_import import labels_from_id2label, parse_hf_json, spec_from_hf_preprocessor
 from device_runtime.preprocess import ImageInputSpec, load_spec, parse_spec, preprocess_image
 from edgekit.commands.preprocess import preprocess
 
@@ -371,10 +371,10 @@ def test_refused_other() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        pytest.param(b'{"size": 224, "size": 384}', "duplicate key", id="duplicate"),
+        pytest.param(b'{"size": 224, "size": 384}', "duplicate JSON key 'size'", id="duplicate"),
         pytest.param(b'{"image_mean": [NaN, 0, 0]}', "NaN", id="nan"),
-        pytest.param(b'{"size": ', "not valid UTF-8 JSON", id="truncated"),
-        pytest.param(b"\xff\xfe", "not valid UTF-8 JSON", id="not-utf8"),
+        pytest.param(b'{"size": ', "not valid JSON", id="truncated"),
+        pytest.param(b"\xff\xfe", "not UTF-8", id="not-utf8"),
         pytest.param(b"[1]", "expected a JSON object", id="not-object"),
         pytest.param(b"[" * 100000, "JSON", id="deep"),
     ],
@@ -417,8 +417,8 @@ def test_cli_import_from_folder_as_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        pytest.param('{"size": 224,', "not valid UTF-8 JSON", id="malformed"),
-        pytest.param('{"resample": 2, "resample": 3}', "duplicate key", id="duplicate"),
+        pytest.param('{"size": 224,', "not valid JSON", id="malformed"),
+        pytest.param('{"resample": 2, "resample": 3}', "duplicate JSON key", id="duplicate"),
         pytest.param(json.dumps({**VIT, "do_pad": True}), "'do_pad'", id="do-pad"),
     ],
 )

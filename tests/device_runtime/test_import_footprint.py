@@ -174,3 +174,21 @@ def test_edgekit_help_process_loads_no_framework(how: str) -> None:
     assert "edgekit.cli" in modules or "click" in modules, "importtime output was not parsed"
     bad = sorted(n for n in CLI_FORBIDDEN if any(m == n or m.startswith(n + ".") for m in modules))
     assert bad == [], f"`edgekit --help` imported {bad}"
+
+
+def test_every_device_module_imports_no_host_package() -> None:
+    # Host-only code (the Hugging Face import, the TUF conformance harness) lives in converters/ and
+    # edgekit/; whatever module of device_runtime an app imports stays inside the device footprint.
+    code = (
+        "import sys, json, pkgutil, importlib\n"
+        + _LOADED
+        + "import device_runtime\n"
+        + "names = sorted(m.name for m in pkgutil.iter_modules(device_runtime.__path__, 'device_runtime.'))\n"
+        + "for name in names:\n"
+        + "    importlib.import_module(name)\n"
+        + f"print(json.dumps([names, loaded({DEVICE_FORBIDDEN!r})]))\n"
+    )
+    names, loaded = _last_json(_run(code))
+    assert "device_runtime.rollout_plan" in names and "device_runtime.updater" in names
+    assert not {"device_runtime.hf_import", "device_runtime.tuf_client_cli"} & set(names)
+    assert loaded == []

@@ -401,7 +401,7 @@ def test_importing_the_updater_loads_no_host_package() -> None:
 
     code = (
         "import sys, json\n"
-        "import device_runtime.updater, device_runtime.tuf_client_cli\n"
+        "import device_runtime.updater, device_runtime.rollout_plan\n"
         "names = ('edgekit', 'click', 'converters', 'onnx', 'onnxruntime', 'tensorflow', 'requests')\n"
         "loaded = [n for n in names if any(m == n or m.startswith(n + '.') for m in sys.modules)]\n"
         "print(json.dumps(sorted(loaded)))\n"

@@ -1,7 +1,8 @@
 """`TufRepository` and `edgekit repo`: real keys, real bundles, a real ngclient over loopback HTTP.
 
 The loopback server and the repository helpers here (`RepoServer`, `make_plan`, `plant_plan`) are shared
-with the device-side tests (`tests/device_runtime/test_updater.py`, `test_tuf_client_cli.py`).
+with the device-side tests (`tests/device_runtime/test_updater.py`) and the conformance client's
+(`tests/edgekit/test_tuf_conformance_client.py`).
 """
 
 from __future__ import annotations

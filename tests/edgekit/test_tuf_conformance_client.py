@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from device_runtime.tuf_client_cli import main
 from edgekit.server.tuf_repo import TufRepository
+from edgekit.tuf_conformance_client import main
 from tests.device_runtime.runtime_fixtures import ROOT, Releases, build_releases
 from tests.server.test_tuf_repo import RepoServer, make_plan, served_path
 
@@ -163,7 +163,7 @@ def test_download_stops_at_the_first_failure_with_exit_1(
 
 
 def test_the_process_exit_status_is_0_or_1(client_dir: Path, server: RepoServer) -> None:
-    code = "from device_runtime.tuf_client_cli import console_main; console_main()"
+    code = "from edgekit.tuf_conformance_client import console_main; console_main()"
     ok = subprocess.run(
         [
             sys.executable,

@@ -1,4 +1,7 @@
-"""`edgekit-tuf-client`: the command-line client the public tuf-conformance suite drives (ROLLOUT.md).
+"""`edgekit-tuf-client`: the command-line client the public tuf-conformance suite drives.
+
+A host-side test harness, not device code: it runs the device's `BoundedFetcher` under python-tuf's
+ngclient so the conformance suite exercises what devices download with.
 
     edgekit-tuf-client --metadata-dir D init ROOT_FILE
     edgekit-tuf-client --metadata-dir D --metadata-url U refresh
@@ -18,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -30,6 +31,8 @@ from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
 from device_runtime.updater import BoundedFetcher
+from edgekit.errors import EdgekitError
+from signing.atomic import atomic_write
 
 __all__ = ["main"]
 
@@ -38,8 +41,12 @@ logger = logging.getLogger("edgekit-tuf-client")
 MAX_ROOT_BYTES = 512_000  # bytes, as ngclient's default root_max_length
 
 
-class _UsageError(Exception):
-    pass
+class _UsageError(EdgekitError):
+    """The command line is incomplete or malformed (exit status 1, as the protocol wants)."""
+
+
+class _ClientError(EdgekitError):
+    """The root file or a target name cannot be used."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,31 +72,18 @@ def _parser() -> _Parser:
     return parser
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def _init(metadata_dir: Path, root_file: Path) -> None:
     data = root_file.read_bytes()
     if len(data) > MAX_ROOT_BYTES:
-        raise ValueError(f"{root_file}: {len(data)} bytes, above {MAX_ROOT_BYTES}")
+        raise _ClientError(f"{root_file}: {len(data)} bytes, above {MAX_ROOT_BYTES}")
     md = Metadata.from_bytes(data)  # refuse something that is not root metadata; no network, no signatures
     if not isinstance(md.signed, Root):
-        raise ValueError(f"{root_file} is {md.signed.type} metadata, not root")
+        raise _ClientError(f"{root_file} is {md.signed.type} metadata, not root")
     metadata_dir.mkdir(parents=True, exist_ok=True)
     target = metadata_dir / "root.json"
     if target.is_symlink():  # ngclient keeps root.json as a link into root_history/
         target.unlink()
-    _write_atomic(target, data)
+    atomic_write(target, data)
     logger.info("trusting root version %d from %s (stored in %s)", md.signed.version, root_file, target)
 
 
@@ -112,7 +106,7 @@ def _download(updater: Updater, names: Sequence[str]) -> None:
     for name in names:
         info = updater.get_targetinfo(name)
         if info is None:
-            raise LookupError(f"target {name!r} is not in the repository")
+            raise _ClientError(f"target {name!r} is not in the repository")
         cached = updater.find_cached_target(info)
         if cached is not None:
             logger.info("%s: already in %s with matching hashes, not downloaded", name, cached)

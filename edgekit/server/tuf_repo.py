@@ -60,6 +60,8 @@ from edgekit.server._tuf_files import (
     signers_in,
     utc,
 )
+from signing.errors import FormatError
+from signing.strict_json import parse_strict
 
 __all__ = [
     "ROLLOUTS",
@@ -136,12 +138,13 @@ class TufRepository:
         self._clock = clock
         config_path = self.data_dir / CONFIG_FILE
         try:
-            config = json.loads(config_path.read_bytes())
-        except (OSError, ValueError) as e:
+            config = parse_strict(config_path.read_bytes(), what=str(config_path), max_bytes=1 << 20)
+            self.expiry = ExpiryPolicy(**config["expiry"])
+        except (OSError, FormatError, KeyError, TypeError) as e:
             raise RepositoryError(
-                f"{self.data_dir}: no TUF repository here ({config_path} unreadable); run `edgekit repo init`"
+                f"{self.data_dir}: no TUF repository here ({config_path} unreadable: {e}); "
+                "run `edgekit repo init`"
             ) from e
-        self.expiry = ExpiryPolicy(**config["expiry"])
         self.release_keys: tuple[bytes, ...] = tuple(k.encode() for k in config.get("release_keys", []))
         self.release_threshold = int(config.get("release_threshold", 1))
 

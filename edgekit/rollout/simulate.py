@@ -25,7 +25,7 @@ per run from the seed, so run i is the same whatever the number of runs), time i
 
 Errors::
 
-    RolloutError            (edgekit.rollout.plan)
+    RolloutError            (edgekit.errors)
     └── SimulationError     an invalid fleet model, regression or run count
 """
 

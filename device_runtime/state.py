@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -200,9 +201,11 @@ class StoreLock:
         from device_runtime.errors import StoreLockedError
 
         self.path = directory / self.FILE
+        self._fd: int | None = None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _try_lock(fd):
+                raise BlockingIOError
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
@@ -215,7 +218,7 @@ class StoreLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd: int | None = fd
+        self._fd = fd
         with contextlib.suppress(OSError):  # a full disk: locked all the same, the PID is a courtesy
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -230,6 +233,21 @@ class StoreLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _try_lock(fd: int) -> bool:
+    """Lock `fd` exclusively without waiting. When this process holds the lock, an instance dropped without
+    `close()` may still await the cycle collector (an exception's traceback keeps it alive): collect once
+    and retry, so that only live instances count as holders."""
+    for attempt in range(2):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt or _read_pid(fd) != os.getpid():
+                return False
+            gc.collect()
+    return False
 
 
 def _read_pid(fd: int) -> int | None:

@@ -1,9 +1,9 @@
 """Device-side helpers for the adversarial tests: real signed releases, a publisher who signs hostile
 contents with the real release key, and a real full filesystem.
 
-- `releases`, `committed_store`: the tiny ONNX releases of `tests.device_runtime.runtime_fixtures` (real
-  onnxruntime, real ECDSA signatures, golden vectors by the real bundle builder) and a store with release
-  1.0.0 installed and committed.
+- `device_fixtures`: `releases` and `committed_template`: the tiny ONNX releases of
+  `tests.device_runtime.runtime_fixtures` (real onnxruntime, real ECDSA signatures, golden vectors by the
+  real bundle builder) and a store with release 1.0.0 installed and committed.
 - `resign`: a malicious but key-holding publisher. It takes a genuine signed bundle, changes its files
   (labels, golden.json, .npy, preprocess.json) and signs the result with the release key, exactly as the
   builder signs: the device verifies the signature and must refuse the contents on their own merits.
@@ -13,7 +13,6 @@ contents with the real release key, and a real full filesystem.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -31,15 +30,20 @@ from tests.device_runtime.runtime_fixtures import HARDWARE, Releases, build_rele
 Files = dict[str, bytes]
 
 
-@pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> Releases:
-    return build_releases(tmp_path_factory.mktemp("releases"))
+def device_fixtures() -> tuple[Any, Any]:
+    """Module-scoped fixtures `releases` and `committed_template` (a store with 1.0.0 installed and
+    committed, copied per test); a test module binds them: `releases, committed_template = device_fixtures()`.
+    """
 
+    @pytest.fixture(scope="module")
+    def releases(tmp_path_factory: pytest.TempPathFactory) -> Releases:
+        return build_releases(tmp_path_factory.mktemp("releases"))
 
-@pytest.fixture(scope="module")
-def committed_template(tmp_path_factory: pytest.TempPathFactory, releases: Releases) -> Path:
-    """A store with 1.0.0 installed and committed (copied per test)."""
-    return make_store(tmp_path_factory.mktemp("template") / "store", releases, ["1.0.0"])
+    @pytest.fixture(scope="module")
+    def committed_template(tmp_path_factory: pytest.TempPathFactory, releases: Releases) -> Path:
+        return make_store(tmp_path_factory.mktemp("template") / "store", releases, ["1.0.0"])
+
+    return releases, committed_template
 
 
 def release_private_key(releases: Releases) -> Path:
@@ -94,7 +98,8 @@ def resign(
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    (directory / "model.sig").write_bytes(sign_manifest(manifest, [load_private_key(release_private_key(releases))]))
+    signature = sign_manifest(manifest, [load_private_key(release_private_key(releases))])
+    (directory / "model.sig").write_bytes(signature)
     output = folder / f"tiny-{version}.ekb"
     write_ekb(directory, member_order(manifest), output)
     return output
@@ -161,3 +166,69 @@ def disk_free(disk: Path) -> int:
     """Free bytes on the filesystem holding `disk`."""
     stats = os.statvfs(disk)
     return stats.f_bavail * stats.f_frsize
+
+
+# ---- a real process killed at one rename ------------------------------------------------------------------
+KILL_AT_RENAME_SOURCE = r'''
+"""Child: open the store, do `op`, and SIGKILL itself at the nth rename onto the file named `kill_on`."""
+import json, os, signal, sys
+from pathlib import Path
+
+from device_runtime.config import RuntimeConfig
+from device_runtime.runtime import Runtime
+
+args = json.loads(sys.argv[1])
+real_replace, seen = os.replace, [0]
+
+
+def replace(src, dst, *a, **k):
+    if Path(dst).name == args["kill_on"]:
+        seen[0] += 1
+        if seen[0] == args.get("nth", 1):
+            os.kill(os.getpid(), signal.SIGKILL)  # power loss: the temp file is written and fsynced
+    return real_replace(src, dst, *a, **k)
+
+
+def runtime():
+    return Runtime(RuntimeConfig(
+        store_dir=Path(args["store"]), trusted_keys=[Path(args["public_key"])], device_id="device-1",
+        hardware_id=args["hardware"], trial_inferences=100, trial_seconds=0.0, engine_threads=1,
+    ))
+
+
+if args["op"] == "revert":  # install the candidate, then revert it by hand (the kill is armed after install)
+    rt = runtime()
+    rt.install(args["bundle"])
+    os.replace = replace
+    rt.revert("misbehaved here")
+else:  # "start": a plain start; its recovery may strike and revert
+    os.replace = replace
+    rt = runtime()
+rt.close()
+print(json.dumps({"finished": True, "renames": seen[0]}))
+'''
+
+
+def run_killed_at_rename(folder: Path, releases: Releases, store: Path, **args: Any) -> int:
+    """Run KILL_AT_RENAME_SOURCE in a fresh interpreter; returns its exit status (-9 when it was killed)."""
+    import json
+    import sys
+
+    from tests.device_runtime.runtime_fixtures import ROOT
+
+    script = folder / "kill_at_rename.py"
+    script.write_text(KILL_AT_RENAME_SOURCE)
+    request = {"store": str(store), "public_key": str(releases.public_key), "hardware": HARDWARE, **args}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(request, default=str)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},  # this checkout's code, not an installed copy
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode not in (0, -9):
+        raise AssertionError(f"the child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.returncode

@@ -266,14 +266,15 @@ def read_npy(path: Path) -> np.ndarray:
                     f"{path.name}: the header claims {claimed} bytes of data ({dtype.str} {shape}), the file "
                     f"holds {held}"
                 )
-            data = handle.read(claimed)
+            flat = np.empty(math.prod(shape), dtype=dtype)  # the claim matched the file: this is its size
+            read = handle.readinto(flat.view(np.uint8).data)
     except OSError as e:
         raise SpecError(f"{path.name}: unreadable ({e})") from e
     except ValueError as e:  # numpy: bad magic, header too long or malformed
         raise SpecError(f"{path.name}: not a valid .npy file ({e})") from e
-    if len(data) != claimed:
+    if read != claimed:
         raise SpecError(f"{path.name}: changed while being read")
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _load(root: Path, name: Any, samples: int) -> np.ndarray:

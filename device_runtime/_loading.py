@@ -4,22 +4,39 @@ Every file loaded is read once and checked against its signed digest: the bytes 
 whatever happens to the slot between verification and load (attack 11). A file that changed size, digest or
 became a symlink since verification raises `VerificationError`. The engine, the preprocessing code and the
 golden checker are imported when first used, so that importing the runtime stays light.
+
+Signed is not the same as well-formed: a publisher's key can sign labels that are not UTF-8 or do not match
+the model's class count, or golden vectors that claim terabytes. Every such content is refused here with an
+`InstallError` and a reason code ("labels", "golden") before the bundle is activated: the label count is
+checked against the outputs the engine actually produced during the self-test, for every use `predict` makes
+of the labels, so a bundle that installs never fails in `predict` for its labels.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_runtime.errors import InstallError
+import numpy as np
+
+from device_runtime.errors import InstallError, SpecError
 from device_runtime.state import SlotRecord
 from signing.errors import VerificationError
 from signing.manifest import BundleManifest
 
-__all__ = ["Loaded", "check_engine_version", "load_model", "read_verified", "self_test"]
+__all__ = [
+    "Loaded",
+    "check_engine_version",
+    "check_labels",
+    "load_model",
+    "parse_labels",
+    "read_verified",
+    "self_test",
+]
 
 
 @dataclass
@@ -53,17 +70,93 @@ def load_model(
         spec = load_spec(directory / "preprocess.json")
     labels = None
     if "labels.txt" in manifest.files:
-        labels = read_verified(directory, manifest, "labels.txt").decode("utf-8").splitlines()
+        labels = parse_labels(read_verified(directory, manifest, "labels.txt"))
     engine = load_engine(data, kind=kind, threads=threads)
     placeholder = record or SlotRecord("?", "", manifest.name, manifest.version, manifest.release_counter)
     return Loaded(placeholder, manifest, engine, spec, labels)
 
 
-def self_test(directory: Path, loaded: Loaded) -> dict[str, float]:
-    """Run the bundle's golden vectors on this device's engine; the SQNR (dB) of each output.
+def parse_labels(data: bytes) -> list[str]:
+    """One label per line of UTF-8 text (trailing empty lines ignored, as the bundle builder writes them).
 
     Raises:
-        InstallError: no golden vectors, or the outputs do not match them (reason "self-test").
+        InstallError: reason "labels": not UTF-8, no labels, an empty label, or control characters.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InstallError(
+            f"labels.txt is not UTF-8 text ({e.reason} at byte {e.start}); "
+            "rebuild the bundle with UTF-8 labels",
+            reason="labels",
+        ) from e
+    lines = text.splitlines()
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines or "" in lines:
+        where = f"line {lines.index('') + 1} is empty" if "" in lines else "it holds none"
+        raise InstallError(f"labels.txt: one non-empty label per line expected ({where})", reason="labels")
+    for number, line in enumerate(lines, 1):
+        if any(unicodedata.category(c) == "Cc" and c != "\t" for c in line):
+            raise InstallError(f"labels.txt line {number}: control characters in a label", reason="labels")
+    return lines
+
+
+def check_labels(loaded: Loaded, outputs: dict[str, Any]) -> None:
+    """The labels fit every output `predict` names with them, judged on outputs the engine produced.
+
+    Mirrors `Runtime.predict`: the first classification output (one label per class of a sample), the
+    decoded roles that name the labels file (their class count as `device_runtime.preprocess` reads it),
+    and, when neither applies, the first `[1, C]` output that predict ranks by argmax.
+
+    Raises:
+        InstallError: reason "labels", with the counts.
+    """
+    from device_runtime.preprocess import _class_count
+
+    labels = loaded.labels
+    if labels is None or not outputs:
+        return
+    shapes = {name: (tuple(np.shape(value)), None) for name, value in outputs.items()}
+
+    def refuse(name: str, classes: int) -> None:
+        raise InstallError(
+            f"labels.txt holds {len(labels)} labels but the model's output {name!r} has {classes} classes "
+            f"(shape {list(shapes[name][0])}); publish a bundle with one label per class",
+            reason="labels",
+        )
+
+    classified = decoded = False
+    for spec in loaded.spec.outputs:
+        if spec.name not in outputs:
+            continue
+        if spec.kind == "classification" and not classified:
+            classified = True
+            value = np.asarray(outputs[spec.name])
+            classes = int((value if value.ndim <= 1 else value[0]).size)
+            if classes != len(labels):
+                refuse(spec.name, classes)
+        elif spec.kind not in ("classification", "tensor"):
+            decoded = True
+            if spec.labels is None or (spec.scores is not None and spec.scores not in outputs):
+                continue
+            counted = _class_count(spec, shapes)
+            if counted is not None and counted != len(labels):
+                refuse(spec.name, counted)
+    if not classified and not decoded:
+        name, value = next(iter(outputs.items()))
+        shape = np.shape(value)
+        if len(shape) == 2 and shape[0] >= 1 and shape[1] > 1 and shape[1] != len(labels):
+            refuse(name, int(shape[1]))
+
+
+def self_test(directory: Path, loaded: Loaded) -> dict[str, float]:
+    """Run the bundle's golden vectors on this device's engine; the SQNR (dB) of each output. Then check
+    the labels against the outputs the engine produced (`check_labels`).
+
+    Raises:
+        InstallError: no golden vectors or the outputs do not match them (reason "self-test"), malformed
+            golden vectors (reason "golden"), labels that do not fit the outputs (reason "labels").
     """
     from device_runtime.golden import check_golden
 
@@ -71,7 +164,19 @@ def self_test(directory: Path, loaded: Loaded) -> dict[str, float]:
         raise InstallError(
             "the bundle has no golden vectors; rebuild it with edgekit bundle", reason="self-test"
         )
-    result = check_golden(directory, loaded.engine.run, preprocess=_image_preprocessor(loaded))
+    produced: dict[str, Any] = {}
+
+    def run(feeds: dict[str, Any]) -> dict[str, Any]:
+        outputs = loaded.engine.run(feeds)
+        if not produced:
+            produced.update(outputs)
+        return dict(outputs)
+
+    try:
+        result = check_golden(directory, run, preprocess=_image_preprocessor(loaded))
+    except SpecError as e:
+        raise InstallError(f"the bundle's golden vectors are malformed: {e}", reason="golden") from e
+    check_labels(loaded, produced)
     if not result.passed:
         raise InstallError(
             "golden self-test failed on this device's engine: " + "; ".join(result.details),

@@ -5,7 +5,9 @@
 1. open the telemetry queue, setting an unreadable database aside (`open_telemetry`);
 2. remove the half-finished installs of a process killed before its pointer swap
    (`remove_unfinished_installs`);
-3. read `state.json`, or rebuild it from whichever slots verify (`rebuild_state`);
+3. read `state.json`, or rebuild it from whichever slots verify and were never reverted here
+   (`rebuild_state`); then apply the reverted-release journal (`apply_reverted`): a release it names is never
+   active, even when the `state.json` that recorded its revert was lost or never written;
 4. an in-flight marker naming the release in trial means the process died during an inference: the runtime
    records a crash and a strike (`died_in_trial_inference` reads and removes the marker);
 5. re-verify the active and previous slots, dropping those that no longer verify and falling back to the
@@ -13,6 +15,10 @@
 
 Verifying a slot is the runtime's own (it also records telemetry and remembers the manifest for loading), so
 the steps that need it take it as `verify`: a slot name to its record, or None when it does not verify.
+
+None of these steps needs to write: on a full disk the runtime keeps the recovered state in memory and
+persists it later (`open_telemetry` falls back to an in-memory queue rather than setting a healthy database
+aside because the disk is full).
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from device_runtime.config import RuntimeConfig
-from device_runtime.state import SlotRecord, State
+from device_runtime.state import SlotRecord, State, merge_bad
 from device_runtime.telemetry import TelemetryQueue
 
 __all__ = [
     "SlotVerifier",
+    "apply_reverted",
     "died_in_trial_inference",
     "open_telemetry",
     "rebuild_state",
@@ -40,6 +47,10 @@ __all__ = [
 ]
 
 SlotVerifier = Callable[[str], SlotRecord | None]
+
+# SQLite result codes (sqlite3.Error.sqlite_errorcode) that mean the file is not a usable database; any
+# other failure (full disk, read-only, I/O, locked) says nothing against the file and never sets it aside.
+_SQLITE_DAMAGED = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 def open_telemetry(path: Path, config: RuntimeConfig) -> TelemetryQueue:
@@ -52,6 +63,12 @@ def open_telemetry(path: Path, config: RuntimeConfig) -> TelemetryQueue:
         return TelemetryQueue(path, **options)
     except Exception as e:  # not a database, torn, unwritable: start a fresh queue
         problem = f"{type(e).__name__}: {e}"[:300]
+        damaged = getattr(e, "sqlite_errorcode", None) in _SQLITE_DAMAGED
+    if not damaged:  # full disk, read-only, locked: the database may be fine; queue in memory this run
+        queue = TelemetryQueue(Path(":memory:"), **options)
+        queue.failures += 1
+        queue.record("telemetry-reset", detail=problem)  # kind known to the telemetry contract
+        return queue
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(OSError):
             os.replace(path.with_name(path.name + suffix), path.with_name(f"{path.name}.corrupt{suffix}"))
@@ -70,16 +87,41 @@ def remove_unfinished_installs(slots_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def rebuild_state(verify: SlotVerifier, now: float) -> State:
-    """No readable state.json: trust whichever slots verify, newest release first."""
-    found = []
+def rebuild_state(verify: SlotVerifier, now: float, reverted: tuple[str, ...] = ()) -> State:
+    """No readable state.json: trust whichever slots verify and were not reverted here, newest first."""
+    found, skipped = [], []
     for slot in ("a", "b"):
         record = verify(slot)
-        if record is not None:
+        if record is not None and record.bundle_id in reverted:
+            skipped.append(slot)  # reverted on this device: never active (nor previous) again
+        elif record is not None:
             found.append(record)
     found.sort(key=lambda r: r.release_counter, reverse=True)
-    state = State(active=found[0] if found else None, previous=found[1] if len(found) > 1 else None)
-    return state.with_event(now, "state-rebuilt", slots=[r.slot for r in found])
+    state = State(
+        active=found[0] if found else None,
+        previous=found[1] if len(found) > 1 else None,
+        bad_releases=reverted,
+    )
+    return state.with_event(now, "state-rebuilt", slots=[r.slot for r in found], reverted_slots=skipped)
+
+
+def apply_reverted(state: State, reverted: tuple[str, ...], now: float) -> State:
+    """Merge the journal into the state; finish a revert the journal recorded but state.json did not.
+
+    The journal is written before the state.json of a revert, so a process killed between the two leaves
+    the reverted release active in trial: it goes back to the previous model here (or to none).
+    """
+    merged = merge_bad(state.bad_releases, reverted)
+    if merged != state.bad_releases:
+        state = replace(state, bad_releases=merged)
+    if state.previous is not None and state.previous.bundle_id in merged:
+        state = replace(state, previous=None).with_event(now, "reverted-dropped", slot=state.previous.slot)
+    if state.active is not None and state.active.bundle_id in merged:
+        reverted_record = state.active
+        state = replace(state, active=state.previous, previous=None, trial=None).with_event(
+            now, "reverted", version=reverted_record.version, reasons=["journal: reverted before"]
+        )
+    return state
 
 
 def died_in_trial_inference(marker: Path, state: State) -> bool:

@@ -45,3 +45,18 @@ class InstallError(DeviceRuntimeError):
 
 class NoModelError(DeviceRuntimeError):
     """No verified model is installed, so nothing can be predicted."""
+
+
+class StoreLockedError(DeviceRuntimeError):
+    """Another process (or another Runtime/Updater in this one) holds the store: one process per store.
+
+    `path` is the store (or metadata) directory, `pid` the holder's process id when it could be read.
+    """
+
+    def __init__(self, message: str, *, path: object, pid: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
+
+
+__all__ += ["StoreLockedError"]

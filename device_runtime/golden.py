@@ -27,6 +27,12 @@ what it computes) over all samples, and full 2-D outputs must keep their top-1 c
 (`min_agreement` 1.0); preprocessed images must match the stored inputs within 60 dB. Storage error is at
 least 60 dB below the signal, so it uses up a negligible share of the 30 dB tolerance. Samples run one at a
 time (batch 1), so the self-test needs the memory of one inference, whatever the number of samples.
+
+Hostile but signed contents (a publisher's key is not a licence to crash devices): `golden.json` is read as
+strict JSON with checked types; a bundle may tighten its tolerance but never loosen it below
+`MIN_SQNR_FLOOR_DB` / `MIN_AGREEMENT_FLOOR` (nor name no outputs), so it cannot switch the self-test off;
+`.npy` files are read with a bounded header, plain numeric dtypes only, and the size the header claims must
+be the size of the file before anything is allocated. Every violation is a `SpecError`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +60,7 @@ __all__ = [
     "compact",
     "golden_feeds",
     "golden_files",
+    "read_npy",
     "selection_indices",
     "sqnr_db",
 ]
@@ -64,6 +72,13 @@ STORAGE_MIN_SQNR_DB = 60.0  # float16 storage must stay this close to the float3
 PREPROCESS_MIN_SQNR_DB = 60.0  # the device's preprocessing of a golden image vs the build host's
 _FLOAT16_MAX = 65504.0
 _MAX_SAMPLES = 1024
+MIN_SQNR_FLOOR_DB = 10.0  # dB; a bundle's min_sqnr_db below this would let any model through
+MAX_SQNR_DB = 200.0  # dB; above the 100 dB that identical outputs score: never passes (bounded, not inf)
+MIN_AGREEMENT_FLOOR = 0.5  # share of samples keeping their top-1 class; below it the check means nothing
+_MAX_GOLDEN_JSON_BYTES = 1 << 20  # bytes
+_MAX_NPY_HEADER_BYTES = 10_000  # bytes, numpy's own default bound
+_NPY_KINDS = "biuf"  # bool, signed and unsigned integers, floats: no objects, strings or structures
+_MAX_RANK = 8
 
 
 @dataclass(frozen=True)
@@ -211,16 +226,64 @@ class _Stored:
     select: int | None
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """A `.npy` file, read defensively: bounded header, plain numeric dtype, rank <= 8, and the data size
+    the header claims equal to what the file holds, checked before anything is allocated.
+
+    Raises:
+        SpecError: not a well-formed `.npy` of a plain numeric array.
+    """
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as handle:
+            available = os.fstat(handle.fileno()).st_size
+            version = npy.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(
+                    handle, max_header_size=_MAX_NPY_HEADER_BYTES
+                )
+            elif version == (2, 0):
+                shape, fortran, dtype = npy.read_array_header_2_0(
+                    handle, max_header_size=_MAX_NPY_HEADER_BYTES
+                )
+            else:
+                raise SpecError(f"{path.name}: .npy format version {version}, expected 1.0 or 2.0")
+            if (
+                dtype.hasobject
+                or dtype.fields is not None
+                or dtype.kind not in _NPY_KINDS
+                or len(shape) > _MAX_RANK
+            ):
+                raise SpecError(
+                    f"{path.name}: dtype {dtype.str} shape {shape}; "
+                    "expected a plain numeric array of rank <= 8"
+                )
+            claimed = math.prod(shape) * dtype.itemsize  # Python integers: a 2 TiB claim is just a number
+            held = available - handle.tell()
+            if claimed != held:
+                raise SpecError(
+                    f"{path.name}: the header claims {claimed} bytes of data ({dtype.str} {shape}), the file "
+                    f"holds {held}"
+                )
+            flat = np.empty(math.prod(shape), dtype=dtype)  # the claim matched the file: this is its size
+            read = handle.readinto(flat.view(np.uint8).data)
+    except OSError as e:
+        raise SpecError(f"{path.name}: unreadable ({e})") from e
+    except ValueError as e:  # numpy: bad magic, header too long or malformed
+        raise SpecError(f"{path.name}: not a valid .npy file ({e})") from e
+    if read != claimed:
+        raise SpecError(f"{path.name}: changed while being read")
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
 def _load(root: Path, name: Any, samples: int) -> np.ndarray:
     if not isinstance(name, str):
         raise SpecError(f"golden file name {name!r}: expected a string")
     path = root / name
     if not path.resolve().is_relative_to(root.resolve()):
         raise SpecError(f"golden file {name!r} escapes the bundle")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SpecError(f"golden file {name}: unreadable ({e})") from e
+    array = read_npy(path)
     if array.ndim < 1 or array.shape[0] != samples:
         raise SpecError(f"golden file {name}: {array.shape[:1]} samples, golden.json says {samples}")
     return array
@@ -232,6 +295,8 @@ def _stored(root: Path, mapping: Any, samples: int, what: str) -> dict[str, _Sto
     result = {}
     for name, value in mapping.items():
         if isinstance(value, dict):
+            if set(value) != {"file", "select"}:
+                raise SpecError(f"golden/golden.json: {what}[{name!r}] must hold exactly 'file' and 'select'")
             count = value.get("select")
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise SpecError(f"golden/golden.json: {what}[{name!r}].select must be a positive integer")
@@ -270,18 +335,51 @@ class _Golden:
         return np.asarray(stored.values[index]) if self.runs else stored.values[index : index + 1]
 
 
+def _tolerance(value: Any) -> GoldenTolerance:
+    """The bundle's tolerance, bounded: it may tighten the defaults, never switch the self-test off."""
+    if not isinstance(value, dict) or not set(value) <= {"min_sqnr_db", "min_agreement"}:
+        raise SpecError("golden/golden.json: tolerance must be an object with min_sqnr_db and min_agreement")
+    bounds = {"min_sqnr_db": (MIN_SQNR_FLOOR_DB, MAX_SQNR_DB), "min_agreement": (MIN_AGREEMENT_FLOOR, 1.0)}
+    checked: dict[str, float] = {}
+    for key, number in value.items():
+        low, high = bounds[key]
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+            or not low <= number <= high
+        ):
+            raise SpecError(
+                f"golden/golden.json: tolerance.{key} is {number!r}, "
+                f"expected a number in [{low:g}, {high:g}] "
+                "(a bundle may make its self-test stricter, never switch it off)"
+            )
+        checked[key] = float(number)
+    return GoldenTolerance(**checked)
+
+
 def _open(root: Path, preprocess: Any) -> _Golden:
+    from signing.errors import FormatError
+    from signing.strict_json import parse_strict
+
     try:
-        document = json.loads((root / GOLDEN_DIR / "golden.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        with open(root / GOLDEN_DIR / "golden.json", "rb") as handle:
+            data = handle.read(_MAX_GOLDEN_JSON_BYTES + 1)
+        document = parse_strict(data, what="golden/golden.json", max_bytes=_MAX_GOLDEN_JSON_BYTES)
+    except OSError as e:
         raise SpecError(f"golden/golden.json: unreadable ({e})") from e
+    except FormatError as e:
+        raise SpecError(str(e)) from e
     if not isinstance(document, dict) or document.get("schema") not in (
         GOLDEN_SCHEMA,
         GOLDEN_SCHEMA_SELECTIONS,
     ):
         raise SpecError(f"golden/golden.json: schema must be {GOLDEN_SCHEMA} or {GOLDEN_SCHEMA_SELECTIONS}")
+    for key in ("inputs", "outputs"):
+        if not isinstance(document.get(key), dict) or not document[key]:
+            raise SpecError(f"golden/golden.json: {key} must be a non-empty object of name -> file")
     if document["schema"] == GOLDEN_SCHEMA and any(
-        isinstance(v, dict) for key in ("inputs", "outputs") for v in dict(document.get(key) or {}).values()
+        isinstance(v, dict) for key in ("inputs", "outputs") for v in document[key].values()
     ):
         raise SpecError(f"golden/golden.json: selections need schema {GOLDEN_SCHEMA_SELECTIONS}")
     layout = document.get("layout", "batch")
@@ -292,10 +390,7 @@ def _open(root: Path, preprocess: Any) -> _Golden:
     samples = document.get("samples")
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= _MAX_SAMPLES:
         raise SpecError(f"golden/golden.json: samples must be an integer in 1..{_MAX_SAMPLES}")
-    try:
-        tolerance = GoldenTolerance(**document.get("tolerance", {}))
-    except TypeError as e:
-        raise SpecError(f"golden/golden.json: bad tolerance ({e})") from e
+    tolerance = _tolerance(document.get("tolerance", {}))
     inputs = _stored(root, document.get("inputs", {}), samples, "inputs")
     expected = _stored(root, document.get("outputs", {}), samples, "outputs")
     images = document.get("images", [])

@@ -6,13 +6,19 @@
     rt.feedback(result.prediction_id, true_label)
     rt.status()
 
-Store layout: `slots/a`, `slots/b` (verified private copies), `state.json` (atomic pointer), `inflight`
-(marker written around trial inferences), `telemetry.db`. Every persisted step is write-temp, fsync,
-rename; at start the runtime removes half-finished installs, turns an in-flight marker into a strike, and
-re-verifies the active slot, so a kill at any instant leaves a verified model that loads. The previous
-model keeps serving until the pointer swap and after any failure. The start-up steps live in
-`device_runtime._recovery`; loading a slot's verified files and the install-time self-test in
-`device_runtime._loading`.
+Store layout: `slots/a`, `slots/b` (verified private copies), `state.json` (atomic pointer), `reverted.json`
+(the journal of releases reverted here, written before the state.json of a revert), `inflight` (marker
+written around trial inferences), `telemetry.db`, `lock` (held by the one process using the store).
+Every persisted step is write-temp, fsync, rename; at start the runtime removes half-finished installs,
+turns an in-flight marker into a strike, and re-verifies the active slot, so a kill at any instant leaves a
+verified model that loads. The previous model keeps serving until the pointer swap and after any failure.
+The start-up steps live in `device_runtime._recovery`; loading a slot's verified files and the install-time
+self-test in `device_runtime._loading`.
+
+A full disk never stops a verified model from serving: recovery, trial bookkeeping and reverts keep their
+state in memory when it cannot be written and persist it later (`status()["storage"]` counts the failed
+writes); a trial inference whose in-flight marker cannot be written runs without it (counted). Installing
+is what needs space: it fails with `InstallError` (reason "storage") and the current model keeps serving.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import IO, Any
 
 from device_runtime._loading import Loaded, check_engine_version, load_model, self_test
 from device_runtime._recovery import (
+    apply_reverted,
     died_in_trial_inference,
     open_telemetry,
     rebuild_state,
@@ -38,13 +45,25 @@ from device_runtime._recovery import (
     verify_slots,
 )
 from device_runtime.config import RuntimeConfig
-from device_runtime.errors import EngineError, InputError, InstallError, NoModelError
+from device_runtime.errors import (
+    DeviceRuntimeError,
+    EngineError,
+    InputError,
+    InstallError,
+    NoModelError,
+    SpecError,
+)
 from device_runtime.state import (
     SlotRecord,
     State,
+    StoreLock,
     TrialState,
     atomic_write,
+    is_storage_error,
+    load_reverted,
     load_state,
+    merge_bad,
+    save_reverted,
     save_state,
 )
 from signing.atomic import fsync_dir
@@ -56,6 +75,10 @@ from signing.verify import VerifiedBundle, VerifyPolicy, verify_directory, verif
 __all__ = ["InstallResult", "PredictionResult", "Runtime"]
 
 FEEDBACK_MEMORY = 1000  # predictions remembered for feedback
+PERSIST_RETRY_SECONDS = 5.0  # seconds between attempts to persist a state a full disk refused
+# Errors that malformed signed content can raise from the parsers it reaches (numpy, json, the engines'
+# wrappers); after the typed checks these are a last line of defence: refused as "malformed", never raised.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, MemoryError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -96,8 +119,40 @@ def _reason(error: BaseException) -> str:
     return type(error).__name__
 
 
+def _install_error(error: BaseException) -> VerificationError | InstallError | None:
+    """The typed error an install raises for `error` (None: not ours to translate, e.g. KeyboardInterrupt).
+
+    Whatever a signed bundle holds, a refusal is a VerificationError (do not trust) or an InstallError with
+    a reason code (trusted but not installable here); never a raw parser, numpy or OS error.
+    """
+    if isinstance(error, VerificationError | InstallError):
+        return error
+    if isinstance(error, OSError):
+        reason = "storage" if is_storage_error(error) else "io"
+        return InstallError(f"cannot read or write the bundle ({reason}): {error}", reason=reason)
+    if isinstance(error, SpecError):
+        return InstallError(f"the bundle's preprocessing spec is invalid: {error}", reason="spec")
+    if isinstance(error, EngineError):
+        return InstallError(f"the engine cannot load the bundle's model: {error}", reason="engine")
+    if isinstance(error, InputError):
+        return InstallError(f"the golden inputs do not fit the model: {error}", reason="self-test")
+    if isinstance(error, DeviceRuntimeError):
+        return InstallError(str(error), reason=_reason(error))
+    if isinstance(error, _MALFORMED | UnicodeError):
+        text = f"{type(error).__name__}: {error}"[:300]
+        return InstallError(f"the bundle's signed contents are malformed ({text})", reason="malformed")
+    if isinstance(error, Exception):
+        text = f"{type(error).__name__}: {error}"[:300]
+        return InstallError(f"the install failed unexpectedly ({text})", reason="internal")
+    return None
+
+
 class Runtime:
-    """One model on one device, with A/B slots. Thread-safe; one Runtime per store directory."""
+    """One model on one device, with A/B slots. Thread-safe; one Runtime per store directory.
+
+    Raises:
+        StoreLockedError: another process (or another open Runtime) uses this store.
+    """
 
     def __init__(self, config: RuntimeConfig) -> None:
         self._config = config
@@ -106,19 +161,36 @@ class Runtime:
         self._marker_name = str(self._marker_path)
         self._prediction_prefix = uuid.uuid4().hex[:16]
         self._prediction_count = 0
-        (self._root / "slots").mkdir(parents=True, exist_ok=True)
-        self._keys: list[PublicKey] = [load_public_key(k) for k in config.trusted_keys]
-        self._lock = threading.RLock()
-        self.telemetry = open_telemetry(self._root / "telemetry.db", config)
-        self._loaded: Loaded | None = None
-        self._manifests: dict[str, BundleManifest] = {}
-        self._feedback: OrderedDict[str, tuple[str, Any, int | None]] = OrderedDict()
-        self._state = self._recover()
+        self._root.mkdir(parents=True, exist_ok=True)
+        # Taken before anything is read or removed: start-up removes `.incoming-*`, which must never be
+        # another process's install in progress.
+        self._store_lock = StoreLock(self._root, "store")
+        try:
+            (self._root / "slots").mkdir(exist_ok=True)
+            self._keys: list[PublicKey] = [load_public_key(k) for k in config.trusted_keys]
+            self._lock = threading.RLock()
+            self.telemetry = open_telemetry(self._root / "telemetry.db", config)
+            self._loaded: Loaded | None = None
+            self._manifests: dict[str, BundleManifest] = {}
+            self._feedback: OrderedDict[str, tuple[str, Any, int | None]] = OrderedDict()
+            self._journaled: tuple[str, ...] = ()  # what reverted.json holds on disk
+            self._unsaved = False  # the state in memory is newer than state.json (a write failed)
+            self._next_persist = 0.0  # time.monotonic() of the next retry while unsaved
+            self._write_failures = 0  # state or journal writes that failed (full disk, read-only)
+            self._marker_failures = 0  # trial inferences served without their in-flight marker
+            self._recover()
+        except BaseException:
+            self._store_lock.release()
+            raise
 
     # ---- paths and persistence -------------------------------------------------------------------
     @property
     def _state_path(self) -> Path:
         return self._root / "state.json"
+
+    @property
+    def _reverted_path(self) -> Path:
+        return self._root / "reverted.json"
 
     @property
     def _marker(self) -> Path:
@@ -127,9 +199,34 @@ class Runtime:
     def _slot_dir(self, slot: str) -> Path:
         return self._root / "slots" / slot
 
-    def _save(self, state: State) -> None:
+    def _write(self, state: State) -> None:
+        """Persist `state` (the journal first when it names a newly reverted release), then adopt it.
+
+        Raises:
+            OSError: the store cannot be written; nothing was adopted.
+        """
+        if not set(state.bad_releases) <= set(self._journaled):
+            journal = merge_bad(self._journaled, state.bad_releases)
+            save_reverted(self._reverted_path, journal)
+            self._journaled = journal
         save_state(self._state_path, state)
         self._state = state
+        self._unsaved = False
+
+    def _save(self, state: State) -> None:
+        """Adopt `state` and persist it; when the store cannot be written (full disk) it stays in memory
+        and is persisted later (`_retry_persist`): serving never waits for the disk."""
+        try:
+            self._write(state)
+        except OSError:
+            self._state = state
+            self._unsaved = True
+            self._write_failures += 1
+            self._next_persist = time.monotonic() + PERSIST_RETRY_SECONDS
+
+    def _retry_persist(self) -> None:
+        if self._unsaved and time.monotonic() >= self._next_persist:
+            self._save(self._state)
 
     def _policy(self) -> VerifyPolicy:
         return VerifyPolicy(
@@ -140,10 +237,12 @@ class Runtime:
         )
 
     # ---- start-up recovery (the steps are in device_runtime._recovery) ---------------------------
-    def _recover(self) -> State:
+    def _recover(self) -> None:
         now = self._config.clock()
         remove_unfinished_installs(self._root / "slots")
-        state = load_state(self._state_path) or rebuild_state(self._verify_slot, now)
+        self._journaled = load_reverted(self._reverted_path)
+        state = load_state(self._state_path) or rebuild_state(self._verify_slot, now, self._journaled)
+        state = apply_reverted(state, self._journaled, now)
         if died_in_trial_inference(self._marker, state):
             assert state.active is not None
             self.telemetry.record(
@@ -151,8 +250,7 @@ class Runtime:
             )
             state = self._strike(state, now, "crash: the process died during an inference")
         state = verify_slots(state, self._verify_slot, now)
-        save_state(self._state_path, state)
-        return state
+        self._save(state)  # a full disk: serve from memory, persist later
 
     def _verify_slot(self, slot: str) -> SlotRecord | None:
         path = self._slot_dir(slot)
@@ -191,7 +289,7 @@ class Runtime:
             active=state.previous,
             previous=None,
             trial=None,
-            bad_releases=(*state.bad_releases, reverted.bundle_id)[-20:],
+            bad_releases=merge_bad(state.bad_releases, (reverted.bundle_id,)),
         ).with_event(now, "reverted", version=reverted.version, reasons=list(trial.reasons))
 
     def _after_trial_inference(self, now: float) -> None:
@@ -224,9 +322,13 @@ class Runtime:
 
         Raises:
             VerificationError: the bundle must not be trusted (including rollback and other hardware).
-            InstallError: verified but not installable here (self-test, runtime requirements).
+            InstallError: verified but not installable here, with a `reason` code: self-test, golden,
+                labels, spec, engine, malformed (signed contents that do not parse), runtime-requirement,
+                previously-reverted, storage (the disk is full), io. Recorded in telemetry; the current
+                model keeps serving.
         """
         with self._lock:
+            self._retry_persist()
             now = self._config.clock()
             state = self._state
             incoming = self._root / "slots" / f".incoming-{uuid.uuid4().hex}"
@@ -247,11 +349,15 @@ class Runtime:
                 quality = self_test(incoming, loaded)
             except BaseException as e:
                 shutil.rmtree(incoming, ignore_errors=True)
-                if isinstance(e, VerificationError | InstallError | EngineError):
-                    self.telemetry.record(
-                        "install", outcome="refused", reason=_reason(e), detail=str(e)[:300]
-                    )
-                raise
+                typed = _install_error(e)
+                if typed is None:
+                    raise
+                self.telemetry.record(
+                    "install", outcome="refused", reason=_reason(typed), detail=str(typed)[:300]
+                )
+                if typed is e:
+                    raise
+                raise typed from e
             return self._activate(incoming, verified, loaded, quality, now)
 
     def _check_installable(self, verified: VerifiedBundle, state: State) -> None:
@@ -280,7 +386,7 @@ class Runtime:
         target = "b" if state.active is not None and state.active.slot == "a" else "a"
         try:
             if state.previous is not None and state.previous.slot == target:  # its slot is about to be reused
-                self._save(replace(state, previous=None))
+                self._write(replace(state, previous=None))
             shutil.rmtree(self._slot_dir(target), ignore_errors=True)
             os.replace(incoming, self._slot_dir(target))
             fsync_dir(self._root / "slots")
@@ -296,7 +402,15 @@ class Runtime:
         new_state = replace(
             self._state, previous=self._state.active, active=record, trial=TrialState(started=now)
         )
-        self._save(new_state.with_event(now, "activated", version=manifest.version, slot=target))  # the swap
+        try:
+            self._write(new_state.with_event(now, "activated", version=manifest.version, slot=target))  # swap
+        except OSError as e:  # not swapped: state.json still names the old model, whose slot is untouched
+            shutil.rmtree(self._slot_dir(target), ignore_errors=True)
+            self._manifests.pop(target, None)
+            self.telemetry.record("install", outcome="failed", reason="storage", detail=str(e)[:300])
+            raise InstallError(
+                f"cannot write the state to activate the new slot: {e}", reason="storage"
+            ) from e
         loaded.record = record
         self._loaded = loaded
         self.telemetry.record(
@@ -338,20 +452,21 @@ class Runtime:
         from device_runtime.preprocess import prepare_inputs
 
         with self._lock:
+            if self._unsaved:
+                self._retry_persist()
             loaded = self._ensure_loaded()
             feeds = prepare_inputs(loaded.spec, request)
             in_trial = self._state.trial is not None
-            if in_trial:
-                atomic_write(self._marker, json.dumps({"bundle_id": loaded.record.bundle_id}).encode())
+            marked = in_trial and self._write_marker(loaded.record.bundle_id)
             started = time.perf_counter()
             try:
                 outputs = loaded.engine.run(feeds)
             except InputError:
-                if in_trial:
+                if marked:
                     self._clear_marker()
                 raise
             except EngineError as e:
-                if in_trial:
+                if marked:
                     self._clear_marker()
                 self.telemetry.record_inference(loaded.record.bundle_id, loaded.record.version, 0.0, ok=False)
                 if in_trial:
@@ -360,7 +475,7 @@ class Runtime:
                     )
                 raise
             latency_ms = 1000.0 * (time.perf_counter() - started)
-            if in_trial:
+            if marked:
                 self._clear_marker()
             self.telemetry.record_inference(
                 loaded.record.bundle_id, loaded.record.version, latency_ms, ok=True
@@ -372,6 +487,16 @@ class Runtime:
                 else:
                     self._after_trial_inference(now)
             return self._result(loaded, outputs, latency_ms)
+
+    def _write_marker(self, bundle_id: str) -> bool:
+        """Write the in-flight marker; False (counted) when the disk refuses it: the inference still runs,
+        only a crash during it would go unnoticed."""
+        try:
+            atomic_write(self._marker, json.dumps({"bundle_id": bundle_id}).encode())
+        except OSError:
+            self._marker_failures += 1
+            return False
+        return True
 
     def _clear_marker(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -483,6 +608,11 @@ class Runtime:
                 else self._manifests.get(state.active.slot, None)
                 and self._manifests[state.active.slot].runtime.engine,
                 "telemetry": self._telemetry_stats(),
+                "storage": {
+                    "unsaved": self._unsaved,
+                    "write_failures": self._write_failures,
+                    "marker_failures": self._marker_failures,
+                },
                 "history": list(state.history[-10:]),
             }
 
@@ -499,6 +629,7 @@ class Runtime:
         asked for by a signed rollout plan passes False, since the operator may roll the release out again.
         """
         with self._lock:
+            self._retry_persist()
             state = self._state
             if state.previous is None or state.active is None:
                 return False
@@ -517,7 +648,7 @@ class Runtime:
                     active=state.previous,
                     previous=None,
                     trial=None,
-                    bad_releases=(*state.bad_releases, reverted.bundle_id)[-20:]
+                    bad_releases=merge_bad(state.bad_releases, (reverted.bundle_id,))
                     if mark_bad
                     else state.bad_releases,
                 ).with_event(now, "reverted", version=reverted.version, reasons=[reason])
@@ -526,5 +657,11 @@ class Runtime:
             return True
 
     def close(self) -> None:
-        """Flush telemetry and release the database."""
-        self.telemetry.close()
+        """Flush telemetry, release the database and the store (idempotent for the store lock)."""
+        try:
+            with self._lock:
+                if self._unsaved:
+                    self._save(self._state)
+            self.telemetry.close()
+        finally:
+            self._store_lock.release()

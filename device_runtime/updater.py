@@ -61,6 +61,7 @@ from device_runtime.rollout_plan import (
     parse_plan,
     plan_target_path,
 )
+from device_runtime.state import StoreLock, is_storage_error
 from signing.errors import VerificationError
 from signing.manifest import NAME_PATTERN
 
@@ -238,9 +239,16 @@ class _Installer(Protocol):
 
 
 class Updater:
-    """TUF-verified updates of one model on one device. Thread-safe; one Updater per metadata directory."""
+    """TUF-verified updates of one model on one device. Thread-safe; one Updater per metadata directory.
+
+    The metadata directory is locked for the updater's life (`close` releases it): a second Updater on it,
+    in this process or another, raises `StoreLockedError` naming the holder, instead of two processes
+    writing the same metadata cache and downloads.
+    """
 
     def __init__(self, config: UpdaterConfig, *, fetcher: FetcherInterface | None = None) -> None:
+        config.metadata_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._store_lock = StoreLock(config.metadata_dir, "metadata directory")
         self._config = config
         self._fetcher = fetcher or BoundedFetcher(
             timeout_s=config.timeout_s,
@@ -253,6 +261,10 @@ class Updater:
     def config(self) -> UpdaterConfig:
         """The configuration this updater was built from."""
         return self._config
+
+    def close(self) -> None:
+        """Release the metadata directory (idempotent)."""
+        self._store_lock.release()
 
     def _session(self) -> _NgUpdater:
         """A fresh ngclient Updater (one refresh each), bootstrapped from the app's root, never the cache."""
@@ -347,13 +359,23 @@ class Updater:
                     )
                 path = self._download(session, info, ".ekb")
             except (UpdaterError, PlanError) as e:
-                logger.warning("update refused (%s): %s", e.reason, e)
+                # str(e): a log record must not keep the traceback (and this updater's lock) alive
+                logger.warning("update refused (%s): %s", e.reason, str(e))
                 return Outcome("refused", e.reason, decision, release, detail=str(e))
+            except Exception as e:  # never raise for a refused update: the device keeps its model
+                reason = "storage" if is_storage_error(e) else "internal"
+                logger.warning("update refused (%s): %s", reason, str(e), exc_info=reason == "internal")
+                return Outcome("refused", reason, decision, release, detail=f"{type(e).__name__}: {e}"[:300])
             try:
                 result = runtime.install(path)
             except (VerificationError, DeviceRuntimeError) as e:  # the runtime recorded its telemetry
                 reason = getattr(e, "reason", None) or _reason(e)
                 return Outcome("refused", f"install-{reason}", decision, release, bundle_id, str(e))
+            except Exception as e:  # an installer that raised untyped: refused all the same, logged
+                reason = "storage" if is_storage_error(e) else "internal"
+                logger.warning("install refused (%s): %s", reason, str(e), exc_info=reason == "internal")
+                detail = f"{type(e).__name__}: {e}"[:300]
+                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, detail)
             finally:
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -396,9 +418,13 @@ class Updater:
         try:
             with _tuf_errors("download"):
                 session.download_target(info, filepath=str(partial))
-            with open(partial, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(partial, final)
+            try:
+                with open(partial, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(partial, final)
+            except OSError as e:
+                reason = "storage" if is_storage_error(e) else "io"
+                raise UpdaterError(f"cannot store the download {final.name}: {e}", reason=reason) from e
         except BaseException:
             with contextlib.suppress(OSError):
                 partial.unlink()
@@ -416,6 +442,7 @@ def _tuf_errors(step: str) -> Iterator[None]:
     except tuf_exceptions.RepositoryError as e:
         raise MetadataError(f"{step}: {type(e).__name__}: {e}", reason=_reason(e)) from e
     except OSError as e:
-        raise UpdaterError(f"{step}: cannot write the cache: {e}", reason="storage") from e
+        reason = "storage" if is_storage_error(e) else "io"
+        raise UpdaterError(f"{step}: cannot write the cache: {e}", reason=reason) from e
     except ValueError as e:  # ngclient: a malformed bootstrap root or argument
         raise MetadataError(f"{step}: {e}", reason="bad-metadata") from e

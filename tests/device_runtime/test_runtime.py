@@ -553,19 +553,27 @@ def test_leftover_incoming_directory_is_removed_at_start(
     serves(rt, "1.0.0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a rebuilt state.json trusts the newest verifying slot, so a release reverted on "
-    "this device (its bytes still in the other slot) becomes the committed active model again",
-)
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage"])
 def test_a_reverted_release_stays_reverted_when_state_json_is_lost(
-    tmp_path: Path, releases: Releases, templates: dict[str, Path], runtimes: Any
+    tmp_path: Path, releases: Releases, templates: dict[str, Path], runtimes: Any, damage: str
 ) -> None:
     store = reset_store(templates["one"], tmp_path / "store")
     rt = runtimes(store, releases)
     rt.install(releases.bundles["1.1.0"])
     assert rt.revert("bad") is True
     rt.close()
-    (store / "state.json").unlink()
+    path = store / "state.json"
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        path.write_bytes(b"\x00\xff garbage" * 9)
     rt = runtimes(store, releases)
-    assert rt.status()["active"]["version"] == "1.0.0"
+    status = rt.status()
+    assert status["active"]["version"] == "1.0.0" and status["previous"] is None
+    assert releases.bundle_ids["1.1.0"] in status["bad_releases"]
+    serves(rt, "1.0.0")
+    with pytest.raises(InstallError) as refused:  # still refused as a reverted release
+        rt.install(releases.bundles["1.1.0"])
+    assert refused.value.reason == "previously-reverted"

@@ -336,6 +336,7 @@ def test_a_root_planted_in_the_metadata_cache_is_never_trusted(
     """Attack 25: the cache is writable; the trust anchor is the root the app ships."""
     updater = Updater(world.config())
     updater.check()
+    updater.close()  # one Updater per metadata directory: the redirected one below takes it over
     # The attacker runs its own repository (own keys) and can write the device's metadata cache.
     evil = TufRepository.init(
         tmp_path / "evil", offline_keys_dir=tmp_path / "evil-offline", release_keys=[releases.public_key]
@@ -385,9 +386,11 @@ def test_a_bundle_larger_than_the_cap_is_not_downloaded(world: World, runtime: R
 
 
 def test_no_plan_and_no_server_are_typed_errors(world: World) -> None:
+    beta = Updater(world.config(channel="beta"))
     with pytest.raises(PlanError) as caught:
-        Updater(world.config(channel="beta")).check()
+        beta.check()
     assert caught.value.reason == "no-plan"
+    beta.close()  # the error's traceback keeps it alive; the metadata directory is one Updater's at a time
     world.server.close()
     with pytest.raises(TransportError):
         Updater(world.config(timeout_s=2.0, speed_grace_s=1.0)).check()

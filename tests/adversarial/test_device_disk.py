@@ -125,7 +125,7 @@ def test_the_updater_reports_a_full_disk_as_a_refused_outcome(
     repo = TufRepository.init(tmp_path / "data", offline_keys_dir=offline, release_keys=[releases.public_key])
     for version in ("1.0.0", "1.1.0"):
         repo.add_bundle(releases.bundles[version], offline_keys_dir=offline)
-    repo.set_plan("tiny", "stable", make_plan("complete", stage_index=3))
+    repo.set_plan("tiny", "stable", make_plan("complete", stage_index=3, bundle_ids=releases.bundle_ids))
     server = RepoServer(repo.data_dir / "repo")
     downloads = store.parent / "downloads" if full == "downloads" else tmp_path / "device" / "downloads"
     downloads.mkdir(parents=True)

@@ -184,9 +184,14 @@ def test_a_hostile_bundle_through_tuf_is_a_refused_outcome(
     offline = tmp_path / "offline"
     repo = TufRepository.init(tmp_path / "data", offline_keys_dir=offline, release_keys=[releases.public_key])
     repo.add_bundle(releases.bundles["1.0.0"], offline_keys_dir=offline)
-    repo.add_bundle(hostile, offline_keys_dir=offline)
-    plan = make_plan("complete", stage_index=3)
-    plan["target"] = {"version": "1.3.0", "release_counter": 4, "target_path": "bundles/tiny/tiny-1.3.0.ekb"}
+    published = repo.add_bundle(hostile, offline_keys_dir=offline)
+    plan = make_plan("complete", stage_index=3, bundle_ids=releases.bundle_ids)
+    plan["target"] = {
+        "version": "1.3.0",
+        "release_counter": 4,
+        "target_path": "bundles/tiny/tiny-1.3.0.ekb",
+        "bundle_id": published.custom["bundle_id"],
+    }
     repo.set_plan("tiny", "stable", plan)
     server = RepoServer(repo.data_dir / "repo")
     updater = Updater(

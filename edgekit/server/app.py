@@ -47,6 +47,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from edgekit.rollout.gates import GateConfig
 from edgekit.rollout.plan import PlanError
@@ -276,6 +277,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()][:5]
         return JSONResponse({"error": "invalid request", "problems": problems}, status_code=400)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, error: ClientDisconnect) -> Response:
+        # The client left mid-body (or the front closed a slow one): nobody reads this, and it is no error.
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, error: Exception) -> JSONResponse:  # never a traceback to clients

@@ -122,14 +122,9 @@ function rolloutCard(r) {
   return el("section", {class: "card rollout"},
     el("h2", {}, `${p.model} ${target.version} over ${baseline.version}`, el("span", {class: `badge ${state}`}, p.state)),
     el("div", {}, `channel ${p.channel}, rollout ${p.rollout_id}`, p.reason ? ` - ${p.reason}` : ""),
-    el("div", {}, latestAlert(r)),
     ladder,
     el("div", {class: "legend"}, el("span", {class: "t"}, "treatment"), el("span", {class: "c"}, "control")),
     charts, el("h3", {}, "decision log"), log);
-}
-function latestAlert(r) {  // the latest decision's alert, if any (e.g. telemetry the gates had to skip)
-  const last = (r.decisions || [])[(r.decisions || []).length - 1];
-  return last && last.alert ? el("span", {class: "anomaly"}, String(last.alert)) : "";
 }
 
 function fleetCard(devices) {
@@ -139,7 +134,7 @@ function fleetCard(devices) {
   for (const d of rows) {
     const bar = el("div", {class: "bar"});
     bar.style.width = `${Math.max(0, Math.round(300 * (num(d.devices) ? d.devices : 0) / total))}px`;  // CSSOM
-    table.append(el("tr", {}, el("td", {}, d.label), el("td", {}, fmt(d.devices)), el("td", {}, bar)));
+    table.append(el("tr", {}, el("td", {}, d.label), el("td", {}, Number.isInteger(d.devices) ? String(d.devices) : fmt(d.devices)), el("td", {}, bar)));
   }
   return el("section", {class: "card"}, el("h2", {}, "devices by running version (last 24 h)"), table);
 }

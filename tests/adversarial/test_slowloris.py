@@ -1,0 +1,54 @@
+"""Finding 6: 1,100 half-sent requests with the default file limit left 0 of 99 metadata polls answered.
+
+A real `edgekit serve` subprocess on loopback, with RLIMIT_NOFILE 1,024 (soft and hard, so the server
+cannot raise it), holds 1,100 slow connections for 20 s: most trickle request headers one byte at a time
+and never finish them, the others send complete headers and trickle a body. Whenever the server closes
+one, the attacker opens another. Meanwhile a device-style poller fetches timestamp.json on new
+connections: every poll must be answered. The only time bound is the poll's own client timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.adversarial._front import ServeProcess, Slowloris, copy_data, poll
+
+SLOW_CONNECTIONS = 1_100  # as in the finding: more than the file limit
+SLOW_BODIES = 200
+HOLD_S = 20.0
+POLLS = 40  # at most; the poller stops at HOLD_S
+
+
+@pytest.mark.slow
+def test_metadata_polls_are_answered_while_a_thousand_slow_clients_hold_connections(
+    deployment: Any, tmp_path: Path
+) -> None:
+    data_dir = copy_data(deployment, tmp_path / "data")
+    server = ServeProcess(data_dir, tmp_path / "serve.log", nofile=1024)
+    attacker = None
+    try:
+        assert poll(server.port) == 200
+        attacker = Slowloris(server.port, SLOW_CONNECTIONS, bodies=SLOW_BODIES).start()
+        time.sleep(1.0)  # let the server take the flood in before the first poll
+        results: list[int | str] = []
+        started = time.monotonic()
+        while len(results) < POLLS and time.monotonic() - started < HOLD_S:
+            results.append(poll(server.port, timeout_s=30.0))
+            time.sleep(0.25)
+        held = attacker.held()
+        answered = sum(result == 200 for result in results)
+        assert results and answered == len(results), (
+            f"{answered} of {len(results)} polls answered while {held} slow connections were held "
+            f"(opened {attacker.opened}, re-opened {attacker.reopened}): {results[:10]}\n"
+            f"{server.output()[-2000:]}"
+        )
+        assert attacker.opened >= SLOW_CONNECTIONS  # the flood was really there
+        assert server.process.poll() is None
+    finally:
+        if attacker is not None:
+            attacker.stop()
+        server.stop()

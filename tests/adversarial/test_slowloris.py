@@ -9,6 +9,7 @@ connections: every poll must be answered. The only time bound is the poll's own 
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -51,4 +52,35 @@ def test_metadata_polls_are_answered_while_a_thousand_slow_clients_hold_connecti
     finally:
         if attacker is not None:
             attacker.stop()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "start",
+    [b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"POST /v1/telemetry HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"],
+    ids=["headers", "body"],
+)
+def test_a_client_that_never_finishes_its_request_is_closed(
+    deployment: Any, tmp_path: Path, start: bytes
+) -> None:
+    data_dir = copy_data(deployment, tmp_path / "data")
+    server = ServeProcess(
+        data_dir, tmp_path / "serve.log", args=["--header-timeout", "1", "--body-timeout", "1"]
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(start)
+            received = b""
+            try:
+                while True:  # keep trickling; the server must end it (EOF), the 30 s timeout bounds the wait
+                    sock.sendall(b"a")
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    received += chunk
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+        assert not received.startswith(b"HTTP/1.1 200"), received[:200]
+        assert poll(server.port) == 200  # and the server goes on serving
+    finally:
         server.stop()

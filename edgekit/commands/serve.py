@@ -117,10 +117,8 @@ def serve(
     gates_file: Path | None,
 ) -> None:
     """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
-    import uvicorn
-
+    from edgekit.server import front
     from edgekit.server.app import ServerConfig, create_app
-    from edgekit.server.front import FrontLimits, connection_cap, protocol_class, raise_file_limit
     from edgekit.server.storage import StorageError, open_database
 
     if not (data_dir / "repo" / "metadata" / "root.json").is_file():
@@ -146,11 +144,11 @@ def serve(
             gates=gates,
         )
     )
-    limits = FrontLimits(
+    limits = front.FrontLimits(
         header_timeout_s=header_timeout, body_timeout_s=body_timeout, max_connections=max_connections
     )
-    file_limit, _ = raise_file_limit()
-    cap = connection_cap(limits, file_limit)
+    file_limit, _ = front.raise_file_limit()
+    cap = front.connection_cap(limits, file_limit)
     base = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
     click.echo(f"edgekit serve on http://{host}:{port}  (admin token from {where})")
     if public_dashboard:
@@ -166,14 +164,8 @@ def serve(
         f"front: headers within {header_timeout:g} s, bodies within {body_timeout:g} s, "
         f"at most {cap} connections (open-file limit {file_limit})"
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        http=protocol_class(limits, cap),
-        backlog=limits.backlog,
+    front.run(
+        front.FrontConfig(app, front=limits, host=host, port=port, log_level="warning", access_log=False)
     )
 
 

@@ -51,7 +51,7 @@ from starlette.requests import ClientDisconnect
 
 from edgekit.rollout.gates import GateConfig
 from edgekit.rollout.plan import PlanError
-from edgekit.server import ingest
+from edgekit.server import front, ingest
 from edgekit.server.guard import BearerRule, BearerTokens, SecurityHeaders
 from edgekit.server.health import HealthCheck
 from edgekit.server.metrics import Metrics
@@ -196,6 +196,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     metrics.describe("edgekit_http_requests_total", "counter", "HTTP requests by route and status.")
     metrics.describe("edgekit_gate_decisions_total", "counter", "Gate decisions by outcome.")
     metrics.describe("edgekit_rollouts", "gauge", "Rollouts by state.")
+    metrics.describe("edgekit_front_connections", "gauge", "Open client connections (this process).")
+    metrics.describe(
+        "edgekit_front_evicted_total", "counter", "Waiting clients closed to stay under the cap."
+    )
+    metrics.describe("edgekit_front_timed_out_total", "counter", "Clients closed for slow headers or body.")
     stop = threading.Event()
 
     def background() -> None:
@@ -302,6 +307,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             counts[plan.state] = counts.get(plan.state, 0) + 1
         for state in ("running", "paused", "halted", "rolled_back", "complete"):
             metrics.set("edgekit_rollouts", counts.get(state, 0), state=state)
+        seen = front.counters()
+        if any(seen.values()):  # served through the front (edgekit serve), not a bare uvicorn
+            metrics.set("edgekit_front_connections", seen["connections"])
+            metrics.set("edgekit_front_evicted_total", seen["evicted"])
+            metrics.set("edgekit_front_timed_out_total", seen["timed_out"])
         return metrics.render()
 
     @app.post("/v1/telemetry")

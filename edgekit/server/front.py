@@ -19,17 +19,34 @@ flow control and ASGI cycle stay uvicorn's):
 
 `raise_file_limit` lifts the soft RLIMIT_NOFILE to the hard one at start, and `connection_cap` keeps room
 under the limit for the accept burst (bounded by the listen backlog), database files and worker threads.
+
+Use: `run(FrontConfig(app, front=FrontLimits(...), host=..., port=...))`. The protocol is a module-level
+class reading its limits from the config, so `workers > 1` (the app as an import string) works as well:
+uvicorn pickles the config into each worker process, and each worker keeps its own connection registry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
+import sys
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FrontLimits", "connection_cap", "protocol_class", "raise_file_limit"]
+import uvicorn
+
+__all__ = [
+    "FrontConfig",
+    "FrontLimits",
+    "FrontProtocol",
+    "connection_cap",
+    "counters",
+    "raise_file_limit",
+    "run",
+]
 
 # Descriptors kept free under the file limit besides the accept burst: the listening socket, the event
 # loop, SQLite files (database, WAL, shared memory) for each worker thread's connection, log files.
@@ -94,7 +111,20 @@ class _Registry:
         return None
 
 
-def _base_protocol() -> type[asyncio.Protocol]:
+_REGISTRIES: weakref.WeakSet[_Registry] = weakref.WeakSet()  # this process's servers, for /metrics
+
+
+def counters() -> dict[str, int]:
+    """This process's front counters: open connections, evicted and timed-out clients (for /metrics)."""
+    registries = list(_REGISTRIES)
+    return {
+        "connections": sum(r.open for r in registries),
+        "evicted": sum(r.evicted for r in registries),
+        "timed_out": sum(r.timed_out for r in registries),
+    }
+
+
+def _base_protocol() -> Any:
     try:  # uvicorn[standard] brings httptools; h11 is uvicorn's own fallback
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -105,101 +135,145 @@ def _base_protocol() -> type[asyncio.Protocol]:
         return H11Protocol
 
 
-def protocol_class(limits: FrontLimits, cap: int) -> type[asyncio.Protocol]:
-    """A uvicorn HTTP protocol class (pass as `uvicorn.run(..., http=...)`) enforcing `limits` and `cap`.
+class FrontConfig(uvicorn.Config):
+    """uvicorn's Config with the front's limits; the HTTP protocol and listen backlog follow from them."""
 
-    The class carries the registry of its connections, so build one class per server.
-    """
-    base: Any = _base_protocol()
-    registry = _Registry(cap)
+    def __init__(self, app: Any, *, front: FrontLimits | None = None, **kwargs: Any) -> None:
+        self.front = front or FrontLimits()
+        kwargs.setdefault("http", FrontProtocol)
+        kwargs.setdefault("backlog", self.front.backlog)
+        super().__init__(app, **kwargs)
 
-    class FrontProtocol(base):  # type: ignore[misc, valid-type]
-        """uvicorn's protocol with header/body deadlines and eviction of the oldest waiting connection."""
 
-        front = registry
+def _registry(config: Any, server_state: Any) -> _Registry:
+    """The registry of one server (one per uvicorn Server, so one per worker process)."""
+    registry: _Registry | None = getattr(server_state, "edgekit_front", None)
+    if registry is None:
+        limits = getattr(config, "front", None) or FrontLimits()
+        registry = _Registry(connection_cap(limits))
+        server_state.edgekit_front = registry
+        _REGISTRIES.add(registry)
+    return registry
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._front_phase: str | None = None
-            self._front_generation = 0
-            self._front_timer: asyncio.TimerHandle | None = None
-            self._front_header_bytes = 0
-            self._front_counted = True
-            registry.open += 1
-            self._front_enter("headers")
-            while registry.open > registry.cap:
-                victim = registry.oldest_waiting()
-                if victim is None or victim is self:
-                    break  # everyone else is being answered: let them finish (the cap has headroom)
-                registry.evicted += 1
-                victim._front_drop(abort=True)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._front_forget()
-            super().connection_lost(exc)
+class FrontProtocol(_base_protocol()):  # type: ignore[misc]
+    """uvicorn's HTTP protocol with header/body deadlines and eviction of the oldest waiting connection."""
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._front_refresh()
-            if self._front_phase == "headers":
-                self._front_header_bytes += len(data)
-                if self._front_header_bytes > limits.max_header_bytes:
-                    self._front_drop(abort=False)
+    def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
+        super().__init__(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
+        self._front_limits: FrontLimits = getattr(config, "front", None) or FrontLimits()
+        self._front_registry = _registry(config, server_state)
+        self._front_phase: str | None = None
+        self._front_generation = 0
+        self._front_timer: asyncio.TimerHandle | None = None
+        self._front_header_bytes = 0
+        self._front_counted = False
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._front_refresh()
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        registry = self._front_registry
+        self._front_counted = True
+        registry.open += 1
+        self._front_enter("headers")
+        while registry.open > registry.cap:
+            victim = registry.oldest_waiting()
+            if victim is None or victim is self:
+                break  # everyone else is being answered: let them finish (the cap has headroom)
+            registry.evicted += 1
+            victim._front_drop(abort=True)
 
-        # -- phases --------------------------------------------------------------------------------------
-        def _front_refresh(self) -> None:
-            cycle = self.cycle
-            if self.transport is None or self.transport.is_closing():
-                phase = None
-            elif cycle is None or cycle.response_complete:
-                phase = "headers"  # waiting for the (next) request
-            elif cycle.more_body:
-                phase = "body"
-            else:
-                phase = "busy"  # the request is whole: the app is answering it
-            if phase != self._front_phase:
-                self._front_enter(phase)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._front_forget()
+        super().connection_lost(exc)
 
-        def _front_enter(self, phase: str | None) -> None:
-            self._front_unlist()
-            self._front_phase = phase
-            self._front_generation += 1
-            if phase in ("headers", "body"):
-                if phase == "headers":
-                    self._front_header_bytes = 0
-                registry.waiting[phase][self] = None
-                timeout = limits.header_timeout_s if phase == "headers" else limits.body_timeout_s
-                self._front_timer = self.loop.call_later(timeout, self._front_expire, self._front_generation)
-
-        def _front_expire(self, generation: int) -> None:
-            if generation == self._front_generation and self._front_phase in ("headers", "body"):
-                registry.timed_out += 1
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._front_refresh()
+        if self._front_phase == "headers":
+            self._front_header_bytes += len(data)
+            if self._front_header_bytes > self._front_limits.max_header_bytes:
                 self._front_drop(abort=False)
 
-        def _front_unlist(self) -> None:
-            if self._front_timer is not None:
-                self._front_timer.cancel()
-                self._front_timer = None
-            for waiting in registry.waiting.values():
-                waiting.pop(self, None)
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._front_refresh()
 
-        def _front_forget(self) -> None:
-            self._front_unlist()
-            self._front_phase = None
-            if self._front_counted:
-                self._front_counted = False
-                registry.open -= 1
+    # -- phases: headers (waiting for a request), body (waiting for its body), busy (being answered) ----
+    def _front_refresh(self) -> None:
+        cycle = self.cycle
+        if self.transport is None or self.transport.is_closing():
+            phase = None
+        elif cycle is None or cycle.response_complete:
+            phase = "headers"
+        elif cycle.more_body:
+            phase = "body"
+        else:
+            phase = "busy"
+        if phase != self._front_phase:
+            self._front_enter(phase)
 
-        def _front_drop(self, *, abort: bool) -> None:
-            """Close now; the descriptor is counted as free at once (the close completes on the loop)."""
-            self._front_forget()
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
+    def _front_enter(self, phase: str | None) -> None:
+        self._front_unlist()
+        self._front_phase = phase
+        self._front_generation += 1
+        if phase in ("headers", "body"):
+            if phase == "headers":
+                self._front_header_bytes = 0
+            self._front_registry.waiting[phase][self] = None
+            limits = self._front_limits
+            timeout = limits.header_timeout_s if phase == "headers" else limits.body_timeout_s
+            self._front_timer = self.loop.call_later(timeout, self._front_expire, self._front_generation)
 
-    return FrontProtocol
+    def _front_expire(self, generation: int) -> None:
+        if generation == self._front_generation and self._front_phase in ("headers", "body"):
+            self._front_registry.timed_out += 1
+            self._front_drop(abort=False)
+
+    def _front_unlist(self) -> None:
+        if self._front_timer is not None:
+            self._front_timer.cancel()
+            self._front_timer = None
+        for waiting in self._front_registry.waiting.values():
+            waiting.pop(self, None)
+
+    def _front_forget(self) -> None:
+        self._front_unlist()
+        self._front_phase = None
+        if self._front_counted:
+            self._front_counted = False
+            self._front_registry.open -= 1
+
+    def _front_drop(self, *, abort: bool) -> None:
+        """Close now; the descriptor counts as free at once (the close completes on the loop)."""
+        self._front_forget()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+def run(config: FrontConfig) -> None:
+    """Serve until interrupted, as `uvicorn.run` does: one process, or `config.workers` processes sharing
+    one listening socket (then the app must be an import string).
+
+    Raises:
+        SystemExit: the server did not start (uvicorn has logged why).
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config=config)
+    try:
+        if config.workers > 1:
+            if not isinstance(config.app, str):
+                raise ValueError("workers > 1 needs the app as an import string ('module:factory')")
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            config.load_app()
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if config.uds and os.path.exists(config.uds):
+            os.remove(config.uds)
+    if config.workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE

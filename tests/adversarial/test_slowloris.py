@@ -9,6 +9,7 @@ connections: every poll must be answered. The only time bound is the poll's own 
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ def test_metadata_polls_are_answered_while_a_thousand_slow_clients_hold_connecti
         )
         assert attacker.opened >= SLOW_CONNECTIONS  # the flood was really there
         assert server.process.poll() is None
+        status, metrics = server.http.request("GET", "/metrics")
+        evicted = re.search(r"^edgekit_front_evicted_total (\d+)", metrics, re.M)
+        assert status == 200 and evicted is not None and int(evicted.group(1)) > 0, metrics[-1500:]
     finally:
         if attacker is not None:
             attacker.stop()

@@ -242,3 +242,19 @@ def test_an_unauthenticated_admin_post_is_refused_before_its_body_is_read(
     assert headers.get("www-authenticate") == "Bearer"
     status, _, _ = fetch(served.http.base, path, method="POST", body=body, authorization=f"Bearer {ADMIN}")
     assert status in (400, 413)  # with the token, the body is read and refused for what it is
+
+
+def test_the_page_asks_for_its_token_and_draws_with_the_one_in_its_fragment(
+    chromium: str,  # noqa: F811
+    served: ServeProcess,
+    tmp_path: Path,
+) -> None:
+    base = served.http.base
+    empty = browse(chromium, tmp_path / "p1", "--dump-dom", f"{base}/dashboard")
+    assert empty.returncode == 0 and "needs its read-only token" in empty.stdout, empty.stdout[-2000:]
+    assert "devices by running version" not in empty.stdout
+    wrong = browse(chromium, tmp_path / "p2", "--dump-dom", f"{base}/dashboard#token=wrong")
+    assert "refused this token" in wrong.stdout
+    # under the real CSP, with the read-only token from the fragment: the page draws the data
+    right = browse(chromium, tmp_path / "p3", "--dump-dom", f"{base}/dashboard#token={VIEWER}")
+    assert "devices by running version" in right.stdout and "no rollouts yet" in right.stdout, right.stdout

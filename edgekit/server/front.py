@@ -12,10 +12,12 @@ flow control and ASGI cycle stay uvicorn's):
   opening (or of the previous response on a keep-alive connection), however slowly the bytes arrive, and
   within `max_header_bytes`;
 - a body deadline: once the headers are in, the whole body must arrive within `body_timeout_s`;
+- a read deadline for answers: a client that stops reading an answer (uvicorn's writes paused) has
+  `body_timeout_s` to take the next part of it;
 - a connection cap below the file limit: when a new connection would pass it, the oldest connection that
-  is waiting for a client (headers first, then bodies) is closed, so a flood of slow clients evicts itself
-  and a request that arrives whole is always read. A connection whose request is complete and being
-  answered is never evicted.
+  is waiting for a client (headers first, then bodies, then answers the client is not reading) is closed,
+  so a flood of slow clients evicts itself and a request that arrives whole is always read. A connection
+  whose request is complete and whose answer is being taken is never evicted.
 
 `raise_file_limit` lifts the soft RLIMIT_NOFILE to the hard one at start, and `connection_cap` keeps room
 under the limit for the accept burst (bounded by the listen backlog), database files and worker threads.
@@ -94,6 +96,10 @@ def connection_cap(limits: FrontLimits, file_limit: int | None = None) -> int:
     return max(16, min(limits.max_connections, room))
 
 
+# Phases in which a connection waits for its client, in the order they are evicted.
+_WAITING = ("headers", "body", "stalled")
+
+
 class _Registry:
     """Open connections of one server, and the ones waiting for their client in the order they began."""
 
@@ -102,10 +108,10 @@ class _Registry:
         self.open = 0
         self.evicted = 0
         self.timed_out = 0
-        self.waiting: dict[str, OrderedDict[Any, None]] = {"headers": OrderedDict(), "body": OrderedDict()}
+        self.waiting: dict[str, OrderedDict[Any, None]] = {phase: OrderedDict() for phase in _WAITING}
 
     def oldest_waiting(self) -> Any:
-        for phase in ("headers", "body"):  # an idle or half-sent request goes before a half-sent body
+        for phase in _WAITING:  # an idle or half-sent request goes first, an unread answer last
             if self.waiting[phase]:
                 return next(iter(self.waiting[phase]))
         return None
@@ -198,11 +204,21 @@ class FrontProtocol(_base_protocol()):  # type: ignore[misc]
         super().on_response_complete()
         self._front_refresh()
 
-    # -- phases: headers (waiting for a request), body (waiting for its body), busy (being answered) ----
+    def pause_writing(self) -> None:  # the client does not take the answer as fast as it is written
+        super().pause_writing()
+        self._front_refresh()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._front_refresh()
+
+    # -- phases: headers (waiting for a request), body (for its body), busy (being answered), stalled ----
     def _front_refresh(self) -> None:
         cycle = self.cycle
         if self.transport is None or self.transport.is_closing():
             phase = None
+        elif self.flow is not None and self.flow.write_paused:
+            phase = "stalled"
         elif cycle is None or cycle.response_complete:
             phase = "headers"
         elif cycle.more_body:
@@ -216,7 +232,7 @@ class FrontProtocol(_base_protocol()):  # type: ignore[misc]
         self._front_unlist()
         self._front_phase = phase
         self._front_generation += 1
-        if phase in ("headers", "body"):
+        if phase in _WAITING:
             if phase == "headers":
                 self._front_header_bytes = 0
             self._front_registry.waiting[phase][self] = None
@@ -225,9 +241,10 @@ class FrontProtocol(_base_protocol()):  # type: ignore[misc]
             self._front_timer = self.loop.call_later(timeout, self._front_expire, self._front_generation)
 
     def _front_expire(self, generation: int) -> None:
-        if generation == self._front_generation and self._front_phase in ("headers", "body"):
+        if generation == self._front_generation and self._front_phase in _WAITING:
             self._front_registry.timed_out += 1
-            self._front_drop(abort=False)
+            # close() would first flush what is buffered, which a client that stopped reading never takes
+            self._front_drop(abort=self._front_phase == "stalled")
 
     def _front_unlist(self) -> None:
         if self._front_timer is not None:

@@ -88,3 +88,33 @@ def test_a_client_that_never_finishes_its_request_is_closed(
         assert poll(server.port) == 200  # and the server goes on serving
     finally:
         server.stop()
+
+
+def test_a_client_that_stops_reading_its_answer_is_closed(deployment: Any, tmp_path: Path) -> None:
+    data_dir = copy_data(deployment, tmp_path / "data")
+    size = 256 << 20  # far more than the socket buffers between the two ends hold
+    with open(data_dir / "repo" / "targets" / "large.bin", "wb") as handle:
+        handle.truncate(size)  # sparse: costs no disk
+    server = ServeProcess(data_dir, tmp_path / "serve.log", args=["--body-timeout", "1"])
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"GET /repo/targets/large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            timed_out = 0
+            for _ in range(120):  # not reading; wait (bounded) until the server gives up on us
+                _status, metrics = server.http.request("GET", "/metrics")
+                found = re.search(r"^edgekit_front_timed_out_total (\d+)", metrics, re.M)
+                timed_out = int(found.group(1)) if found else 0
+                if timed_out:
+                    break
+                time.sleep(0.5)
+            assert timed_out >= 1, metrics[-1500:]
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert 0 < received < size  # the answer was cut, not sent whole
+        assert poll(server.port) == 200
+    finally:
+        server.stop()

@@ -15,9 +15,11 @@ let timer = null;
 function takeToken() {
   const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (match) {
-    try { sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1])); } catch (e) { /* storage off */ }
-    history.replaceState(null, "", location.pathname + location.search);
-    return decodeURIComponent(match[1]);
+    let token = match[1];
+    try { token = decodeURIComponent(token); } catch (e) { /* not %-encoded: use it as it is */ }
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* storage off: this page view only */ }
+    history.replaceState(null, "", location.pathname + location.search);  // out of the address bar
+    return token;
   }
   try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; }
 }

@@ -14,10 +14,19 @@ from edgekit.commands._common import handle_errors
 
 def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
     """The admin token from the environment, else from DATA/keys/admin.token (created 0600 once)."""
+    return _token(data_dir, env, "admin.token")
+
+
+def dashboard_token(data_dir: Path, env: str) -> tuple[str, str]:
+    """The read-only dashboard token from the environment, else DATA/keys/dashboard.token (0600, once)."""
+    return _token(data_dir, env, "dashboard.token")
+
+
+def _token(data_dir: Path, env: str, name: str) -> tuple[str, str]:
     value = os.environ.get(env)
     if value:
         return value, f"${env}"
-    path = data_dir / "keys" / "admin.token"
+    path = data_dir / "keys" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -47,6 +56,39 @@ def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
     help="Environment variable with the admin token (else DATA/keys/admin.token is used).",
 )
 @click.option(
+    "--dashboard-token-env",
+    default="EDGEKIT_DASHBOARD_TOKEN",
+    show_default=True,
+    help="Environment variable with the read-only dashboard token (else DATA/keys/dashboard.token).",
+)
+@click.option(
+    "--public-dashboard",
+    is_flag=True,
+    help="UNSAFE outside a lab: serve the dashboard and its data (the fleet's rollouts) without a token.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 600),
+    help="Seconds a client has to send a request's line and headers (slow clients are closed).",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 3600),
+    help="Seconds a client has to send a request's body once its headers are in.",
+)
+@click.option(
+    "--max-connections",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(16),
+    help="Open connections held at most (lower if the file limit needs it); past it the oldest slow "
+    "client is closed.",
+)
+@click.option(
     "--evaluate-every",
     default=60.0,
     show_default=True,
@@ -66,12 +108,16 @@ def serve(
     host: str,
     port: int,
     admin_token_env: str,
+    dashboard_token_env: str,
+    public_dashboard: bool,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
     evaluate_every: float,
     gates_file: Path | None,
 ) -> None:
     """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
-    import uvicorn
-
+    from edgekit.server import front
     from edgekit.server.app import ServerConfig, create_app
     from edgekit.server.storage import StorageError, open_database
 
@@ -86,17 +132,41 @@ def serve(
         raise click.ClickException(str(e)) from None
     gates = load_gates(gates_file)
     token, where = admin_token(data_dir, admin_token_env)
+    viewer, viewer_where = (None, "") if public_dashboard else dashboard_token(data_dir, dashboard_token_env)
     app = create_app(
         ServerConfig(
             data_dir=data_dir,
             database=database,
             admin_token=token,
+            dashboard_token=viewer,
+            public_dashboard=public_dashboard,
             evaluate_every_s=evaluate_every,
             gates=gates,
         )
     )
-    click.echo(f"edgekit serve on http://{host}:{port}  (dashboard /dashboard, admin token from {where})")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    limits = front.FrontLimits(
+        header_timeout_s=header_timeout, body_timeout_s=body_timeout, max_connections=max_connections
+    )
+    file_limit, _ = front.raise_file_limit()
+    cap = front.connection_cap(limits, file_limit)
+    base = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
+    click.echo(f"edgekit serve on http://{host}:{port}  (admin token from {where})")
+    if public_dashboard:
+        click.echo(
+            f"UNSAFE: --public-dashboard: anyone who can reach {base}/dashboard reads the fleet's rollouts",
+            err=True,
+        )
+        click.echo(f"dashboard: {base}/dashboard")
+    else:
+        # The token rides in the URL fragment: the browser never sends a fragment to any server.
+        click.echo(f"dashboard: {base}/dashboard#token={viewer}  (token from {viewer_where})")
+    click.echo(
+        f"front: headers within {header_timeout:g} s, bodies within {body_timeout:g} s, "
+        f"at most {cap} connections (open-file limit {file_limit})"
+    )
+    front.run(
+        front.FrontConfig(app, front=limits, host=host, port=port, log_level="warning", access_log=False)
+    )
 
 
 def load_gates(path: Path | None) -> Any:

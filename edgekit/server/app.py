@@ -8,17 +8,29 @@
     GET  /v1/admin/rollouts/{id}        one rollout and its decision log             (admin)
     POST /v1/admin/rollouts/{id}/{act}  pause | resume | abort | promote             (admin)
     POST /v1/admin/evaluate             run the gates now                            (admin)
-    GET  /healthz  /metrics  /openapi.json  /dashboard  /v1/dashboard
+    GET  /v1/dashboard                  the dashboard's data        (dashboard or admin bearer token)
+    GET  /dashboard  /static/...        the dashboard page, script and style (static: they hold no data)
+    GET  /healthz  /metrics  /openapi.json
 
-Every request body is size-capped before it is read whole, every JSON body is schema-checked, and no
-endpoint returns a traceback. The repository directory is plain static files: any web server or CDN can
-serve the same folder, so device polling need not touch this process at all.
+Admin and dashboard requests are authenticated (`Authorization: Bearer`, nothing else) before their body is
+read; every request body is size-capped before it is read whole, every JSON body is schema-checked, every
+answer carries a strict Content-Security-Policy and no-framing headers (guard.py), and no endpoint returns a
+traceback.
+
+The dashboard page is public and empty: its script takes the read-only token from the address's fragment
+(`/dashboard#token=...`, which browsers never send to a server), keeps it in the tab's sessionStorage,
+removes it from the address bar, and sends it as a bearer token to /v1/dashboard. The admin token reads the
+dashboard too; `public_dashboard` (`edgekit serve --public-dashboard`, for a lab) drops the token.
+
+The repository directory is plain static files: any web server or CDN can serve the same folder, so device
+polling need not touch this process at all. In front of the app, `edgekit serve` runs uvicorn with the
+protocol of front.py: header and body deadlines and a connection cap under the file limit (slowloris).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import logging
 import os
 import re
 import threading
@@ -29,16 +41,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from edgekit.rollout.gates import GateConfig
 from edgekit.rollout.plan import PlanError
-from edgekit.server import ingest
+from edgekit.server import front, ingest
+from edgekit.server.guard import BearerRule, BearerTokens, SecurityHeaders
+from edgekit.server.health import HealthCheck
 from edgekit.server.metrics import Metrics
 from edgekit.server.rollouts import ACTIONS, RolloutError, RolloutService, UnknownRolloutError
 from edgekit.server.storage import Database
@@ -47,6 +62,8 @@ from edgekit.server.tuf_repo import TufRepository
 __all__ = ["ServerConfig", "create_app"]
 
 MAX_ADMIN_BODY = 64 << 10  # bytes
+STATIC_DIR = Path(__file__).parent / "static"  # the dashboard's page, script and style (package data)
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,8 @@ class ServerConfig:
     data_dir: Path
     database: Database
     admin_token: str
+    dashboard_token: str | None = None  # read-only; None: only the admin token reads the dashboard
+    public_dashboard: bool = False  # UNSAFE outside a lab: the dashboard's data without any token
     evaluate_every_s: float = 60.0  # 0 disables the background evaluator
     refresh_metadata_every_s: float = 3600.0
     gates: GateConfig = field(default_factory=GateConfig)
@@ -156,8 +175,18 @@ class MetadataCache:
         return cached[1], cached[2]
 
 
+class _App(FastAPI):
+    """FastAPI whose every answer, the error handler's 500 included, carries the security headers."""
+
+    def build_middleware_stack(self) -> Any:
+        # Starlette's ServerErrorMiddleware sits outside user middleware: wrap the whole stack instead.
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """Build the app for one data directory and database."""
+    if not config.admin_token:
+        raise ValueError("ServerConfig.admin_token is empty: every admin request would be refused")
     db = config.database
     repo = TufRepository(config.data_dir, clock=config.clock)
     service = RolloutService(db, repo, config.gates, config.clock)
@@ -167,6 +196,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     metrics.describe("edgekit_http_requests_total", "counter", "HTTP requests by route and status.")
     metrics.describe("edgekit_gate_decisions_total", "counter", "Gate decisions by outcome.")
     metrics.describe("edgekit_rollouts", "gauge", "Rollouts by state.")
+    metrics.describe("edgekit_front_connections", "gauge", "Open client connections (this process).")
+    metrics.describe(
+        "edgekit_front_evicted_total", "counter", "Waiting clients closed to stay under the cap."
+    )
+    metrics.describe("edgekit_front_timed_out_total", "counter", "Clients closed for slow headers or body.")
     stop = threading.Event()
 
     def background() -> None:
@@ -192,7 +226,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         if thread is not None:
             thread.join(timeout=5)
 
-    app = FastAPI(
+    app = _App(
         title="edgekit rollout server",
         version="1",
         lifespan=lifespan,
@@ -208,6 +242,21 @@ def create_app(config: ServerConfig) -> FastAPI:
         on_reject=rejected,
         limits=lambda path: ingest.MAX_BATCH_BYTES if path == "/v1/telemetry" else MAX_ADMIN_BODY,
     )
+    # Added after the body limit, so it runs before it: a request is authenticated before its body is read.
+    readers = (config.admin_token, *((config.dashboard_token,) if config.dashboard_token else ()))
+    rules = [BearerRule("/v1/admin", (config.admin_token,), "admin token")]
+    if config.public_dashboard:
+        _log.warning("UNSAFE: the dashboard and its data are served without a token (public_dashboard)")
+    else:
+        rules.append(BearerRule("/v1/dashboard", readers, "dashboard token"))
+
+    def unauthenticated(prefix: str) -> None:
+        kind = "admin" if prefix == "/v1/admin" else "dashboard"
+        metrics.inc(f"edgekit_{kind}_rejected_total")
+
+    app.add_middleware(BearerTokens, rules=rules, on_reject=unauthenticated)
+    health = HealthCheck(db, config.clock)
+    app.state.health = health
     app.state.service = service  # for in-process tools and tests (replay, benchmarks)
     app.state.database = db
     repo_dir = config.data_dir / "repo"
@@ -229,16 +278,15 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app.mount("/repo", StaticFiles(directory=repo_dir), name="repo")
 
-    def admin(authorization: str | None = Header(default=None)) -> None:
-        supplied = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not hmac.compare_digest(supplied.encode(), config.admin_token.encode()):
-            metrics.inc("edgekit_admin_rejected_total")
-            raise HTTPException(401, "admin endpoints need `Authorization: Bearer <admin token>`")
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()][:5]
         return JSONResponse({"error": "invalid request", "problems": problems}, status_code=400)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, error: ClientDisconnect) -> Response:
+        # The client left mid-body (or the front closed a slow one): nobody reads this, and it is no error.
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, error: Exception) -> JSONResponse:  # never a traceback to clients
@@ -246,9 +294,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        db.execute("SELECT 1")
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        status, body = health.answer()
+        return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
@@ -259,20 +307,33 @@ def create_app(config: ServerConfig) -> FastAPI:
             counts[plan.state] = counts.get(plan.state, 0) + 1
         for state in ("running", "paused", "halted", "rolled_back", "complete"):
             metrics.set("edgekit_rollouts", counts.get(state, 0), state=state)
+        seen = front.counters()
+        if any(seen.values()):  # served through the front (edgekit serve), not a bare uvicorn
+            metrics.set("edgekit_front_connections", seen["connections"])
+            metrics.set("edgekit_front_evicted_total", seen["evicted"])
+            metrics.set("edgekit_front_timed_out_total", seen["timed_out"])
         return metrics.render()
 
     @app.post("/v1/telemetry")
     async def telemetry(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
         body = await request.body()
         # CPU and database work off the event loop, so polls are not stalled behind a batch.
-        outcome = await run_in_threadpool(ingest.ingest_batch, db, body, authorization, config.clock())
+        try:
+            outcome = await run_in_threadpool(ingest.ingest_batch, db, body, authorization, config.clock())
+        except Exception as e:  # answered 500 by `crashed`; /healthz reports it until a write succeeds
+            health.write_failed(e)
+            raise
+        if outcome.status >= 500:
+            health.write_failed(f"ingest answered {outcome.status}: {outcome.body}")
+        elif outcome.status == 200:
+            health.write_succeeded()
         result = {200: "stored", 409: "duplicate"}.get(outcome.status, "rejected")
         metrics.inc("edgekit_telemetry_batches_total", result=result)
         if outcome.status == 200:
             metrics.inc("edgekit_telemetry_events_total", outcome.body["events"])
         return JSONResponse(outcome.body, status_code=outcome.status)
 
-    @app.post("/v1/admin/devices", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/devices")  # admin: BearerTokens
     def register(device: DeviceRegistration) -> dict[str, str]:
         token = ingest.register_device(db, device.device_id, device.hardware_id, config.clock())
         return {"device_id": device.device_id, "token": token}
@@ -284,11 +345,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             "decisions": service.decisions(plan.rollout_id, limit),
         }
 
-    @app.get("/v1/admin/rollouts", dependencies=[Depends(admin)])
+    @app.get("/v1/admin/rollouts")  # admin: BearerTokens
     def rollouts() -> list[dict[str, Any]]:
         return [describe(p, 5) for p in service.plans()]
 
-    @app.post("/v1/admin/rollouts", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/rollouts")  # admin: BearerTokens
     def start(request: RolloutRequest) -> dict[str, Any]:
         try:
             plan = service.start(
@@ -304,14 +365,14 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise HTTPException(409, str(e)) from e
         return describe(plan)
 
-    @app.get("/v1/admin/rollouts/{rollout_id}", dependencies=[Depends(admin)])
+    @app.get("/v1/admin/rollouts/{rollout_id}")  # admin: BearerTokens
     def rollout(rollout_id: str) -> dict[str, Any]:
         try:
             return describe(service.plan(rollout_id), 500)
         except RolloutError as e:
             raise HTTPException(404, str(e)) from e
 
-    @app.post("/v1/admin/rollouts/{rollout_id}/{action}", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/rollouts/{rollout_id}/{action}")  # admin: BearerTokens
     def act(rollout_id: str, action: Literal["pause", "resume", "abort", "promote"]) -> dict[str, Any]:
         try:
             return describe(service.act(rollout_id, action))
@@ -320,7 +381,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         except RolloutError as e:
             raise HTTPException(409, str(e)) from e
 
-    @app.post("/v1/admin/evaluate", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/evaluate")  # admin: BearerTokens
     def evaluate_now() -> list[dict[str, Any]]:
         results = service.evaluate()
         for _, decision in results:
@@ -335,17 +396,17 @@ def create_app(config: ServerConfig) -> FastAPI:
             for plan, decision in results
         ]
 
-    @app.get("/v1/dashboard")
-    def dashboard_data() -> dict[str, Any]:
+    @app.get("/v1/dashboard")  # dashboard or admin token: BearerTokens
+    def dashboard_data() -> JSONResponse:
         from edgekit.server.dashboard import dashboard_data as collect
 
-        return collect(db, service)
+        return JSONResponse(collect(db, service), headers={"Cache-Control": "no-store"})
 
-    @app.get("/dashboard", response_class=HTMLResponse)
-    def dashboard() -> str:
-        from edgekit.server.dashboard import PAGE
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html; charset=utf-8")
 
-        return PAGE
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     assert set(ACTIONS) == {"pause", "resume", "abort", "promote"}
     return app

@@ -42,6 +42,8 @@ SCHEMA = [
         rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL,
         stage_index INTEGER NOT NULL, outcome TEXT NOT NULL, alert TEXT, records TEXT NOT NULL,
         PRIMARY KEY (rollout_id, seq))""",
+    # /healthz commits one row here to see whether writes work again after an ingest write failed.
+    "CREATE TABLE IF NOT EXISTS server_health (name TEXT PRIMARY KEY, time DOUBLE PRECISION NOT NULL)",
 ]
 
 

@@ -129,7 +129,7 @@ mapfile -t ids <"$demo/rollouts.txt"
 cpu() { local total=0 pid; for pid in "$@"; do total=$((total + $(ps -o times= -p "$pid" 2>/dev/null || echo 0))); done; echo "$total"; }
 echo "rollout demo took $(( $(date +%s) - started )) s (CPU: server $(cpu "${pids[0]}") s, device processes" \
   "$(cpu "${pids[@]:1}") s); logs and server data in $demo"
-echo "dashboard: $EDGEKIT_SERVER/dashboard"
+echo "dashboard: $EDGEKIT_SERVER/dashboard#token=$EDGEKIT_ADMIN_TOKEN  (the token stays in the fragment, never sent)"
 if [ "${FLEET_KEEP_SERVER:-0}" = 1 ]; then
   for ((i = 1; i < ${#pids[@]}; i++)); do kill "${pids[$i]}" 2>/dev/null || true; done
   echo "devices stopped; the server keeps running for the dashboard (admin token: \$EDGEKIT_ADMIN_TOKEN=$EDGEKIT_ADMIN_TOKEN). Ctrl-C to stop."

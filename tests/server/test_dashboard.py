@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.server.conftest import ADMIN_TOKEN
 from tests.server.fleet import HOUR, evaluate, fleet_telemetry, start_rollout
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,7 +53,7 @@ def test_dashboard_shows_stages_charts_decisions_and_fleet(chromium: str, fleet:
     fleet_telemetry(server, plan, tokens, clock.now, crash_every_hours=1.0)
     clock.now += 3 * HOUR
     assert evaluate(server)["state"] == "rolled_back"
-    url = f"{server.http.base}/dashboard"
+    url = f"{server.http.base}/dashboard#token={ADMIN_TOKEN}"  # the admin token reads the dashboard too
     dom = browse(chromium, tmp_path / "profile-dom", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout

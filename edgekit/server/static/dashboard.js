@@ -1,0 +1,184 @@
+// The rollout dashboard. Every value from the server is inserted as text (textContent, attributes set one
+// by one, CSSOM for sizes): nothing here parses HTML, so a device-controlled string is shown, never run.
+//
+// The read-only token comes from the address's fragment (/dashboard#token=...): browsers never send a
+// fragment to a server, so it stays out of access logs, proxies and Referer headers. It is kept in this
+// tab's sessionStorage, removed from the address bar, and sent as `Authorization: Bearer` to /v1/dashboard.
+"use strict";
+
+const TOKEN_KEY = "edgekit.dashboard.token";
+const SVG = "http://www.w3.org/2000/svg";
+const STATES = new Set(["running", "paused", "halted", "rolled_back", "complete"]);
+const OUTCOMES = new Set(["promote", "pass", "rollback", "hold"]);
+let timer = null;
+
+function takeToken() {
+  const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (match) {
+    let token = match[1];
+    try { token = decodeURIComponent(token); } catch (e) { /* not %-encoded: use it as it is */ }
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* storage off: this page view only */ }
+    history.replaceState(null, "", location.pathname + location.search);  // out of the address bar
+    return token;
+  }
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; }
+}
+
+// el("td", {class: "x"}, "text", child, ...): strings become text nodes, never markup.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  return fill(node, attrs, children);
+}
+function svg(tag, attrs, ...children) {
+  return fill(document.createElementNS(SVG, tag), attrs, children);
+}
+function fill(node, attrs, children) {
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null) node.setAttribute(name, String(value));
+  }
+  for (const child of children) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const num = v => typeof v === "number" && Number.isFinite(v);
+function fmt(v) {
+  if (v === null || v === undefined) return "-";
+  if (typeof v !== "number") return String(v);
+  if (!Number.isFinite(v)) return String(v);
+  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3);
+}
+function when(seconds) {
+  const date = new Date(Number(seconds) * 1000);
+  return Number.isNaN(date.getTime()) ? String(seconds) : date.toISOString();
+}
+// `anomalies` (a count, a list or an object of counts) and `alert`: shown as text when present.
+function anomalies(value) {
+  if (value === undefined || value === null || value === 0 || value === "") return "";
+  if (typeof value === "number") return `${value} anomal${value === 1 ? "y" : "ies"}`;
+  if (typeof value === "string") return value;
+  try { return JSON.stringify(value); } catch (e) { return String(value); }
+}
+
+function chart(name, points) {
+  const w = 300, h = 130, pad = 28;
+  const usable = points.filter(p => num(p.time));
+  const xs = usable.map(p => p.time);
+  const vals = usable.flatMap(p => [p.treatment, p.control]).filter(num);
+  if (!vals.length) return null;
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y1 = Math.max(...vals) || 1;
+  const X = t => x1 === x0 ? w / 2 : pad + (w - 2 * pad) * ((t - x0) / (x1 - x0));
+  const Y = v => h - pad - (h - 2 * pad) * (v / y1);
+  const picture = svg("svg", {width: w, height: h, role: "img", "aria-label": name},
+    svg("line", {x1: pad, y1: h - pad, x2: w - pad, y2: h - pad, stroke: "#a0aec0"}),
+    svg("line", {x1: pad, y1: pad, x2: pad, y2: h - pad, stroke: "#a0aec0"}),
+    svg("text", {x: 2, y: pad + 4, "font-size": 10}, fmt(y1)),
+    svg("text", {x: 2, y: h - pad + 4, "font-size": 10}, "0"));
+  for (const [key, color] of [["control", "#3182ce"], ["treatment", "#dd6b20"]]) {
+    const pts = usable.filter(p => num(p[key]));
+    picture.append(svg("polyline", {fill: "none", stroke: color, "stroke-width": 2,
+      points: pts.map(p => X(p.time) + "," + Y(p[key])).join(" ")}));
+    for (const p of pts) {
+      picture.append(svg("circle", {cx: X(p.time), cy: Y(p[key]), r: 3.5, fill: color},
+        svg("title", {}, `${key} ${fmt(p[key])}`)));
+    }
+  }
+  const last = usable[usable.length - 1] || {};
+  return el("div", {class: "chart"}, el("b", {}, name), " ",
+    el("small", {}, el("span", {class: "t"}, fmt(last.treatment)), " vs ", el("span", {class: "c"}, fmt(last.control))),
+    picture);
+}
+
+function rolloutCard(r) {
+  const p = r.plan || {}, stages = Array.isArray(p.stages) ? p.stages : [];
+  const state = STATES.has(p.state) ? p.state : "unknown";
+  const ladder = el("div", {class: "ladder"});
+  stages.forEach((s, i) => {
+    const done = i < p.stage_index || p.state === "complete", now = i === p.stage_index;
+    ladder.append(el("div", {class: done ? "step done" : now ? "step now" : "step"}, `${s}%`));
+  });
+  const charts = el("div", {class: "charts"});
+  for (const [metric, pts] of Object.entries(r.series || {})) {
+    const drawn = Array.isArray(pts) ? chart(metric, pts) : null;
+    if (drawn) charts.append(drawn);
+  }
+  if (!charts.childNodes.length) charts.append(el("i", {}, "no gate evaluations yet"));
+  const log = el("table", {},
+    el("tr", {}, ...["time", "stage", "outcome", "metric", "treatment", "control", "statistic", "threshold",
+      "why", "anomalies"].map(t => el("th", {}, t))));
+  for (const d of (r.decisions || []).slice().reverse()) {
+    const records = Array.isArray(d.records) ? d.records : [];
+    const worst = records.filter(x => x.outcome !== "pass")[0] || records[0] || {};
+    const noted = [anomalies(d.anomalies), ...records.map(x => anomalies(x.anomalies))].filter(Boolean);
+    log.append(el("tr", {},
+      el("td", {}, when(d.time)), el("td", {}, `${stages[d.stage_index] ?? "?"}%`),
+      el("td", {class: OUTCOMES.has(d.outcome) ? d.outcome : null}, d.outcome),
+      el("td", {}, worst.metric || ""), el("td", {}, fmt(worst.treatment_value)),
+      el("td", {}, fmt(worst.control_value)), el("td", {}, fmt(worst.statistic)),
+      el("td", {}, fmt(worst.threshold)), el("td", {}, worst.detail || d.alert || ""),
+      el("td", {class: noted.length ? "anomaly" : null}, noted.join("; "))));
+  }
+  const target = p.target || {}, baseline = p.baseline || {};
+  return el("section", {class: "card rollout"},
+    el("h2", {}, `${p.model} ${target.version} over ${baseline.version}`, el("span", {class: `badge ${state}`}, p.state)),
+    el("div", {}, `channel ${p.channel}, rollout ${p.rollout_id}`, p.reason ? ` - ${p.reason}` : ""),
+    ladder,
+    el("div", {class: "legend"}, el("span", {class: "t"}, "treatment"), el("span", {class: "c"}, "control")),
+    charts, el("h3", {}, "decision log"), log);
+}
+
+function fleetCard(devices) {
+  const rows = Array.isArray(devices) ? devices : [];
+  const total = rows.reduce((a, d) => a + (num(d.devices) ? d.devices : 0), 0) || 1;
+  const table = el("table", {id: "fleet"});
+  for (const d of rows) {
+    const bar = el("div", {class: "bar"});
+    bar.style.width = `${Math.max(0, Math.round(300 * (num(d.devices) ? d.devices : 0) / total))}px`;  // CSSOM
+    table.append(el("tr", {}, el("td", {}, d.label), el("td", {}, Number.isInteger(d.devices) ? String(d.devices) : fmt(d.devices)), el("td", {}, bar)));
+  }
+  return el("section", {class: "card"}, el("h2", {}, "devices by running version (last 24 h)"), table);
+}
+
+function render(data) {
+  document.getElementById("updated").textContent = "updated " + when(data.generated_at);
+  const cards = (data.rollouts || []).map(rolloutCard);
+  const main = document.getElementById("main");
+  main.replaceChildren(...(cards.length ? cards : [el("div", {class: "card"}, "no rollouts yet")]),
+    fleetCard(data.devices_by_version));
+}
+
+function askForToken(message) {
+  const input = el("input", {type: "password", autocomplete: "off", placeholder: "dashboard token"});
+  const button = el("button", {type: "button"}, "show");
+  const use = () => {
+    try { sessionStorage.setItem(TOKEN_KEY, input.value.trim()); } catch (e) { /* storage off */ }
+    refresh(input.value.trim());
+  };
+  button.addEventListener("click", use);
+  input.addEventListener("keydown", e => { if (e.key === "Enter") use(); });
+  document.getElementById("main").replaceChildren(el("div", {class: "card login"},
+    el("p", {}, message),
+    el("p", {}, "Open the address `edgekit serve` printed (…/dashboard#token=…), or paste the read-only " +
+      "dashboard token (DATA/keys/dashboard.token):"), input, button));
+}
+
+async function refresh(token) {
+  const headers = token ? {Authorization: `Bearer ${token}`} : {};
+  try {
+    const answer = await fetch("/v1/dashboard", {headers, cache: "no-store", credentials: "omit"});
+    if (answer.status === 401) {
+      if (timer !== null) { clearInterval(timer); timer = null; }
+      askForToken(token ? "The server refused this token." : "This dashboard needs its read-only token.");
+      return;
+    }
+    if (!answer.ok) throw new Error(`the server answered ${answer.status}`);
+    render(await answer.json());
+    if (timer === null) timer = setInterval(() => refresh(token), 10000);
+  } catch (e) {
+    document.getElementById("updated").textContent = "cannot reach the server: " + e;
+  }
+}
+
+refresh(takeToken());

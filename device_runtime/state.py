@@ -201,6 +201,7 @@ class StoreLock:
             os.close(fd)
             raise
         self._fd = fd
+        self._owner = os.getpid()
         with contextlib.suppress(OSError):  # a full disk: locked all the same, the PID is a courtesy
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -209,8 +210,9 @@ class StoreLock:
         """Unlock (idempotent). The file stays: removing it would let two processes lock two files."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if os.getpid() == self._owner:  # a forked child shares the lock: closing its copy keeps it held
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def __del__(self) -> None:

@@ -69,6 +69,27 @@ def test_the_runtime_starts_and_serves_on_a_full_disk(
     assert on_disk is not None and on_disk.active is not None and on_disk.active.version == "1.0.0"
 
 
+def test_the_state_is_persisted_by_a_later_predict_once_space_returns(
+    store: Path, releases: Releases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import device_runtime.runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "PERSIST_RETRY_SECONDS", 0.0)  # retry at the next predict
+    (store / "state.json").unlink()
+    filler = fill(store.parent)
+    rt = Runtime(config(store, releases))
+    try:
+        serves(rt, "1.0.0")
+        assert not (store / "state.json").exists() and storage(rt)["unsaved"] is True
+        filler.unlink()
+        serves(rt, "1.0.0", times=1)
+        assert storage(rt)["unsaved"] is False
+        on_disk = load_state(store / "state.json")
+        assert on_disk is not None and on_disk.active is not None and on_disk.active.version == "1.0.0"
+    finally:
+        rt.close()
+
+
 def test_trial_inferences_serve_without_the_in_flight_marker_on_a_full_disk(
     store: Path, releases: Releases
 ) -> None:

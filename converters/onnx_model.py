@@ -13,7 +13,7 @@ from converters.errors import ModelInputError, UnsupportedModelError, first_line
 
 __all__ = ["check_onnx_file", "load_onnx", "onnx_opset"]
 
-_UNKNOWN_OP = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)")
+_UNKNOWN_OP = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)")  # onnxruntime's words
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\S+)")
 _IR_VERSION = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
@@ -45,15 +45,37 @@ def load_onnx(path: str | Path) -> Any:
         onnx.checker.check_model(model, full_check=False)
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
     except Exception as e:
-        message = first_line(e)
-        match = _UNKNOWN_OP.search(str(e))
-        if match:
+        # Classified from the graph, not from the checker's words: an operator ONNX does not define at the
+        # imported opset makes the model unsupported; anything else makes it invalid.
+        undefined = _undefined_operator(model)
+        if undefined is not None:
+            op_type, opset = undefined
             raise UnsupportedModelError(
-                f"{path}: operator {match.group(1)} is not defined in ONNX opset {match.group(2)}; "
+                f"{path}: operator {op_type} is not defined in ONNX opset {opset}; "
                 "export with a supported operator or a newer opset"
             ) from e
-        raise ModelInputError(f"{path}: the ONNX checker rejects the model: {message}") from e
+        raise ModelInputError(f"{path}: the ONNX checker rejects the model: {first_line(e)}") from e
     return model
+
+
+def _undefined_operator(model: Any) -> tuple[str, int] | None:
+    """The first operator (subgraphs included) of an ONNX domain that ONNX does not define at the opset the
+    model imports, as (op_type, opset); operators of other domains (com.microsoft, custom) are not judged."""
+    import onnx
+
+    opsets = {("" if e.domain == "ai.onnx" else e.domain): int(e.version) for e in model.opset_import}
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            opset = opsets.get(domain, 0)
+            if domain in ("", "ai.onnx.ml") and not onnx.defs.has(node.op_type, opset, domain):
+                return node.op_type, opset
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+    return None
 
 
 def check_onnx_file(path: str | Path) -> None:
@@ -70,6 +92,8 @@ def check_onnx_file(path: str | Path) -> None:
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
+        # One error type whatever onnxruntime says (it raises a generic `Fail`): its words are read only to
+        # name the IR version or the operator in the message, never to choose the error.
         ir = _IR_VERSION.search(str(e))
         if ir:
             raise UnsupportedModelError(

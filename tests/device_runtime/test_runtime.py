@@ -184,6 +184,22 @@ def test_bundle_for_other_hardware_is_refused(
     assert events(rt, "install")[-1]["reason"] == "hardware"
 
 
+def test_the_refusal_reason_is_the_errors_type_not_a_word_in_its_message(
+    tmp_path: Path, releases: Releases
+) -> None:
+    # A device named with the word "rollback" refused for its hardware reports "hardware", not "rollback".
+    import dataclasses
+
+    rt = Runtime(dataclasses.replace(config(tmp_path / "store", releases), hardware_id="rollback-rig"))
+    try:
+        with pytest.raises(PolicyError) as caught:
+            rt.install(releases.bundles[OTHER_HARDWARE])
+        assert caught.value.reason == "hardware" and "rollback-rig" in str(caught.value)
+        assert events(rt, "install")[-1]["reason"] == "hardware"
+    finally:
+        rt.close()
+
+
 def _model_offset(data: bytes, releases: Releases, version: str) -> int:
     model = (releases.folder / f"tiny-{version}.onnx").read_bytes()
     offset = data.find(model)

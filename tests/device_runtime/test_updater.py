@@ -379,6 +379,25 @@ def test_remote_names_never_become_local_paths(world: World, runtime: Runtime, t
     assert not [p for p in updater.config.download_dir.iterdir() if p.is_file()]
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        pytest.param({"bundle_id": "0" * 64}, "plan-mismatch", id="bundle-id-of-another-bundle"),
+        pytest.param({"release_counter": 7}, "plan-mismatch", id="release-counter-the-target-lacks"),
+    ],
+)
+def test_a_plan_that_disagrees_with_its_tuf_target_is_refused(
+    world: World, runtime: Runtime, releases: Releases, change: dict[str, Any], reason: str
+) -> None:
+    """A holder of the online rollouts key names a real target with another bundle's identity."""
+    plan = make_plan("complete", 3, baseline=None, bundle_ids=releases.bundle_ids)
+    plan["target"].update(change)
+    plant_plan(world.repo, "stable", json.dumps(plan).encode())
+    outcome = Updater(world.config()).update(runtime)
+    assert (outcome.status, outcome.reason) == ("refused", reason)
+    assert _nothing_installed(runtime)
+
+
 def test_a_bundle_larger_than_the_cap_is_not_downloaded(world: World, runtime: Runtime) -> None:
     outcome = Updater(world.config(max_bundle_bytes=1000)).update(runtime)
     assert (outcome.status, outcome.reason) == ("refused", "too-large")

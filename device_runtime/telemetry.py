@@ -135,7 +135,9 @@ class TelemetryQueue:
                 end = self._monotonic()
                 if self._window is not None and end - self._window[0] > MAX_WINDOW_S:
                     self._flush_locked()
-                start = end - latency_ms / 1000.0 if self._window is None else self._window[0]
+                start = end - latency_ms / 1000.0  # when this inference began
+                if self._window is not None:
+                    start = min(start, self._window[0])
                 self._window = (start, end)
                 entry = self._aggregate.setdefault(
                     bundle_id,

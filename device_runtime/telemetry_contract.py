@@ -317,15 +317,27 @@ _INFERENCES_ALLOWED = _INFERENCES_REQUIRED | {"version"}
 _MAX_INFERENCES = int(MAX_INFERENCES_PER_S * MAX_WINDOW_S)
 
 
-def _inferences(p: Any) -> InferencesPayload:
-    _keys("inferences", p, _INFERENCES_REQUIRED, _INFERENCES_ALLOWED)
-    bundle_id = _bundle(p["bundle_id"])
-    version = _version(p)
-    window = _number(p["window_s"], "window_s", 0.0, MAX_WINDOW_S)
-    limit = int(MAX_INFERENCES_PER_S * max(window, MIN_WINDOW_S))
-    inferences = _int(p["inferences"], "inferences", 1, limit)
-    errors = _int(p["errors"], "errors", 0, _MAX_INFERENCES)
-    if errors > inferences:
+def _check_inferences(p: Any) -> str:
+    """Validate an inferences payload, return its bundle id. The hot path of ingest: each check is a
+    cheap test first, and the precise (raising) check only when the cheap one fails."""
+    if type(p) is not dict or not _INFERENCES_REQUIRED <= p.keys() <= _INFERENCES_ALLOWED:
+        _keys("inferences", p, _INFERENCES_REQUIRED, _INFERENCES_ALLOWED)
+    bundle_id = p["bundle_id"]
+    if type(bundle_id) is not str or _HEX64.fullmatch(bundle_id) is None:
+        _bundle(bundle_id)
+    version = p.get("version")
+    if version is not None and (type(version) is not str or _VERSION.fullmatch(version) is None):
+        _version(p)
+    window = p["window_s"]
+    if type(window) is not float or not 0.0 <= window <= MAX_WINDOW_S:
+        window = _number(window, "window_s", 0.0, MAX_WINDOW_S)
+    limit = int(MAX_INFERENCES_PER_S * (window if window > MIN_WINDOW_S else MIN_WINDOW_S))
+    inferences = p["inferences"]
+    if type(inferences) is not int or not 1 <= inferences <= limit:
+        _int(inferences, "inferences", 1, limit)
+    errors = p["errors"]
+    if type(errors) is not int or not 0 <= errors <= inferences:
+        _int(errors, "errors", 0, _MAX_INFERENCES)
         raise _fail("errors-exceed-inferences", f"errors {errors} > inferences {inferences}")
     buckets = p["latency_ms_buckets"]
     if type(buckets) is not list:
@@ -334,27 +346,46 @@ def _inferences(p: Any) -> InferencesPayload:
         raise _fail(
             "histogram-length", f"latency_ms_buckets has {len(buckets)} counts, expected {HISTOGRAM_SIZE}"
         )
-    for count in buckets:
+    # One pass: types, signs, the sum, and the latency range the counts allow (most buckets are 0).
+    counted, low, high = 0, 0.0, 0.0
+    for count, lower, upper in zip(buckets, _LOWER_MS, _UPPER_MS, strict=False):  # equal lengths, checked
         if type(count) is not int:
             raise _fail("wrong-type", f"latency_ms_buckets holds a {type(count).__name__}, not an integer")
-        if count < 0:
-            raise _fail("out-of-range", "latency_ms_buckets holds a negative count")
-    if sum(buckets) != inferences:
-        raise _fail("histogram-sum", f"latency_ms_buckets sum to {sum(buckets)}, not inferences {inferences}")
-    total = _number(p["latency_ms_sum"], "latency_ms_sum", 0.0, math.inf)
-    # Every count lies in its bucket's range, and no more than MAX_CONCURRENT_INFERENCES ran at once.
-    low = sum(c * b for c, b in zip(buckets, _LOWER_MS, strict=True))
-    high = min(
-        sum(c * b for c, b in zip(buckets, _UPPER_MS, strict=True)),
-        MAX_CONCURRENT_INFERENCES * (window + MIN_WINDOW_S) * 1000.0,
-    )
+        if count:
+            if count < 0:
+                raise _fail("out-of-range", "latency_ms_buckets holds a negative count")
+            counted += count
+            low += count * lower
+            high += count * upper
+    if counted != inferences:
+        raise _fail("histogram-sum", f"latency_ms_buckets sum to {counted}, not inferences {inferences}")
+    total = p["latency_ms_sum"]
+    if type(total) is not float or not 0.0 <= total < math.inf:
+        total = _number(total, "latency_ms_sum", 0.0, math.inf)
+    # No more than MAX_CONCURRENT_INFERENCES ran at once during the window.
+    ceiling = MAX_CONCURRENT_INFERENCES * (window + MIN_WINDOW_S) * 1000.0
+    if high > ceiling:
+        high = ceiling
     if not low * (1 - 1e-9) <= total <= high * (1 + 1e-9) + 1e-6:
         raise _fail(
             "latency-inconsistent",
             f"latency_ms_sum {total:g} ms is outside {low:g}..{high:g} ms allowed by the histogram and "
             f"a {window:g} s window",
         )
-    return InferencesPayload(bundle_id, version, inferences, errors, tuple(buckets), total, window)
+    return bundle_id
+
+
+def _inferences(p: Any) -> InferencesPayload:
+    _check_inferences(p)
+    return InferencesPayload(
+        p["bundle_id"],
+        p.get("version"),
+        p["inferences"],
+        p["errors"],
+        tuple(p["latency_ms_buckets"]),
+        float(p["latency_ms_sum"]),
+        float(p["window_s"]),
+    )
 
 
 _CRASH_ALLOWED = frozenset(("bundle_id", "version", "during"))
@@ -627,11 +658,12 @@ def check_batch(
                 )
             if event_id in seen:
                 raise _fail("duplicate-event", f"event id {event_id} appears twice in the batch")
-            parsed = parsers[kind](item["payload"])
+            if kind == "inferences":
+                bundle_id: str | None = _check_inferences(item["payload"])
+            else:
+                bundle_id = getattr(parsers[kind](item["payload"]), "bundle_id", None)
             seen.add(event_id)
-            accepted.append(
-                Checked(index, event_id, kind, time, getattr(parsed, "bundle_id", None), item["payload"])
-            )
+            accepted.append(Checked(index, event_id, kind, time, bundle_id, item["payload"]))
         except ContractError as e:
             rejected.append(Rejected(index, event_id, e.reason, str(e)))
     return BatchCheck(

@@ -55,7 +55,7 @@ from device_runtime.telemetry_contract import (
     Rejected,
     check_batch,
 )
-from edgekit.server.storage import Database, dumps
+from edgekit.server.storage import Database
 from signing.errors import FormatError
 from signing.strict_json import parse_strict
 
@@ -365,8 +365,18 @@ class Ingestor:
             crash_tokens -= len(crashes)
         accepted, rejected = self._bundle_budget(device_id, accepted, rejected, now)
         # the events
+        encode = _ENCODER.encode
         rows = [
-            (f"{device_id}:{c.id}", device_id, batch_key, c.kind, c.time, now, c.bundle_id, dumps(c.payload))
+            (
+                f"{device_id}:{c.id}",
+                device_id,
+                batch_key,
+                c.kind,
+                c.time,
+                now,
+                c.bundle_id,
+                _inferences_json(c.payload) if c.kind == "inferences" else encode(c.payload),
+            )
             for c in accepted
         ]
         if rows:
@@ -437,12 +447,55 @@ class _Duplicate(Exception):
     pass
 
 
-def _insert_events(db: Database, rows: list[tuple[Any, ...]]) -> None:
-    db.executemany(
-        f"INSERT INTO events {_EVENT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (event_id) DO NOTHING",
-        rows,
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)  # = storage.dumps
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_events (event_id TEXT, device_id TEXT, batch_id TEXT, kind TEXT, "
+    "time DOUBLE PRECISION, received_at DOUBLE PRECISION, bundle_id TEXT, payload TEXT) ON COMMIT DELETE ROWS"
+)
+_FROM_STAGE = (
+    f"INSERT INTO events {_EVENT_COLUMNS} SELECT {_EVENT_COLUMNS[1:-1]} FROM ingest_events "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def _inferences_json(p: dict[str, Any]) -> str:
+    """`storage.dumps` of an inferences payload the contract accepted, without the general encoder (its
+    strings are hex and version characters that need no escaping; numbers print as `json` prints them)."""
+    version = p.get("version")
+    head = (
+        f'{{"bundle_id":"{p["bundle_id"]}","errors":{p["errors"]!r},"inferences":{p["inferences"]!r},'
+        f'"latency_ms_buckets":[{",".join(map(repr, p["latency_ms_buckets"]))}],'
+        f'"latency_ms_sum":{p["latency_ms_sum"]!r},'
     )
+    tail = f'"window_s":{p["window_s"]!r}}}'
+    return head + tail if version is None else f'{head}"version":"{version}",{tail}'
+
+
+def _insert_events(db: Database, rows: list[tuple[Any, ...]]) -> None:
+    """Insert event rows (a retried event id is skipped). Inside the caller's transaction."""
+    if db.kind != "postgresql":
+        db.executemany(
+            f"INSERT INTO events {_EVENT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            rows,
+        )
+        return
+    # PostgreSQL: COPY the batch into a session temp table, then one INSERT ... ON CONFLICT from it.
+    # (psycopg's executemany is one INSERT per row; a text[] per column is escaped element by element in
+    # Python: both measured several times slower per event.) COPY's text format needs only backslashes
+    # escaped here: ids, kinds and bundle ids are validated characters, and payloads are ASCII JSON with
+    # control characters already escaped.
+    null, backslash, doubled = "\\N", "\\", "\\\\"
+    lines = [
+        f"{e}\t{d}\t{b}\t{k}\t{t!r}\t{r!r}\t{null if u is None else u}\t{p.replace(backslash, doubled)}\n"
+        for e, d, b, k, t, r, u, p in rows
+    ]
+    connection = db._connect()  # this thread's psycopg connection, in the caller's transaction
+    with connection.cursor() as cursor:
+        cursor.execute(_STAGE)
+        with cursor.copy("COPY ingest_events FROM STDIN") as copy:
+            copy.write("".join(lines))
+        cursor.execute(_FROM_STAGE)
 
 
 def _snippet(event: Any, limits: IngestLimits) -> str:

@@ -646,8 +646,6 @@ def check_batch(
     for index, item in enumerate(document["events"]):
         event_id: str | None = None
         try:
-            if type(item) is dict and type(item.get("id")) is str and _ID.fullmatch(item["id"]):
-                event_id = item["id"]
             event_id, kind, time = _event_fields(item)
             time -= shift
             if not earliest <= time <= latest:
@@ -665,6 +663,8 @@ def check_batch(
             seen.add(event_id)
             accepted.append(Checked(index, event_id, kind, time, bundle_id, item["payload"]))
         except ContractError as e:
+            if event_id is None and type(item) is dict and type(item.get("id")) is str:
+                event_id = item["id"] if _ID.fullmatch(item["id"]) else None
             rejected.append(Rejected(index, event_id, e.reason, str(e)))
     return BatchCheck(
         device_id=document["device_id"],

@@ -399,3 +399,15 @@ def test_what_the_uploader_sends_is_accepted_and_mutations_never_answer_500(
         assert body["quarantined"] <= 1 and (body["quarantined"] == 0 or not valid or where in ("time", "id"))
 
     check()
+
+
+def test_an_event_retried_in_another_batch_is_stored_once(server: LiveServer, deployment: Any) -> None:
+    """A device that rebuilt a batch re-sends events the server already has: stored once, no error."""
+    token = register(server, "retrier")
+    target = bundle(deployment, "1.0.0")
+    first = [event("feedback", {"bundle_id": target, "correct": True}, event_id=i) for i in ("a", "b")]
+    second = [event("feedback", {"bundle_id": target, "correct": True}, event_id=i) for i in ("b", "c")]
+    for events in (first, second):
+        status, body = post(server, token, batch("retrier", events))
+        assert status == 200 and body["quarantined"] == 0, body
+    assert len(stored(server, "retrier")) == 3

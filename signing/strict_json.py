@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from signing.errors import FormatError
@@ -34,20 +33,20 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-# 16 or more digits in a row: where such a run starts a JSON number, that integer may exceed 2^53 (which has
-# 16 digits). Runs inside strings (hex ids) are told apart by the character before them.
-_LONG_DIGITS = re.compile(r"[0-9]{16,}")
-_WORD = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.")
+# Digits -> "0"; letters, "_", "." and '"' -> "a"; anything else -> " ". In the translated text, " "
+# followed by 16 "0" is a run of 16 or more digits that starts where a JSON number can start (a number never
+# follows a letter, a dot or a quote): an integer that may exceed 2^53 (which has 16 digits). A match inside
+# a string only costs the slow path. bytes.translate and `in` run in C (well under 1 ms per 1 MiB).
+_CLASSES = bytes(
+    ord("0") if 48 <= b <= 57 else ord("a") if (65 <= b <= 90 or 97 <= b <= 122 or b in b'_."') else 32
+    for b in range(256)
+)
+_RISKY_RUN = b" " + b"0" * 16
 
 
-def _may_hold_a_big_integer(text: str) -> bool:
-    """False only if no JSON integer in `text` has 16 or more digits (a cheap scan in C, then a look at
-    the character before each long digit run: a letter or '.' means it is inside a word or a fraction)."""
-    for match in _LONG_DIGITS.finditer(text):
-        start = match.start()
-        if start == 0 or text[start - 1] not in _WORD:
-            return True
-    return False
+def _may_hold_a_big_integer(data: bytes) -> bool:
+    """False only if no JSON integer in `data` has 16 or more digits."""
+    return _RISKY_RUN in (b" " + data).translate(_CLASSES)
 
 
 def _parse_int(text: str) -> int:
@@ -81,7 +80,7 @@ def parse_strict(data: bytes, *, what: str, max_bytes: int) -> Any:
     # Fast path: with no long digit run where an integer could start, the C scanner's own integer parsing
     # gives the same result as the per-integer check (a telemetry batch holds thousands of integers).
     try:
-        if not _may_hold_a_big_integer(text):
+        if not _may_hold_a_big_integer(data):
             return json.loads(
                 text, object_pairs_hook=_pairs, parse_constant=_reject_constant, parse_float=_parse_float
             )

@@ -411,3 +411,40 @@ def test_an_event_retried_in_another_batch_is_stored_once(server: LiveServer, de
         status, body = post(server, token, batch("retrier", events))
         assert status == 200 and body["quarantined"] == 0, body
     assert len(stored(server, "retrier")) == 3
+
+
+_ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet='0123456789abcdef-. "\\', max_size=24),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=_ANY_JSON, spacing=st.sampled_from([None, 1]))
+def test_the_strict_parser_fast_path_agrees_with_its_checked_path(document: Any, spacing: int | None) -> None:
+    """ingest uses `signing.strict_json.parse_strict` (one strict parser): its fast path for documents
+    without long integers must accept and refuse exactly what the per-number checks do."""
+    from signing import strict_json
+    from signing.errors import FormatError
+
+    data = json.dumps(document, indent=spacing).encode()
+    try:
+        expected: Any = json.loads(
+            data,
+            object_pairs_hook=strict_json._pairs,
+            parse_constant=strict_json._reject_constant,
+            parse_int=strict_json._parse_int,
+            parse_float=strict_json._parse_float,
+        )
+    except FormatError:
+        expected = FormatError
+    try:
+        got: Any = strict_json.parse_strict(data, what="t", max_bytes=1 << 20)
+    except FormatError:
+        got = FormatError
+    assert got == expected

@@ -274,6 +274,24 @@ def start_baseline(static_root: Path, workdir: Path, *, kind: str, workers: int)
     return server
 
 
+def database_server_pid(data_dir: Path, db_url: str) -> int | None:
+    """The postmaster of the PostgreSQL at `db_url` when it runs on this host (its CPU is measured), else
+    None: the parent of this connection's backend process."""
+    from edgekit.server.storage import open_database
+
+    database = open_database(db_url, data_dir)
+    try:
+        backend = int(database.execute("SELECT pg_backend_pid()")[0][0])
+    finally:
+        database.close()
+    try:
+        with open(f"/proc/{backend}/stat", encoding="latin-1") as handle:
+            head, tail = handle.read().rsplit(")", 1)
+    except OSError:
+        return None
+    return int(tail.split()[1]) if head.endswith("(postgres") else None
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of a process and all its descendants (threads included), from /proc."""
     parents: dict[int, int] = {}
@@ -614,9 +632,17 @@ def measure_telemetry(
     )
     sequence: dict[str, int] = {}
     warm = asyncio.run(_python_telemetry(server.port, shares, events, warmup, bundle, sequence))
+    postmaster = database_server_pid(data_dir, db_url) if db_url else None
     cpu = tree_cpu_seconds(server.process.pid)
+    database_cpu = tree_cpu_seconds(postmaster) if postmaster else 0.0
     result = asyncio.run(_python_telemetry(server.port, shares, events, duration, bundle, sequence))
     _server_cpu(result, tree_cpu_seconds(server.process.pid) - cpu)
+    measured = max(1, result.extra["acknowledged_events"])
+    result.extra["server_cpu_us_per_event"] = 1e6 * result.extra["server_cpu_s"] / measured
+    if postmaster:  # this PostgreSQL cluster's processes (it runs on this host)
+        result.extra["database_cpu_us_per_event"] = (
+            1e6 * (tree_cpu_seconds(postmaster) - database_cpu) / measured
+        )
     events_stored, batches_stored, declared, held = stored_counts(data_dir, db_url, prefix)
     acked_events = result.extra["acknowledged_events"] + warm.extra["acknowledged_events"]
     acked_batches = result.extra["acknowledged_batches"] + warm.extra["acknowledged_batches"]
@@ -919,6 +945,13 @@ def main(argv: list[str] | None = None) -> int:
         f"srv CPU = CPU time of the server's process tree / wall time ({100 * (os.cpu_count() or 1)}% = "
         "every core of this host)"
     )
+    for label in ("sqlite", "postgresql"):
+        if f"telemetry_{label}" in measured:
+            extra = measured[f"telemetry_{label}"].extra
+            line = f"{label}: CPU per acknowledged event: server {extra['server_cpu_us_per_event']:.1f} us"
+            if "database_cpu_us_per_event" in extra:
+                line += f", local PostgreSQL processes {extra['database_cpu_us_per_event']:.1f} us"
+            print(line)
     all_match = True
     for label in ("sqlite", "postgresql"):
         if f"telemetry_{label}" in measured:

@@ -26,12 +26,30 @@ def _reject_constant(name: str) -> Any:
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise FormatError(f"duplicate JSON key {key!r}")
-        result[key] = value
+    result = dict(pairs)  # built in C; a duplicate key makes it shorter than the pairs
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise FormatError(f"duplicate JSON key {key!r}")
+            seen.add(key)
     return result
+
+
+# Digits -> "0"; letters, "_", "." and '"' -> "a"; anything else -> " ". In the translated text, " "
+# followed by 16 "0" is a run of 16 or more digits that starts where a JSON number can start (a number never
+# follows a letter, a dot or a quote): an integer that may exceed 2^53 (which has 16 digits). A match inside
+# a string only costs the slow path. bytes.translate and `in` run in C (well under 1 ms per 1 MiB).
+_CLASSES = bytes(
+    ord("0") if 48 <= b <= 57 else ord("a") if (65 <= b <= 90 or 97 <= b <= 122 or b in b'_."') else 32
+    for b in range(256)
+)
+_RISKY_RUN = b" " + b"0" * 16
+
+
+def _may_hold_a_big_integer(data: bytes) -> bool:
+    """False only if no JSON integer in `data` has 16 or more digits."""
+    return _RISKY_RUN in (b" " + data).translate(_CLASSES)
 
 
 def _parse_int(text: str) -> int:
@@ -62,7 +80,13 @@ def parse_strict(data: bytes, *, what: str, max_bytes: int) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise FormatError(f"{what}: not UTF-8 ({e.reason} at byte {e.start})") from e
+    # Fast path: with no long digit run where an integer could start, the C scanner's own integer parsing
+    # gives the same result as the per-integer check (a telemetry batch holds thousands of integers).
     try:
+        if not _may_hold_a_big_integer(data):
+            return json.loads(
+                text, object_pairs_hook=_pairs, parse_constant=_reject_constant, parse_float=_parse_float
+            )
         return json.loads(
             text,
             object_pairs_hook=_pairs,

@@ -36,7 +36,12 @@ def test_quick_server_bench_writes_positive_figures(tmp_path: Path) -> None:
     assert results["mode"] == "quick"
     assert results["baseline"] and results["edgekit_server"]
     measurements = results["measurements"]
-    assert set(measurements) == {"polls_edgekit", "polls_baseline", "telemetry_sqlite"}
+    assert set(measurements) == {
+        "polls_edgekit",
+        "polls_baseline",
+        "telemetry_sqlite",
+        "insert_baseline_sqlite",
+    }
     for figures in measurements.values():
         assert figures["requests"] > 0
         assert figures["requests_per_s"] > 0

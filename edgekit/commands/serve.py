@@ -101,6 +101,15 @@ def _token(data_dir: Path, env: str, name: str) -> tuple[str, str]:
     type=click.Path(path_type=Path),
     help="JSON object of GateConfig fields overriding the defaults (e.g. for a small fleet).",
 )
+# --workers: N server processes on one port (uvicorn's process manager, each process builds the app from
+# `worker_app`); the background gate evaluator stays single through the database's evaluator lock.
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port (telemetry ingest scales with them; gates evaluate in one).",
+)
 @handle_errors
 def serve(
     data_dir: Path,
@@ -115,6 +124,7 @@ def serve(
     max_connections: int,
     evaluate_every: float,
     gates_file: Path | None,
+    workers: int,
 ) -> None:
     """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
     from edgekit.server import front
@@ -133,24 +143,14 @@ def serve(
     gates = load_gates(gates_file)
     token, where = admin_token(data_dir, admin_token_env)
     viewer, viewer_where = (None, "") if public_dashboard else dashboard_token(data_dir, dashboard_token_env)
-    app = create_app(
-        ServerConfig(
-            data_dir=data_dir,
-            database=database,
-            admin_token=token,
-            dashboard_token=viewer,
-            public_dashboard=public_dashboard,
-            evaluate_every_s=evaluate_every,
-            gates=gates,
-        )
-    )
     limits = front.FrontLimits(
         header_timeout_s=header_timeout, body_timeout_s=body_timeout, max_connections=max_connections
     )
     file_limit, _ = front.raise_file_limit()
     cap = front.connection_cap(limits, file_limit)
     base = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
-    click.echo(f"edgekit serve on http://{host}:{port}  (admin token from {where})")
+    processes = f" with {workers} worker processes" if workers > 1 else ""
+    click.echo(f"edgekit serve on http://{host}:{port}{processes}  (admin token from {where})")
     if public_dashboard:
         click.echo(
             f"UNSAFE: --public-dashboard: anyone who can reach {base}/dashboard reads the fleet's rollouts",
@@ -164,8 +164,76 @@ def serve(
         f"front: headers within {header_timeout:g} s, bodies within {body_timeout:g} s, "
         f"at most {cap} connections (open-file limit {file_limit})"
     )
-    front.run(
-        front.FrontConfig(app, front=limits, host=host, port=port, log_level="warning", access_log=False)
+    options: dict[str, Any] = {
+        "front": limits,
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+    }
+    if workers > 1:  # the schema exists now (open_database above): the workers only open it
+        database.close()
+        os.environ.update(
+            {
+                _WORKER_ENV["data"]: str(data_dir.resolve()),
+                _WORKER_ENV["db"]: db_url or "",
+                _WORKER_ENV["token_env"]: admin_token_env,
+                _WORKER_ENV["dashboard_token_env"]: dashboard_token_env,
+                _WORKER_ENV["public_dashboard"]: "1" if public_dashboard else "",
+                _WORKER_ENV["evaluate_every"]: repr(evaluate_every),
+                _WORKER_ENV["gates"]: str(gates_file.resolve()) if gates_file else "",
+            }
+        )
+        factory = "edgekit.commands.serve:worker_app"
+        front.run(front.FrontConfig(factory, factory=True, workers=workers, **options))
+        return
+    app = create_app(
+        ServerConfig(
+            data_dir=data_dir,
+            database=database,
+            admin_token=token,
+            dashboard_token=viewer,
+            public_dashboard=public_dashboard,
+            evaluate_every_s=evaluate_every,
+            gates=gates,
+        )
+    )
+    front.run(front.FrontConfig(app, **options))
+
+
+_WORKER_ENV = {
+    "data": "EDGEKIT_SERVE_DATA",
+    "db": "EDGEKIT_SERVE_DB",
+    "token_env": "EDGEKIT_SERVE_ADMIN_TOKEN_ENV",
+    "dashboard_token_env": "EDGEKIT_SERVE_DASHBOARD_TOKEN_ENV",
+    "public_dashboard": "EDGEKIT_SERVE_PUBLIC_DASHBOARD",
+    "evaluate_every": "EDGEKIT_SERVE_EVALUATE_EVERY",
+    "gates": "EDGEKIT_SERVE_GATES",
+}
+
+
+def worker_app() -> Any:
+    """The app of one `edgekit serve --workers N` process (uvicorn calls it in each worker), configured
+    by the parent through the environment it inherits."""
+    from edgekit.server.app import ServerConfig, create_app
+    from edgekit.server.storage import open_database
+
+    data_dir = Path(os.environ[_WORKER_ENV["data"]])
+    database = open_database(os.environ[_WORKER_ENV["db"]] or None, data_dir)
+    gates = os.environ[_WORKER_ENV["gates"]]
+    token, _ = admin_token(data_dir, os.environ[_WORKER_ENV["token_env"]])
+    public = bool(os.environ[_WORKER_ENV["public_dashboard"]])
+    viewer = None if public else dashboard_token(data_dir, os.environ[_WORKER_ENV["dashboard_token_env"]])[0]
+    return create_app(
+        ServerConfig(
+            data_dir=data_dir,
+            database=database,
+            admin_token=token,
+            dashboard_token=viewer,
+            public_dashboard=public,
+            evaluate_every_s=float(os.environ[_WORKER_ENV["evaluate_every"]]),
+            gates=load_gates(Path(gates) if gates else None),
+        )
     )
 
 

@@ -257,6 +257,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(BearerTokens, rules=rules, on_reject=unauthenticated)
     health = HealthCheck(db, config.clock)
     app.state.health = health
+    ingestor = ingest.Ingestor(db, repo, metrics)
+    app.state.ingest = ingestor  # for tests and tools (limits, known bundles)
     app.state.service = service  # for in-process tools and tests (replay, benchmarks)
     app.state.database = db
     repo_dir = config.data_dir / "repo"
@@ -319,7 +321,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         body = await request.body()
         # CPU and database work off the event loop, so polls are not stalled behind a batch.
         try:
-            outcome = await run_in_threadpool(ingest.ingest_batch, db, body, authorization, config.clock())
+            outcome = await run_in_threadpool(ingestor.ingest, body, authorization, config.clock())
         except Exception as e:  # answered 500 by `crashed`; /healthz reports it until a write succeeds
             health.write_failed(e)
             raise
@@ -327,11 +329,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             health.write_failed(f"ingest answered {outcome.status}: {outcome.body}")
         elif outcome.status == 200:
             health.write_succeeded()
-        result = {200: "stored", 409: "duplicate"}.get(outcome.status, "rejected")
+        result = {200: "stored", 409: "duplicate", 429: "rate-limited"}.get(outcome.status, "rejected")
         metrics.inc("edgekit_telemetry_batches_total", result=result)
         if outcome.status == 200:
-            metrics.inc("edgekit_telemetry_events_total", outcome.body["events"])
-        return JSONResponse(outcome.body, status_code=outcome.status)
+            metrics.inc("edgekit_telemetry_events_total", outcome.body["stored"])
+        return JSONResponse(outcome.body, status_code=outcome.status, headers=outcome.headers)
 
     @app.post("/v1/admin/devices")  # admin: BearerTokens
     def register(device: DeviceRegistration) -> dict[str, str]:

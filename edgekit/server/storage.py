@@ -40,6 +40,20 @@ SCHEMA = [
         rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL,
         stage_index INTEGER NOT NULL, outcome TEXT NOT NULL, alert TEXT, records TEXT NOT NULL,
         PRIMARY KEY (rollout_id, seq))""",
+    # Per-device rollups of a rollout's stage window, advanced from a watermark on the events' seq
+    # (edgekit.server.aggregate): evaluation reads these plus the newest events, not every stored event.
+    """CREATE TABLE IF NOT EXISTS rollup_devices (
+        rollout_id TEXT NOT NULL, stage_started_at DOUBLE PRECISION NOT NULL, device_id TEXT NOT NULL,
+        telemetry TEXT NOT NULL, PRIMARY KEY (rollout_id, stage_started_at, device_id))""",
+    """CREATE TABLE IF NOT EXISTS rollup_marks (
+        rollout_id TEXT NOT NULL, stage_started_at DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL,
+        skipped BIGINT NOT NULL, problem TEXT, PRIMARY KEY (rollout_id, stage_started_at))""",
+]
+# PostgreSQL only: a monotonic `seq` on events (SQLite's rowid plays that part: one writer at a time
+# assigns it in commit order, and events are never deleted).
+POSTGRES_SCHEMA = [
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS seq BIGSERIAL",
+    "CREATE INDEX IF NOT EXISTS events_by_seq ON events (seq)",
 ]
 
 
@@ -124,6 +138,14 @@ class Database:
         """Create tables and indexes if they do not exist."""
         for statement in SCHEMA:
             self.execute(statement)
+        if self.kind == "postgresql":
+            for statement in POSTGRES_SCHEMA:
+                self.execute(statement)
+
+    @property
+    def event_seq(self) -> str:
+        """The column that orders events by insertion (`rowid` on SQLite, `seq` on PostgreSQL)."""
+        return "rowid" if self.kind == "sqlite" else "seq"
 
     # -- one gate evaluator at a time ----------------------------------------------------------------
     def try_evaluator_lock(self) -> bool:

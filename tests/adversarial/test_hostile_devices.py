@@ -31,6 +31,7 @@ from tests.adversarial._hostile import (
     fleet_rows,
     honest_devices,
     hostile_device,
+    hostile_events,
     insert_events,
     send_batch,
     truthful_decision,
@@ -252,3 +253,41 @@ def test_a_rollout_whose_evaluation_fails_holds_and_the_others_are_still_evaluat
     assert other["decision"]["records"][0]["metric"] == "telemetry", "the other rollout was evaluated"
     _, status_doc = server.http.request("GET", f"/v1/admin/rollouts/{broken.rollout_id}", token=ADMIN_TOKEN)
     assert status_doc["decisions"][-1]["outcome"] == "error"  # stored: status and the dashboard show it
+
+
+# -- the property, through the server ------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    regression=st.sampled_from([{}, {"treatment_errors": 6}, {"treatment_shape": SLOW}, {"crash_every": 1}]),
+    hostile=st.lists(hostile_device(0, 3.0), min_size=1, max_size=3),
+)
+def test_through_the_server_three_hostile_devices_only_ever_turn_a_decision_into_hold(
+    fleet: Any, regression: dict[str, Any], hostile: list[Any]
+) -> None:
+    server, clock, tokens = fleet
+    for previous in server.http.request("GET", "/v1/admin/rollouts", token=ADMIN_TOKEN)[1]:
+        if previous["plan"]["state"] in ("running", "paused"):
+            server.http.request(
+                "POST", f"/v1/admin/rollouts/{previous['plan']['rollout_id']}/abort", token=ADMIN_TOKEN
+            )
+    plan = start_rollout(server, "1.1.0", "1.0.0", [10, 50, 100])
+    start = clock.now
+    liars: dict[str, Any] = {}
+    for device, _ in hostile:  # each lie comes from a registered device of the arm it targets
+        name = next(d for d in sorted(tokens) if arm(plan, d) == device.arm and d not in liars)
+        liars[name] = device
+    devices = [d for d in sorted(tokens) if d not in liars]
+    insert_events(server.app.state.database, fleet_rows(plan, devices, start, **regression))
+    for name, device in liars.items():
+        send_batch(server, name, tokens[name], hostile_events(device, plan, start))
+    clock.now += 3 * HOUR
+    result = evaluate(server)
+    truth = truthful_decision(server, plan, clock.now, set(liars))
+    assert result["decision"]["outcome"] in (truth.outcome, "hold"), (result["decision"], truth)

@@ -40,8 +40,8 @@ GATES = GateConfig(stage_min_hours=((10, 1e6),), default_stage_min_hours=1e6, st
 
 
 def _plan(devices: list[str]) -> tuple[RolloutPlan, dict[str, str]]:
-    target = Release("2.0.0", 2, "bundles/bench-2.0.0.ekb", "bench-target")
-    baseline = Release("1.0.0", 1, "bundles/bench-1.0.0.ekb", "bench-baseline")
+    target = Release("2.0.0", 2, "bundles/bench-2.0.0.ekb", "2" * 64)
+    baseline = Release("1.0.0", 1, "bundles/bench-1.0.0.ekb", "1" * 64)
     plan = RolloutPlan(
         "bench",
         "stable",
@@ -75,6 +75,7 @@ def _insert(db: Database, bundles: dict[str, str], count: int, first: float, las
                 "errors": 0,
                 "latency_ms_buckets": BUCKETS,
                 "latency_ms_sum": 900.0,
+                "window_s": 600.0,
             }
             rows.append(
                 (
@@ -129,8 +130,8 @@ def measure(db: Database, stored: int, devices: int, new: int, rounds: int = 3) 
         window = window_devices(db, plan, clock[0])
         again = decide(plan.stage_percent, window.devices.values(), GATES, clock[0], plan.stage_started_at)
         recount.append(time.perf_counter() - began)
-        if again.records != result[1].records:
-            raise SystemExit("bench.evaluate: the rollups and the recount disagree")
+        if again.records != result[1].records or again.skipped_rows:
+            raise SystemExit("bench.evaluate: the rollups and the recount disagree, or rows were skipped")
     arms = sum(1 for _ in bundles)
     evaluate_ms, recount_ms = statistics.median(live) * 1000, statistics.median(recount) * 1000
     print(

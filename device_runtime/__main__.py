@@ -343,9 +343,7 @@ def _upload(runtime: Any, args: argparse.Namespace) -> int:
     summary = {
         "acknowledged": uploader.counters["acknowledged"],
         "batches": uploader.counters["batches"],
-        "dropped": uploader.counters["poisoned"]
-        + uploader.counters["oversize"]
-        + uploader.counters["unencodable"],
+        "dropped": uploader.counters["oversize"] + uploader.counters["invalid"],
         "queued": runtime.telemetry.stats()["queued"],
         "error": error,
     }

@@ -45,3 +45,17 @@ class InstallError(DeviceRuntimeError):
 
 class NoModelError(DeviceRuntimeError):
     """No verified model is installed, so nothing can be predicted."""
+
+
+class ContractError(DeviceRuntimeError):
+    """A telemetry event or batch violates `device_runtime.telemetry_contract` (a `DeviceRuntimeError`).
+
+    ``reason`` is a short stable code (one of ``telemetry_contract.REASONS``), safe as a metrics label.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+__all__ += ["ContractError"]  # appended here, so the tree above stays as it was

@@ -5,23 +5,38 @@ outcomes, feedback accuracy, the running model's hash) are queued on disk with a
 in batches by `device_runtime.uploader`. The queue never grows past its bound: the oldest events are
 dropped and the drop is counted. Recording never raises: a full disk or a locked database costs a counted
 telemetry failure, never an inference.
+
+Only payloads that satisfy `device_runtime.telemetry_contract` are queued (anything else is counted as
+``invalid`` and dropped), so the uploader never has to send an event the server would refuse. An inference
+aggregate carries the ``window_s`` seconds it covers (monotonic clock, from the start of its first inference
+to the end of its last), and a new aggregate starts before one would cover more than
+`telemetry_contract.MAX_WINDOW_S`.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS_MS", "Event", "TelemetryQueue"]
+from device_runtime.errors import ContractError
+from device_runtime.telemetry_contract import (
+    LATENCY_BUCKETS_MS,
+    MAX_DETAIL_CHARS,
+    MAX_LATENCY_MS,
+    MAX_WINDOW_S,
+    parse_payload,
+)
 
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # upper bounds, ms
+__all__ = ["LATENCY_BUCKETS_MS", "Event", "TelemetryQueue"]
 
 
 @dataclass(frozen=True)
@@ -39,16 +54,32 @@ class TelemetryQueue:
     """Bounded SQLite queue plus in-memory inference aggregates (flushed as one event per window)."""
 
     def __init__(
-        self, path: Path, *, max_events: int, clock: Callable[[], float], flush_every: int = 100
+        self,
+        path: Path,
+        *,
+        max_events: int,
+        clock: Callable[[], float],
+        flush_every: int = 100,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """Args:
+        path: the SQLite file of the queue.
+        max_events: bound of the queue (events); the oldest are dropped beyond it, and counted.
+        clock: seconds since the epoch, for event times.
+        flush_every: inferences after which the inference aggregates are written as events.
+        monotonic: seconds of a monotonic clock, for the windows inference aggregates cover.
+        """
         self._path = path
         self._max = max_events
         self._clock = clock
+        self._monotonic = monotonic
         self._flush_every = flush_every
         self._lock = threading.Lock()
         self._aggregate: dict[str, dict[str, Any]] = {}
+        self._window: tuple[float, float] | None = None  # monotonic (start, end) of the open aggregates
         self._since_flush = 0
         self.failures = 0  # telemetry writes that failed (kept in memory; telemetry about telemetry)
+        self.invalid = 0  # events refused by the telemetry contract (a bug on this device), not queued
         self._db = sqlite3.connect(str(path), timeout=1.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -59,7 +90,16 @@ class TelemetryQueue:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
     def record(self, kind: str, **payload: Any) -> None:
-        """Queue one event; never raises."""
+        """Queue one event if it satisfies the telemetry contract (else count it as invalid); never raises."""
+        try:
+            payload = _clip(payload)
+            parse_payload(kind, payload)
+        except ContractError:
+            self.invalid += 1
+            return
+        except Exception:
+            self.failures += 1
+            return
         try:
             with self._lock:
                 self._insert(kind, payload)
@@ -69,7 +109,7 @@ class TelemetryQueue:
     def _insert(self, kind: str, payload: dict[str, Any]) -> None:
         self._db.execute(
             "INSERT INTO events (event_id, kind, time, payload) VALUES (?, ?, ?, ?)",
-            (uuid.uuid4().hex, kind, self._clock(), json.dumps(payload, sort_keys=True, default=str)),
+            (uuid.uuid4().hex, kind, self._clock(), json.dumps(payload, sort_keys=True, allow_nan=False)),
         )
         (count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
         if count > self._max:
@@ -84,9 +124,21 @@ class TelemetryQueue:
             )
 
     def record_inference(self, bundle_id: str, version: str, latency_ms: float, ok: bool) -> None:
-        """Count an inference into the current aggregate; flushed every `flush_every` inferences."""
+        """Count an inference into the current aggregate; flushed every `flush_every` inferences, and
+        before the aggregate would cover more than MAX_WINDOW_S seconds. Never raises."""
         try:
             with self._lock:
+                latency_ms = float(latency_ms)
+                if math.isnan(latency_ms):  # a broken timer: count the inference, time it as 0
+                    latency_ms = 0.0
+                latency_ms = min(max(latency_ms, 0.0), MAX_LATENCY_MS)
+                end = self._monotonic()
+                if self._window is not None and end - self._window[0] > MAX_WINDOW_S:
+                    self._flush_locked()
+                start = end - latency_ms / 1000.0  # when this inference began
+                if self._window is not None:
+                    start = min(start, self._window[0])
+                self._window = (start, end)
                 entry = self._aggregate.setdefault(
                     bundle_id,
                     {
@@ -118,10 +170,19 @@ class TelemetryQueue:
             self.failures += 1
 
     def _flush_locked(self) -> None:
-        for entry in self._aggregate.values():
-            self._insert("inferences", dict(entry))
+        window = 0.0 if self._window is None else min(MAX_WINDOW_S, self._window[1] - self._window[0])
+        aggregates = list(self._aggregate.values())
         self._aggregate.clear()
+        self._window = None
         self._since_flush = 0
+        for entry in aggregates:
+            payload = {**entry, "window_s": max(0.0, window)}
+            try:
+                parse_payload("inferences", payload)
+            except ContractError:
+                self.invalid += 1
+                continue
+            self._insert("inferences", payload)
 
     def pending(self, limit: int) -> list[Event]:
         """The oldest `limit` queued events."""
@@ -140,14 +201,31 @@ class TelemetryQueue:
             self._db.execute("DELETE FROM events WHERE seq <= ?", (last_seq,))
 
     def stats(self) -> dict[str, int]:
-        """Queued and dropped event counts, and telemetry write failures."""
+        """Queued and dropped event counts, telemetry write failures and contract-invalid events."""
         with self._lock:
             (queued,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
             row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-        return {"queued": int(queued), "dropped": int(row[0]) if row else 0, "failures": self.failures}
+        return {
+            "queued": int(queued),
+            "dropped": int(row[0]) if row else 0,
+            "failures": self.failures,
+            "invalid": self.invalid,
+        }
 
     def close(self) -> None:
         """Flush aggregates and close the database."""
         self.flush()
         with self._lock:
             self._db.close()
+
+
+def _clip(payload: dict[str, Any]) -> dict[str, Any]:
+    """Free text cut to the contract's length (details carry exception text of any length)."""
+    clipped = dict(payload)
+    detail = clipped.get("detail")
+    if isinstance(detail, str) and len(detail) > MAX_DETAIL_CHARS:
+        clipped["detail"] = detail[:MAX_DETAIL_CHARS]
+    reasons = clipped.get("reasons")
+    if isinstance(reasons, list | tuple):
+        clipped["reasons"] = [r[:MAX_DETAIL_CHARS] if isinstance(r, str) else r for r in reasons]
+    return clipped

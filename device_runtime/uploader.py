@@ -8,14 +8,21 @@
 One batch is one POST of ``edgekit.telemetry/v1`` JSON holding the oldest queued events. Its ``batch_id`` is
 ``sha256("{device_id}\\n{first_event_id}\\n{last_event_id}")``, and after a failure the very same events are
 re-sent, so a batch whose first attempt reached the server but whose answer was lost is ingested once.
-Outcomes by HTTP status:
+Every event is checked with `device_runtime.telemetry_contract.parse_event` first: one the device itself
+made invalid is dropped here and counted (``counters["invalid"]``), never sent. Outcomes by HTTP status:
 
-- 2xx, or 409 (the server already has that batch): the events are acknowledged (deleted from the queue);
-- 400 or 413 (the server calls the batch malformed or too large): the batch is halved, down to one event,
-  and that single poison event is then dropped and counted (``counters["poisoned"]``), so one bad event
-  can neither block the queue nor loop forever;
-- anything else (5xx, 429, 401/403, redirects) and network errors or timeouts: the events stay queued and
-  the next attempt waits an exponential backoff with full jitter (``next_delay``), reset by a success.
+- 2xx, or 409 (the server already has that batch): the events are acknowledged (deleted from the queue).
+  The server stores every valid event and quarantines the ones it refuses (unknown bundle, times outside
+  its window, rate limits); its answer names those (``refused``), counted as ``counters["refused"]``;
+- 413 (the batch is too large for the server): the batch is halved, down to one event, and only a single
+  event that alone is too large is dropped (``counters["oversize"]``);
+- 429 (the device is over its rate limit): the events stay queued and the next attempt waits at least the
+  ``retry_after_s`` the answer names (and the usual backoff);
+- anything else (400, 401/403, 5xx, redirects) and network errors or timeouts: the events stay queued and
+  the next attempt waits an exponential backoff with full jitter (``next_delay``), reset by a success. A
+  400 is an envelope, clock or version problem of the whole batch, never a reason to drop an event: a
+  device whose clock is 40 days off keeps every event, its crash reports first of all (the server rebases
+  the times).
 
 Bounded: a batch holds at most ``batch_size`` events and ``max_body_bytes`` of JSON (an event that alone is
 larger is dropped and counted as ``oversize``), every request has a timeout, the response read is capped.
@@ -36,13 +43,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from device_runtime.errors import ContractError
 from device_runtime.telemetry import Event
+from device_runtime.telemetry_contract import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, SCHEMA, parse_event
 
 __all__ = ["SCHEMA", "Transport", "UploadResult", "Uploader", "UploaderConfig", "UrllibTransport"]
 
-SCHEMA = "edgekit.telemetry/v1"
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
-_POISON = (400, 413)  # the server says this batch itself is bad: retrying it unchanged cannot help
+_TOO_LARGE = 413  # the server's size limit: retrying with fewer events helps
 _log = logging.getLogger(__name__)
 
 Transport = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes]]
@@ -80,7 +88,7 @@ class UploaderConfig:
     token: str | None = None
     batch_size: int = 500  # events
     timeout_s: float = 10.0  # seconds
-    max_body_bytes: int = 1 << 20  # bytes
+    max_body_bytes: int = MAX_BATCH_BYTES  # bytes
     max_response_bytes: int = 64 << 10  # bytes
     base_backoff_s: float = 1.0  # seconds
     max_backoff_s: float = 600.0  # seconds
@@ -100,13 +108,14 @@ class UploaderConfig:
             raise ValueError("UploaderConfig.device_id is required")
         if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
             raise ValueError("UploaderConfig.token must be a non-empty single line")
-        if not 1 <= self.batch_size <= 100_000:
-            raise ValueError("UploaderConfig.batch_size must be in 1..100000 events")
+        if not 1 <= self.batch_size <= MAX_EVENTS_PER_BATCH:
+            raise ValueError(f"UploaderConfig.batch_size must be in 1..{MAX_EVENTS_PER_BATCH} events")
         if not 0 < self.timeout_s <= 600:
             raise ValueError("UploaderConfig.timeout_s must be in (0, 600] seconds")
-        if not 1024 <= self.max_body_bytes <= 64 << 20 or not 0 < self.max_response_bytes <= 16 << 20:
+        if not 1024 <= self.max_body_bytes <= MAX_BATCH_BYTES or not 0 < self.max_response_bytes <= 16 << 20:
             raise ValueError(
-                "UploaderConfig: max_body_bytes in 1 KiB..64 MiB, max_response_bytes in 1..16 MiB"
+                f"UploaderConfig: max_body_bytes in 1 KiB..{MAX_BATCH_BYTES} bytes (the server's limit), "
+                "max_response_bytes in 1..16 MiB"
             )
         if not 0 < self.base_backoff_s <= self.max_backoff_s <= 86_400 or not 0 < self.idle_poll_s <= 86_400:
             raise ValueError("UploaderConfig: 0 < base_backoff_s <= max_backoff_s <= 1 day, idle_poll_s > 0")
@@ -121,7 +130,8 @@ class UploadResult:
         acknowledged: events the server accepted, now deleted from the queue.
         status: the HTTP status, or None when no answer came back (or nothing was sent).
         error: why the batch was not accepted, or None.
-        dropped: events deleted without delivery (a poison event isolated by halving, or one too large).
+        dropped: events deleted without delivery (invalid by the contract, or one event too large).
+        refused: events the server acknowledged but quarantined (it named them in its answer).
     """
 
     sent: int
@@ -129,11 +139,12 @@ class UploadResult:
     status: int | None
     error: str | None
     dropped: int = 0
+    refused: int = 0
 
     @property
     def failed(self) -> bool:
         """True when the events stay queued and the next attempt should back off."""
-        return self.error is not None and self.status not in _POISON
+        return self.error is not None and self.status != _TOO_LARGE and not self.dropped
 
 
 class UrllibTransport:
@@ -209,16 +220,18 @@ class Uploader:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        self._limit = config.batch_size  # current batch size; halved while isolating a poison event
+        self._limit = config.batch_size  # current batch size; halved after a 413
         self._pinned: tuple[str, str, int] | None = None  # (first id, last id, count) of a failed batch
         self._failures = 0
+        self._retry_after = 0.0  # seconds the server asked for (429), the floor of the next delay
         self.counters = {
             "batches": 0,  # POSTs made
             "acknowledged": 0,  # events the server accepted
             "failures": 0,  # attempts that kept their events (network, timeout, 5xx, ...)
-            "poisoned": 0,  # single events the server refused as malformed, dropped
-            "oversize": 0,  # single events larger than max_body_bytes, dropped
-            "unencodable": 0,  # events that are not valid JSON (NaN, infinity), dropped
+            "refused": 0,  # events the server acknowledged but quarantined (it named them)
+            "oversize": 0,  # single events larger than max_body_bytes (or the server's limit), dropped
+            "invalid": 0,  # events this device made that violate the telemetry contract, dropped unsent
+            "rate_limited": 0,  # 429 answers
         }
         if config.unsafe_allow_http and urlsplit(config.endpoint).scheme == "http":
             _log.warning("telemetry upload over plain http to %s (unsafe_allow_http)", config.endpoint)
@@ -241,7 +254,7 @@ class Uploader:
         ceiling = min(
             self._config.max_backoff_s, self._config.base_backoff_s * 2.0 ** min(self._failures - 1, 60)
         )
-        return ceiling * self._rng.random()
+        return max(ceiling * self._rng.random(), self._retry_after)
 
     # ---- one attempt -----------------------------------------------------------------------------
     def upload_once(self) -> UploadResult:
@@ -254,9 +267,11 @@ class Uploader:
             if not events:
                 return UploadResult(0, 0, None, None)
             encoded = _encode(events)
-            if not encoded:  # the oldest event cannot be sent as JSON at all (NaN, infinity): drop it
-                self._drop(events[0], "unencodable")
-                return UploadResult(0, 0, None, f"event {events[0].event_id} is not valid JSON; dropped", 1)
+            if not encoded:  # the oldest event violates the contract: it would never be accepted
+                self._drop(events[0], "invalid")
+                return UploadResult(
+                    0, 0, None, f"event {events[0].event_id} violates the telemetry contract; dropped", 1
+                )
             body, count = self._body(events, encoded)
             if count == 0:
                 self._drop(events[0], "oversize")
@@ -307,6 +322,7 @@ class Uploader:
             "Content-Type": "application/json",
             "User-Agent": "edgekit-device-runtime",
             "X-Edgekit-Batch-Id": self.batch_id(events),
+            "X-Edgekit-Device": config.device_id,  # lets the server authenticate before it parses
         }
         if config.token is not None:
             headers["Authorization"] = f"Bearer {config.token}"
@@ -318,24 +334,28 @@ class Uploader:
             return self._failed(events, None, f"no answer from {config.endpoint}: {type(e).__name__}: {e}")
         if 200 <= status < 300 or status == 409:
             self._queue.acknowledge(events[-1].seq)
+            refused = _refused(answer) if status != 409 else 0
             self.counters["acknowledged"] += count
+            self.counters["refused"] += refused
             self._failures = 0
+            self._retry_after = 0.0
             self._pinned = None
-            self._limit = min(config.batch_size, self._limit * 2)  # grow back after isolating a poison
-            return UploadResult(count, count, status, None)
+            self._limit = min(config.batch_size, self._limit * 2)  # grow back after a 413
+            return UploadResult(count, count, status, None, refused=refused)
         detail = answer[:200].decode("utf-8", errors="replace").strip()
-        if status in _POISON:
+        if status == _TOO_LARGE:
             self._pinned = None
             if count > 1:
                 self._limit = max(1, count // 2)
-                return UploadResult(
-                    count, 0, status, f"server refused the batch ({status}: {detail}); retrying halves"
-                )
-            self._drop(events[0], "poisoned")
+                return UploadResult(count, 0, status, f"server refused the batch as too large ({detail})")
+            self._drop(events[0], "oversize")
             self._limit = config.batch_size
             return UploadResult(
-                1, 0, status, f"server refused event {events[0].event_id} ({status}: {detail}); dropped", 1
+                1, 0, status, f"server refused event {events[0].event_id} as too large ({detail}); dropped", 1
             )
+        if status == 429:
+            self.counters["rate_limited"] += 1
+            self._retry_after = min(config.max_backoff_s, _retry_after(answer))
         return self._failed(events, status, f"server answered {status}: {detail}")
 
     def _failed(self, events: list[Event], status: int | None, error: str) -> UploadResult:
@@ -378,12 +398,35 @@ def _dumps(value: Any) -> bytes:
 
 
 def _encode(events: Sequence[Event]) -> list[bytes]:
-    """The JSON of each event up to (not including) the first that is not valid JSON."""
+    """The JSON of each event up to (not including) the first that violates the contract or is not JSON."""
     encoded: list[bytes] = []
     for event in events:
         item = {"id": event.event_id, "kind": event.kind, "time": event.time, "payload": event.payload}
         try:
+            parse_event(item)
             encoded.append(_dumps(item))
-        except (ValueError, TypeError):
-            break  # it is sent (or dropped) once it is the oldest; the events after it wait
+        except (ContractError, ValueError, TypeError):
+            break  # it is dropped once it is the oldest; the events after it wait
     return encoded
+
+
+def _answer(answer: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(answer)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _refused(answer: bytes) -> int:
+    """How many events the server's answer says it quarantined."""
+    value = _answer(answer).get("quarantined", 0)
+    return value if type(value) is int and 0 <= value <= MAX_EVENTS_PER_BATCH else 0
+
+
+def _retry_after(answer: bytes) -> float:
+    """The seconds a 429 answer asks the device to wait (0 when it names none)."""
+    value = _answer(answer).get("retry_after_s", 0)
+    if type(value) not in (int, float) or not 0 <= value <= 86_400:
+        return 0.0
+    return float(value)

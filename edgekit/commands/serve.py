@@ -59,6 +59,15 @@ def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
     type=click.Path(path_type=Path),
     help="JSON object of GateConfig fields overriding the defaults (e.g. for a small fleet).",
 )
+# --workers: N server processes on one port (uvicorn's process manager, each process builds the app from
+# `worker_app`); the background gate evaluator stays single through the database's evaluator lock.
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port (telemetry ingest scales with them; gates evaluate in one).",
+)
 @handle_errors
 def serve(
     data_dir: Path,
@@ -68,6 +77,7 @@ def serve(
     admin_token_env: str,
     evaluate_every: float,
     gates_file: Path | None,
+    workers: int,
 ) -> None:
     """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
     import uvicorn
@@ -86,6 +96,24 @@ def serve(
         raise click.ClickException(str(e)) from None
     gates = load_gates(gates_file)
     token, where = admin_token(data_dir, admin_token_env)
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if workers > 1:  # the schema exists now (open_database above): the workers only open it
+        database.close()
+        os.environ.update(
+            {
+                _WORKER_ENV["data"]: str(data_dir.resolve()),
+                _WORKER_ENV["db"]: db_url or "",
+                _WORKER_ENV["token_env"]: admin_token_env,
+                _WORKER_ENV["evaluate_every"]: repr(evaluate_every),
+                _WORKER_ENV["gates"]: str(gates_file.resolve()) if gates_file else "",
+            }
+        )
+        click.echo(
+            f"edgekit serve on http://{host}:{port} with {workers} worker processes  "
+            f"(dashboard /dashboard, admin token from {where})"
+        )
+        uvicorn.run("edgekit.commands.serve:worker_app", factory=True, workers=workers, **options)
+        return
     app = create_app(
         ServerConfig(
             data_dir=data_dir,
@@ -96,7 +124,37 @@ def serve(
         )
     )
     click.echo(f"edgekit serve on http://{host}:{port}  (dashboard /dashboard, admin token from {where})")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, **options)
+
+
+_WORKER_ENV = {
+    "data": "EDGEKIT_SERVE_DATA",
+    "db": "EDGEKIT_SERVE_DB",
+    "token_env": "EDGEKIT_SERVE_ADMIN_TOKEN_ENV",
+    "evaluate_every": "EDGEKIT_SERVE_EVALUATE_EVERY",
+    "gates": "EDGEKIT_SERVE_GATES",
+}
+
+
+def worker_app() -> Any:
+    """The app of one `edgekit serve --workers N` process (uvicorn calls it in each worker), configured
+    by the parent through the environment it inherits."""
+    from edgekit.server.app import ServerConfig, create_app
+    from edgekit.server.storage import open_database
+
+    data_dir = Path(os.environ[_WORKER_ENV["data"]])
+    database = open_database(os.environ[_WORKER_ENV["db"]] or None, data_dir)
+    gates = os.environ[_WORKER_ENV["gates"]]
+    token, _ = admin_token(data_dir, os.environ[_WORKER_ENV["token_env"]])
+    return create_app(
+        ServerConfig(
+            data_dir=data_dir,
+            database=database,
+            admin_token=token,
+            evaluate_every_s=float(os.environ[_WORKER_ENV["evaluate_every"]]),
+            gates=load_gates(Path(gates) if gates else None),
+        )
+    )
 
 
 def load_gates(path: Path | None) -> Any:

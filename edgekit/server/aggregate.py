@@ -6,9 +6,10 @@ install attempts), control devices what they reported for the baseline bundle, b
 started and only what the server had received by the evaluation time, so a stored decision can be
 recomputed later from the same rows (late arrivals with old timestamps do not change history).
 
-Every row is parsed before it counts; a row that cannot be aggregated (a payload stored before ingest
-validated it, a non-finite time) is skipped and counted, never raised: one device cannot stop the
-evaluation of any rollout. The per-device bounds and the decision itself live in
+Every row is parsed with the telemetry contract (`device_runtime.telemetry_contract.parse_payload`, the
+one definition ingest checks too) before it counts; a row that cannot be aggregated (a payload stored
+before ingest validated it, a non-finite time) is skipped and counted, never raised: one device cannot
+stop the evaluation of any rollout. The per-device bounds and the decision itself live in
 `edgekit.rollout._replay.decide`.
 
 Two readers of the same rows, equal by construction:
@@ -29,10 +30,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from device_runtime.errors import ContractError
+from device_runtime.telemetry_contract import (
+    FeedbackPayload,
+    InferencesPayload,
+    InstallPayload,
+    parse_payload,
+)
 from edgekit.rollout._replay import DeviceTelemetry
 from edgekit.rollout.gates import HISTOGRAM_SIZE
 from edgekit.rollout.plan import RolloutPlan, arm
@@ -42,7 +50,6 @@ __all__ = ["FOLD_LAG_S", "SETTLE_S", "Window", "current_devices", "window_device
 
 FOLD_LAG_S = 120.0  # seconds an ingest request may take from receipt to commit
 SETTLE_S = 2 * FOLD_LAG_S  # seconds: an evaluation at T counts the events received by T - SETTLE_S
-_MAX_COUNT = 10**15  # a count above this in one event is not a device's (and would overflow floats)
 _COLUMNS = "device_id, kind, time, bundle_id, payload"
 
 
@@ -66,40 +73,16 @@ class _BadRow(ValueError):
     """A stored row that cannot be aggregated."""
 
 
-def _count(payload: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = payload.get(key, default)
-    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
-        raise _BadRow(f"{key}={str(value)[:40]!r} is not a count in [0, {_MAX_COUNT}]")
-    return value
-
-
-def _parse(kind: str, payload_text: str) -> dict[str, Any]:
-    """The fields the gates use, checked; raises _BadRow for anything else."""
+def _parse(kind: str, payload_text: str) -> Any:
+    """The stored payload, typed by the telemetry contract; raises _BadRow for anything it refuses."""
     try:
         payload = json.loads(payload_text)
     except (ValueError, RecursionError) as e:
         raise _BadRow("payload is not JSON") from e
-    if not isinstance(payload, dict):
-        raise _BadRow("payload is not an object")
-    if kind == "inferences":
-        inferences, errors = _count(payload, "inferences"), _count(payload, "errors", 0)
-        buckets = payload.get("latency_ms_buckets", [0] * HISTOGRAM_SIZE)
-        if not isinstance(buckets, list) or len(buckets) != HISTOGRAM_SIZE:
-            raise _BadRow(f"latency_ms_buckets must be a list of {HISTOGRAM_SIZE} counts")
-        histogram: list[int] = [_count({"bucket": b}, "bucket") for b in buckets]
-        samples = sum(histogram)
-        if errors > inferences or (samples and samples != inferences):
-            raise _BadRow("errors exceed inferences, or the histogram does not add up to them")
-        return {"inferences": inferences, "errors": errors, "histogram": histogram}
-    if kind == "feedback":
-        if not isinstance(payload.get("correct"), bool):
-            raise _BadRow("feedback.correct must be true or false")
-        return {"correct": payload["correct"]}
-    if kind == "install":
-        if not isinstance(payload.get("outcome"), str):
-            raise _BadRow("install.outcome must be a string")
-        return {"outcome": payload["outcome"]}
-    return {}
+    try:
+        return parse_payload(kind, payload)
+    except ContractError as e:
+        raise _BadRow(f"{e.reason}: {str(e)[:160]}") from e
 
 
 class _Device:
@@ -144,7 +127,7 @@ def _fold(rows: Iterable[Sequence[Any]], plan: RolloutPlan) -> Window:
         try:
             if not isinstance(time, int | float) or not math.isfinite(time):
                 raise _BadRow(f"event time {time!r} is not finite")
-            fields = _parse(kind, payload_text)
+            parsed = _parse(kind, payload_text)
         except _BadRow as e:
             window.skipped += 1
             window.first_problem = window.first_problem or f"{device_id} {kind}: {e}"
@@ -153,24 +136,24 @@ def _fold(rows: Iterable[Sequence[Any]], plan: RolloutPlan) -> Window:
         if device is None:
             device = found[device_id] = _Device()
         counts = device.counts
-        if kind == "install":
+        if isinstance(parsed, InstallPayload):
             if is_install:
                 counts["installs"] += 1
-                counts["install_failures"] += 0 if fields["outcome"] == "activated" else 1
+                counts["install_failures"] += 0 if parsed.outcome == "activated" else 1
             if bundle_id != wanted:
                 continue
         device.reported = True
         device.first, device.last = min(device.first, time), max(device.last, time)
         if kind == "crash":
             counts["crashes"] += 1
-        elif kind == "inferences":
-            counts["inferences"] += fields["inferences"]
-            counts["inference_errors"] += fields["errors"]
-            for i, c in enumerate(fields["histogram"]):
+        elif isinstance(parsed, InferencesPayload):
+            counts["inferences"] += parsed.inferences
+            counts["inference_errors"] += parsed.errors
+            for i, c in enumerate(parsed.latency_ms_buckets):
                 device.histogram[i] += c
-        elif kind == "feedback":
+        elif isinstance(parsed, FeedbackPayload):
             counts["feedback_total"] += 1
-            counts["feedback_correct"] += 1 if fields["correct"] else 0
+            counts["feedback_correct"] += 1 if parsed.correct else 0
     for device_id, d in found.items():
         window.devices[device_id] = DeviceTelemetry(
             device_id=device_id,
@@ -185,13 +168,29 @@ def _fold(rows: Iterable[Sequence[Any]], plan: RolloutPlan) -> Window:
 
 
 _RELEVANT = "(bundle_id IN (?, ?) OR (bundle_id IS NULL AND kind = 'install'))"
+_CHUNK = 20_000  # rows read at a time: a backlog of millions is folded without holding it in memory
+
+
+def _rows(db: Database, where: str, params: Sequence[Any], after: int = -1) -> Iterator[Sequence[Any]]:
+    """Rows (device_id, kind, time, bundle_id, payload) matching `where`, in seq order, in chunks."""
+    seq = db.event_seq
+    while True:
+        chunk = db.execute(
+            f"SELECT {seq}, {_COLUMNS} FROM events WHERE {seq} > ? AND {where} ORDER BY {seq} LIMIT {_CHUNK}",
+            (after, *params),
+        )
+        for row in chunk:
+            yield row[1:]
+        if len(chunk) < _CHUNK:
+            return
+        after = int(chunk[-1][0])
 
 
 def window_devices(db: Database, plan: RolloutPlan, until: float) -> Window:
     """Per-device telemetry of the plan's current stage from the raw events, as evaluated at `until`."""
-    rows = db.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE time >= ? AND received_at <= ? AND {_RELEVANT} "
-        f"ORDER BY {db.event_seq}",
+    rows = _rows(
+        db,
+        f"time >= ? AND received_at <= ? AND {_RELEVANT}",
         (plan.stage_started_at, until - SETTLE_S, plan.target.bundle_id, plan.baseline.bundle_id),
     )
     return _fold(rows, plan)
@@ -237,17 +236,15 @@ def current_devices(db: Database, plan: RolloutPlan, until: float) -> Window:
         after = int(marks[0][0])
         window.skipped, window.first_problem = int(marks[0][1]), marks[0][2]
         mark = _settled(db, after, cutoff)
-        rows = db.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE {seq} > ? AND {seq} <= ? AND time >= ? AND {_RELEVANT} "
-            f"ORDER BY {seq}",
-            (after, mark, *relevant),
-        )
+        rows = _rows(db, f"{seq} <= ? AND time >= ? AND {_RELEVANT}", (mark, *relevant), after)
     else:  # a new stage: its events so far, through the time index (few: the stage has just begun)
         after, mark = -1, _settled(db, 0, cutoff)
-        rows = db.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE time >= ? AND {_RELEVANT} AND {seq} <= ? "
-            f"AND received_at <= ? ORDER BY {seq}",
-            (*relevant, mark, cutoff),
+        rows = iter(
+            db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE time >= ? AND {_RELEVANT} AND {seq} <= ? "
+                f"AND received_at <= ? ORDER BY {seq}",
+                (*relevant, mark, cutoff),
+            )
         )
     if mark != after:
         folded = _fold(rows, plan)
@@ -266,10 +263,6 @@ def current_devices(db: Database, plan: RolloutPlan, until: float) -> Window:
                 "DO UPDATE SET seq = excluded.seq, skipped = excluded.skipped, problem = excluded.problem",
                 (*key, mark, window.skipped, window.first_problem),
             )
-    tail = db.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE {seq} > ? AND received_at <= ? AND time >= ? AND {_RELEVANT} "
-        f"ORDER BY {seq}",
-        (mark, cutoff, *relevant),
-    )
+    tail = _rows(db, f"received_at <= ? AND time >= ? AND {_RELEVANT}", (cutoff, *relevant), mark)
     window.merge(_fold(tail, plan))
     return window

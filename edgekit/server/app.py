@@ -208,6 +208,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         on_reject=rejected,
         limits=lambda path: ingest.MAX_BATCH_BYTES if path == "/v1/telemetry" else MAX_ADMIN_BODY,
     )
+    ingestor = ingest.Ingestor(db, repo, metrics)
+    app.state.ingest = ingestor  # for tests and tools (limits, known bundles)
     app.state.service = service  # for in-process tools and tests (replay, benchmarks)
     app.state.database = db
     repo_dir = config.data_dir / "repo"
@@ -265,12 +267,12 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def telemetry(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
         body = await request.body()
         # CPU and database work off the event loop, so polls are not stalled behind a batch.
-        outcome = await run_in_threadpool(ingest.ingest_batch, db, body, authorization, config.clock())
-        result = {200: "stored", 409: "duplicate"}.get(outcome.status, "rejected")
+        outcome = await run_in_threadpool(ingestor.ingest, body, authorization, config.clock())
+        result = {200: "stored", 409: "duplicate", 429: "rate-limited"}.get(outcome.status, "rejected")
         metrics.inc("edgekit_telemetry_batches_total", result=result)
         if outcome.status == 200:
-            metrics.inc("edgekit_telemetry_events_total", outcome.body["events"])
-        return JSONResponse(outcome.body, status_code=outcome.status)
+            metrics.inc("edgekit_telemetry_events_total", outcome.body["stored"])
+        return JSONResponse(outcome.body, status_code=outcome.status, headers=outcome.headers)
 
     @app.post("/v1/admin/devices", dependencies=[Depends(admin)])
     def register(device: DeviceRegistration) -> dict[str, str]:

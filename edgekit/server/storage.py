@@ -40,6 +40,19 @@ SCHEMA = [
         rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL,
         stage_index INTEGER NOT NULL, outcome TEXT NOT NULL, alert TEXT, records TEXT NOT NULL,
         PRIMARY KEY (rollout_id, seq))""",
+    # -- telemetry ingest (edgekit.server.ingest): token lookup, per-device limits and clock, quarantine
+    "CREATE INDEX IF NOT EXISTS devices_by_token ON devices (token_sha256)",
+    """CREATE TABLE IF NOT EXISTS ingest_quota (
+        device_id TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, crash_tokens DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, clock_skew_s DOUBLE PRECISION NOT NULL,
+        quarantine_unstored BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS device_bundles (
+        device_id TEXT NOT NULL, bundle_id TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (device_id, bundle_id))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        device_id TEXT NOT NULL, batch_id TEXT NOT NULL, event_id TEXT, received_at DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL, snippet TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS quarantine_by_device ON quarantine (device_id, received_at)",
     # Per-device rollups of a rollout's stage window, advanced from a watermark on the events' seq
     # (edgekit.server.aggregate): evaluation reads these plus the newest events, not every stored event.
     """CREATE TABLE IF NOT EXISTS rollup_devices (

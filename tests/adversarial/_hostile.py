@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from device_runtime.telemetry_contract import LATENCY_BUCKETS_MS, MAX_INFERENCES_PER_S, MAX_WINDOW_S
 from edgekit.rollout.gates import HISTOGRAM_SIZE, DeviceTelemetry, decide
 from tests.server.fleet import GATES
 
@@ -199,7 +200,8 @@ def fleet_rows(
                 "inferences": 60,
                 "errors": treatment_errors if treated else 0,
                 "latency_ms_buckets": list(shape),
-                "latency_ms_sum": 240.0,
+                "latency_ms_sum": latency_sum(shape),
+                "window_s": 600.0,
             }
             rows.append((device, "inferences", start + h * HOUR, start + h * HOUR, bundle, payload))
         if treated:
@@ -211,6 +213,23 @@ def fleet_rows(
     return rows
 
 
+def latency_sum(histogram: Any) -> float:
+    """A latency sum (ms) the histogram's bucket bounds allow: each inference at its bucket's lower bound,
+    or 1 ms above it for the first bucket."""
+    lower = (0.0, *(float(b) for b in LATENCY_BUCKETS_MS))
+    return float(sum(c * (lower[i] + (1.0 if i == 0 else 0.0)) for i, c in enumerate(histogram)))
+
+
+def within_schema(inferences: int, errors: int, histogram: tuple[int, ...]) -> tuple[int, int, list[int]]:
+    """The same claim shrunk to what one event may carry (at most MAX_INFERENCES_PER_S for an hour)."""
+    limit = int(MAX_INFERENCES_PER_S * MAX_WINDOW_S)
+    if inferences <= limit:
+        return inferences, errors, list(histogram)
+    scaled = [c * limit // inferences for c in histogram]
+    scaled[max(range(len(scaled)), key=lambda i: histogram[i])] += limit - sum(scaled)
+    return limit, errors * limit // inferences, scaled
+
+
 def hostile_events(
     device: DeviceTelemetry, plan: Any, start: float
 ) -> list[tuple[str, float, dict[str, Any]]]:
@@ -220,7 +239,10 @@ def hostile_events(
     version = plan.target.version if treated else plan.baseline.version
     at = max(start, min(device.first, start + 2.5 * HOUR))
     events: list[tuple[str, float, dict[str, Any]]] = []
-    if device.reported or device.inferences:
+    if device.inferences:
+        inferences, errors, histogram = within_schema(
+            device.inferences, device.inference_errors, device.latency_histogram
+        )
         events.append(
             (
                 "inferences",
@@ -228,10 +250,11 @@ def hostile_events(
                 {
                     "bundle_id": bundle,
                     "version": version,
-                    "inferences": device.inferences,
-                    "errors": device.inference_errors,
-                    "latency_ms_buckets": list(device.latency_histogram),
-                    "latency_ms_sum": 0.0,
+                    "inferences": inferences,
+                    "errors": errors,
+                    "latency_ms_buckets": histogram,
+                    "latency_ms_sum": latency_sum(histogram),
+                    "window_s": MAX_WINDOW_S,
                 },
             )
         )

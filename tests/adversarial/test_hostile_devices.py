@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from device_runtime.telemetry_contract import MAX_INFERENCES_PER_S, MAX_WINDOW_S
 from edgekit.rollout.gates import decide
 from edgekit.rollout.plan import arm
 from edgekit.server.dashboard import dashboard_data
@@ -33,6 +34,7 @@ from tests.adversarial._hostile import (
     hostile_device,
     hostile_events,
     insert_events,
+    latency_sum,
     send_batch,
     truthful_decision,
 )
@@ -89,43 +91,39 @@ def test_up_to_three_hostile_devices_never_change_a_decision_except_to_hold(case
 
 # -- finding 1 against the real server -------------------------------------------------------------------
 
+
+def _claims(
+    bundle: str, at: float, histogram: list[int], events: int
+) -> list[tuple[str, float, dict[str, Any]]]:
+    """`events` inferences aggregates of an hour each, as large as the telemetry contract lets one be."""
+    payload = {
+        "bundle_id": bundle,
+        "inferences": sum(histogram),
+        "errors": 0,
+        "latency_ms_buckets": histogram,
+        "latency_ms_sum": latency_sum(histogram),
+        "window_s": MAX_WINDOW_S,
+    }
+    return [("inferences", at, payload)] * events
+
+
+MOST = int(MAX_INFERENCES_PER_S * MAX_WINDOW_S)  # inferences one event may claim (an hour at the maximum)
+OVERFLOW = 11_000  # inferences above 5 s that one hour can hold (16 at a time, MAX_CONCURRENT_INFERENCES)
 ATTACKS = {
     # name: (honest fleet, the liar's arm, its events, the decision on honest data, what the lie won before)
-    "a trillion clean inferences": (
+    # Each lie is as large as the contract lets a device make it (the literal 10**12 of the finding is
+    # refused at ingest now); 50 such events in one batch claim 3.6e9 clean inferences.
+    "billions of clean inferences": (
         {"treatment_errors": 6},  # 10% of the treatment's inferences fail
         "treatment",
-        lambda bundle, at: [
-            (
-                "inferences",
-                at,
-                {
-                    "bundle_id": bundle,
-                    "inferences": 10**12,
-                    "errors": 0,
-                    "latency_ms_buckets": [0, 0, 10**12] + [0] * 10,
-                    "latency_ms_sum": 0.0,
-                },
-            )
-        ],
+        lambda bundle, at: _claims(bundle, at, [0, 0, MOST] + [0] * 10, 50),
         "rollback",
         "promote",
     ),
-    "a million overflow latencies in control": (
+    "half a million overflow latencies in control": (
         {"treatment_shape": SLOW},  # treatment 48x slower
         "control",
-        lambda bundle, at: [
-            (
-                "inferences",
-                at,
-                {
-                    "bundle_id": bundle,
-                    "inferences": 10**6,
-                    "errors": 0,
-                    "latency_ms_buckets": [0] * 12 + [10**6],
-                    "latency_ms_sum": 0.0,
-                },
-            )
-        ],
+        lambda bundle, at: _claims(bundle, at, [0] * 12 + [OVERFLOW], 50),
         "rollback",
         "promote",
     ),
@@ -169,7 +167,7 @@ def test_one_lying_device_cannot_decide_a_stage(fleet: Any, attack: str, route: 
 
 # -- finding 2: a stored row that cannot be summed -------------------------------------------------------
 
-BAD_PAYLOADS = [
+BAD_PAYLOADS = [  # each refused by the telemetry contract (and by ingest today)
     '{"bundle_id": "%s", "inferences": "x", "errors": 0}',
     '{"bundle_id": "%s", "inferences": ' + "9" * 400 + ', "errors": 0}',
     '{"bundle_id": "%s", "inferences": 5, "errors": 0, "latency_ms_buckets": "zz"}',

@@ -387,10 +387,11 @@ def test_telemetry_queue_is_bounded_and_counts_drops(
 ) -> None:
     rt = runtimes(tmp_path, releases, telemetry_max_events=50)
     for i in range(200):
-        rt.telemetry.record("test", i=i)
+        rt.telemetry.record("install", outcome="refused", reason=f"r{i}")  # a contract-valid event
     stats = rt.telemetry.stats()
-    assert stats == {"queued": 50, "dropped": 150, "failures": 0}
-    assert [e.payload["i"] for e in rt.telemetry.pending(1000)] == list(range(150, 200))  # the newest kept
+    assert stats == {"queued": 50, "dropped": 150, "failures": 0, "invalid": 0}
+    newest = [int(e.payload["reason"][1:]) for e in rt.telemetry.pending(1000)]
+    assert newest == list(range(150, 200))  # the newest kept
     assert rt.status()["telemetry"]["dropped"] == 150
 
 

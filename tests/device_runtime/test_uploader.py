@@ -78,9 +78,17 @@ def queue(tmp_path: Path) -> Iterator[TelemetryQueue]:
     q.close()
 
 
-def fill(queue: TelemetryQueue, count: int, **payload: Any) -> None:
+def fill(queue: TelemetryQueue, count: int, detail: str | None = None) -> None:
+    """`count` contract-valid events numbered by their reason code (r0, r1, ...)."""
     for i in range(count):
-        queue.record("test", index=i, **payload)
+        if detail is None:
+            queue.record("install", outcome="refused", reason=f"r{i}")
+        else:
+            queue.record("install", outcome="refused", reason=f"r{i}", detail=detail)
+
+
+def index(event: dict[str, Any]) -> int:
+    return int(event["payload"]["reason"][1:])
 
 
 def make(queue: TelemetryQueue, url: str, **overrides: Any) -> Uploader:
@@ -98,10 +106,11 @@ def test_success_sends_one_batch_and_empties_the_queue(
     assert queue.pending(100) == []
     (batch,) = server.batches
     assert batch["schema"] == SCHEMA and batch["device_id"] == "dev-1" and batch["sent_at"] == 2_000.5
-    assert [e["payload"]["index"] for e in batch["events"]] == [0, 1, 2, 3, 4]
+    assert [index(e) for e in batch["events"]] == [0, 1, 2, 3, 4]
     assert set(batch["events"][0]) == {"id", "kind", "time", "payload"}
     assert server.requests[0]["headers"]["Content-Type"] == "application/json"
     assert "Authorization" not in server.requests[0]["headers"]
+    assert server.requests[0]["headers"]["X-Edgekit-Device"] == "dev-1"
     assert uploader.upload_once() == (result.__class__(0, 0, None, None))  # nothing left: no request
     assert len(server.requests) == 1
 
@@ -192,33 +201,99 @@ def test_backoff_grows_exponentially_with_full_jitter_and_resets(
     assert uploader.next_delay() == 0.0 and uploader.consecutive_failures == 0
 
 
-def test_a_poison_event_is_isolated_by_halving_dropped_and_counted(
+@pytest.mark.parametrize("status", [400, 401, 403, 500])
+def test_a_refused_batch_is_never_bisected_or_dropped(
+    server: RecordingServer, queue: TelemetryQueue, status: int
+) -> None:
+    """A 400 is an envelope, clock or version problem of the whole batch (finding 4: a device whose clock
+    is 40 days off got 400s, bisected its batch and dropped its events one by one, the crash first)."""
+    queue.record("crash", bundle_id="c" * 64, during="inference")
+    fill(queue, 9)
+    server.responder = lambda batch: (status, b'{"error": "sent_at is more than 30 days away"}')
+    uploader = make(queue, server.url, batch_size=8)
+    for _ in range(12):
+        result = uploader.upload_once()
+        assert result.failed and result.dropped == 0 and result.acknowledged == 0
+    assert {len(b["events"]) for b in server.batches} == {8}  # the same batch, never halved
+    assert len({b["batch_id"] for b in server.batches}) == 1
+    assert len(queue.pending(100)) == 10 and queue.pending(1)[0].kind == "crash"
+    assert uploader.counters["oversize"] == uploader.counters["invalid"] == 0
+    server.responder = lambda batch: (200, b"{}")
+    while uploader.upload_once().sent:
+        pass
+    assert queue.pending(100) == [] and server.batches[-2]["events"][0]["kind"] == "crash"
+
+
+def test_events_the_server_quarantined_are_acknowledged_and_counted(
     server: RecordingServer, queue: TelemetryQueue
 ) -> None:
-    fill(queue, 10)
-    queue.record("test", index=99, poison=True)  # the 11th event
-    fill(queue, 5)
+    fill(queue, 4)
+    server.responder = lambda batch: (
+        200,
+        json.dumps(
+            {"stored": 3, "quarantined": 1, "refused": [{"id": "x", "reason": "rate-limit"}]}
+        ).encode(),
+    )
+    result = make(queue, server.url).upload_once()
+    assert (result.acknowledged, result.refused) == (4, 1) and queue.pending(10) == []
 
-    def responder(batch: dict[str, Any]) -> tuple[int, bytes]:
-        bad = any(e["payload"].get("poison") for e in batch["events"])
-        return (400, b'{"error": "event 3: unknown field"}') if bad else (200, b"{}")
 
-    server.responder = responder
-    uploader = make(queue, server.url, batch_size=8)
-    results = []
-    for _ in range(40):  # bounded: the test fails rather than spin if the uploader loops
-        result = uploader.upload_once()
-        if result.sent == 0 and result.dropped == 0:
-            break
-        results.append(result)
-    assert queue.pending(100) == []
-    assert sum(r.acknowledged for r in results) == 15 and sum(r.dropped for r in results) == 1
-    assert uploader.counters["poisoned"] == 1 and len(results) < 15
-    assert not any(r.failed for r in results)  # a rejection is not a reason to back off
-    delivered = [
-        e["payload"]["index"] for b in server.batches if b and responder(b)[0] == 200 for e in b["events"]
-    ]
-    assert sorted(delivered) == sorted([*range(10), *range(5)])
+def test_429_keeps_the_events_and_waits_at_least_retry_after(
+    server: RecordingServer, queue: TelemetryQueue
+) -> None:
+    fill(queue, 3)
+    server.responder = lambda batch: (429, b'{"error": "over the limit", "retry_after_s": 120}')
+    uploader = make(queue, server.url, base_backoff_s=1.0, max_backoff_s=600.0)
+    result = uploader.upload_once()
+    assert result.failed and result.status == 429 and len(queue.pending(10)) == 3
+    assert 120.0 <= uploader.next_delay() <= 600.0 and uploader.counters["rate_limited"] == 1
+    server.responder = lambda batch: (200, b"{}")
+    assert uploader.upload_once().acknowledged == 3 and uploader.next_delay() == 0.0
+
+
+def test_the_queue_records_only_contract_valid_payloads(queue: TelemetryQueue) -> None:
+    queue.record("inferences", bundle_id="a" * 64, inferences=10**12, errors=0)  # finding 1's payload
+    queue.record("feedback", bundle_id="<script>", correct=True)
+    queue.record("no-such-kind", detail="x")
+    queue.record("install", outcome="refused", reason="signature", detail="y" * 5000)  # clipped, kept
+    assert queue.stats()["invalid"] == 3 and len(queue.pending(10)) == 1
+    assert len(queue.pending(1)[0].payload["detail"]) == 300
+
+
+def test_inference_aggregates_carry_the_window_they_cover(tmp_path: Path) -> None:
+    from device_runtime.telemetry_contract import MAX_WINDOW_S, parse_payload
+
+    now = [100.0]
+    queue = TelemetryQueue(
+        tmp_path / "t.db", max_events=100, clock=lambda: 1.0, flush_every=10**6, monotonic=lambda: now[0]
+    )
+    for _ in range(5):
+        now[0] += 2.0
+        queue.record_inference("b" * 64, "1.0.0", 1.5, ok=True)
+    now[0] += MAX_WINDOW_S  # the next inference would stretch the window past the contract's bound
+    queue.record_inference("b" * 64, "1.0.0", 1.5, ok=False)
+    queue.flush()
+    first, second = (parse_payload(e.kind, e.payload) for e in queue.pending(10))
+    assert first.inferences == 5 and abs(first.window_s - (8.0 + 0.0015)) < 1e-9  # type: ignore[union-attr]
+    assert second.inferences == 1 and second.errors == 1  # type: ignore[union-attr]
+    queue.close()
+
+
+def test_an_event_this_device_made_invalid_is_dropped_unsent(
+    server: RecordingServer, queue: TelemetryQueue
+) -> None:
+    fill(queue, 2)
+    # An older firmware's event (written straight into the queue): it violates the contract.
+    queue._db.execute(
+        "INSERT INTO events (event_id, kind, time, payload) VALUES ('old1', 'inferences', 5.0, ?)",
+        (json.dumps({"bundle_id": "a" * 64, "inferences": "x"}),),
+    )
+    fill(queue, 2)
+    uploader = make(queue, server.url)
+    results = [uploader.upload_once() for _ in range(4)]
+    assert [r.sent for r in results] == [2, 0, 2, 0] and results[1].dropped == 1
+    assert uploader.counters["invalid"] == 1 and queue.pending(10) == []
+    assert all(e["id"] != "old1" for b in server.batches for e in b["events"])
 
 
 def test_413_on_a_single_event_drops_it(server: RecordingServer, queue: TelemetryQueue) -> None:
@@ -230,20 +305,20 @@ def test_413_on_a_single_event_drops_it(server: RecordingServer, queue: Telemetr
 
 
 def test_the_body_size_cap_splits_batches(server: RecordingServer, queue: TelemetryQueue) -> None:
-    fill(queue, 20, blob="x" * 300)
+    fill(queue, 20, detail="x" * 300)
     cap = 2048
     uploader = make(queue, server.url, max_body_bytes=cap)
     while uploader.upload_once().sent:
         pass
     sizes = [len(r["body"]) for r in server.requests]
     assert len(sizes) > 1 and max(sizes) <= cap
-    assert sorted(e["payload"]["index"] for b in server.batches for e in b["events"]) == list(range(20))
+    assert sorted(index(e) for b in server.batches for e in b["events"]) == list(range(20))
 
 
 def test_an_event_larger_than_the_cap_is_dropped_and_counted(
     server: RecordingServer, queue: TelemetryQueue
 ) -> None:
-    queue.record("huge", blob="y" * 5000)
+    queue.record("trial", outcome="reverted", bundle_id="d" * 64, reasons=["y" * 300] * 20)  # ~6 KB
     fill(queue, 2)
     uploader = make(queue, server.url, max_body_bytes=2048)
     first = uploader.upload_once()

@@ -19,7 +19,7 @@ START = 1_700_000_000.0
 
 def _plan() -> RolloutPlan:
     def release(version: str, counter: int) -> Release:
-        return Release(version, counter, f"bundles/tiny-{version}.ekb", f"bundle-{version}")
+        return Release(version, counter, f"bundles/tiny-{version}.ekb", version * 64)
 
     return RolloutPlan(
         "tiny",
@@ -43,7 +43,7 @@ def test_rollups_equal_a_recount_of_the_raw_events(database: Database) -> None:
     rng = np.random.default_rng(3)
     plan = _plan()
     devices = [f"dev-{i}" for i in range(60)]
-    bundles = [plan.target.bundle_id, plan.baseline.bundle_id, "bundle-other", None]
+    bundles = [plan.target.bundle_id, plan.baseline.bundle_id, "f" * 64, None]
     now = START
     for step in range(12):
         rows = []
@@ -51,17 +51,25 @@ def test_rollups_equal_a_recount_of_the_raw_events(database: Database) -> None:
             device = devices[int(rng.integers(len(devices)))]
             received = now + float(rng.uniform(-600, 600))  # replicas' clocks and slow requests
             kind = str(rng.choice(["inferences", "crash", "feedback", "install", "trial"]))
-            payload: object = {
-                "inferences": {"inferences": 4, "errors": 1, "latency_ms_buckets": [0, 0, 4] + [0] * 10},
+            bundle = bundles[int(rng.integers(len(bundles)))]
+            payload: dict[str, object] = {
+                "inferences": {
+                    "inferences": 4,
+                    "errors": 1,
+                    "latency_ms_buckets": [0, 0, 4] + [0] * 10,
+                    "latency_ms_sum": 12.0,
+                    "window_s": 600.0,
+                },
                 "crash": {"during": "inference"},
                 "feedback": {"correct": bool(rng.integers(2))},
                 "install": {"outcome": str(rng.choice(["activated", "failed"]))},
                 "trial": {"outcome": "committed"},
             }[kind]
+            if bundle is not None:
+                payload["bundle_id"] = bundle
             text = (
                 json.dumps(payload) if rng.random() > 0.02 else '{"inferences": "x"}'
             )  # a bad row now and then
-            bundle = bundles[int(rng.integers(len(bundles)))]
             rows.append(
                 (
                     f"{device}:{uuid.uuid4().hex}",
@@ -85,3 +93,6 @@ def test_rollups_equal_a_recount_of_the_raw_events(database: Database) -> None:
         assert live.devices == again.devices, step
         assert live.skipped == again.skipped
     assert any(arm(plan, d) == "treatment" for d in live.devices)
+    assert (
+        any(d.inferences for d in live.devices.values()) and live.skipped > 0
+    )  # parsed, and bad rows counted

@@ -97,6 +97,7 @@ def fleet_telemetry(
                     "errors": 0,
                     "latency_ms_buckets": buckets,
                     "latency_ms_sum": 240.0,
+                    "window_s": 600.0,  # the telemetry contract bounds counts by the time they cover
                 },
             )
             for h in (0.1, 1.0, 2.0)

@@ -131,9 +131,9 @@ def test_a_killed_server_loses_no_acknowledged_telemetry(operator: tuple[Path, P
             "events": [
                 {
                     "id": uuid.uuid4().hex,
-                    "kind": "inferences",
+                    "kind": "install",
                     "time": time.time(),
-                    "payload": {"inferences": 5},
+                    "payload": {"outcome": "refused", "reason": "signature"},
                 }
                 for _ in range(10)
             ],

@@ -36,6 +36,11 @@ def register(server: LiveServer, device_id: str) -> str:
     return str(body["token"])
 
 
+def known_bundle(server: LiveServer) -> str:
+    """The bundle id of a release the server's repository has published."""
+    return sorted(server.app.state.ingest.known_bundles())[0]
+
+
 def oversized_status(server: LiveServer, token: str) -> int:
     """Declare a 2 MB body: the server must answer 413 before reading it (so send only the headers)."""
     import http.client
@@ -87,7 +92,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str | None:
 def test_telemetry_is_authenticated_idempotent_and_bounded(start_server: Any, db_url: str) -> None:
     server = start_server(db_url=db_url)
     token = register(server, "dev-1")
-    good = batch("dev-1", [event("inferences", time.time(), bundle_id="b" * 64, inferences=10, errors=0)])
+    good = batch("dev-1", [event("feedback", time.time(), bundle_id=known_bundle(server), correct=True)])
     assert server.http.request("POST", "/v1/telemetry", good, token=token)[0] == 200
     status, body = server.http.request("POST", "/v1/telemetry", good, token=token)
     assert status == 409 and body["status"] == "duplicate"  # a retried batch counts once
@@ -102,23 +107,31 @@ def test_telemetry_is_authenticated_idempotent_and_bounded(start_server: Any, db
         b"not json",
         b'{"schema": "edgekit.telemetry/v1", "schema": 1}',
         json.dumps({"events": []}).encode(),
-        json.dumps(batch("dev-1", [{"id": "1", "kind": "BAD KIND", "time": 0, "payload": {}}])).encode(),
+        json.dumps(batch("dev-1", [event("crash", time.time())], sent_at=1e400)).encode(),
     ):
         status, body = server.http.request("POST", "/v1/telemetry", raw=bad, token=token)
         assert status == 400 and "Traceback" not in json.dumps(body)
-    stale = batch("dev-1", [event("crash", 0.0)], sent_at=1.0)
-    assert server.http.request("POST", "/v1/telemetry", stale, token=token)[0] == 400
+    # A bad event is quarantined on its own: the batch is answered 200 and names it.
+    odd = batch("dev-1", [{"id": "1", "kind": "BAD KIND", "time": 0, "payload": {}}])
+    status, body = server.http.request("POST", "/v1/telemetry", odd, token=token)
+    assert status == 200 and (body["stored"], body["quarantined"]) == (0, 1)
+    assert body["refused"] == [{"id": "1", "reason": "unknown-kind"}]
     metrics = server.http.request("GET", "/metrics")[1]
-    for reason in ("forged", "replayed", "oversized", "malformed", "stale"):
+    for reason in ("forged", "replayed", "oversized", "malformed"):
         assert f'edgekit_telemetry_rejected{{reason="{reason}"}}' in metrics
-    assert 'edgekit_telemetry_batches_total{result="stored"} 1' in metrics
+    assert 'edgekit_telemetry_quarantined_total{reason="unknown-kind"} 1' in metrics
+    assert 'edgekit_telemetry_batches_total{result="stored"} 2' in metrics
 
 
 def test_a_restarted_server_keeps_every_acknowledged_batch(start_server: Any, tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'durable.db'}"
     first = start_server(db_url=url)
     token = register(first, "dev-9")
-    sent = [batch("dev-9", [event("inferences", time.time(), inferences=i + 1)]) for i in range(20)]
+    bundle = known_bundle(first)
+    sent = [
+        batch("dev-9", [event("feedback", time.time(), bundle_id=bundle, correct=i % 2 == 0)])
+        for i in range(20)
+    ]
     for item in sent:
         assert first.http.request("POST", "/v1/telemetry", item, token=token)[0] == 200
     first.stop()

@@ -94,10 +94,13 @@ def latency_quantile_range(
     removed mass is j * weight; the remainder's quantile is lowest when that mass is taken from the
     highest buckets first (each up to its cap) and highest when taken from the lowest first (moving
     removal mass to a higher bucket makes the remainder stochastically smaller). The extremes over
-    j = 0..k bound every actual removal of at most k devices. NaN when nothing might be left.
+    j = 0..k bound every actual removal of at most k devices. NaN when nothing might be left, or when the
+    caps cannot hold k devices' weight (inconsistent inputs fail closed).
     """
     value = latency_quantile(histogram, q)
     low, high = value, value
+    if not any(caps):  # nothing removable
+        return low, high
     counts = [float(c) for c in histogram]
     total = math.fsum(counts)
     for j in range(1, k + 1):

@@ -417,3 +417,43 @@ def test_replay_refuses_events_out_of_order() -> None:
     ]
     with pytest.raises(GateConfigError, match="time order"):
         replay(events, CONFIG)
+
+
+# -- robustness to a few devices -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [-1, 1.5, True, 101])
+def test_robust_devices_must_be_a_small_non_negative_integer(k: object) -> None:
+    with pytest.raises(GateConfigError, match="robust_devices"):
+        GateConfig(robust_devices=k)  # type: ignore[arg-type]
+
+
+def test_removable_share_larger_than_the_arm_is_invalid_telemetry() -> None:
+    treatment = dataclasses.replace(arm_metrics(40, 5), removable=ArmMetrics(crashes=6))
+    decision = decide(treatment, arm_metrics(40, 15), 40)
+    assert decision.outcome == "hold" and "removable crashes exceeds" in (decision.alert or "")
+
+
+def test_a_decision_must_survive_losing_the_most_influential_devices() -> None:
+    # 24 treatment crashes roll back (see above) unless 3 devices brought 5 of them.
+    control = arm_metrics(10, 0)
+    rolled = decide(arm_metrics(10, 24), control, 10)
+    assert rolled.outcome == "rollback"
+    few = dataclasses.replace(
+        arm_metrics(10, 24), removable=ArmMetrics(devices=3, crashes=5, device_hours=30)
+    )
+    held = decide(few, control, 10)
+    assert (
+        record(held, "crash_rate").outcome == "hold"
+        and "most influential" in record(held, "crash_rate").detail
+    )
+
+
+def test_latency_quantile_range_brackets_the_quantile() -> None:
+    from edgekit.rollout._stats import latency_quantile_range
+
+    histogram = [0, 0, 0, 10, 80, 8, 2, 0, 0, 0, 0, 0, 0]
+    p95 = latency_quantile(histogram, 0.95)
+    assert latency_quantile_range(histogram, 0.95, [0] * 13, 1.0, 3) == (p95, p95)
+    low, high = latency_quantile_range(histogram, 0.95, [0, 0, 0, 6, 6, 6, 2, 0, 0, 0, 0, 0, 0], 2.0, 3)
+    assert low < p95 < high

@@ -181,12 +181,11 @@ def _arm(parts: list[dict[str, Any]], k: int) -> ArmMetrics:
     removable_hist = [0.0] * HISTOGRAM_SIZE
     if timed:
         weight = math.fsum(p["samples"] for p in timed) / len(timed)
-        for p in timed:
-            for i, share in enumerate(p["shape"]):
-                histogram[i] += share * weight
-        # Per bucket, the most any K devices weigh there: what removing K devices can take from it.
         for i in range(HISTOGRAM_SIZE):
-            removable_hist[i] = math.fsum(heapq.nlargest(k, (p["shape"][i] * weight for p in timed)))
+            masses = [p["shape"][i] * weight for p in timed]
+            histogram[i] = math.fsum(masses)
+            # The most any K devices weigh in this bucket: what removing K devices can take from it.
+            removable_hist[i] = min(histogram[i], math.fsum(heapq.nlargest(k, masses)))
     totals["latency_devices"] = float(len(timed))
     top["latency_devices"] = float(min(k, len(timed)))
     removable = ArmMetrics(**top, latency_histogram=tuple(removable_hist))  # type: ignore[arg-type]

@@ -187,7 +187,7 @@ class GateConfig:
     stage_deadline_hours: float = 72.0  # hours; past it a stage without a decision alerts
     stage_min_hours: tuple[tuple[int, float], ...] = ((1, 36.0), (5, 12.0), (25, 4.0), (100, 6.0))  # hours
     default_stage_min_hours: float = 12.0  # hours, for stages not in stage_min_hours
-    robust_devices: int = 3  # devices per arm whose removal every non-hold decision must survive
+    robust_devices: int = 3  # devices per arm (K) whose removal every non-hold decision must survive
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:

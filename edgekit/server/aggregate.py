@@ -171,12 +171,21 @@ _RELEVANT = "(bundle_id IN (?, ?) OR (bundle_id IS NULL AND kind = 'install'))"
 _CHUNK = 20_000  # rows read at a time: a backlog of millions is folded without holding it in memory
 
 
-def _rows(db: Database, where: str, params: Sequence[Any], after: int = -1) -> Iterator[Sequence[Any]]:
-    """Rows (device_id, kind, time, bundle_id, payload) matching `where`, in seq order, in chunks."""
+def _rows(
+    db: Database, where: str, params: Sequence[Any], after: int = -1, *, by_seq: bool = False
+) -> Iterator[Sequence[Any]]:
+    """Rows (device_id, kind, time, bundle_id, payload) matching `where`, in seq order, in chunks.
+
+    `by_seq`: the rows lie in a short seq range past `after`; walk that range rather than let SQLite's
+    planner pick the bundle index, which would visit every stored event of the bundles (measured: the
+    evaluation then grows with the stored events).
+    """
     seq = db.event_seq
+    table = "events NOT INDEXED" if by_seq and db.kind == "sqlite" else "events"
     while True:
         chunk = db.execute(
-            f"SELECT {seq}, {_COLUMNS} FROM events WHERE {seq} > ? AND {where} ORDER BY {seq} LIMIT {_CHUNK}",
+            f"SELECT {seq}, {_COLUMNS} FROM {table} WHERE {seq} > ? AND {where} "
+            f"ORDER BY {seq} LIMIT {_CHUNK}",
             (after, *params),
         )
         for row in chunk:
@@ -236,7 +245,7 @@ def current_devices(db: Database, plan: RolloutPlan, until: float) -> Window:
         after = int(marks[0][0])
         window.skipped, window.first_problem = int(marks[0][1]), marks[0][2]
         mark = _settled(db, after, cutoff)
-        rows = _rows(db, f"{seq} <= ? AND time >= ? AND {_RELEVANT}", (mark, *relevant), after)
+        rows = _rows(db, f"{seq} <= ? AND time >= ? AND {_RELEVANT}", (mark, *relevant), after, by_seq=True)
     else:  # a new stage: its events so far, through the time index (few: the stage has just begun)
         after, mark = -1, _settled(db, 0, cutoff)
         rows = iter(
@@ -263,6 +272,8 @@ def current_devices(db: Database, plan: RolloutPlan, until: float) -> Window:
                 "DO UPDATE SET seq = excluded.seq, skipped = excluded.skipped, problem = excluded.problem",
                 (*key, mark, window.skipped, window.first_problem),
             )
-    tail = _rows(db, f"received_at <= ? AND time >= ? AND {_RELEVANT}", (cutoff, *relevant), mark)
+    tail = _rows(
+        db, f"received_at <= ? AND time >= ? AND {_RELEVANT}", (cutoff, *relevant), mark, by_seq=True
+    )
     window.merge(_fold(tail, plan))
     return window

@@ -66,10 +66,20 @@ Defaults, chosen for a 100,000-device fleet at a baseline crash hazard of 1e-3 p
   40 events; A = log(0.9/0.001) = 6.80 needs about 120 events under a 2x regression (~40 h at 1%).
 - stage minimum durations 36 h (1%), 12 h (5%), 4 h (25%), 6 h (100%): rollback is never delayed by them,
   only promotion, so they buy power. A seeded simulation of that fleet through these gates (Poisson
-  crashes and errors, hourly evaluation, 4,000 rollouts per scenario) rolled back 98.7% of 2x crash
-  regressions within the 1% stage and 100% before 25% (targets >= 90% and >= 99.9%), falsely halted
-  0.15% of A/A rollouts (0.7% in a 1,000-run seed; the Ville bound is 0.67%; target <= 1%), and took
-  96.8% of healthy releases to 100% within 96 h (median 58 h, the sum of the minimum durations).
+  crashes and errors, hourly evaluation, `edgekit.rollout.simulate`), before the gates were made robust
+  to a few devices (4,000 rollouts per scenario): 98.7% of 2x crash regressions rolled back within the 1%
+  stage and 100% before 25% (targets >= 90% and >= 99.9%), 0.15% of A/A rollouts falsely halted (0.7% in
+  a 1,000-run seed; the Ville bound is 0.67%; target <= 1%), 96.8% of healthy releases at 100% within 96 h
+  (median 58 h, the sum of the minimum durations). With K = 3 (each arm carrying its 3 most influential
+  devices' share, as the server builds it; 400 rollouts per scenario, seed 1, K = 0 on the same runs in
+  brackets): 100% (99.5%) of 2x crash regressions rolled back within the 1% stage and 100% (100%) before
+  25%, 0 (0) of 400 A/A rollouts falsely halted, 92.3% (97.3%) of healthy releases at 100% within 96 h,
+  median 54 h (52 h), p95 113 h (75 h): at 1% the crash SPRT must also pass without the 3 control devices
+  with the most crashes, some 25 more events. With 3 hostile devices per arm lying at the per-device caps
+  toward the wrong decision every hour (`FleetModel.hostile_devices`, 200 rollouts each): K = 3 rolled
+  back 0% of healthy releases and promoted 0% of 2x crash regressions, every run held at 1% (a stalled
+  stage alerts at its deadline); K = 0 rolled back 100% of healthy releases and promoted 100% of the
+  regressions.
 - minimum exposure: 100 devices and 500 device-hours per arm, and >= 5 treatment events expected under
   H0 before an SPRT may decide; small enough not to bind at 1% of a 100k fleet, large enough that a
   handful of devices cannot decide a stage.

@@ -20,6 +20,12 @@ stage, by clock skew (reports stamped before the stage start fall outside its wi
 report interval and by offline hours (a geometric number of extra hours) -> added to the stage's
 cumulative `ArmMetrics`. Data still in flight when a stage changes belongs to the old stage's window.
 
+Each arm is built as the server builds it: with its K most influential devices' share
+(`ArmMetrics.removable`, approximated from the per-device Poisson counts), and with
+`FleetModel.hostile_devices` liars per arm that report at the per-device caps every hour in the worst
+direction: toward a rollback of a healthy release (treatment devices as broken as a device can be,
+control devices flawless and busy), toward the promotion of a regressed one (the reverse).
+
 Everything is pure: randomness comes only from the `np.random.Generator` passed in (`simulate` spawns one
 per run from the seed, so run i is the same whatever the number of runs), time is simulated.
 

@@ -187,6 +187,21 @@ def server_rows(d: dict[str, Any]) -> list[Row]:
     ]
 
 
+def evaluate_rows(d: dict[str, Any]) -> list[Row]:
+    small, large = d["sizes"]
+    return [
+        _row(
+            "evaluate",
+            f"gate evaluation at {large['stored_events']:,} vs {small['stored_events']:,} stored events "
+            f"({d['backend']})",
+            f"{d['ratio']:.2f}x ({small['evaluate_median_ms']:.0f} -> {large['evaluate_median_ms']:.0f} ms)",
+            f"recount of the window, same run: {d['recount_ratio']:.2f}x",
+            "<= 2x",
+            d["ratio"] <= 2.0,
+        )
+    ]
+
+
 def simulate_rows(d: dict[str, Any]) -> list[Row]:
     rows = []
     for name, doc in d.items():
@@ -323,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             install_memory_rows,
         ),
         ("server", lambda: _run(["bench.server"], args.out / "server.json", args.quick), server_rows),
+        ("evaluate", lambda: _run(["bench.evaluate"], args.out / "evaluate.json", args.quick), evaluate_rows),
         ("simulate", lambda: run_simulations(args.out / "simulate.json", args.quick), simulate_rows),
         ("zoo", lambda: _run(["bench.zoo"], args.out / "zoo.json", args.quick), zoo_rows),
     ]

@@ -56,6 +56,7 @@ class FleetModel:
     report_interval_hours: float = 1 / 6  # hours between a device's telemetry uploads
     eval_every_hours: int = 1  # hours between gate evaluations
     max_hours: int = 240  # hours simulated at most; a run still undecided then is "stuck"
+    hostile_devices: int = 0  # devices per arm that lie in the worst direction every hour (see simulate)
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -69,6 +70,10 @@ class FleetModel:
             )
         need(isinstance(self.devices, int) and self.devices >= 1, "devices must be an integer >= 1")
         need(isinstance(self.max_hours, int) and self.max_hours >= 1, "max_hours must be an integer >= 1")
+        need(
+            isinstance(self.hostile_devices, int) and 0 <= self.hostile_devices <= 100,
+            "hostile_devices must be an integer in [0, 100]",
+        )
         need(
             isinstance(self.eval_every_hours, int) and self.eval_every_hours >= 1,
             "eval_every_hours must be an integer >= 1",
@@ -210,6 +215,11 @@ class Summary:
         """Share of A/A runs rolled back (None when a regression is simulated)."""
         return self.rolled_back if self.regression is None else None
 
+    @property
+    def false_promote_rate(self) -> float | None:
+        """Share of regressed runs promoted past the first stage (None for A/A)."""
+        return None if self.regression is None else 1 - self.halted_before_stage.get(2, 1.0)
+
     def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
         """JSON-ready figures; `timing=False` leaves out wall-clock fields (for reproducible output)."""
         data: dict[str, Any] = {
@@ -222,6 +232,8 @@ class Summary:
             "stuck": self.stuck,
             "complete": self.complete,
             "false_halt_rate": self.false_halt_rate,
+            "false_promote_rate": self.false_promote_rate,
+            "hostile_devices": self.model.hostile_devices,
             "mean_exposed_devices": self.mean_exposed_devices,
             "mean_exposed_devices_all": self.mean_exposed_devices_all,
             "hours_to_full": self.hours_to_full,

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 
 from device_runtime.telemetry import LATENCY_BUCKETS_MS
 
-__all__ = ["latency_quantile", "poisson_lower", "poisson_upper", "sprt_bounds", "sprt_llr", "wilson"]
+__all__ = [
+    "latency_quantile",
+    "latency_quantile_range",
+    "poisson_lower",
+    "poisson_upper",
+    "sprt_bounds",
+    "sprt_llr",
+    "wilson",
+]
 
 
 def sprt_bounds(alpha: float, beta: float) -> tuple[float, float]:
@@ -75,3 +83,37 @@ def latency_quantile(histogram: Sequence[float], q: float) -> float:
             return lower + (upper - lower) * (rank - cumulative) / count
         cumulative += count
     return math.inf  # unreachable for a consistent histogram
+
+
+def latency_quantile_range(
+    histogram: Sequence[float], q: float, caps: Sequence[float], weight: float, k: int
+) -> tuple[float, float]:
+    """The lowest and highest quantile `q` (ms) left after removing up to `k` devices of equal `weight`.
+
+    `caps[i]` bounds what the removed devices together weigh in bucket i. For j removed devices the
+    removed mass is j * weight; the remainder's quantile is lowest when that mass is taken from the
+    highest buckets first (each up to its cap) and highest when taken from the lowest first (moving
+    removal mass to a higher bucket makes the remainder stochastically smaller). The extremes over
+    j = 0..k bound every actual removal of at most k devices. NaN when nothing might be left, or when the
+    caps cannot hold k devices' weight (inconsistent inputs fail closed).
+    """
+    value = latency_quantile(histogram, q)
+    low, high = value, value
+    if not any(caps):  # nothing removable
+        return low, high
+    counts = [float(c) for c in histogram]
+    total = math.fsum(counts)
+    for j in range(1, k + 1):
+        mass = j * weight
+        if total - mass <= 0 or sum(caps) < mass * (1 - 1e-9):
+            return math.nan, math.nan
+        ends = []
+        for order in (range(len(counts) - 1, -1, -1), range(len(counts))):
+            left, rest = mass, list(counts)
+            for i in order:
+                taken = min(rest[i], caps[i], left)
+                rest[i] -= taken
+                left -= taken
+            ends.append(latency_quantile(rest, q))
+        low, high = min(low, ends[0]), max(high, ends[1])
+    return low, high

@@ -41,6 +41,7 @@ _SCALARS = (
     "install_failures",
     "feedback_total",
     "feedback_correct",
+    "latency_devices",
 )
 
 
@@ -60,6 +61,12 @@ class ArmMetrics:
     Counts are floats so that missing values can arrive as NaN and be refused by `evaluate` (fail closed)
     instead of failing at construction.
 
+    `removable` says how much of each field the most influential few devices (`GateConfig.robust_devices`)
+    contributed: per field, the sum of the K largest per-device contributions (their `devices` is K, their
+    `latency_histogram` the histogram mass K devices carry). `evaluate` takes a decision other than hold
+    only when it survives taking any such amounts away from each arm, so no K devices can steer it. None
+    means nothing is removable (arm totals without per-device knowledge, as in unit tests).
+
     Attributes:
         devices: distinct devices that reported (devices).
         device_hours: hours the model ran, summed over devices (device-hours).
@@ -72,6 +79,11 @@ class ArmMetrics:
             then one overflow bucket; `HISTOGRAM_SIZE` entries.
         feedback_total: predictions with ground truth reported by the app (events).
         feedback_correct: those that were correct (events).
+        latency_devices: devices whose histograms make up `latency_histogram`, each weighing the same
+            (devices; 0 when unknown).
+        removable: the K most influential devices' share of every field (see above), or None. Its
+            `latency_histogram` holds, per bucket, the most that K devices weigh in that bucket, and its
+            `latency_devices` is K.
     """
 
     devices: float = 0
@@ -84,6 +96,8 @@ class ArmMetrics:
     latency_histogram: tuple[float, ...] = (0,) * HISTOGRAM_SIZE
     feedback_total: float = 0
     feedback_correct: float = 0
+    latency_devices: float = 0
+    removable: ArmMetrics | None = None
 
     def plus(self, other: ArmMetrics) -> ArmMetrics:
         """Field-wise sum (telemetry deltas add up; `devices` in a delta counts newly seen devices).
@@ -100,6 +114,9 @@ class ArmMetrics:
         summed["latency_histogram"] = tuple(
             a + b for a, b in zip(self.latency_histogram, other.latency_histogram, strict=True)
         )
+        # Top-K of a sum is at most the sum of the top-Ks: adding removables stays conservative.
+        mine, theirs = self.removable, other.removable
+        summed["removable"] = mine if theirs is None else theirs if mine is None else mine.plus(theirs)
         return ArmMetrics(**summed)
 
     def problems(self) -> dict[str, str]:
@@ -126,6 +143,17 @@ class ArmMetrics:
         ):
             if part not in found and whole not in found and getattr(self, part) > getattr(self, whole):
                 found[part] = f"{part}={getattr(self, part)!r} exceeds {whole}={getattr(self, whole)!r}"
+        if self.removable is not None:
+            # What the most influential devices contributed must itself be valid and within the total.
+            for name, why in self.removable.problems().items():
+                found.setdefault(name, f"removable {why}")
+            for name in _SCALARS:
+                if name not in found and getattr(self.removable, name) > getattr(self, name):
+                    found[name] = f"removable {name} exceeds the arm's {name}={getattr(self, name)!r}"
+            if "latency_histogram" not in found and sum(self.removable.latency_histogram) > sum(
+                self.latency_histogram
+            ):
+                found["latency_histogram"] = "removable latency mass exceeds the arm's histogram"
         return found
 
 
@@ -159,6 +187,7 @@ class GateConfig:
     stage_deadline_hours: float = 72.0  # hours; past it a stage without a decision alerts
     stage_min_hours: tuple[tuple[int, float], ...] = ((1, 36.0), (5, 12.0), (25, 4.0), (100, 6.0))  # hours
     default_stage_min_hours: float = 12.0  # hours, for stages not in stage_min_hours
+    robust_devices: int = 3  # devices per arm (K) whose removal every non-hold decision must survive
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -181,6 +210,10 @@ class GateConfig:
         need(0 <= self.max_accuracy_drop_pp < 100, "max_accuracy_drop_pp must lie in [0, 100)")
         need(0 < self.z_pass <= self.z_rollback, "need 0 < z_pass <= z_rollback")
         need(self.stage_deadline_hours > 0, "stage_deadline_hours must be > 0")
+        need(
+            isinstance(self.robust_devices, int) and 0 <= self.robust_devices <= 100,
+            f"robust_devices must be an integer in [0, 100] (devices), got {self.robust_devices!r}",
+        )
         for name in (
             "min_devices_per_arm",
             "min_device_hours_per_arm",
@@ -247,6 +280,8 @@ class StageDecision:
             deadline, a rollback), else None.
         stage: the stage percent evaluated.
         time: when it was evaluated (seconds since the Unix epoch).
+        skipped_rows: stored telemetry rows of the window that could not be aggregated and were left
+            out (an anomaly for the dashboard; it never changes the outcome by itself).
     """
 
     outcome: Outcome
@@ -254,6 +289,7 @@ class StageDecision:
     alert: str | None
     stage: int
     time: float
+    skipped_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become None (JSON has no NaN or Infinity)."""

@@ -20,6 +20,12 @@ stage, by clock skew (reports stamped before the stage start fall outside its wi
 report interval and by offline hours (a geometric number of extra hours) -> added to the stage's
 cumulative `ArmMetrics`. Data still in flight when a stage changes belongs to the old stage's window.
 
+Each arm is built as the server builds it: with its K most influential devices' share
+(`ArmMetrics.removable`, approximated from the per-device Poisson counts), and with
+`FleetModel.hostile_devices` liars per arm that report at the per-device caps every hour in the worst
+direction: toward a rollback of a healthy release (treatment devices as broken as a device can be,
+control devices flawless and busy), toward the promotion of a regressed one (the reverse).
+
 Everything is pure: randomness comes only from the `np.random.Generator` passed in (`simulate` spawns one
 per run from the seed, so run i is the same whatever the number of runs), time is simulated.
 
@@ -33,15 +39,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
 from device_runtime.telemetry import LATENCY_BUCKETS_MS
+from edgekit.rollout._replay import (
+    MAX_CRASHES_PER_DEVICE_HOUR,
+    MAX_FEEDBACK_PER_DEVICE_HOUR,
+    MAX_INFERENCES_PER_DEVICE_HOUR,
+    MAX_INSTALLS_PER_DEVICE_HOUR,
+)
 from edgekit.rollout._sim_types import (
     REGRESSION_KINDS,
     EvaluationRow,
@@ -183,6 +197,126 @@ def _metrics(devices: int, device_hours: float, counts: np.ndarray) -> ArmMetric
     )
 
 
+_NORMAL = NormalDist()
+
+
+def _top_counts(total: float, devices: int, k: int) -> list[float]:
+    """The k largest per-device counts, approximately, when `total` Poisson events spread over `devices`
+    alike: the Poisson quantiles at 1 - (j - 1/2) / devices, j = 1..k (exact sums for small means, the
+    normal approximation above a mean of 30)."""
+    if devices <= 0 or total <= 0:
+        return [0.0] * k
+    mu = total / devices
+    found = []
+    for j in range(1, k + 1):
+        if j > devices:
+            found.append(0.0)
+            continue
+        p = 1 - (j - 0.5) / devices
+        if mu > 30:
+            value = mu + _NORMAL.inv_cdf(p) * math.sqrt(mu)
+        else:
+            term = cdf = math.exp(-mu)
+            value = 0.0
+            while cdf < p and value < 10 * mu + 50:
+                value += 1
+                term *= mu / value
+                cdf += term
+        found.append(min(float(value), total))
+    return found
+
+
+def _hostile(lie: str, exposure: float, window: float) -> dict[str, float]:
+    """One hostile device's window at the per-device caps: `bad` looks as broken as a device can, `good`
+    as healthy (and as busy) as one can."""
+    inferences = MAX_INFERENCES_PER_DEVICE_HOUR * exposure
+    installs = MAX_INSTALLS_PER_DEVICE_HOUR * window + 1
+    feedback = MAX_FEEDBACK_PER_DEVICE_HOUR * exposure
+    bad = lie == "bad"
+    return {
+        "devices": 1.0,
+        "device_hours": exposure,
+        "crashes": MAX_CRASHES_PER_DEVICE_HOUR * exposure if bad else 0.0,
+        "inferences": inferences,
+        "inference_errors": inferences if bad else 0.0,
+        "installs": installs,
+        "install_failures": installs if bad else 0.0,
+        "feedback_total": feedback,
+        "feedback_correct": 0.0 if bad else feedback,
+        "bucket": float(_N_HIST - 1 if bad else 0),
+    }
+
+
+def _arm_metrics(
+    devices: int,
+    device_hours: float,
+    counts: np.ndarray,
+    *,
+    elapsed: float,
+    model: FleetModel,
+    k: int,
+    lie: str | None,
+    control: bool,
+) -> ArmMetrics:
+    """An arm's metrics as the server would build them from its devices: with what its k most
+    influential devices contributed, and with `model.hostile_devices` lying devices (`lie`) mixed in."""
+    honest = _metrics(devices, device_hours, counts)
+    if k <= 0 and not model.hostile_devices:
+        return honest  # the plain gates on an honest fleet: arm totals are all they use
+    exposure = elapsed + model.report_interval_hours  # the most one device can have in this window
+    liars = [_hostile(lie, exposure, elapsed) for _ in range(model.hostile_devices)] if lie else []
+    if control:
+        for liar in liars:
+            liar["installs"] = liar["install_failures"] = 0.0  # control devices install nothing
+    values: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for name in ("crashes", "inferences", "inference_errors", "feedback_total", "feedback_correct"):
+        total = float(getattr(honest, name))
+        lies = [liar[name] for liar in liars]
+        values[name] = total + sum(lies)
+        top[name] = sum(heapq.nlargest(k, [*_top_counts(total, devices, k), *lies]))
+    for name in ("installs", "install_failures"):  # one install per device
+        total = float(getattr(honest, name))
+        lies = [liar[name] for liar in liars]
+        values[name] = total + sum(lies)
+        top[name] = sum(heapq.nlargest(k, [*([1.0] * int(min(k, total))), *lies]))
+    values["devices"] = devices + len(liars)
+    top["devices"] = float(min(k, values["devices"]))
+    values["device_hours"] = device_hours + exposure * len(liars)
+    top["device_hours"] = min(values["device_hours"], k * exposure)
+    # Latency: every device weighs the same (the arm's samples spread evenly); a liar's sits in one bucket.
+    hist = np.array(honest.latency_histogram, dtype=float)
+    samples = float(hist.sum())
+    timed = devices if samples > 0 else 0
+    weighed = timed + len(liars)
+    caps = np.zeros(_N_HIST)
+    if weighed:
+        weight = (samples + sum(liar["inferences"] for liar in liars)) / weighed
+        if timed:
+            shape = hist / samples
+            # The k heaviest devices in a bucket: k devices' weight at the bucket's share plus 3 sigma of
+            # one device's multinomial noise (its samples are samples / timed).
+            spread = np.sqrt(shape * (1 - shape) / max(samples / timed, 1.0))
+            hist = shape * weight * timed
+            caps = np.minimum(hist, k * weight * np.minimum(1.0, shape + 3 * spread))
+        for liar in liars:
+            bucket = int(liar["bucket"])
+            hist[bucket] += weight
+            caps[bucket] += weight  # top-k of the union <= the honest top-k plus every liar
+        caps = np.minimum(caps, hist)
+    removable = ArmMetrics(
+        **top,  # type: ignore[arg-type]
+        latency_histogram=tuple(caps.tolist()),
+        latency_devices=float(min(k, weighed)),
+    )
+    return ArmMetrics(
+        **values,  # type: ignore[arg-type]
+        latency_histogram=tuple(hist.tolist()),
+        latency_devices=float(weighed),
+        removable=removable if k > 0 else None,
+    )
+
+
 def _plan() -> RolloutPlan:
     def release(version: str, counter: int) -> Release:
         bundle_id = hashlib.sha256(f"simulated {version}".encode()).hexdigest()  # a stand-in bundle id
@@ -279,11 +413,25 @@ def simulate_run(
                 counts_q[now] = 0
             if (hour - start) % model.eval_every_hours:
                 continue
-            treatment = _metrics(running, *totals["t"])
+            # Hostile devices lie toward the wrong decision: a rollback of a healthy release, the
+            # promotion of a regressed one.
+            elapsed, k = float(hour - start), gates.robust_devices
+            t_lie, c_lie = ("bad", "good") if regression is None else ("good", "bad")
+            treatment = _arm_metrics(
+                running, *totals["t"], elapsed=elapsed, model=model, k=k, lie=t_lie, control=False
+            )
             control = (
                 None
                 if stage == 100
-                else _metrics(int(np.searchsorted(c_joined, hour, "right")), *totals["c"])
+                else _arm_metrics(
+                    int(np.searchsorted(c_joined, hour, "right")),
+                    *totals["c"],
+                    elapsed=elapsed,
+                    model=model,
+                    k=k,
+                    lie=c_lie,
+                    control=True,
+                )
             )
             decision = evaluate(stage, treatment, control, gates, hour * 3600.0, start * 3600.0)
             evaluations.append(

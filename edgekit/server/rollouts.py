@@ -8,6 +8,7 @@ same pure `edgekit.rollout.gates.evaluate` gives the same decisions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit.errors import PlanError, RolloutConflictError, RolloutError, UnknownRolloutError
-from edgekit.rollout.gates import GateConfig, StageDecision, evaluate
+from edgekit.rollout.gates import DecisionRecord, GateConfig, StageDecision, decide
 from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict
-from edgekit.server.aggregate import arm_metrics
+from edgekit.server.aggregate import Window, current_devices, window_devices
 from edgekit.server.storage import Database, dumps
 from edgekit.server.tuf_repo import TufRepository
 
@@ -74,6 +75,7 @@ class RolloutService:
                     "alert": alert,
                     "records": document["records"],
                     "plan": document["plan"],
+                    "skipped_rows": int(document.get("skipped_rows", 0)),
                 }
             )
         return decisions
@@ -81,25 +83,30 @@ class RolloutService:
     def replay(self, rollout_id: str) -> list[tuple[dict[str, Any], StageDecision]]:
         """Recompute every stored gate decision of a rollout from the stored telemetry.
 
-        Each decision is re-run through the same pure `evaluate` with the plan as it was and only the
-        events the server had received by then; the result must equal what was stored.
+        Each decision is recomputed from the raw events (not the rollups) the server had received by
+        then, with the plan as it was, through the same `decide` the live evaluation uses; the result
+        must equal what was stored.
         """
         replayed = []
         for stored in self.decisions(rollout_id, limit=100_000):
-            if stored["outcome"] == "start" or stored["outcome"].startswith("manual-"):
+            if stored["outcome"] in ("start", "error") or stored["outcome"].startswith("manual-"):
                 continue
             plan = RolloutPlan.from_dict(stored["plan"])
-            metrics = arm_metrics(self.db, plan, stored["time"])
-            decision = evaluate(
-                plan.stage_percent,
-                metrics["treatment"],
-                metrics["control"],
-                self.gates,
-                stored["time"],
-                plan.stage_started_at,
+            replayed.append(
+                (stored, self._decide(plan, window_devices(self.db, plan, stored["time"]), stored["time"]))
             )
-            replayed.append((stored, decision))
         return replayed
+
+    def _decide(self, plan: RolloutPlan, window: Window, now: float) -> StageDecision:
+        return decide(
+            plan.stage_percent,
+            window.devices.values(),
+            self.gates,
+            now,
+            plan.stage_started_at,
+            skipped_rows=window.skipped,
+            skipped_example=window.first_problem,
+        )
 
     def releases(self, model: str) -> dict[str, Release]:
         """Published bundles of a model by version, from the TUF repository."""
@@ -148,7 +155,13 @@ class RolloutService:
                 plan.stage_index,
                 decision["outcome"],
                 decision.get("alert"),
-                dumps({"records": decision["records"], "plan": decision["plan"]}),
+                dumps(
+                    {
+                        "records": decision["records"],
+                        "plan": decision["plan"],
+                        "skipped_rows": decision.get("skipped_rows", 0),
+                    }
+                ),
             ),
         )
 
@@ -240,34 +253,55 @@ class RolloutService:
             return changed
 
     def evaluate(self) -> list[tuple[RolloutPlan, StageDecision]]:
-        """Run the gates on every running rollout once; apply promote / roll back; store every decision."""
+        """Run the gates on every running rollout once; apply promote / roll back; store every decision.
+
+        Never raises for one rollout: a rollout whose evaluation fails holds, its failure is stored as
+        an `error` decision with an alert, and every other rollout is still evaluated.
+        """
         results: list[tuple[RolloutPlan, StageDecision]] = []
         with self._lock:
             if not self.db.try_evaluator_lock():
                 return results  # another replica is the evaluator
             try:
                 now = self.clock()
-                for plan in self.plans():
-                    if plan.state != "running":
-                        continue
-                    metrics = arm_metrics(self.db, plan, now)
-                    decision = evaluate(
-                        plan.stage_percent,
-                        metrics["treatment"],
-                        metrics["control"],
-                        self.gates,
-                        now,
-                        plan.stage_started_at,
-                    )
-                    changed = plan
-                    if decision.outcome == "rollback":
-                        changed = plan.roll_back(decision.alert or "gate: regression detected")
-                    elif decision.outcome == "promote":
-                        changed = plan.complete() if plan.at_last_stage else plan.promote(now)
-                    self._record(plan, decision.to_dict(), now)
-                    if changed != plan:
-                        self._store(changed, now)
-                    results.append((changed, decision))
+                for plan in self._running():
+                    try:
+                        results.append(self._evaluate_one(plan, now))
+                    except Exception as e:  # one rollout's failure must not stop the others
+                        results.append((plan, self._failed(plan, now, e)))
             finally:
                 self.db.release_evaluator_lock()
         return results
+
+    def _running(self) -> list[RolloutPlan]:
+        """Running rollouts; a stored plan that no longer parses is left out rather than stopping all."""
+        found = []
+        for (text,) in self.db.execute("SELECT plan FROM rollouts ORDER BY created_at DESC"):
+            try:
+                plan = RolloutPlan.from_json(text)
+            except Exception:  # a corrupt row cannot stop the others
+                continue
+            if plan.state == "running":
+                found.append(plan)
+        return found
+
+    def _evaluate_one(self, plan: RolloutPlan, now: float) -> tuple[RolloutPlan, StageDecision]:
+        decision = self._decide(plan, current_devices(self.db, plan, now), now)
+        changed = plan
+        if decision.outcome == "rollback":
+            changed = plan.roll_back(decision.alert or "gate: regression detected")
+        elif decision.outcome == "promote":
+            changed = plan.complete() if plan.at_last_stage else plan.promote(now)
+        self._record(plan, decision.to_dict(), now)
+        if changed != plan:
+            self._store(changed, now)
+        return changed, decision
+
+    def _failed(self, plan: RolloutPlan, now: float, error: Exception) -> StageDecision:
+        """The rollout holds; the failure is stored (outcome `error`) so status and the dashboard show it."""
+        why = f"evaluation failed: {type(error).__name__}: {str(error)[:300]}"
+        record = DecisionRecord("evaluation", None, None, 0, None, None, "hold", why)
+        decision = StageDecision("hold", (record,), why, plan.stage_percent, now)
+        with contextlib.suppress(Exception):  # the database itself failing: nothing more to store
+            self._record(plan, {**decision.to_dict(), "outcome": "error"}, now)
+        return decision

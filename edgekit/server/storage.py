@@ -57,6 +57,20 @@ SCHEMA = [
         device_id TEXT NOT NULL, batch_id TEXT NOT NULL, event_id TEXT, received_at DOUBLE PRECISION NOT NULL,
         reason TEXT NOT NULL, snippet TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS quarantine_by_device ON quarantine (device_id, received_at)",
+    # Per-device rollups of a rollout's stage window, advanced from a watermark on the events' seq
+    # (edgekit.server.aggregate): evaluation reads these plus the newest events, not every stored event.
+    """CREATE TABLE IF NOT EXISTS rollup_devices (
+        rollout_id TEXT NOT NULL, stage_started_at DOUBLE PRECISION NOT NULL, device_id TEXT NOT NULL,
+        telemetry TEXT NOT NULL, PRIMARY KEY (rollout_id, stage_started_at, device_id))""",
+    """CREATE TABLE IF NOT EXISTS rollup_marks (
+        rollout_id TEXT NOT NULL, stage_started_at DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL,
+        skipped BIGINT NOT NULL, problem TEXT, PRIMARY KEY (rollout_id, stage_started_at))""",
+]
+# PostgreSQL only: a monotonic `seq` on events (SQLite's rowid plays that part: one writer at a time
+# assigns it in commit order, and events are never deleted).
+POSTGRES_SCHEMA = [
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS seq BIGSERIAL",
+    "CREATE INDEX IF NOT EXISTS events_by_seq ON events (seq)",
 ]
 
 
@@ -141,6 +155,14 @@ class Database:
         """Create tables and indexes if they do not exist."""
         for statement in SCHEMA:
             self.execute(statement)
+        if self.kind == "postgresql":
+            for statement in POSTGRES_SCHEMA:
+                self.execute(statement)
+
+    @property
+    def event_seq(self) -> str:
+        """The column that orders events by insertion (`rowid` on SQLite, `seq` on PostgreSQL)."""
+        return "rowid" if self.kind == "sqlite" else "seq"
 
     # -- one gate evaluator at a time ----------------------------------------------------------------
     def try_evaluator_lock(self) -> bool:

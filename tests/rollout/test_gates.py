@@ -12,6 +12,7 @@ import pytest
 from edgekit.rollout.gates import (
     HISTOGRAM_SIZE,
     ArmMetrics,
+    DeviceTelemetry,
     Evaluation,
     GateConfig,
     GateConfigError,
@@ -23,6 +24,7 @@ from edgekit.rollout.gates import (
     sprt_bounds,
     sprt_llr,
 )
+from edgekit.rollout.gates import decide as decide_devices
 
 CONFIG = GateConfig()
 START = 1_700_000_000.0
@@ -357,36 +359,101 @@ def test_simulated_fleet_catches_regressions_without_false_alarms() -> None:
     assert aa.count("promote") / runs >= 0.9  # healthy releases move on within 96 h
 
 
+def device_hour(device: str, side: str, hour: int, crashes: int, errors: int) -> DeviceTelemetry:
+    """One device's report of one hour: 10 inferences, its crashes and errors."""
+    at = START + hour * HOUR + 600
+    return DeviceTelemetry(
+        device,
+        side,  # type: ignore[arg-type]
+        reported=True,
+        first=at,
+        last=at + 1800,
+        crashes=crashes,
+        inferences=10,
+        inference_errors=errors,
+        latency_histogram=(0, 0, 0, 1, 8, 1, 0, 0, 0, 0, 0, 0, 0),
+    )
+
+
 def test_replay_of_stored_telemetry_reproduces_the_decisions() -> None:
-    counts = hourly_deltas(np.random.default_rng(7), 2.0)
-    outcome, hours, live = run_stage(counts)
-    assert live[-1].outcome == outcome and len(live) == hours
+    rng = np.random.default_rng(7)
+    config = dataclasses.replace(CONFIG, min_devices_per_arm=10, min_device_hours_per_arm=10.0)
     events: list[TelemetryDelta | Evaluation] = []
-    for hour in range(hours):
-        at = START + hour * HOUR + 1800  # mid-hour, as batches arrive
-        events.append(TelemetryDelta(at, "treatment", delta(counts[hour, 0], counts[hour, 2], hour == 0)))
-        events.append(TelemetryDelta(at, "control", delta(counts[hour, 1], counts[hour, 3], hour == 0)))
-        events.append(Evaluation(START + (hour + 1) * HOUR, 1, START))
-    assert replay(events, CONFIG) == live
-    assert replay(events, CONFIG) == replay(list(events), CONFIG)  # deterministic
+    seen: list[DeviceTelemetry] = []
+    live = []
+    for hour in range(24):
+        for side, hazard in (("treatment", 0.2), ("control", 0.05)):
+            for d in range(40):
+                crashes = int(rng.poisson(hazard))
+                report = device_hour(f"{side}-{d}", side, hour, crashes, int(rng.binomial(10, 0.01)))
+                seen.append(report)
+                events.append(TelemetryDelta(START + hour * HOUR + 2400, report))
+        at = START + (hour + 1) * HOUR
+        events.append(Evaluation(at, 1, START))
+        live.append(decide_devices(1, seen, config, at, START))
+    assert replay(events, config) == live
+    assert any(d.outcome == "rollback" for d in live)  # a 4x crash regression is caught
+    assert replay(events, config) == replay(list(events), config)  # deterministic
 
 
 def test_replay_counts_only_the_current_stage() -> None:
-    before = TelemetryDelta(START - 10, "treatment", arm_metrics(10, 1000))  # from the previous stage
+    before = device_hour("t-0", "treatment", -5, 1000, 0)  # from the previous stage
+    inside = [
+        device_hour(f"{side}-{d}", side, 1, 0, 0) for side in ("treatment", "control") for d in range(5)
+    ]
     events: list[TelemetryDelta | Evaluation] = [
-        before,
-        TelemetryDelta(START + 10, "treatment", arm_metrics(40, 30)),
-        TelemetryDelta(START + 10, "control", arm_metrics(40, 30)),
+        TelemetryDelta(START - 10, before),
+        *(TelemetryDelta(START + 2 * HOUR, d) for d in inside),
         Evaluation(START + 40 * HOUR, 1, START),
     ]
     (decision,) = replay(events, CONFIG)
-    assert decision == decide(arm_metrics(40, 30), arm_metrics(40, 30), 40)
+    assert decision == decide_devices(1, inside, CONFIG, START + 40 * HOUR, START)
 
 
 def test_replay_refuses_events_out_of_order() -> None:
     events: list[TelemetryDelta | Evaluation] = [
         Evaluation(START + 10, 1, START),
-        TelemetryDelta(START, "treatment", ArmMetrics()),
+        TelemetryDelta(START, DeviceTelemetry("d", "treatment")),
     ]
     with pytest.raises(GateConfigError, match="time order"):
         replay(events, CONFIG)
+
+
+# -- robustness to a few devices -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [-1, 1.5, True, 101])
+def test_robust_devices_must_be_a_small_non_negative_integer(k: object) -> None:
+    with pytest.raises(GateConfigError, match="robust_devices"):
+        GateConfig(robust_devices=k)  # type: ignore[arg-type]
+
+
+def test_removable_share_larger_than_the_arm_is_invalid_telemetry() -> None:
+    treatment = dataclasses.replace(arm_metrics(40, 5), removable=ArmMetrics(crashes=6))
+    decision = decide(treatment, arm_metrics(40, 15), 40)
+    assert decision.outcome == "hold" and "removable crashes exceeds" in (decision.alert or "")
+
+
+def test_a_decision_must_survive_losing_the_most_influential_devices() -> None:
+    # 24 treatment crashes roll back (see above) unless 3 devices brought 5 of them.
+    control = arm_metrics(10, 0)
+    rolled = decide(arm_metrics(10, 24), control, 10)
+    assert rolled.outcome == "rollback"
+    few = dataclasses.replace(
+        arm_metrics(10, 24), removable=ArmMetrics(devices=3, crashes=5, device_hours=30)
+    )
+    held = decide(few, control, 10)
+    assert (
+        record(held, "crash_rate").outcome == "hold"
+        and "most influential" in record(held, "crash_rate").detail
+    )
+
+
+def test_latency_quantile_range_brackets_the_quantile() -> None:
+    from edgekit.rollout._stats import latency_quantile_range
+
+    histogram = [0, 0, 0, 10, 80, 8, 2, 0, 0, 0, 0, 0, 0]
+    p95 = latency_quantile(histogram, 0.95)
+    assert latency_quantile_range(histogram, 0.95, [0] * 13, 1.0, 3) == (p95, p95)
+    low, high = latency_quantile_range(histogram, 0.95, [0, 0, 0, 6, 6, 6, 2, 0, 0, 0, 0, 0, 0], 2.0, 3)
+    assert low < p95 < high

@@ -181,3 +181,17 @@ def test_one_100k_device_rollout_completes() -> None:
     seconds = time.perf_counter() - began
     print(f"one 100k-device rollout: {seconds:.3f} s, {result.outcome} at {result.end_hour} h")
     assert result.outcome in ("complete", "rolled_back", "stuck")
+
+
+def test_three_hostile_devices_per_arm_can_stall_a_rollout_but_never_steer_it() -> None:
+    hostile = FleetModel(devices=10_000, max_hours=120, hostile_devices=3)
+    plain = GateConfig(robust_devices=0)
+    healthy, _ = simulate(hostile, None, 3, 5)
+    regressed, _ = simulate(hostile, Regression("crash", 2.0), 3, 5)
+    assert healthy.false_halt_rate == 0.0, "no false rollback"
+    assert regressed.false_promote_rate == 0.0, "no false promotion"
+    # The same liars against gates that trust every device: every run goes the wrong way.
+    fooled, _ = simulate(hostile, None, 3, 5, plain)
+    promoted, _ = simulate(hostile, Regression("crash", 2.0), 3, 5, plain)
+    assert fooled.false_halt_rate == 1.0 and promoted.false_promote_rate == 1.0
+    assert healthy.to_dict()["hostile_devices"] == 3

@@ -31,7 +31,7 @@ def test_a_healthy_release_promotes_stage_by_stage_to_everyone(
         plan = RolloutPlan.from_dict(
             server.http.request("GET", f"/v1/admin/rollouts/{plan.rollout_id}", token=ADMIN_TOKEN)[1]["plan"]
         )
-    assert [outcome for _, outcome, _ in seen] == ["promote", "promote", "promote"], seen
+    assert [outcome for _, outcome, _ in seen] == ["promote", "promote", "promote"], (seen, result)
     assert plan.state == "complete"
     devices = real_devices(server, deployment, tmp_path, count=3)
     assert {d.update() for d in devices} == {"1.1.0"}  # every real device follows the plan to the target

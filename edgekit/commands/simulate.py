@@ -90,6 +90,13 @@ class _Progress:
     help="Devices joining per hour, as a share of the fleet.",
 )
 @click.option(
+    "--hostile-devices",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Devices per arm that lie at the per-device caps in the worst direction every hour.",
+)
+@click.option(
     "--max-days", type=click.FloatRange(min=1 / 24), default=10.0, show_default=True, help="Simulated days."
 )
 @click.option(
@@ -107,6 +114,7 @@ def simulate(
     offline: float,
     clock_skew: float,
     join_rate: float,
+    hostile_devices: int,
     max_days: float,
     plot_path: Path | None,
     as_json: bool,
@@ -126,6 +134,7 @@ def simulate(
             offline_share=offline,
             clock_skew_hours=clock_skew,
             join_rate=join_rate,
+            hostile_devices=hostile_devices,
             max_hours=max(1, round(max_days * 24)),
         )
         summary, results = run_simulation(

@@ -196,6 +196,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     metrics.describe("edgekit_http_requests_total", "counter", "HTTP requests by route and status.")
     metrics.describe("edgekit_gate_decisions_total", "counter", "Gate decisions by outcome.")
     metrics.describe("edgekit_rollouts", "gauge", "Rollouts by state.")
+    metrics.describe(
+        "edgekit_gate_skipped_rows_total",
+        "counter",
+        "Stored telemetry rows an evaluation could not aggregate (skipped, shown in its decision).",
+    )
     metrics.describe("edgekit_front_connections", "gauge", "Open client connections (this process).")
     metrics.describe(
         "edgekit_front_evicted_total", "counter", "Waiting clients closed to stay under the cap."
@@ -203,12 +208,17 @@ def create_app(config: ServerConfig) -> FastAPI:
     metrics.describe("edgekit_front_timed_out_total", "counter", "Clients closed for slow headers or body.")
     stop = threading.Event()
 
+    def count(decision: Any) -> None:
+        metrics.inc("edgekit_gate_decisions_total", outcome=decision.outcome)
+        if decision.skipped_rows:
+            metrics.inc("edgekit_gate_skipped_rows_total", decision.skipped_rows)
+
     def background() -> None:
         last_refresh = 0.0
         while not stop.wait(max(1.0, config.evaluate_every_s)):
             try:
                 for _, decision in service.evaluate():
-                    metrics.inc("edgekit_gate_decisions_total", outcome=decision.outcome)
+                    count(decision)
                 if time.monotonic() - last_refresh > config.refresh_metadata_every_s:
                     repo.refresh_timestamp()
                     last_refresh = time.monotonic()
@@ -387,7 +397,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     def evaluate_now() -> list[dict[str, Any]]:
         results = service.evaluate()
         for _, decision in results:
-            metrics.inc("edgekit_gate_decisions_total", outcome=decision.outcome)
+            count(decision)
         return [
             {
                 "rollout_id": plan.rollout_id,

@@ -208,6 +208,8 @@ def test_a_row_that_cannot_be_summed_is_skipped_counted_and_every_rollout_still_
     page = dashboard_data(database, server.app.state.service)
     shown = next(r for r in page["rollouts"] if r["plan"]["rollout_id"] == first.rollout_id)
     assert shown["decisions"][-1]["skipped_rows"] == len(BAD_PAYLOADS)  # the dashboard can show it
+    status, text = server.http.request("GET", "/metrics")
+    assert status == 200 and f"edgekit_gate_skipped_rows_total {len(BAD_PAYLOADS)}\n" in text, text
     assert_replay_reproduces(server, first.rollout_id, expected=1)
 
 

@@ -195,3 +195,15 @@ def test_three_hostile_devices_per_arm_can_stall_a_rollout_but_never_steer_it() 
     promoted, _ = simulate(hostile, Regression("crash", 2.0), 3, 5, plain)
     assert fooled.false_halt_rate == 1.0 and promoted.false_promote_rate == 1.0
     assert healthy.to_dict()["hostile_devices"] == 3
+
+
+def test_cli_hostile_devices_hold_a_regression_instead_of_promoting_it() -> None:
+    result = CliRunner().invoke(
+        simulate_command,
+        ["--devices", "100000", "--regression", "crash:2.0", "--runs", "4", "--seed", "1", "--json"]
+        + ["--hostile-devices", "3", "--max-days", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["hostile_devices"] == 3, data
+    assert data["complete"] == 0.0, "no lying devices may carry a 2x crash regression to 100%"

@@ -19,7 +19,7 @@ START = 1_700_000_000.0
 
 def _plan() -> RolloutPlan:
     def release(version: str, counter: int) -> Release:
-        return Release(version, counter, f"bundles/tiny-{version}.ekb", version * 64)
+        return Release(version, counter, f"bundles/tiny/tiny-{version}.ekb", version * 64)
 
     return RolloutPlan(
         "tiny",

@@ -5,7 +5,11 @@ Every test here failed on the code as merged and passes with the fix named in it
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
+
+import pytest
 
 from edgekit.rollout.gates import DeviceTelemetry, decide
 from edgekit.rollout.plan import arm
@@ -21,7 +25,7 @@ from tests.adversarial._hostile import (
     send_batch,
     truthful_decision,
 )
-from tests.server.fleet import evaluate, start_rollout
+from tests.server.fleet import evaluate, register_many, start_rollout
 from tests.server.test_rollout_e2e import assert_replay_reproduces
 
 # -- the SPRT's negligible-rate pass ignored the devices that could be removed ---------------------------
@@ -113,3 +117,42 @@ def test_a_liar_claiming_clean_inferences_over_http_does_not_promote_an_error_re
         (r["metric"], r["outcome"], r["detail"]) for r in result["decision"]["records"]
     ]
     assert_replay_reproduces(server, plan.rollout_id, expected=1)
+
+
+# -- /healthz said ok while every batch failed on a table it did not read --------------------------------
+#
+# The read check queried five tables; ingest also writes `ingest_quota`, `device_bundles` and `quarantine`
+# in the batch's transaction. With one of those unreadable every batch answered 500, and the write probe
+# (a row in `server_health`) succeeded and cleared the remembered ingest failure: /healthz said ok. Fixed:
+# the read check covers every table of the schema.
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_healthz_is_503_while_ingest_fails_on_a_missing_ingest_table(
+    start_server: Any, storage: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    server = start_server(db_url=url)
+    tokens = register_many(server, 1)
+    device, token = next(iter(tokens.items()))
+    database = server.app.state.database
+    database.execute("DROP TABLE ingest_quota")
+    try:
+        now = time.time()
+        body = {
+            "schema": "edgekit.telemetry/v1",
+            "batch_id": uuid.uuid4().hex,
+            "device_id": device,
+            "sent_at": now,
+            "events": [{"id": "a", "kind": "telemetry-reset", "time": now, "payload": {"detail": "x"}}],
+        }
+        status, _ = server.http.request("POST", "/v1/telemetry", body, token=token)
+        assert status == 500  # every batch fails while the table is gone
+        for _ in range(2):  # the second check follows the write probe
+            status, answer = server.http.request("GET", "/healthz")
+            assert status == 503, answer
+            assert "ingest_quota" in " ".join(answer["problems"]), answer
+    finally:
+        database.create_schema()  # a shared PostgreSQL database: put the table back
+    status, answer = server.http.request("GET", "/healthz")
+    assert status == 200, answer

@@ -14,7 +14,10 @@ A batch is ``edgekit.telemetry/v1`` JSON as `device_runtime.uploader` sends it; 
   (5) rate limit: a token bucket per device in the database (so every replica and worker shares it),
       ``events_per_hour`` refill, ``burst_events`` capacity (at least one full batch). A batch with more
       events than the bucket holds is refused whole: 429 with ``Retry-After`` (and ``retry_after_s`` in
-      the body), nothing stored; the uploader keeps the events and waits;
+      the body), nothing stored; the uploader keeps the events and waits. Until that wait is over the
+      device's batches are refused the same way before their body is parsed (`Ingestor` remembers it per
+      process): parsing and checking a refused 1 MB batch costs as much CPU as storing it, so without
+      this three devices past their limit could keep both cores busy;
   (6) every event on its own (`check_batch`): contract violations, times outside the window around the
       receive time (after the device clock skew is corrected, see below), bundle ids no published
       release has, crash events beyond the device's crash budget (``rate-limit``), and bundle ids beyond
@@ -224,6 +227,8 @@ class Ingestor:
         self.limits = limits or IngestLimits()
         self.metrics = metrics
         self._known = _KnownBundles(repo)
+        # device id -> server time before which its batches are refused unread (the Retry-After it was given)
+        self._not_before: dict[str, float] = {}
         if metrics is not None:
             metrics.describe(
                 "edgekit_telemetry_quarantined_total", "counter", "Telemetry events quarantined by reason."
@@ -251,11 +256,16 @@ class Ingestor:
         device_id = device_for_token(self.db, authorization)  # (2)
         if device_id is None:
             return _refuse(401, "forged", "unknown device or wrong token")
+        limits = self.limits
+        waited = self._not_before.get(device_id)
+        if waited is not None:
+            if now < waited:  # (5) early: still inside the wait its last 429 named
+                return self._over_limit(device_id, waited - now)
+            self._not_before.pop(device_id, None)
         try:  # (3)
             document = parse_strict(body, what="telemetry batch", max_bytes=MAX_BATCH_BYTES)
         except FormatError as e:
             return _refuse(400, "malformed", str(e)[:300])
-        limits = self.limits
         checked = check_batch(
             document,
             now=now,
@@ -278,17 +288,8 @@ class Ingestor:
             REJECTIONS["replayed"] += 1
             return IngestOutcome(409, {"status": "duplicate", "batch_id": checked.batch_id})
         except _OverLimit as e:
-            REJECTIONS["rate-limited"] += 1
-            wait = max(1, math.ceil(e.retry_after_s))
-            return IngestOutcome(
-                429,
-                {
-                    "error": f"device {device_id} is over its limit of {limits.events_per_hour:g} events "
-                    f"per hour; retry after {wait} s",
-                    "retry_after_s": wait,
-                },
-                {"Retry-After": str(wait)},
-            )
+            self._not_before[device_id] = now + e.retry_after_s
+            return self._over_limit(device_id, e.retry_after_s)
         if self.metrics is not None and checked.rebased:
             self.metrics.inc("edgekit_telemetry_clock_rebased_total")
         return IngestOutcome(
@@ -303,6 +304,19 @@ class Ingestor:
                 "clock_skew_s": round(checked.skew_s, 3),
                 "rebased": checked.rebased,
             },
+        )
+
+    def _over_limit(self, device_id: str, retry_after_s: float) -> IngestOutcome:
+        REJECTIONS["rate-limited"] += 1
+        wait = max(1, math.ceil(retry_after_s))
+        return IngestOutcome(
+            429,
+            {
+                "error": f"device {device_id} is over its limit of {self.limits.events_per_hour:g} events "
+                f"per hour; retry after {wait} s",
+                "retry_after_s": wait,
+            },
+            {"Retry-After": str(wait)},
         )
 
     def _known_only(

@@ -5,6 +5,7 @@ Every test here failed on the code as merged and passes with the fix named in it
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -204,3 +205,31 @@ def test_a_device_past_its_limit_is_refused_before_its_batch_is_parsed(
     other_token = register_device(database, other, "rpi4", time.time())
     assert server.http.request("POST", "/v1/telemetry", _reset_batch(other, 1), token=other_token)[0] == 200
     assert server.http.request("POST", "/v1/telemetry", raw=b"{not json", token="wrong")[0] == 401
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_replaying_one_batch_id_is_bounded_before_parsing(
+    start_server: Any, storage: str, request: pytest.FixtureRequest
+) -> None:
+    """A replayed batch id (409) or a malformed batch (400) cost a full parse and took nothing from the
+    event bucket: one device could replay a 1 MB batch forever (~50 ms of CPU each, measured in-process).
+    Their bytes now come from a per-device bucket of refused bytes, checked before parsing."""
+    from edgekit.server.ingest import MAX_BATCH_BYTES, IngestLimits, register_device
+
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    server = start_server(db_url=url)
+    server.app.state.ingest.limits = IngestLimits(
+        refused_burst_bytes=MAX_BATCH_BYTES, refused_bytes_per_hour=float(MAX_BATCH_BYTES)
+    )
+    device = f"replayer-{uuid.uuid4().hex}"
+    token = register_device(server.app.state.database, device, "rpi4", time.time())
+    body = _reset_batch(device, 3000)
+    size = len(json.dumps(body))
+    statuses = [server.http.request("POST", "/v1/telemetry", body, token=token)[0] for _ in range(12)]
+    assert statuses[0] == 200
+    replays = statuses[1:]
+    assert set(replays) == {409, 429} and replays.index(429) <= MAX_BATCH_BYTES // size + 1, statuses
+    assert replays[replays.index(429) :] == [429] * (len(replays) - replays.index(429)), statuses
+    junk = b"{" + b" " * size  # as large as the batch, and not JSON: refused unread, not a 400
+    status, answer = server.http.request("POST", "/v1/telemetry", raw=junk, token=token)
+    assert status == 429 and answer["retry_after_s"] >= 1, answer

@@ -229,6 +229,12 @@ def _sprt(
     if robust:
         where += f"; without the most influential devices LLR {llr_low:.3f} .. {llr_high:.3f}"
     upper = poisson_upper(x_t, config.z_pass) / lh_t if lh_t > 0 else math.inf
+    # A negligible rate may pass only where no removal of the most influential devices leaves a
+    # rollback: at the corner most in favour of one (highest LLR, most expected events) it must fail.
+    # Otherwise devices that add clean exposure (or control events) drag the lowest LLR under A and turn
+    # the rollback the honest devices' data shows into a pass.
+    expected_high = (x_t + x_c) * h_t / (h_t + lh_c) if lh_c > 0 else math.inf
+    could_roll_back = llr_high >= big_a and expected_high >= config.min_expected_events
     if not exposed:
         return _rec(
             metric, "hold", f"minimum exposure not reached; {where}", **rates, stat=llr, threshold=big_a
@@ -237,7 +243,7 @@ def _sprt(
         return _rec(metric, "rollback", f"regression: {where}", **rates, stat=llr, threshold=big_a)
     if llr_high <= big_b and expected >= config.min_expected_events:
         return _rec(metric, "pass", f"no regression: {where}", **rates, stat=llr, threshold=big_b)
-    if upper <= negligible:
+    if upper <= negligible and not could_roll_back:
         detail = f"treatment upper bound {upper:.3g} per {unit[:-1]} is below the negligible {negligible:.3g}"
         return _rec(metric, "pass", f"{detail}; {where}", **rates, stat=upper, threshold=negligible)
     if expected < config.min_expected_events:

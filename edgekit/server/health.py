@@ -18,16 +18,23 @@ what is wrong.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from edgekit.server.storage import Database
+from edgekit.server.storage import SCHEMA, Database
 
 __all__ = ["TABLES", "HealthCheck"]
 
-TABLES = ("devices", "batches", "events", "rollouts", "decisions")
+# Every table of the schema: ingest writes its quota, bundle and quarantine tables in the same transaction
+# as the events, so a server that can read only the original five still fails every batch.
+TABLES = tuple(
+    match.group(1)
+    for statement in SCHEMA
+    if (match := re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", statement)) is not None
+)
 MIN_FREE_BYTES = 16 << 20  # bytes free under the SQLite file below which ingest is about to fail
 
 

@@ -14,7 +14,14 @@ A batch is ``edgekit.telemetry/v1`` JSON as `device_runtime.uploader` sends it; 
   (5) rate limit: a token bucket per device in the database (so every replica and worker shares it),
       ``events_per_hour`` refill, ``burst_events`` capacity (at least one full batch). A batch with more
       events than the bucket holds is refused whole: 429 with ``Retry-After`` (and ``retry_after_s`` in
-      the body), nothing stored; the uploader keeps the events and waits;
+      the body), nothing stored; the uploader keeps the events and waits. Until that wait is over the
+      device's batches are refused the same way before their body is parsed (`Ingestor` remembers it per
+      process): parsing and checking a refused 1 MB batch costs as much CPU as storing it, so without
+      this three devices past their limit could keep both cores busy. A batch refused whole after it was
+      parsed (400, 409 for a replayed batch id, 429) costs a parse for nothing and touches no event
+      bucket, so its bytes are taken from a second bucket per device and process
+      (``refused_bytes_per_hour``, ``refused_burst_bytes``); while that one cannot take a batch, the
+      device's batches are refused (429) before parsing. Honest devices rarely have a batch refused;
   (6) every event on its own (`check_batch`): contract violations, times outside the window around the
       receive time (after the device clock skew is corrected, see below), bundle ids no published
       release has, crash events beyond the device's crash budget (``rate-limit``), and bundle ids beyond
@@ -93,6 +100,8 @@ class IngestLimits:
     crashes_per_hour: float = 6.0  # crash events per device-hour (honest devices crash a few times)
     crash_burst: int = 12  # crash events
     bundles_per_day: int = 8  # distinct bundle ids a device may report per 24 h
+    refused_bytes_per_hour: float = float(8 * MAX_BATCH_BYTES)  # bytes of refused batches per device-hour
+    refused_burst_bytes: int = 8 * MAX_BATCH_BYTES  # bytes (bucket capacity; at least one full batch)
     quarantine_rows_per_device: int = 1000  # rows; further refused events are only counted
     snippet_chars: int = 512  # characters of a refused event kept in the quarantine row
     clock_tolerance_s: float = CLOCK_TOLERANCE_S  # seconds
@@ -101,6 +110,10 @@ class IngestLimits:
     def __post_init__(self) -> None:
         if self.burst_events < MAX_EVENTS_PER_BATCH or self.events_per_hour <= 0:
             raise ValueError(f"IngestLimits: burst_events >= {MAX_EVENTS_PER_BATCH}, events_per_hour > 0")
+        if self.refused_burst_bytes < MAX_BATCH_BYTES or self.refused_bytes_per_hour <= 0:
+            raise ValueError(
+                f"IngestLimits: refused_burst_bytes >= {MAX_BATCH_BYTES}, refused_bytes_per_hour > 0"
+            )
         if self.crashes_per_hour < 0 or self.crash_burst < 0 or self.bundles_per_day < 1:
             raise ValueError("IngestLimits: crash limits >= 0, bundles_per_day >= 1")
 
@@ -224,6 +237,11 @@ class Ingestor:
         self.limits = limits or IngestLimits()
         self.metrics = metrics
         self._known = _KnownBundles(repo)
+        # device id -> server time before which its batches are refused unread (the Retry-After it was given)
+        self._not_before: dict[str, float] = {}
+        # device id -> (bucket of refused-batch bytes, its time): only devices whose batches were refused
+        self._refused: dict[str, tuple[float, float]] = {}
+        self._refused_lock = threading.Lock()
         if metrics is not None:
             metrics.describe(
                 "edgekit_telemetry_quarantined_total", "counter", "Telemetry events quarantined by reason."
@@ -251,11 +269,28 @@ class Ingestor:
         device_id = device_for_token(self.db, authorization)  # (2)
         if device_id is None:
             return _refuse(401, "forged", "unknown device or wrong token")
+        limits = self.limits
+        waited = self._not_before.get(device_id)
+        if waited is not None:
+            if now < waited:  # (5) early: still inside the wait its last 429 named
+                return self._over_limit(device_id, waited - now)
+            self._not_before.pop(device_id, None)
+        wait = self._refused_wait(device_id, len(body), now)
+        if wait > 0:  # (5) early: too many bytes of refused batches lately; not parsed
+            return self._over_limit(
+                device_id, wait, f"{limits.refused_bytes_per_hour:g} bytes of refused batches"
+            )
+        outcome = self._parse_and_store(device_id, body, now)
+        if outcome.status != 200:  # parsed, then refused whole (400, 401, 409, 429): a parse for nothing
+            self._refused_charge(device_id, len(body), now)
+        return outcome
+
+    def _parse_and_store(self, device_id: str, body: bytes, now: float) -> IngestOutcome:
+        limits = self.limits
         try:  # (3)
             document = parse_strict(body, what="telemetry batch", max_bytes=MAX_BATCH_BYTES)
         except FormatError as e:
             return _refuse(400, "malformed", str(e)[:300])
-        limits = self.limits
         checked = check_batch(
             document,
             now=now,
@@ -278,17 +313,8 @@ class Ingestor:
             REJECTIONS["replayed"] += 1
             return IngestOutcome(409, {"status": "duplicate", "batch_id": checked.batch_id})
         except _OverLimit as e:
-            REJECTIONS["rate-limited"] += 1
-            wait = max(1, math.ceil(e.retry_after_s))
-            return IngestOutcome(
-                429,
-                {
-                    "error": f"device {device_id} is over its limit of {limits.events_per_hour:g} events "
-                    f"per hour; retry after {wait} s",
-                    "retry_after_s": wait,
-                },
-                {"Retry-After": str(wait)},
-            )
+            self._not_before[device_id] = now + e.retry_after_s
+            return self._over_limit(device_id, e.retry_after_s)
         if self.metrics is not None and checked.rebased:
             self.metrics.inc("edgekit_telemetry_clock_rebased_total")
         return IngestOutcome(
@@ -303,6 +329,43 @@ class Ingestor:
                 "clock_skew_s": round(checked.skew_s, 3),
                 "rebased": checked.rebased,
             },
+        )
+
+    def _refused_bucket(self, device_id: str, now: float) -> tuple[float, float]:
+        limits = self.limits
+        tokens, at = self._refused.get(device_id, (float(limits.refused_burst_bytes), now))
+        refill = max(0.0, now - at) / 3600.0 * limits.refused_bytes_per_hour
+        return min(float(limits.refused_burst_bytes), tokens + refill), max(now, at)
+
+    def _refused_wait(self, device_id: str, size: int, now: float) -> float:
+        """0, or the seconds until the device's refused-bytes bucket could take a `size`-byte batch."""
+        if device_id not in self._refused:
+            return 0.0
+        with self._refused_lock:
+            tokens, _ = self._refused_bucket(device_id, now)
+        return 0.0 if size <= tokens else (size - tokens) / self.limits.refused_bytes_per_hour * 3600.0
+
+    def _refused_charge(self, device_id: str, size: int, now: float) -> None:
+        """Take a refused batch's bytes from the device's bucket (kept only while not full again)."""
+        with self._refused_lock:
+            tokens, at = self._refused_bucket(device_id, now)
+            self._refused[device_id] = (max(0.0, tokens - size), at)
+            if len(self._refused) > 10_000:  # forget the devices whose buckets have refilled
+                full = float(self.limits.refused_burst_bytes)
+                for name in [d for d in self._refused if self._refused_bucket(d, now)[0] >= full]:
+                    del self._refused[name]
+
+    def _over_limit(self, device_id: str, retry_after_s: float, what: str = "") -> IngestOutcome:
+        REJECTIONS["rate-limited"] += 1
+        wait = max(1, math.ceil(retry_after_s))
+        what = what or f"{self.limits.events_per_hour:g} events"
+        return IngestOutcome(
+            429,
+            {
+                "error": f"device {device_id} is over its limit of {what} per hour; retry after {wait} s",
+                "retry_after_s": wait,
+            },
+            {"Retry-After": str(wait)},
         )
 
     def _known_only(

@@ -200,8 +200,10 @@ def test_three_hostile_devices_per_arm_can_stall_a_rollout_but_never_steer_it() 
 def test_cli_hostile_devices_hold_a_regression_instead_of_promoting_it() -> None:
     result = CliRunner().invoke(
         simulate_command,
-        ["--devices", "100000", "--regression", "crash:2.0", "--runs", "4", "--seed", "1", "--json"]
-        + ["--hostile-devices", "3", "--max-days", "3"],
+        [
+            *("--devices", "100000", "--regression", "crash:2.0", "--runs", "4", "--seed", "1", "--json"),
+            *("--hostile-devices", "3", "--max-days", "3"),
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

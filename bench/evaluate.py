@@ -40,8 +40,8 @@ GATES = GateConfig(stage_min_hours=((10, 1e6),), default_stage_min_hours=1e6, st
 
 
 def _plan(devices: list[str]) -> tuple[RolloutPlan, dict[str, str]]:
-    target = Release("2.0.0", 2, "bundles/bench-2.0.0.ekb", "2" * 64)
-    baseline = Release("1.0.0", 1, "bundles/bench-1.0.0.ekb", "1" * 64)
+    target = Release("2.0.0", 2, "bundles/bench/bench-2.0.0.ekb", "2" * 64)
+    baseline = Release("1.0.0", 1, "bundles/bench/bench-1.0.0.ekb", "1" * 64)
     plan = RolloutPlan(
         "bench",
         "stable",

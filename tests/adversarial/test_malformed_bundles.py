@@ -1,6 +1,6 @@
 """Finding 11: every malformed signed content is a typed `InstallError` before activation.
 
-The attacker holds the release key (a compromised or careless publisher; BUNDLE.md attack 27): each bundle
+The attacker holds the release key (a compromised or careless publisher): each bundle
 here is a genuine release with one file changed and then signed with the real release key, so signature
 and digests verify and the device must refuse the contents on their own merits: labels that are not UTF-8
 or do not match the model's class count (3 labels for a 4-class output must fail at install, not in

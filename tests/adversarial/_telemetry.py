@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.conftest import LiveServer
+from tests.server.conftest import LiveServer, empty_database
 
 HOUR = 3600.0
 BUCKETS = 13  # len(LATENCY_BUCKETS_MS) + 1
@@ -23,15 +23,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """SQLite in tmp_path, or the test PostgreSQL emptied of earlier tests' rows."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'adversarial.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    from edgekit.server.storage import open_database
-
-    database = open_database(url, tmp_path)
-    for table in ("events", "batches", "devices", "decisions", "rollouts", "quarantine", "ingest_quota"):
-        database.execute(f"DELETE FROM {table}")
-    database.execute("DELETE FROM device_bundles")
-    database.close()
-    return url
+    return empty_database(request.getfixturevalue("postgres_url"), tmp_path)
 
 
 def fresh_server(

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.adversarial._front import ADMIN, VIEWER, ServeProcess, copy_data
-from tests.server.conftest import ADMIN_TOKEN, LiveServer
+from tests.server.conftest import ADMIN_TOKEN, LiveServer, empty_database
 from tests.server.test_dashboard import browse, chromium  # noqa: F401 - the fixture
 
 CSP = (
@@ -47,13 +47,7 @@ def live(request: pytest.FixtureRequest, start_server: Any, deployment: Any, tmp
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'xss.db'}"
     else:
-        from edgekit.server.storage import open_database
-
-        url = request.getfixturevalue("postgres_url")
-        database = open_database(url, tmp_path)
-        for table in ("events", "batches", "devices", "decisions", "rollouts"):
-            database.execute(f"DELETE FROM {table}")
-        database.close()
+        url = empty_database(request.getfixturevalue("postgres_url"), tmp_path)
     data_dir = copy_data(deployment, tmp_path / "data")
     return start_server(db_url=url, data_dir=data_dir)  # type: ignore[no-any-return]
 

@@ -156,6 +156,22 @@ def start_server(deployment: Deployment, tmp_path: Path) -> Iterator[Callable[..
         server.stop()
 
 
+def empty_database(url: str, folder: Path) -> str:
+    """Delete every row of every table of the server's schema at `url` (the test PostgreSQL is shared by
+    all tests, and device ids repeat between them: a leftover quota or quarantine row would leak into the
+    next test). Returns `url`."""
+    from edgekit.server.health import TABLES
+    from edgekit.server.storage import open_database
+
+    database = open_database(url, folder)
+    try:
+        for table in TABLES:
+            database.execute(f"DELETE FROM {table}")
+    finally:
+        database.close()
+    return url
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A real PostgreSQL: $EDGEKIT_TEST_POSTGRES_URL (set by .ci/run, which installs and starts one)."""

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edgekit.rollout.plan import RolloutPlan, arm
-from tests.server.conftest import ADMIN_TOKEN, SMALL_FLEET, LiveServer
+from tests.server.conftest import ADMIN_TOKEN, SMALL_FLEET, LiveServer, empty_database
 
 HOUR = 3600.0
 # A small fleet never sees enough crashes to *prove* equality, so a crash or error rate whose upper bound
@@ -138,12 +138,6 @@ def fleet(
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'fleet.db'}"
     else:
-        from edgekit.server.storage import open_database
-
-        url = request.getfixturevalue("postgres_url")
-        database = open_database(url, tmp_path)
-        for table in ("events", "batches", "devices", "decisions", "rollouts"):
-            database.execute(f"DELETE FROM {table}")
-        database.close()
+        url = empty_database(request.getfixturevalue("postgres_url"), tmp_path)
     server = start_server(clock=clock, gates=GATES, db_url=url, data_dir=data_dir)
     return server, clock, register_many(server, 240)

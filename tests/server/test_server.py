@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.conftest import ADMIN_TOKEN, LiveServer
+from tests.server.conftest import ADMIN_TOKEN, LiveServer, empty_database
 
 
 def batch(
@@ -80,13 +80,7 @@ def test_admin_endpoints_refuse_a_missing_or_wrong_token(start_server: Any, toke
 def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str | None:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ingest.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    from edgekit.server.storage import open_database
-
-    database = open_database(url, tmp_path)
-    for table in ("events", "batches", "devices", "decisions", "rollouts"):
-        database.execute(f"DELETE FROM {table}")
-    return url
+    return empty_database(request.getfixturevalue("postgres_url"), tmp_path)
 
 
 def test_telemetry_is_authenticated_idempotent_and_bounded(start_server: Any, db_url: str) -> None:

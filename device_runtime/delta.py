@@ -1,0 +1,323 @@
+"""Delta updates, device side: rebuild a release's `.ekb` from the active slot's files plus a delta.
+
+A delta only moves bytes; it never adds trust. The updater hashes what `apply_delta` writes and installs it
+only when the SHA-256 and length are the ones TUF pins for the full bundle; `Runtime.install` then checks
+the bundle's own signatures as for any download. Anything else falls back to the full bundle.
+
+The base is the canonical archive of the active release (`SlotArchive`: the bytes `signing.archive.write_ekb`
+writes for the slot's files, read in place, never copied). The format (``edgekit.delta/v1``, file `.ekd`)::
+
+    b"EKDELTA1", u32 header length, header (JSON: schema, base_length, target_length, ops)
+    then `ops` operations, each a one-byte code, big-endian fields, then its zstd frame if it has one:
+      C  base_offset u64, length u64                   target += base[offset:offset+length]
+      L  length u32, frame_length u32                  target += zstd(frame)
+      R  base_offset u64, ref u32, length u32, frame_length u32
+                                                       target += zstd(frame, raw dictionary base[offset:+ref])
+      X  base_offset u64, length u32, width u8, frame_length u32      (S: the same fields)
+         the frame holds `length` bytes as `width` byte planes (byte 0 of every word, then byte 1, ...) of
+         little-endian words d; target += base[offset:offset+length] XOR d (S: + d, modulo 2**(8*width))
+
+Memory is bounded by `DeltaLimits` whatever the delta says: one reference (`max_ref_bytes`) and a few
+output chunks (`max_chunk_bytes`) at a time; the output streams to a file, hashed as it is written.
+Errors: `DeltaError` (a `DeviceRuntimeError`) with a stable `reason` for telemetry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from device_runtime.errors import DeviceRuntimeError
+from signing.archive import ArchiveSegment, archive_layout
+
+__all__ = [
+    "MAGIC",
+    "SCHEMA",
+    "DeltaError",
+    "DeltaLimits",
+    "SlotArchive",
+    "apply_delta",
+    "codec_available",
+]
+
+MAGIC = b"EKDELTA1"
+SCHEMA = "edgekit.delta/v1"
+OP_COPY, OP_LITERAL, OP_REF, OP_XOR, OP_SUB = b"C", b"L", b"R", b"X", b"S"
+WIDTHS = (1, 2, 4, 8)  # bytes per word of an X or S operation
+_U32 = struct.Struct(">I")
+_COPY = struct.Struct(">QQ")
+_LITERAL = struct.Struct(">II")
+_REF = struct.Struct(">QIII")
+_WORDS = struct.Struct(">QIBI")
+_MAX_HEADER = 64 << 10  # bytes
+_DTYPES = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+
+
+class DeltaError(DeviceRuntimeError):
+    """A delta that cannot be used here: malformed, beyond the limits, or not for this base."""
+
+    def __init__(self, message: str, reason: str = "delta-apply") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DeltaLimits:
+    """What a delta may ask of the device (the encoder keeps to the same limits)."""
+
+    max_ref_bytes: int = 32 << 20  # bytes of base one R operation may use as its dictionary
+    max_chunk_bytes: int = 4 << 20  # bytes one L, R, X or S operation may produce
+    max_ops: int = 1 << 20  # operations in one delta
+    max_frame_bytes: int = 8 << 20  # bytes of one compressed frame
+
+    @property
+    def max_window_bytes(self) -> int:
+        """The zstd window a frame may need: its reference plus its output, as a power of two."""
+        return 1 << (self.max_ref_bytes + self.max_chunk_bytes - 1).bit_length()
+
+
+def codec_available() -> bool:
+    """Whether this device can decode deltas (the `zstandard` package is installed)."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---- the base: the active slot as the archive it came from -------------------------------------------------
+class SlotArchive:
+    """The canonical `.ekb` of a verified slot, read in place: `members` are `(name, size)` in archive order.
+
+    Use as a context manager (it keeps the slot's files open while a delta is applied).
+    """
+
+    def __init__(self, directory: Path, members: list[tuple[str, int]]) -> None:
+        self.directory = Path(directory)
+        self._segments: list[ArchiveSegment] = archive_layout(members)
+        self._starts = [s.offset for s in self._segments]
+        last = self._segments[-1]
+        self.length = last.offset + last.length
+        self._files: dict[str, IO[bytes]] = {}
+
+    def __enter__(self) -> SlotArchive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the slot's files."""
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    def _file(self, name: str, size: int) -> IO[bytes]:
+        handle = self._files.get(name)
+        if handle is None:
+            fd = os.open(self.directory / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            handle = os.fdopen(fd, "rb")
+            if os.fstat(handle.fileno()).st_size != size:
+                handle.close()
+                raise DeltaError(f"{name} in the active slot is no longer {size} bytes", "slot-changed")
+            self._files[name] = handle
+        return handle
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of the archive."""
+        if offset < 0 or length < 0 or offset + length > self.length:
+            raise DeltaError(
+                f"the delta reads base bytes {offset}..{offset + length}, beyond its {self.length} bytes"
+            )
+        parts = []
+        index = bisect.bisect_right(self._starts, offset) - 1
+        while length > 0:
+            segment = self._segments[index]
+            inner = offset - segment.offset
+            count = min(length, segment.length - inner)
+            if segment.name is None:
+                parts.append(segment.data[inner : inner + count])
+            else:
+                handle = self._file(segment.name, segment.length)
+                handle.seek(inner)
+                data = handle.read(count)
+                if len(data) != count:
+                    raise DeltaError(f"{segment.name} in the active slot is shorter", "slot-changed")
+                parts.append(data)
+            offset += count
+            length -= count
+            index += 1
+        return b"".join(parts)
+
+
+# ---- applying ----------------------------------------------------------------------------------------------
+class _Reader:
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+
+    def take(self, count: int, what: str) -> bytes:
+        data = self._source.read(count)
+        if len(data) != count:
+            raise DeltaError(f"the delta ends inside {what}")
+        return data
+
+    def frame(self, length: int, limits: DeltaLimits) -> bytes:
+        if length > limits.max_frame_bytes:
+            raise DeltaError(f"a frame of {length} bytes is above the limit of {limits.max_frame_bytes}")
+        return self.take(length, "a frame")
+
+
+def _header(reader: _Reader) -> dict[str, Any]:
+    if reader.take(len(MAGIC), "the magic") != MAGIC:
+        raise DeltaError("not an edgekit delta (bad magic)")
+    (size,) = _U32.unpack(reader.take(4, "the header length"))
+    if size > _MAX_HEADER:
+        raise DeltaError(f"delta header of {size} bytes is above {_MAX_HEADER}")
+    try:
+        header = json.loads(reader.take(size, "the header"))
+    except ValueError as e:
+        raise DeltaError(f"the delta header is not JSON ({e})") from e
+    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+        raise DeltaError(f"the delta header is not {SCHEMA}")
+    for key in ("base_length", "target_length", "ops"):
+        if type(header.get(key)) is not int or header[key] < 0:
+            raise DeltaError(f"the delta header's {key} is not a non-negative integer")
+    return header
+
+
+def _decompress(frame: bytes, length: int, limits: DeltaLimits, dictionary: bytes | None = None) -> bytes:
+    import zstandard
+
+    try:
+        if zstandard.frame_content_size(frame) != length:
+            raise DeltaError(f"a frame does not declare the {length} bytes its operation says")
+        dict_data = (
+            None
+            if dictionary is None
+            else zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        )
+        decompressor = zstandard.ZstdDecompressor(
+            dict_data=dict_data, max_window_size=limits.max_window_bytes
+        )
+        data = decompressor.decompress(frame, max_output_size=length, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise DeltaError(f"a frame does not decompress ({e})") from e
+    if len(data) != length:
+        raise DeltaError(f"a frame gave {len(data)} bytes, its operation says {length}")
+    return data
+
+
+def _combine(base: bytes, planes: bytes, width: int, subtract: bool) -> bytes:
+    import numpy as np
+
+    if len(planes) % width:
+        raise DeltaError(f"{len(planes)} bytes are not whole {width}-byte words")
+    words = np.frombuffer(planes, np.uint8).reshape(width, -1).T.copy().view(_DTYPES[width]).ravel()
+    old = np.frombuffer(base, _DTYPES[width])
+    return bytes(old + words if subtract else old ^ words)
+
+
+def _operations(reader: _Reader, base: SlotArchive, count: int, limits: DeltaLimits) -> Iterator[bytes]:
+    """The target's bytes, one operation at a time (COPY in bounded pieces)."""
+    for _ in range(count):
+        code = reader.take(1, "an operation code")
+        if code == OP_COPY:
+            offset, length = _COPY.unpack(reader.take(_COPY.size, "a COPY"))
+            while length > 0:
+                piece = min(length, limits.max_chunk_bytes)
+                yield base.read(offset, piece)
+                offset += piece
+                length -= piece
+        elif code == OP_LITERAL:
+            length, frame = _LITERAL.unpack(reader.take(_LITERAL.size, "a LITERAL"))
+            _check_chunk(length, limits)
+            yield _decompress(reader.frame(frame, limits), length, limits)
+        elif code == OP_REF:
+            offset, ref, length, frame = _REF.unpack(reader.take(_REF.size, "a REF"))
+            _check_chunk(length, limits)
+            if ref > limits.max_ref_bytes:
+                raise DeltaError(f"a reference of {ref} bytes is above the limit of {limits.max_ref_bytes}")
+            dictionary = base.read(offset, ref)
+            yield _decompress(reader.frame(frame, limits), length, limits, dictionary)
+        elif code in (OP_XOR, OP_SUB):
+            offset, length, width, frame = _WORDS.unpack(reader.take(_WORDS.size, "an XOR/SUB"))
+            _check_chunk(length, limits)
+            if width not in WIDTHS:
+                raise DeltaError(f"word width {width} is not one of {WIDTHS}")
+            planes = _decompress(reader.frame(frame, limits), length, limits)
+            yield _combine(base.read(offset, length), planes, width, code == OP_SUB)
+        else:
+            raise DeltaError(f"unknown delta operation {code!r}")
+
+
+def _check_chunk(length: int, limits: DeltaLimits) -> None:
+    if length > limits.max_chunk_bytes:
+        raise DeltaError(f"an operation of {length} bytes is above the limit of {limits.max_chunk_bytes}")
+
+
+def apply_delta(
+    delta: IO[bytes],
+    base: SlotArchive,
+    output: IO[bytes],
+    *,
+    target_length: int,
+    limits: DeltaLimits | None = None,
+) -> str:
+    """Write the target that `delta` rebuilds from `base` to `output`; return its SHA-256 (hex).
+
+    Writing stops as soon as the output would pass `target_length` (the TUF-pinned length of the full
+    bundle). The caller compares the digest with the pinned one: this function proves nothing.
+
+    Raises:
+        DeltaError: a malformed delta, one for another base, or one beyond `limits` (reason
+            "delta-apply"), or a slot that changed under it (reason "slot-changed").
+    """
+    limits = limits or DeltaLimits()
+    reader = _Reader(delta)
+    header = _header(reader)
+    if header["base_length"] != base.length:
+        raise DeltaError(
+            f"the delta is for a base of {header['base_length']} bytes, the active slot is {base.length}",
+            "slot-changed",
+        )
+    if header["target_length"] != target_length:
+        raise DeltaError(f"the delta builds {header['target_length']} bytes, the target is {target_length}")
+    if header["ops"] > limits.max_ops:
+        raise DeltaError(f"{header['ops']} operations are above the limit of {limits.max_ops}")
+    digest = hashlib.sha256()
+    written = 0
+    for chunk in _operations(reader, base, header["ops"], limits):
+        written += len(chunk)
+        if written > target_length:
+            raise DeltaError(f"the delta builds more than the target's {target_length} bytes")
+        digest.update(chunk)
+        output.write(chunk)
+    if written != target_length:
+        raise DeltaError(f"the delta built {written} bytes, the target is {target_length}")
+    if delta.read(1):
+        raise DeltaError("the delta holds bytes after its last operation")
+    return digest.hexdigest()
+
+
+def rebuild(
+    delta_path: Path, base: SlotArchive, output_path: Path, *, target_length: int, limits: DeltaLimits | None
+) -> str:
+    """`apply_delta` from a file into a new file (fsynced); the partial output is removed on failure."""
+    try:
+        with open(delta_path, "rb") as delta, open(output_path, "xb") as output:
+            digest = apply_delta(delta, base, output, target_length=target_length, limits=limits)
+            output.flush()
+            os.fsync(output.fileno())
+        return digest
+    except BaseException:
+        with contextlib.suppress(OSError):
+            output_path.unlink()
+        raise

@@ -119,7 +119,7 @@ def _publish_delta(world: World, path: str, data: bytes, about: dict[str, Any]) 
         repo._commit(repo._clock())
 
 
-# ---- publishing ----------------------------------------------------------------------------------------------
+# ---- publishing --------------------------------------------------------------------------------------------
 def test_publish_adds_deltas_from_the_last_k_releases_as_pinned_targets(
     world: World, releases: Releases
 ) -> None:
@@ -152,7 +152,7 @@ def test_publish_with_k_one_or_zero_limits_the_deltas(world: World) -> None:
     assert not [t for t in world.repo.status()["targets"] if "/1.1.0/" in t["path"]]
 
 
-# ---- the device ------------------------------------------------------------------------------------------------
+# ---- the device --------------------------------------------------------------------------------------------
 def test_device_updates_by_delta_and_installs_exactly_the_full_bundle_bytes(
     world: World, device: RecordingRuntime
 ) -> None:

@@ -7,7 +7,7 @@ the bundle's own signatures as for any download. Anything else falls back to the
 The base is the canonical archive of the active release (`SlotArchive`: the bytes `signing.archive.write_ekb`
 writes for the slot's files, read in place, never copied). The format (``edgekit.delta/v1``, file `.ekd`)::
 
-    b"EKDELTA1", u32 header length, header (JSON: schema, base_length, target_length, ops)
+    b"EKDELTA1", base_length u64, target_length u64, ops u32
     then `ops` operations, each a one-byte code, big-endian fields, then its zstd frame if it has one:
       C  base_offset u64, length u64                   target += base[offset:offset+length]
       L  length u32, frame_length u32                  target += zstd(frame)
@@ -16,6 +16,7 @@ writes for the slot's files, read in place, never copied). The format (``edgekit
       X  base_offset u64, length u32, width u8, frame_length u32      (S: the same fields)
          the frame holds `length` bytes as `width` byte planes (byte 0 of every word, then byte 1, ...) of
          little-endian words d; target += base[offset:offset+length] XOR d (S: + d, modulo 2**(8*width))
+      P  length u32, width u8, frame_length u32        target += the words of zstd(frame), stored as planes
 
 Memory is bounded by `DeltaLimits` whatever the delta says: one reference (`max_ref_bytes`) and a few
 output chunks (`max_chunk_bytes`) at a time; the output streams to a file, hashed as it is written.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Iterator
@@ -50,14 +50,14 @@ __all__ = [
 
 MAGIC = b"EKDELTA1"
 SCHEMA = "edgekit.delta/v1"
-OP_COPY, OP_LITERAL, OP_REF, OP_XOR, OP_SUB = b"C", b"L", b"R", b"X", b"S"
+OP_COPY, OP_LITERAL, OP_REF, OP_XOR, OP_SUB, OP_PLANES = b"C", b"L", b"R", b"X", b"S", b"P"
 WIDTHS = (1, 2, 4, 8)  # bytes per word of an X or S operation
-_U32 = struct.Struct(">I")
+HEADER = struct.Struct(">QQI")  # base_length, target_length, ops
+_PLANES = struct.Struct(">IBI")
 _COPY = struct.Struct(">QQ")
 _LITERAL = struct.Struct(">II")
 _REF = struct.Struct(">QIII")
 _WORDS = struct.Struct(">QIBI")
-_MAX_HEADER = 64 << 10  # bytes
 _DTYPES = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 
 
@@ -175,22 +175,11 @@ class _Reader:
         return self.take(length, "a frame")
 
 
-def _header(reader: _Reader) -> dict[str, Any]:
+def _header(reader: _Reader) -> dict[str, int]:
     if reader.take(len(MAGIC), "the magic") != MAGIC:
-        raise DeltaError("not an edgekit delta (bad magic)")
-    (size,) = _U32.unpack(reader.take(4, "the header length"))
-    if size > _MAX_HEADER:
-        raise DeltaError(f"delta header of {size} bytes is above {_MAX_HEADER}")
-    try:
-        header = json.loads(reader.take(size, "the header"))
-    except ValueError as e:
-        raise DeltaError(f"the delta header is not JSON ({e})") from e
-    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
-        raise DeltaError(f"the delta header is not {SCHEMA}")
-    for key in ("base_length", "target_length", "ops"):
-        if type(header.get(key)) is not int or header[key] < 0:
-            raise DeltaError(f"the delta header's {key} is not a non-negative integer")
-    return header
+        raise DeltaError(f"not an edgekit delta ({SCHEMA}): bad magic")
+    base_length, target_length, ops = HEADER.unpack(reader.take(HEADER.size, "the header"))
+    return {"base_length": base_length, "target_length": target_length, "ops": ops}
 
 
 def _decompress(frame: bytes, length: int, limits: DeltaLimits, dictionary: bytes | None = None) -> bytes:
@@ -215,12 +204,20 @@ def _decompress(frame: bytes, length: int, limits: DeltaLimits, dictionary: byte
     return data
 
 
+def _words(planes: bytes, width: int) -> Any:
+    import numpy as np
+
+    if width not in WIDTHS:
+        raise DeltaError(f"word width {width} is not one of {WIDTHS}")
+    if len(planes) % width:
+        raise DeltaError(f"{len(planes)} bytes are not whole {width}-byte words")
+    return np.frombuffer(planes, np.uint8).reshape(width, -1).T.copy().view(_DTYPES[width]).ravel()
+
+
 def _combine(base: bytes, planes: bytes, width: int, subtract: bool) -> bytes:
     import numpy as np
 
-    if len(planes) % width:
-        raise DeltaError(f"{len(planes)} bytes are not whole {width}-byte words")
-    words = np.frombuffer(planes, np.uint8).reshape(width, -1).T.copy().view(_DTYPES[width]).ravel()
+    words = _words(planes, width)
     old = np.frombuffer(base, _DTYPES[width])
     return bytes(old + words if subtract else old ^ words)
 
@@ -250,10 +247,12 @@ def _operations(reader: _Reader, base: SlotArchive, count: int, limits: DeltaLim
         elif code in (OP_XOR, OP_SUB):
             offset, length, width, frame = _WORDS.unpack(reader.take(_WORDS.size, "an XOR/SUB"))
             _check_chunk(length, limits)
-            if width not in WIDTHS:
-                raise DeltaError(f"word width {width} is not one of {WIDTHS}")
             planes = _decompress(reader.frame(frame, limits), length, limits)
             yield _combine(base.read(offset, length), planes, width, code == OP_SUB)
+        elif code == OP_PLANES:
+            length, width, frame = _PLANES.unpack(reader.take(_PLANES.size, "a PLANES"))
+            _check_chunk(length, limits)
+            yield bytes(_words(_decompress(reader.frame(frame, limits), length, limits), width))
         else:
             raise DeltaError(f"unknown delta operation {code!r}")
 

@@ -22,7 +22,6 @@ smaller one.
 from __future__ import annotations
 
 import io
-import json
 import struct
 import tarfile
 import tempfile
@@ -31,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_runtime.delta import (
+    HEADER,
     MAGIC,
     OP_COPY,
     OP_LITERAL,
+    OP_PLANES,
     OP_REF,
     OP_SUB,
     OP_XOR,
-    SCHEMA,
     DeltaLimits,
 )
 
@@ -45,6 +45,7 @@ __all__ = ["DeltaStats", "canonical_archive", "encode_delta", "onnx_tensors"]
 
 LEVEL = 19  # zstd level of every frame (as `zstd -19`)
 _MIN_COPY = 64  # bytes: shorter identical runs are not worth an operation
+_MARGIN = 64 << 10  # bytes of base on each side of where similar bytes are expected (REF dictionaries)
 # ONNX TensorProto.DataType -> bytes per element (for the word-wise difference)
 _ONNX_WIDTH = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
@@ -105,7 +106,18 @@ def _planes(new: bytes, old: bytes, width: int, subtract: bool) -> bytes:
     dtype = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}[width]
     a, b = np.frombuffer(new, dtype), np.frombuffer(old, dtype)
     words = a - b if subtract else a ^ b
-    return words.view(np.uint8).reshape(-1, width).T.tobytes()
+    return _split(words.tobytes(), width)
+
+
+def _split(data: bytes, width: int) -> bytes:
+    import numpy as np
+
+    return np.frombuffer(data, np.uint8).reshape(-1, width).T.tobytes()
+
+
+def _plane_literal(data: bytes, width: int) -> bytes:
+    frame = _zstd(_split(data, width))
+    return OP_PLANES + struct.pack(">IBI", len(data), width, len(frame)) + frame
 
 
 def _words(data: bytes, base: bytes, offset: int, width: int, subtract: bool) -> bytes:
@@ -130,7 +142,8 @@ def _similar(data: bytes, base: bytes, start: int, end: int, limits: DeltaLimits
     """`data` (no more than a chunk) encoded against base[start:end] (a hint where similar bytes are)."""
     if not data:
         return
-    begin, size = _window(len(base), start, max(end - start, 0), limits.max_ref_bytes)
+    span = max(end - start, len(data), 0)
+    begin, size = _window(len(base), start, span, min(limits.max_ref_bytes, span + 2 * _MARGIN))
     candidates = [_literal(data)]
     if size:
         candidates.append(_ref(data, base, begin, size))
@@ -164,6 +177,8 @@ def _aligned(data: bytes, base: bytes, start: int, width: int, limits: DeltaLimi
             tail = b"".join(_similar(chunk[whole:], base, offset + whole, offset + len(chunk), limits))
             for subtract in (False, True):
                 candidates.append(_words(chunk[:whole], base, offset, width, subtract) + tail)
+            if width > 1:  # unrelated weights (retrained): the planes alone compress better than the bytes
+                candidates.append(_plane_literal(chunk[:whole], width) + tail)
         yield _smallest(*candidates)
 
 
@@ -297,13 +312,23 @@ def _generic(base: bytes, target: bytes, limits: DeltaLimits) -> list[bytes]:
     return ops
 
 
+def _coalesce(ops: list[bytes]) -> list[bytes]:
+    """Adjacent copies of adjacent base ranges as one copy (an unchanged run of members)."""
+    merged: list[bytes] = []
+    for op in ops:
+        if op[:1] == OP_COPY and merged and merged[-1][:1] == OP_COPY:
+            start, length = struct.unpack(">QQ", merged[-1][1:])
+            offset, more = struct.unpack(">QQ", op[1:])
+            if start + length == offset:
+                merged[-1] = _copy(start, length + more)
+                continue
+        merged.append(op)
+    return merged
+
+
 def _document(base: bytes, target: bytes, ops: list[bytes]) -> bytes:
-    header = json.dumps(
-        {"schema": SCHEMA, "base_length": len(base), "target_length": len(target), "ops": len(ops)},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    return b"".join([MAGIC, struct.pack(">I", len(header)), header, *ops])
+    ops = _coalesce(ops)
+    return b"".join([MAGIC, HEADER.pack(len(base), len(target), len(ops)), *ops])
 
 
 def encode_delta(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_runtime.delta import MAGIC, DeltaError, DeltaLimits, SlotArchive, apply_delta
+from device_runtime.delta import HEADER, MAGIC, DeltaError, DeltaLimits, SlotArchive, apply_delta
 from device_runtime.errors import ContractError
 from device_runtime.telemetry_contract import parse_payload
 from edgekit.delta import canonical_archive, encode_delta, onnx_tensors
@@ -66,7 +66,7 @@ def test_onnx_initializers_are_found_where_the_bytes_are(releases: Releases) -> 
 
 
 def _broken(delta: bytes) -> dict[str, bytes]:
-    header_end = len(MAGIC) + 4 + struct.unpack(">I", delta[len(MAGIC) : len(MAGIC) + 4])[0]
+    header_end = len(MAGIC) + HEADER.size
     return {
         "bad-magic": b"EKDELTA0" + delta[8:],
         "truncated": delta[:-3],

@@ -269,7 +269,7 @@ def _member_ops(
         yield _copy(start, member.size)
         return
     old_tensors = {t[0]: t for t in onnx_tensors(base[start:end])}
-    tensors = [t for t in onnx_tensors(data) if (o := old_tensors.get(t[0])) and o[1:4:2] == t[1:4:2]]
+    tensors = onnx_tensors(data)
     if not tensors and member.size == old.size:
         yield _smallest(
             b"".join(_aligned(data, base, start, 4, limits)), b"".join(_aligned(data, base, start, 1, limits))
@@ -277,11 +277,34 @@ def _member_ops(
         return
     position, old_position = 0, start
     for name, width, offset, length in tensors:
-        old_offset = start + old_tensors[name][2]
-        yield from _range(data[position:offset], base, old_position, old_offset, limits)
-        yield from _aligned(data[offset : offset + length], base, old_offset, width, limits)
-        position, old_position = offset + length, old_offset + length
+        match = old_tensors.get(name)
+        if match is None or match[1:4:2] != (width, length):  # a new or reshaped tensor: no base to use
+            yield from _range(
+                data[position:offset], base, old_position, old_position + offset - position, limits
+            )
+            yield from _fresh(data[offset : offset + length], width, limits)
+            old_position += offset + length - position
+        else:
+            old_offset = start + match[2]
+            yield from _range(data[position:offset], base, old_position, old_offset, limits)
+            yield from _aligned(data[offset : offset + length], base, old_offset, width, limits)
+            old_position = old_offset + length
+        position = offset + length
     yield from _range(data[position:], base, old_position, end, limits)
+
+
+def _fresh(data: bytes, width: int, limits: DeltaLimits) -> Iterator[bytes]:
+    """Words with nothing to compare to: the smaller of plain zstd and zstd of the byte planes, per chunk."""
+    step = limits.max_chunk_bytes - limits.max_chunk_bytes % 8
+    for index in range(0, len(data), step):
+        chunk = data[index : index + step]
+        whole = len(chunk) - len(chunk) % width
+        candidates = [_literal(chunk)]
+        if width > 1 and whole:
+            candidates.append(
+                _plane_literal(chunk[:whole], width) + (_literal(chunk[whole:]) if chunk[whole:] else b"")
+            )
+        yield _smallest(*candidates)
 
 
 def _structured(base: bytes, target: bytes, limits: DeltaLimits) -> list[bytes]:
@@ -290,7 +313,8 @@ def _structured(base: bytes, target: bytes, limits: DeltaLimits) -> list[bytes]:
     position = 0
     for member in _members(target):
         match = old.get(member.name)
-        hint = match.header if match is not None else 0
+        # the old bytes that end where the old member's data starts (its header and the padding before it)
+        hint = match.data - (member.data - position) if match is not None else 0
         ops += _range(target[position : member.data], base, hint, hint + member.data - position, limits)
         if match is None:
             ops += _range(target[member.data : member.data + member.size], base, 0, len(base), limits)

@@ -39,8 +39,8 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bench._delta_scenarios import PAIRS, prepare  # noqa: E402
-from bench._host import cpu  # noqa: E402
+from bench._delta_scenarios import PAIRS, prepare
+from bench._host import cpu
 
 SHARE_TARGETS = {  # scenario -> highest delta size as a share of the full bundle
     "re-release": 0.02,
@@ -154,7 +154,9 @@ def _targets(row: dict[str, Any]) -> list[dict[str, Any]]:
     limit = SHARE_TARGETS.get(row["scenario"])
     if limit is not None:
         targets.append({"name": f"<= {100 * limit:.0f}% of the full bundle", "met": row["share"] <= limit})
-    targets.append({"name": f"rebuild + verify <= {TIME_TARGET:g}x verify", "met": row["ratio"] <= TIME_TARGET})
+    targets.append(
+        {"name": f"rebuild + verify <= {TIME_TARGET:g}x verify", "met": row["ratio"] <= TIME_TARGET}
+    )
     return targets
 
 
@@ -172,10 +174,12 @@ def table(document: dict[str, Any]) -> str:
     for r in document["rows"]:
         full = r["full"]
         verdicts = "; ".join(
-            f"{t['name']} {'n/a' if t['met'] is None else 'PASS' if t['met'] else 'MISS'}" for t in r["targets"]
+            f"{t['name']} {'n/a' if t['met'] is None else 'PASS' if t['met'] else 'MISS'}"
+            for t in r["targets"]
         )
         lines.append(
-            f"| {r['scenario']} | {full:,} | {_percent(r['zstd19'], full)} | {_percent(r['patch_from'], full)} | "
+            f"| {r['scenario']} | {full:,} | {_percent(r['zstd19'], full)} | "
+            f"{_percent(r['patch_from'], full)} | "
             f"{_percent(r['bsdiff4'], full)} | {_percent(r['structured'], full)} | "
             f"{_percent(r['generic'], full)} | **{100 * r['share']:.1f}%** ({r['chosen']}) | "
             f"{1000 * r['rebuild_verify_s']:.1f} / {1000 * r['verify_s']:.1f} ms = {r['ratio']:.2f}x | "
@@ -185,7 +189,9 @@ def table(document: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="3 training epochs and fewer timing repeats")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     parser.add_argument(

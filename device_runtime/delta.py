@@ -7,16 +7,18 @@ the bundle's own signatures as for any download. Anything else falls back to the
 The base is the canonical archive of the active release (`SlotArchive`: the bytes `signing.archive.write_ekb`
 writes for the slot's files, read in place, never copied). The format (``edgekit.delta/v1``, file `.ekd`)::
 
-    b"EKDELTA1", base_length u64, target_length u64, ops u32
-    then `ops` operations, each a one-byte code, big-endian fields, then its zstd frame if it has one:
-      C  base_offset u64, length u64                   target += base[offset:offset+length]
-      L  length u32, frame_length u32                  target += zstd(frame)
-      R  base_offset u64, ref u32, length u32, frame_length u32
-                                                       target += zstd(frame, raw dictionary base[offset:+ref])
-      X  base_offset u64, length u32, width u8, frame_length u32      (S: the same fields)
+    b"EKDELTA1", base_length, target_length, ops
+    then `ops` operations, each a one-byte code, its fields, then its zstd frame if it has one:
+      C  base_offset, length                           target += base[offset:offset+length]
+      L  length, frame_length                          target += zstd(frame)
+      R  base_offset, ref, length, frame_length        target += zstd(frame, raw dictionary base[offset:+ref])
+      X  base_offset, length, width, frame_length      (S: the same fields)
          the frame holds `length` bytes as `width` byte planes (byte 0 of every word, then byte 1, ...) of
          little-endian words d; target += base[offset:offset+length] XOR d (S: + d, modulo 2**(8*width))
-      P  length u32, width u8, frame_length u32        target += the words of zstd(frame), stored as planes
+      P  length, width, frame_length                   target += the words of zstd(frame), stored as planes
+
+Every number is an unsigned LEB128 varint (at most 10 bytes): a re-release's delta is a few hundred bytes,
+where fixed-width fields would be a tenth of it.
 
 Memory is bounded by `DeltaLimits` whatever the delta says: one reference (`max_ref_bytes`) and a few
 output chunks (`max_chunk_bytes`) at a time; the output streams to a file, hashed as it is written.
@@ -29,7 +31,6 @@ import bisect
 import contextlib
 import hashlib
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +47,15 @@ __all__ = [
     "SlotArchive",
     "apply_delta",
     "codec_available",
+    "pack_varints",
+    "unpack_varints",
 ]
 
 MAGIC = b"EKDELTA1"
 SCHEMA = "edgekit.delta/v1"
 OP_COPY, OP_LITERAL, OP_REF, OP_XOR, OP_SUB, OP_PLANES = b"C", b"L", b"R", b"X", b"S", b"P"
 WIDTHS = (1, 2, 4, 8)  # bytes per word of an X or S operation
-HEADER = struct.Struct(">QQI")  # base_length, target_length, ops
-_PLANES = struct.Struct(">IBI")
-_COPY = struct.Struct(">QQ")
-_LITERAL = struct.Struct(">II")
-_REF = struct.Struct(">QIII")
-_WORDS = struct.Struct(">QIBI")
+_MAX_VARINT = 10  # bytes of one LEB128 number (64 bits)
 _DTYPES = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 
 
@@ -91,6 +89,42 @@ def codec_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def pack_varints(*values: int) -> bytes:
+    """Unsigned LEB128 encoding of each value, concatenated (the format's numbers)."""
+    out = bytearray()
+    for value in values:
+        if value < 0:
+            raise ValueError(f"varints are unsigned, got {value}")
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                break
+    return bytes(out)
+
+
+def unpack_varints(data: bytes, count: int, position: int = 0) -> tuple[list[int], int]:
+    """`count` LEB128 numbers from `data` at `position`; returns them and the position after them.
+
+    Raises:
+        DeltaError: the data ends inside a number, or a number is longer than 10 bytes.
+    """
+    values = []
+    for _ in range(count):
+        value = shift = 0
+        for index in range(_MAX_VARINT + 1):
+            if index == _MAX_VARINT or position >= len(data):
+                raise DeltaError("the delta ends inside a number, or a number is too long")
+            byte = data[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        values.append(value)
+    return values, position
 
 
 # ---- the base: the active slot as the archive it came from -------------------------------------------------
@@ -169,6 +203,18 @@ class _Reader:
             raise DeltaError(f"the delta ends inside {what}")
         return data
 
+    def numbers(self, count: int, what: str) -> list[int]:
+        values = []
+        for _ in range(count):
+            encoded = b""
+            while True:
+                byte = self.take(1, what)
+                encoded += byte
+                if not byte[0] & 0x80 or len(encoded) >= _MAX_VARINT:
+                    break
+            values += unpack_varints(encoded, 1)[0]
+        return values
+
     def frame(self, length: int, limits: DeltaLimits) -> bytes:
         if length > limits.max_frame_bytes:
             raise DeltaError(f"a frame of {length} bytes is above the limit of {limits.max_frame_bytes}")
@@ -178,7 +224,7 @@ class _Reader:
 def _header(reader: _Reader) -> dict[str, int]:
     if reader.take(len(MAGIC), "the magic") != MAGIC:
         raise DeltaError(f"not an edgekit delta ({SCHEMA}): bad magic")
-    base_length, target_length, ops = HEADER.unpack(reader.take(HEADER.size, "the header"))
+    base_length, target_length, ops = reader.numbers(3, "the header")
     return {"base_length": base_length, "target_length": target_length, "ops": ops}
 
 
@@ -227,30 +273,30 @@ def _operations(reader: _Reader, base: SlotArchive, count: int, limits: DeltaLim
     for _ in range(count):
         code = reader.take(1, "an operation code")
         if code == OP_COPY:
-            offset, length = _COPY.unpack(reader.take(_COPY.size, "a COPY"))
+            offset, length = reader.numbers(2, "a COPY")
             while length > 0:
                 piece = min(length, limits.max_chunk_bytes)
                 yield base.read(offset, piece)
                 offset += piece
                 length -= piece
         elif code == OP_LITERAL:
-            length, frame = _LITERAL.unpack(reader.take(_LITERAL.size, "a LITERAL"))
+            length, frame = reader.numbers(2, "a LITERAL")
             _check_chunk(length, limits)
             yield _decompress(reader.frame(frame, limits), length, limits)
         elif code == OP_REF:
-            offset, ref, length, frame = _REF.unpack(reader.take(_REF.size, "a REF"))
+            offset, ref, length, frame = reader.numbers(4, "a REF")
             _check_chunk(length, limits)
             if ref > limits.max_ref_bytes:
                 raise DeltaError(f"a reference of {ref} bytes is above the limit of {limits.max_ref_bytes}")
             dictionary = base.read(offset, ref)
             yield _decompress(reader.frame(frame, limits), length, limits, dictionary)
         elif code in (OP_XOR, OP_SUB):
-            offset, length, width, frame = _WORDS.unpack(reader.take(_WORDS.size, "an XOR/SUB"))
+            offset, length, width, frame = reader.numbers(4, "an XOR/SUB")
             _check_chunk(length, limits)
             planes = _decompress(reader.frame(frame, limits), length, limits)
             yield _combine(base.read(offset, length), planes, width, code == OP_SUB)
         elif code == OP_PLANES:
-            length, width, frame = _PLANES.unpack(reader.take(_PLANES.size, "a PLANES"))
+            length, width, frame = reader.numbers(3, "a PLANES")
             _check_chunk(length, limits)
             yield bytes(_words(_decompress(reader.frame(frame, limits), length, limits), width))
         else:

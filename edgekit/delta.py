@@ -22,7 +22,6 @@ smaller one.
 from __future__ import annotations
 
 import io
-import struct
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_runtime.delta import (
-    HEADER,
     MAGIC,
     OP_COPY,
     OP_LITERAL,
@@ -39,12 +37,15 @@ from device_runtime.delta import (
     OP_SUB,
     OP_XOR,
     DeltaLimits,
+    pack_varints,
+    unpack_varints,
 )
 
 __all__ = ["DeltaStats", "canonical_archive", "encode_delta", "onnx_tensors"]
 
 LEVEL = 19  # zstd level of every frame (as `zstd -19`)
 _MIN_COPY = 64  # bytes: shorter identical runs are not worth an operation
+_MIN_TENSOR = 4 << 10  # bytes: smaller initializers are diffed as bytes, with what surrounds them
 _MARGIN = 64 << 10  # bytes of base on each side of where similar bytes are expected (REF dictionaries)
 # ONNX TensorProto.DataType -> bytes per element (for the word-wise difference)
 _ONNX_WIDTH = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
@@ -87,17 +88,17 @@ def _zstd(data: bytes, dictionary: bytes | None = None) -> bytes:
 
 
 def _copy(offset: int, length: int) -> bytes:
-    return OP_COPY + struct.pack(">QQ", offset, length)
+    return OP_COPY + pack_varints(offset, length)
 
 
 def _literal(data: bytes) -> bytes:
     frame = _zstd(data)
-    return OP_LITERAL + struct.pack(">II", len(data), len(frame)) + frame
+    return OP_LITERAL + pack_varints(len(data), len(frame)) + frame
 
 
 def _ref(data: bytes, base: bytes, offset: int, ref: int) -> bytes:
     frame = _zstd(data, base[offset : offset + ref])
-    return OP_REF + struct.pack(">QIII", offset, ref, len(data), len(frame)) + frame
+    return OP_REF + pack_varints(offset, ref, len(data), len(frame)) + frame
 
 
 def _planes(new: bytes, old: bytes, width: int, subtract: bool) -> bytes:
@@ -117,13 +118,13 @@ def _split(data: bytes, width: int) -> bytes:
 
 def _plane_literal(data: bytes, width: int) -> bytes:
     frame = _zstd(_split(data, width))
-    return OP_PLANES + struct.pack(">IBI", len(data), width, len(frame)) + frame
+    return OP_PLANES + pack_varints(len(data), width, len(frame)) + frame
 
 
 def _words(data: bytes, base: bytes, offset: int, width: int, subtract: bool) -> bytes:
     frame = _zstd(_planes(data, base[offset : offset + len(data)], width, subtract))
     code = OP_SUB if subtract else OP_XOR
-    return code + struct.pack(">QIBI", offset, len(data), width, len(frame)) + frame
+    return code + pack_varints(offset, len(data), width, len(frame)) + frame
 
 
 # ---- candidates --------------------------------------------------------------------------------------------
@@ -269,7 +270,9 @@ def _member_ops(
         yield _copy(start, member.size)
         return
     old_tensors = {t[0]: t for t in onnx_tensors(base[start:end])}
-    tensors = onnx_tensors(data)
+    # Small tensors (biases, scales, zero points) stay in the byte ranges between the large ones: one
+    # dictionary-compressed range costs less than an operation and a frame per tensor.
+    tensors = [t for t in onnx_tensors(data) if t[3] >= _MIN_TENSOR]
     if not tensors and member.size == old.size:
         yield _smallest(
             b"".join(_aligned(data, base, start, 4, limits)), b"".join(_aligned(data, base, start, 1, limits))
@@ -341,8 +344,8 @@ def _coalesce(ops: list[bytes]) -> list[bytes]:
     merged: list[bytes] = []
     for op in ops:
         if op[:1] == OP_COPY and merged and merged[-1][:1] == OP_COPY:
-            start, length = struct.unpack(">QQ", merged[-1][1:])
-            offset, more = struct.unpack(">QQ", op[1:])
+            (start, length), _ = unpack_varints(merged[-1], 2, 1)
+            (offset, more), _ = unpack_varints(op, 2, 1)
             if start + length == offset:
                 merged[-1] = _copy(start, length + more)
                 continue
@@ -352,7 +355,7 @@ def _coalesce(ops: list[bytes]) -> list[bytes]:
 
 def _document(base: bytes, target: bytes, ops: list[bytes]) -> bytes:
     ops = _coalesce(ops)
-    return b"".join([MAGIC, HEADER.pack(len(base), len(target), len(ops)), *ops])
+    return b"".join([MAGIC, pack_varints(len(base), len(target), len(ops)), *ops])
 
 
 def encode_delta(

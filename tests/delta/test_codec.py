@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from device_runtime.delta import HEADER, MAGIC, DeltaError, DeltaLimits, SlotArchive, apply_delta
+from device_runtime.delta import (
+    MAGIC,
+    DeltaError,
+    DeltaLimits,
+    SlotArchive,
+    apply_delta,
+    pack_varints,
+    unpack_varints,
+)
 from device_runtime.errors import ContractError
 from device_runtime.telemetry_contract import parse_payload
 from edgekit.delta import canonical_archive, encode_delta, onnx_tensors
@@ -66,13 +73,13 @@ def test_onnx_initializers_are_found_where_the_bytes_are(releases: Releases) -> 
 
 
 def _broken(delta: bytes) -> dict[str, bytes]:
-    header_end = len(MAGIC) + HEADER.size
+    header_end = unpack_varints(delta, 3, len(MAGIC))[1]
     return {
         "bad-magic": b"EKDELTA0" + delta[8:],
         "truncated": delta[:-3],
         "trailing-bytes": delta + b"\0",
         "unknown-op": delta[:header_end] + b"Z" + delta[header_end + 1 :],
-        "copy-beyond-base": delta[:header_end] + b"C" + struct.pack(">QQ", 1 << 40, 16) + delta[header_end:],
+        "copy-beyond-base": delta[:header_end] + b"C" + pack_varints(1 << 40, 16) + delta[header_end:],
     }
 
 

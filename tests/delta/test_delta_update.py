@@ -281,3 +281,27 @@ def test_a_stale_download_folder_does_not_confuse_the_rebuild(world: World, devi
     assert outcome.transfer is not None and outcome.transfer.method == "delta"
     assert device.installed == [world.releases.bundles["1.1.0"].read_bytes()]
     shutil.rmtree(downloads, ignore_errors=True)
+
+
+def test_edgekit_publish_reports_its_deltas_and_takes_k(releases: Releases, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.commands.repo import publish
+
+    data, offline = tmp_path / "data", tmp_path / "offline"
+    TufRepository.init(data, offline_keys_dir=offline, release_keys=[releases.public_key])
+    runner = CliRunner()
+
+    def run(version: str, *extra: str) -> Any:
+        args = [str(releases.bundles[version]), "--data", str(data), "--offline-keys", str(offline), *extra]
+        result = runner.invoke(publish, args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("1.0.0")
+    assert "delta from 1.0.0: deltas/tiny/1.1.0/" in run("1.1.0")
+    document = json.loads(run("1.2.0", "--deltas", "1", "--json"))
+    assert [d["custom"]["delta"]["base_version"] for d in document["deltas"]] == ["1.1.0"]
+    assert all(d["length"] < document["length"] for d in document["deltas"])

@@ -75,6 +75,7 @@ class DeltaLimits:
     max_chunk_bytes: int = 4 << 20  # bytes one L, R, X or S operation may produce
     max_ops: int = 1 << 20  # operations in one delta
     max_frame_bytes: int = 8 << 20  # bytes of one compressed frame
+    max_read_factor: int = 16  # base bytes read in all, at most this times the target plus one reference
 
     @property
     def max_window_bytes(self) -> int:
@@ -136,6 +137,7 @@ class SlotArchive:
 
     def __init__(self, directory: Path, members: list[tuple[str, int]]) -> None:
         self.directory = Path(directory)
+        self.budget: int | None = None  # bytes `read` may still return (set by `apply_delta`)
         self._segments: list[ArchiveSegment] = archive_layout(members)
         self._starts = [s.offset for s in self._segments]
         last = self._segments[-1]
@@ -171,6 +173,10 @@ class SlotArchive:
             raise DeltaError(
                 f"the delta reads base bytes {offset}..{offset + length}, beyond its {self.length} bytes"
             )
+        if self.budget is not None:
+            self.budget -= length
+            if self.budget < 0:
+                raise DeltaError("the delta reads more of the base than its limits allow")
         parts = []
         index = bisect.bisect_right(self._starts, offset) - 1
         while length > 0:
@@ -339,6 +345,7 @@ def apply_delta(
         raise DeltaError(f"{header['ops']} operations are above the limit of {limits.max_ops}")
     digest = hashlib.sha256()
     written = 0
+    base.budget = limits.max_read_factor * target_length + limits.max_ref_bytes
     for chunk in _operations(reader, base, header["ops"], limits):
         written += len(chunk)
         if written > target_length:

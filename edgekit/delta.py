@@ -139,12 +139,17 @@ def _window(base_length: int, start: int, length: int, limit: int) -> tuple[int,
     return begin, size
 
 
-def _similar(data: bytes, base: bytes, start: int, end: int, limits: DeltaLimits) -> Iterator[bytes]:
-    """`data` (no more than a chunk) encoded against base[start:end] (a hint where similar bytes are)."""
+def _similar(
+    data: bytes, base: bytes, start: int, end: int, limits: DeltaLimits, margin: int | None = None
+) -> Iterator[bytes]:
+    """`data` (no more than a chunk) encoded against base[start:end] (a hint where similar bytes are),
+    widened by `margin` bytes each side (default: up to 64 KiB, less for small ranges)."""
     if not data:
         return
     span = max(end - start, len(data), 0)
-    begin, size = _window(len(base), start, span, min(limits.max_ref_bytes, span + 2 * _MARGIN))
+    if margin is None:
+        margin = min(_MARGIN, max(span, 4 << 10))  # small ranges (headers, gaps) get small dictionaries
+    begin, size = _window(len(base), start, span, min(limits.max_ref_bytes, span + 2 * margin))
     candidates = [_literal(data)]
     if size:
         candidates.append(_ref(data, base, begin, size))
@@ -335,7 +340,8 @@ def _generic(base: bytes, target: bytes, limits: DeltaLimits) -> list[bytes]:
     for index in range(0, len(target), limits.max_chunk_bytes):
         chunk = target[index : index + limits.max_chunk_bytes]
         hint = int(index * scale)
-        ops += _similar(chunk, base, hint, hint + len(chunk), limits)
+        margin = (limits.max_ref_bytes - len(chunk)) // 2  # as much of the old archive as the device allows
+        ops += _similar(chunk, base, hint, hint + len(chunk), limits, margin)
     return ops
 
 

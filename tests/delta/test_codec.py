@@ -122,3 +122,21 @@ def test_download_events_that_break_the_contract_are_refused(payload: dict[str, 
     parse_payload("download", {**good, "fallback": "delta-hash", "base_bundle_id": "a" * 64})
     with pytest.raises(ContractError):
         parse_payload("download", {**good, **payload})
+
+
+def test_a_delta_cannot_make_the_device_read_the_base_over_and_over(
+    releases: Releases, tmp_path: Path
+) -> None:
+    from edgekit.delta import _ref
+
+    base = canonical_archive(releases.bundles["1.0.0"])
+    op = _ref(b"x", base, 0, len(base))  # one output byte for a whole read of the base
+
+    def delta(count: int) -> bytes:
+        return MAGIC + pack_varints(len(base), count, count) + op * count
+
+    limits = DeltaLimits(max_ref_bytes=len(base), max_read_factor=1)
+    with _slot(releases.bundles["1.0.0"], tmp_path / "slot") as slot:
+        assert _apply(delta(1), slot, 1, limits) == b"x"
+        with pytest.raises(DeltaError, match="more of the base"):
+            _apply(delta(3), slot, 3, limits)

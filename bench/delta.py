@@ -119,12 +119,12 @@ def _device_times(old: Path, new: Path, delta: bytes, keys: list[Any], repeats: 
     }
 
 
-def measure(cache: Path, epochs: int, repeats: int) -> dict[str, Any]:
-    """Every scenario's sizes and times (see the module docstring)."""
+def measure(bundles: dict[str, Path], repeats: int) -> dict[str, Any]:
+    """Every scenario's sizes and times (see the module docstring); `bundles` as `prepare` returns them,
+    with the release public key in `keys/*.pub` beside them."""
     from edgekit.delta import canonical_archive, encode_delta
     from signing.keys import load_public_key
 
-    bundles = prepare(cache, epochs=epochs)
     keys = [load_public_key(next(bundles["v1"].parent.glob("keys/*.pub")))]
     rows = []
     for label, old_name, new_name in PAIRS:
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     model, flags, cores = cpu()
-    document = measure(args.cache, 3 if args.quick else 10, 5 if args.quick else 31)
+    bundles = prepare(args.cache, epochs=3 if args.quick else 10)
+    document = measure(bundles, 5 if args.quick else 31)
     document["host"] = {
         "cpu": model,
         "cores": cores,

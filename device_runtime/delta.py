@@ -47,6 +47,7 @@ __all__ = [
     "SlotArchive",
     "apply_delta",
     "codec_available",
+    "delta_target_path",
     "pack_varints",
     "unpack_varints",
 ]
@@ -81,6 +82,11 @@ class DeltaLimits:
     def max_window_bytes(self) -> int:
         """The zstd window a frame may need: its reference plus its output, as a power of two."""
         return 1 << (self.max_ref_bytes + self.max_chunk_bytes - 1).bit_length()
+
+
+def delta_target_path(model: str, version: str, base_bundle_id: str) -> str:
+    """The TUF target path of the delta from release `base_bundle_id` to `version` of `model`."""
+    return f"deltas/{model}/{version}/{base_bundle_id}.ekd"
 
 
 def codec_available() -> bool:

@@ -15,6 +15,13 @@ Remote names never become local paths (attack 26): plan target paths must be `bu
 made of safe components, and files are stored under their SHA-256 only. The bundle's own signature, release
 floor and self-test are then checked by `Runtime.install`.
 
+Deltas (`device_runtime.delta`): when a release is active, the updater first looks for the target
+`deltas/<model>/<version>/<active bundle id>.ekd` that `edgekit publish` signs next to the bundle, downloads
+it through TUF (length and hash pinned), rebuilds the `.ekb` from the active slot and accepts the result only
+if its SHA-256 and length are the ones TUF pins for the full bundle; then `Runtime.install` verifies it like
+any download. No delta, a delta that does not apply, another hash, a slot that changed: the full bundle is
+downloaded. Either way a `download` telemetry event says how (method, bytes, fallback reason).
+
 The plan's contract (keys, name rules, stages, states, baseline), the cohorts and the decision are the pure
 module `device_runtime.rollout_plan`, which the server's plan state machine builds on too.
 
@@ -50,7 +57,14 @@ from tuf.ngclient import UpdaterConfig as _NgConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
-from device_runtime.delta import DeltaError, DeltaLimits, SlotArchive, codec_available, rebuild
+from device_runtime.delta import (
+    DeltaError,
+    DeltaLimits,
+    SlotArchive,
+    codec_available,
+    delta_target_path,
+    rebuild,
+)
 from device_runtime.errors import DeviceRuntimeError
 from device_runtime.rollout_plan import (
     MAX_PLAN_BYTES,
@@ -471,7 +485,10 @@ class Updater:
         try:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
-            opened = archive_of()
+            try:
+                opened = archive_of()
+            except OSError as e:
+                raise _Fallback("slot-changed", f"the active slot cannot be read: {e}", sent) from e
             if opened is None or opened[0] != base:
                 raise _Fallback("slot-changed", "the active release changed before the rebuild", sent)
             with opened[1] as archive:
@@ -560,11 +577,6 @@ class _Fallback(Exception):
         self.reason = reason
         self.detail = detail[:300]
         self.sent = sent
-
-
-def delta_target_path(model: str, version: str, base_bundle_id: str) -> str:
-    """The TUF target of the delta from release `base_bundle_id` to `version` of `model`."""
-    return f"deltas/{model}/{version}/{base_bundle_id}.ekd"
 
 
 def _report(runtime: _Installer, info: TargetFile, release: Release, transfer: Transfer) -> None:

@@ -431,6 +431,7 @@ class TufRepository:
         self, targets: Metadata[Targets], path: str, info: TargetFile, custom: dict[str, Any], count: int
     ) -> Iterator[PublishedTarget]:
         """Encode and store the deltas from the `count` latest other releases of the model to `path`."""
+        from device_runtime.delta import delta_target_path
         from edgekit.delta import canonical_archive, encode_delta
 
         name = custom["name"]
@@ -448,7 +449,7 @@ class TufRepository:
             delta, stats = encode_delta(canonical_archive(self._stored(old_path, old)), target)
             if len(delta) >= info.length:
                 continue  # nothing to save: devices take the bundle
-            delta_path = f"deltas/{name}/{custom['version']}/{base_id}.ekd"
+            delta_path = delta_target_path(name, custom["version"], base_id)
             about = {
                 "target": path,
                 "target_sha256": info.hashes["sha256"],

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from device_runtime.delta import delta_target_path
 from device_runtime.runtime import Runtime
 from device_runtime.telemetry_contract import DownloadPayload, parse_payload
-from device_runtime.updater import Updater, UpdaterConfig, delta_target_path
+from device_runtime.updater import Updater, UpdaterConfig
 from edgekit.delta import encode_delta
 from edgekit.server.tuf_repo import TufRepository
 from tests.device_runtime.runtime_fixtures import Releases, build_releases, config

@@ -57,14 +57,8 @@ from tuf.ngclient import UpdaterConfig as _NgConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
-from device_runtime.delta import (
-    DeltaError,
-    DeltaLimits,
-    SlotArchive,
-    codec_available,
-    delta_target_path,
-    rebuild,
-)
+from device_runtime._delta_update import Fallback, Transfer, by_delta, report_transfer
+from device_runtime.delta import DeltaLimits
 from device_runtime.errors import DeviceRuntimeError
 from device_runtime.rollout_plan import (
     MAX_PLAN_BYTES,
@@ -239,18 +233,6 @@ class BoundedFetcher(Urllib3Fetcher):
 
 
 # ---- the updater: IO workflow ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Transfer:
-    """How a bundle was fetched: method delta | full, bytes downloaded, and why a delta was not used."""
-
-    method: str
-    bytes: int  # bytes downloaded (a delta, plus the full bundle after a fallback)
-    full_bytes: int  # bytes of the full bundle
-    base_bundle_id: str | None = None  # the active release a delta was built from or looked for
-    fallback: str | None = None  # reason code: no-delta, delta-metadata, delta-download, delta-apply, ...
-    detail: str = ""
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What `update` did: status installed | up-to-date | refused, with a reason code and detail."""
@@ -432,11 +414,19 @@ class Updater:
         fallback: tuple[str, str] | None = None
         if self._config.use_deltas and isinstance(base, str) and _SHA256.fullmatch(base):
             try:
-                path, sent = self._by_delta(session, info, release, runtime, base)
+                path, sent = by_delta(
+                    info,
+                    release,
+                    runtime,
+                    base,
+                    config=self._config,
+                    targetinfo=lambda target: self._targetinfo(session, target),
+                    download=lambda target, suffix: self._download(session, target, suffix),
+                )
                 transfer = Transfer("delta", sent, info.length, base)
-                _report(runtime, info, release, transfer)
+                report_transfer(runtime, info, release, transfer)
                 return path, transfer
-            except _Fallback as e:
+            except Fallback as e:
                 sent, fallback = e.sent, (e.reason, e.detail)
                 logger.info("delta update not used (%s): %s", e.reason, e.detail)
             except Exception as e:  # a delta never costs the update: anything unforeseen falls back too
@@ -445,81 +435,8 @@ class Updater:
         path = self._download(session, info, ".ekb")
         reason, detail = fallback or (None, "")
         transfer = Transfer("full", sent + info.length, info.length, base, reason, detail)
-        _report(runtime, info, release, transfer)
+        report_transfer(runtime, info, release, transfer)
         return path, transfer
-
-    def _by_delta(
-        self, session: _NgUpdater, info: TargetFile, release: Release, runtime: _Installer, base: str
-    ) -> tuple[Path, int]:
-        """Rebuild the bundle `info` names from the active slot and its delta; (path, bytes downloaded).
-
-        Raises:
-            _Fallback: anything that stops the delta; the caller downloads the full bundle.
-        """
-        archive_of = getattr(runtime, "active_archive", None)
-        if archive_of is None or not codec_available():
-            raise _Fallback("no-codec", "this device cannot apply deltas (no zstandard or no slot access)")
-        path = delta_target_path(self._config.model, release.version, base)
-        try:
-            delta_info = self._targetinfo(session, path)
-        except UpdaterError as e:
-            raise _Fallback("delta-metadata", str(e)) from e
-        if delta_info is None:
-            raise _Fallback("no-delta", f"no delta {path} is published")
-        custom = delta_info.custom if isinstance(delta_info.custom, Mapping) else {}
-        about: Mapping[str, Any] = custom["delta"] if isinstance(custom.get("delta"), Mapping) else {}
-        found = tuple(about.get(k) for k in ("target", "target_sha256", "target_length", "base"))
-        expected = (info.path, info.hashes.get("sha256"), info.length, base)
-        if found != expected:
-            raise _Fallback("delta-metadata", f"{path} describes {found}, expected {expected}")
-        if delta_info.length >= info.length:
-            raise _Fallback("delta-metadata", f"{path} is {delta_info.length} B, not below the bundle's")
-        try:
-            delta_file = self._download(session, delta_info, ".ekd")
-        except UpdaterError as e:
-            raise _Fallback("delta-download", str(e)) from e
-        sent = delta_info.length
-        digest = info.hashes["sha256"]
-        final = self._config.download_dir / f"{digest}.ekb"
-        partial = self._config.download_dir / f".{digest}.ekb.delta.part"
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-            try:
-                opened = archive_of()
-            except OSError as e:
-                raise _Fallback("slot-changed", f"the active slot cannot be read: {e}", sent) from e
-            if opened is None or opened[0] != base:
-                raise _Fallback("slot-changed", "the active release changed before the rebuild", sent)
-            with opened[1] as archive:
-                rebuilt = self._rebuild(delta_file, archive, partial, info.length, sent)
-            now_active = (runtime.status().get("active") or {}).get("bundle_id")
-            if now_active != base:
-                raise _Fallback("slot-changed", "the active release changed during the rebuild", sent)
-            if rebuilt != digest:
-                # A delta only moves bytes: what it builds must be exactly the bundle TUF pins.
-                raise _Fallback("delta-hash", f"rebuilt SHA-256 {rebuilt}, TUF pins {digest}", sent)
-            os.replace(partial, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise
-        finally:
-            with contextlib.suppress(OSError):
-                delta_file.unlink()
-        return final, sent
-
-    def _rebuild(self, delta_file: Path, archive: SlotArchive, partial: Path, length: int, sent: int) -> str:
-        try:
-            limits = self._config.delta_limits
-            return rebuild(delta_file, archive, partial, target_length=length, limits=limits)
-        except DeltaError as e:
-            raise _Fallback(e.reason, str(e), sent) from e
-        except OSError as e:
-            reason = "delta-storage" if is_storage_error(e) else "delta-io"
-            raise _Fallback(reason, str(e), sent) from e
-        except (ValueError, MemoryError) as e:  # numpy or zstandard on input they refuse
-            raise _Fallback("delta-apply", f"{type(e).__name__}: {e}"[:300], sent) from e
 
     def _check_target(self, info: TargetFile, release: Release) -> str:
         custom = info.custom if isinstance(info.custom, Mapping) else {}
@@ -567,38 +484,6 @@ class Updater:
                 partial.unlink()
             raise
         return final
-
-
-class _Fallback(Exception):
-    """A delta could not be used: download the full bundle (`reason` goes to telemetry)."""
-
-    def __init__(self, reason: str, detail: str, sent: int = 0) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail[:300]
-        self.sent = sent
-
-
-def _report(runtime: _Installer, info: TargetFile, release: Release, transfer: Transfer) -> None:
-    """Record the transfer in the runtime's telemetry (when it has one); never raises."""
-    telemetry = getattr(runtime, "telemetry", None)
-    if telemetry is None:
-        return
-    custom = info.custom if isinstance(info.custom, Mapping) else {}
-    payload: dict[str, Any] = {
-        "bundle_id": custom.get("bundle_id"),
-        "method": transfer.method,
-        "bytes": transfer.bytes,
-        "full_bytes": transfer.full_bytes,
-        "version": release.version,
-    }
-    if transfer.base_bundle_id is not None:
-        payload["base_bundle_id"] = transfer.base_bundle_id
-    if transfer.fallback is not None:
-        payload["fallback"] = transfer.fallback
-        payload["detail"] = transfer.detail[:300]
-    with contextlib.suppress(Exception):
-        telemetry.record("download", **payload)
 
 
 @contextlib.contextmanager

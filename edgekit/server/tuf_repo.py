@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from edgekit.server._tuf_deltas import add_deltas
 from edgekit.server._tuf_files import (
     FileLock,
     RepositoryError,
@@ -413,7 +414,7 @@ class TufRepository:
                     )
                 info = self._store_target(path, temp)
                 info.unrecognized_fields["custom"] = custom
-                published = tuple(self._add_deltas(targets, path, info, custom, deltas))
+                published = tuple(add_deltas(self, targets, path, info, custom, deltas))
                 targets.signed.targets[path] = info
                 self._bump(targets, Targets.type, now)
                 self._write(targets, Targets.type, [signer])
@@ -424,54 +425,9 @@ class TufRepository:
                     temp.unlink()
 
     def _stored(self, path: str, info: TargetFile) -> Path:
+        """Where the target file of `path` is kept (consistent snapshots: `<dir>/<sha256>.<name>`)."""
         directory, _, basename = path.rpartition("/")
         return self.targets_dir / directory / f"{info.hashes['sha256']}.{basename}"
-
-    def _add_deltas(
-        self, targets: Metadata[Targets], path: str, info: TargetFile, custom: dict[str, Any], count: int
-    ) -> Iterator[PublishedTarget]:
-        """Encode and store the deltas from the `count` latest other releases of the model to `path`."""
-        from device_runtime.delta import delta_target_path
-        from edgekit.delta import canonical_archive, encode_delta
-
-        name = custom["name"]
-        earlier = [
-            (t.custom.get("release_counter", 0), p, t)
-            for p, t in targets.signed.targets.items()
-            if p.startswith(f"bundles/{name}/")
-            and isinstance(t.custom, dict)
-            and t.custom.get("bundle_id") != custom["bundle_id"]
-        ]
-        earlier.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        target = self._stored(path, info).read_bytes()
-        for _, old_path, old in earlier[: max(count, 0)]:
-            base_id = old.custom["bundle_id"]
-            delta, stats = encode_delta(canonical_archive(self._stored(old_path, old)), target)
-            if len(delta) >= info.length:
-                continue  # nothing to save: devices take the bundle
-            delta_path = delta_target_path(name, custom["version"], base_id)
-            about = {
-                "target": path,
-                "target_sha256": info.hashes["sha256"],
-                "target_length": info.length,
-                "base": base_id,
-                "base_version": old.custom.get("version"),
-                "encoding": stats.chosen,
-            }
-            fd, temp_name = tempfile.mkstemp(dir=self.targets_dir, prefix=".incoming-", suffix=".ekd")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(delta)
-                    out.flush()
-                    os.fsync(out.fileno())
-                delta_info = self._store_target(delta_path, Path(temp_name))
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp_name)
-            delta_info.unrecognized_fields["custom"] = {"delta": about}
-            targets.signed.targets[delta_path] = delta_info
-            digest = delta_info.hashes["sha256"]
-            yield PublishedTarget(delta_path, delta_info.length, digest, {"delta": about})
 
     def _offline_targets_signer(self, offline: Path) -> CryptoSigner:
         signer = load_signer(offline / "targets.key")

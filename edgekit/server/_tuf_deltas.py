@@ -76,7 +76,7 @@ def add_deltas(
         delta_info.unrecognized_fields["custom"] = {"delta": about}
         targets.signed.targets[delta_path] = delta_info
         digest = delta_info.hashes["sha256"]
-        yield PublishedTarget(delta_path, delta_info.length, digest, {"delta": about})
+        yield _published(delta_path, delta_info.length, digest, {"delta": about})
 
 
 def _published(path: str, length: int, sha256: str, custom: dict[str, Any]) -> PublishedTarget:

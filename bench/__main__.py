@@ -268,7 +268,8 @@ def zoo_rows(d: dict[str, Any]) -> list[Row]:
         )
         size = m.get("size_ratio")
         metrics = "; ".join(
-            f"{name} ({v['role']}) {v['metric']} {v['value']:.3g}" if isinstance(v.get("value"), float)
+            f"{name} ({v['role']}) {v['metric']} {v['value']:.3g}"
+            if isinstance(v.get("value"), float)
             else f"{name} ({v['role']}) {v['metric']} n/a"
             for name, v in (m.get("role_metric") or {}).items()
         )
@@ -283,6 +284,39 @@ def zoo_rows(d: dict[str, Any]) -> list[Row]:
                 d.get("baseline", "fp32 model, same run"),
                 "quantized, gate passes",
                 isinstance(size, float) and "quantize" not in m,
+            )
+        )
+    return rows
+
+
+def delta_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for r in d["rows"]:
+        patch = r.get("patch_from")
+        baseline = (
+            f"full .ekb {r['full']:,} B; zstd -19 --patch-from {patch:,} B ({100 * patch / r['full']:.1f}%)"
+            if patch is not None
+            else f"full .ekb {r['full']:,} B; zstd CLI absent (no --patch-from baseline)"
+        )
+        targets = [t for t in r["targets"] if not t["name"].startswith("rebuild")]
+        rows.append(
+            _row(
+                "delta",
+                f"{r['scenario']}: delta bytes",
+                f"{r['delta']:,} B ({100 * r['share']:.1f}% of the bundle, {r['chosen']})",
+                baseline,
+                "; ".join(t["name"] for t in targets),
+                None if any(t["met"] is None for t in targets) else all(t["met"] for t in targets),
+            )
+        )
+        rows.append(
+            _row(
+                "delta",
+                f"{r['scenario']}: device rebuild + verify",
+                f"{1000 * r['rebuild_verify_s']:.1f} ms ({r['ratio']:.2f}x)",
+                f"verify of the full download {1000 * r['verify_s']:.1f} ms, same run",
+                "<= 2x",
+                r["ratio"] <= 2.0,
             )
         )
     return rows
@@ -341,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         ("evaluate", lambda: _run(["bench.evaluate"], args.out / "evaluate.json", args.quick), evaluate_rows),
         ("simulate", lambda: run_simulations(args.out / "simulate.json", args.quick), simulate_rows),
         ("zoo", lambda: _run(["bench.zoo"], args.out / "zoo.json", args.quick), zoo_rows),
+        ("delta", lambda: _run(["bench.delta"], args.out / "delta.json", args.quick), delta_rows),
     ]
     rows: list[Row] = []
     raw: dict[str, Any] = {}

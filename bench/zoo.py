@@ -108,8 +108,13 @@ def _float_model(key: str, workdir: Path, inputs: Any) -> Path:
 def _install_peak_kib(device_args: list[str]) -> tuple[int, int, str]:
     """(exit code, the child's own VmHWM in KiB, stderr) of ``python -m device_runtime ARGS`` run in a
     fresh interpreter (see ``_INSTALL_CHILD``)."""
-    result = subprocess.run([sys.executable, "-c", _INSTALL_CHILD, *device_args], cwd=ROOT,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", _INSTALL_CHILD, *device_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = result.stdout.strip().splitlines()
     try:
         figures = json.loads(lines[-1])
@@ -204,8 +209,11 @@ def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:
         row["strategy"] = section.get("strategy", section.get("config"))  # config: before the ladder
         row["mode"] = section.get("mode")
         row["strategies_tried"] = [
-            {"name": s.get("name"), "passed": s.get("passed"),
-             **({"error": s["error"]} if s.get("error") else {})}
+            {
+                "name": s.get("name"),
+                "passed": s.get("passed"),
+                **({"error": s["error"]} if s.get("error") else {}),
+            }
             for s in section.get("strategies", [])
         ]
         row["kept_in_float"] = len((report.get("repair") or {}).get("excluded_nodes", []))
@@ -233,8 +241,12 @@ def _bundle_and_install(key: str, model: Path, workdir: Path, inputs: Any) -> di
 
     out: dict[str, Any] = {}
     keys = workdir / "keys"
-    subprocess.run([sys.executable, "-m", "edgekit", "keygen", "-o", str(keys)], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "edgekit", "keygen", "-o", str(keys)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     spec = None
     if inputs.spec:
         spec = workdir / "spec.json"
@@ -243,16 +255,33 @@ def _bundle_and_install(key: str, model: Path, workdir: Path, inputs: Any) -> di
     bundle = workdir / f"{name}-1.0.0.ekb"
     log(f"{key}: bundle")
     try:
-        build_bundle(BundleRequest(model=model, output=bundle, name=name, version="1.0.0",
-                                   keys=[keys / "release.key"], preprocess=spec, golden=workdir / "eval.npz"))
+        build_bundle(
+            BundleRequest(
+                model=model,
+                output=bundle,
+                name=name,
+                version="1.0.0",
+                keys=[keys / "release.key"],
+                preprocess=spec,
+                golden=workdir / "eval.npz",
+            )
+        )
         out["bundle_bytes"] = bundle.stat().st_size
         out["bundle_vs_model"] = round(bundle.stat().st_size / model.stat().st_size, 3)
     except Exception as e:
         out["bundle_vs_model"] = _short(e)
         return out
     log(f"{key}: install")
-    device = ["--store", str(workdir / "store"), "--key", str(keys / "release.pub"), "--device-id", "bench",
-              "--hardware-id", "bench"]
+    device = [
+        "--store",
+        str(workdir / "store"),
+        "--key",
+        str(keys / "release.pub"),
+        "--device-id",
+        "bench",
+        "--hardware-id",
+        "bench",
+    ]
     code, peak, stderr = _install_peak_kib([*device, "install", str(bundle)])
     out["install_peak_rss_mib"] = (
         round(peak / 1024, 1) if code == 0 and peak > 0 else f"n/a: install exit code {code}: {stderr}"

@@ -45,6 +45,7 @@ from device_runtime._recovery import (
     verify_slots,
 )
 from device_runtime.config import RuntimeConfig
+from device_runtime.delta import SlotArchive
 from device_runtime.errors import (
     DeviceRuntimeError,
     EngineError,
@@ -66,10 +67,11 @@ from device_runtime.state import (
     save_reverted,
     save_state,
 )
+from signing.archive import member_order
 from signing.atomic import fsync_dir
 from signing.errors import PolicyError, VerificationError
 from signing.keys import PublicKey, load_public_key
-from signing.manifest import BundleManifest
+from signing.manifest import SIGNATURE_FILE, BundleManifest
 from signing.verify import VerifiedBundle, VerifyPolicy, verify_directory, verify_ekb
 
 __all__ = ["InstallResult", "PredictionResult", "Runtime"]
@@ -615,6 +617,28 @@ class Runtime:
                 },
                 "history": list(state.history[-10:]),
             }
+
+    def active_archive(self) -> tuple[str, SlotArchive] | None:
+        """The active release as the `.ekb` archive it came from, read in place (delta updates).
+
+        Returns its bundle id and a `SlotArchive` over the active slot's files (close it after use), or
+        None when nothing is active. The archive is only a base for rebuilding: whatever it yields is checked
+        against a TUF-pinned hash before any install.
+        """
+        with self._lock:
+            active = self._state.active
+            if active is None:
+                return None
+            manifest = self._manifests.get(active.slot)
+            if manifest is None:
+                if self._verify_slot(active.slot) is None:
+                    return None
+                manifest = self._manifests[active.slot]
+            directory = self._slot_dir(active.slot)
+            signature_size = os.stat(directory / SIGNATURE_FILE, follow_symlinks=False).st_size
+            members = [(SIGNATURE_FILE, signature_size)]
+            members += [(name, manifest.files[name].size) for name in member_order(manifest)[1:]]
+            return active.bundle_id, SlotArchive(directory, members)
 
     def _telemetry_stats(self) -> dict[str, int | None]:
         try:

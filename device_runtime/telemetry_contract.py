@@ -20,6 +20,12 @@ Event kinds and their payloads (``?`` marks an optional key; no other keys are a
     trial               outcome (committed|reverted), bundle_id, version?, strikes?, successes?, reasons?
     slot-verify-failed  slot (a|b), reason, detail?
     telemetry-reset     detail
+    download            bundle_id, method (delta|full), bytes, full_bytes, version?, base_bundle_id?,
+                        fallback?, detail?      (delta needs base_bundle_id; fallback only with full)
+
+A ``download`` is one bundle fetched for an install: ``bytes`` on the wire (a delta, plus the full bundle
+after a fallback), ``full_bytes`` the full bundle's TUF length, ``fallback`` the reason code when a delta
+from the active release was tried or looked for and the full bundle was fetched instead.
 
 Bounds carry units. Numbers are finite; integers are JSON integers, never booleans. An ``inferences``
 aggregate covers ``window_s`` seconds (at most `MAX_WINDOW_S`): it counts at most
@@ -54,6 +60,7 @@ __all__ = [
     "MAX_BATCH_BYTES",
     "MAX_CONCURRENT_INFERENCES",
     "MAX_DETAIL_CHARS",
+    "MAX_DOWNLOAD_BYTES",
     "MAX_EVENTS_PER_BATCH",
     "MAX_EVENT_AGE_S",
     "MAX_INFERENCES_PER_S",
@@ -65,6 +72,7 @@ __all__ = [
     "Checked",
     "ContractError",
     "CrashPayload",
+    "DownloadPayload",
     "Event",
     "FeedbackPayload",
     "InferencesPayload",
@@ -83,7 +91,16 @@ __all__ = [
 SCHEMA = "edgekit.telemetry/v1"
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # upper bounds, ms
 HISTOGRAM_SIZE = len(LATENCY_BUCKETS_MS) + 1  # the last bucket is "above 5000 ms"
-EVENT_KINDS = ("inferences", "crash", "feedback", "install", "trial", "slot-verify-failed", "telemetry-reset")
+EVENT_KINDS = (
+    "inferences",
+    "crash",
+    "feedback",
+    "install",
+    "trial",
+    "slot-verify-failed",
+    "telemetry-reset",
+    "download",
+)
 
 MAX_BATCH_BYTES = 1 << 20  # bytes of one batch's JSON
 MAX_EVENTS_PER_BATCH = 5000  # events
@@ -97,6 +114,7 @@ MAX_REASONS = 32  # entries of a trial's reasons
 MAX_OUTPUTS = 64  # entries of an install's self_test_sqnr_db
 MAX_ABS_SQNR_DB = 1000.0  # dB
 MAX_COUNTER = 1_000_000_000  # a trial's strikes or successes
+MAX_DOWNLOAD_BYTES = 1 << 40  # bytes: one download's size, far above any bundle
 MAX_TIME_S = 7_258_118_400.0  # seconds since the epoch: 2200-01-01, beyond any clock
 CLOCK_TOLERANCE_S = 86_400.0  # seconds: a device clock further off than this is rebased to the server's
 MAX_EVENT_AGE_S = 30 * 86_400.0  # seconds: older (rebased) events are of no use to any rollout gate
@@ -204,6 +222,20 @@ class TelemetryResetPayload:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class DownloadPayload:
+    """How a bundle came to the device: by delta or in full, with the bytes moved and any fallback."""
+
+    bundle_id: str
+    method: str  # "delta" | "full"
+    bytes: int  # bytes downloaded for this bundle (delta, plus the full bundle after a fallback)
+    full_bytes: int  # bytes of the full bundle (its TUF length)
+    version: str | None = None
+    base_bundle_id: str | None = None  # the active release a delta was built from (or looked for)
+    fallback: str | None = None  # reason code: why the full bundle was fetched instead of a delta
+    detail: str | None = None
+
+
 Payload = (
     InferencesPayload
     | CrashPayload
@@ -212,6 +244,7 @@ Payload = (
     | TrialPayload
     | SlotVerifyFailedPayload
     | TelemetryResetPayload
+    | DownloadPayload
 )
 
 
@@ -494,6 +527,33 @@ def _telemetry_reset(p: Any) -> TelemetryResetPayload:
     return TelemetryResetPayload(_text(p["detail"], "detail"))
 
 
+_DOWNLOAD_REQUIRED = frozenset(("bundle_id", "method", "bytes", "full_bytes"))
+_DOWNLOAD_ALLOWED = _DOWNLOAD_REQUIRED | {"version", "base_bundle_id", "fallback", "detail"}
+
+
+def _download(p: Any) -> DownloadPayload:
+    _keys("download", p, _DOWNLOAD_REQUIRED, _DOWNLOAD_ALLOWED)
+    method = _one_of(p["method"], "method", ("delta", "full"))
+    base = p.get("base_bundle_id")
+    if base is not None:
+        _bundle(base, "base_bundle_id")
+    elif method == "delta":
+        raise _fail("missing-field", "a delta download names its base_bundle_id")
+    fallback = _optional_code(p, "fallback")
+    if fallback is not None and method == "delta":
+        raise _fail("out-of-range", "a delta download has no fallback; a fallback downloads the full bundle")
+    return DownloadPayload(
+        _bundle(p["bundle_id"]),
+        method,
+        _int(p["bytes"], "bytes", 0, MAX_DOWNLOAD_BYTES),
+        _int(p["full_bytes"], "full_bytes", 1, MAX_DOWNLOAD_BYTES),
+        _version(p),
+        base,
+        fallback,
+        _optional_text(p, "detail"),
+    )
+
+
 _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "inferences": _inferences,
     "crash": _crash,
@@ -502,6 +562,7 @@ _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "trial": _trial,
     "slot-verify-failed": _slot_verify_failed,
     "telemetry-reset": _telemetry_reset,
+    "download": _download,
 }
 assert tuple(_PARSERS) == EVENT_KINDS
 

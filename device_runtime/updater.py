@@ -15,6 +15,13 @@ Remote names never become local paths (attack 26): plan target paths must be `bu
 made of safe components, and files are stored under their SHA-256 only. The bundle's own signature, release
 floor and self-test are then checked by `Runtime.install`.
 
+Deltas (`device_runtime.delta`): when a release is active, the updater first looks for the target
+`deltas/<model>/<version>/<active bundle id>.ekd` that `edgekit publish` signs next to the bundle, downloads
+it through TUF (length and hash pinned), rebuilds the `.ekb` from the active slot and accepts the result only
+if its SHA-256 and length are the ones TUF pins for the full bundle; then `Runtime.install` verifies it like
+any download. No delta, a delta that does not apply, another hash, a slot that changed: the full bundle is
+downloaded. Either way a `download` telemetry event says how (method, bytes, fallback reason).
+
 The plan's contract (keys, name rules, stages, states, baseline), the cohorts and the decision are the pure
 module `device_runtime.rollout_plan`, which the server's plan state machine builds on too.
 
@@ -50,6 +57,8 @@ from tuf.ngclient import UpdaterConfig as _NgConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
+from device_runtime._delta_update import Fallback, Transfer, by_delta, report_transfer
+from device_runtime.delta import DeltaLimits
 from device_runtime.errors import DeviceRuntimeError
 from device_runtime.rollout_plan import (
     MAX_PLAN_BYTES,
@@ -70,6 +79,7 @@ __all__ = [
     "MetadataError",
     "Outcome",
     "PlanError",  # raised by `Updater.check`; defined by the plan contract, device_runtime.rollout_plan
+    "Transfer",
     "TransportError",
     "Updater",
     "UpdaterConfig",
@@ -123,6 +133,9 @@ class UpdaterConfig:
         speed_grace_s: seconds before the speed floor applies (connection set-up, TCP slow start).
         timeout_s: a single download taking longer than this is aborted.
         clock: seconds since the epoch; read once per check to judge metadata expiry (injected for tests).
+        use_deltas: fetch a published delta from the active release and rebuild the bundle from the slot
+            when one exists; any failure falls back to the full bundle (reported in telemetry).
+        delta_limits: what a delta may ask of this device (memory per operation, operations).
     """
 
     metadata_url: str
@@ -138,6 +151,8 @@ class UpdaterConfig:
     speed_grace_s: float = 5.0  # seconds
     timeout_s: float = 600.0  # seconds
     clock: Callable[[], float] = field(default=time.time, compare=False)
+    use_deltas: bool = True
+    delta_limits: DeltaLimits = field(default_factory=DeltaLimits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata_dir", Path(self.metadata_dir))
@@ -228,6 +243,7 @@ class Outcome:
     release: Release | None = None
     bundle_id: str | None = None
     detail: str = ""
+    transfer: Transfer | None = None
 
 
 class _Installer(Protocol):
@@ -357,7 +373,7 @@ class Updater:
                         f"{self._config.max_bundle_bytes}",
                         reason="too-large",
                     )
-                path = self._download(session, info, ".ekb")
+                path, transfer = self._fetch(session, info, release, runtime, active)
             except (UpdaterError, PlanError) as e:
                 # str(e): a log record must not keep the traceback (and this updater's lock) alive
                 logger.warning("update refused (%s): %s", e.reason, str(e))
@@ -370,19 +386,57 @@ class Updater:
                 result = runtime.install(path)
             except (VerificationError, DeviceRuntimeError) as e:  # the runtime recorded its telemetry
                 reason = getattr(e, "reason", None) or _reason(e)
-                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, str(e))
+                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, str(e), transfer)
             except Exception as e:  # an installer that raised untyped: refused all the same, logged
                 reason = "storage" if is_storage_error(e) else "internal"
                 logger.warning("install refused (%s): %s", reason, str(e), exc_info=reason == "internal")
                 detail = f"{type(e).__name__}: {e}"[:300]
-                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, detail)
+                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, detail, transfer)
             finally:
                 with contextlib.suppress(OSError):
                     path.unlink()
             status = "up-to-date" if getattr(result, "already_active", False) else "installed"
-            return Outcome(
-                status, "installed" if status == "installed" else "active", decision, release, bundle_id
-            )
+            reason = "installed" if status == "installed" else "active"
+            return Outcome(status, reason, decision, release, bundle_id, transfer=transfer)
+
+    # -- fetching: a delta from the active release when one is published, else the full bundle
+    def _fetch(
+        self,
+        session: _NgUpdater,
+        info: TargetFile,
+        release: Release,
+        runtime: _Installer,
+        active: Mapping[str, Any] | None,
+    ) -> tuple[Path, Transfer]:
+        """The bundle, rebuilt from a delta or downloaded in full; the transfer is reported in telemetry."""
+        base = active.get("bundle_id") if active is not None else None
+        sent = 0
+        fallback: tuple[str, str] | None = None
+        if self._config.use_deltas and isinstance(base, str) and _SHA256.fullmatch(base):
+            try:
+                path, sent = by_delta(
+                    info,
+                    release,
+                    runtime,
+                    base,
+                    config=self._config,
+                    targetinfo=lambda target: self._targetinfo(session, target),
+                    download=lambda target, suffix: self._download(session, target, suffix),
+                )
+                transfer = Transfer("delta", sent, info.length, base)
+                report_transfer(runtime, info, release, transfer)
+                return path, transfer
+            except Fallback as e:
+                sent, fallback = e.sent, (e.reason, e.detail)
+                logger.info("delta update not used (%s): %s", e.reason, e.detail)
+            except Exception as e:  # a delta never costs the update: anything unforeseen falls back too
+                fallback = ("delta-internal", f"{type(e).__name__}: {e}"[:300])
+                logger.warning("delta update failed unexpectedly: %s", str(e), exc_info=True)
+        path = self._download(session, info, ".ekb")
+        reason, detail = fallback or (None, "")
+        transfer = Transfer("full", sent + info.length, info.length, base, reason, detail)
+        report_transfer(runtime, info, release, transfer)
+        return path, transfer
 
     def _check_target(self, info: TargetFile, release: Release) -> str:
         custom = info.custom if isinstance(info.custom, Mapping) else {}

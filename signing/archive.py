@@ -12,10 +12,11 @@ import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from signing.manifest import SIGNATURE_FILE, BundleManifest
 
-__all__ = ["member_order", "write_ekb"]
+__all__ = ["ArchiveSegment", "archive_layout", "member_order", "write_ekb"]
 
 
 def member_order(manifest: BundleManifest) -> list[str]:
@@ -39,6 +40,39 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     info.uname = info.gname = ""
     info.type = tarfile.REGTYPE
     return info
+
+
+class ArchiveSegment(NamedTuple):
+    """A byte range of an archive `write_ekb` writes: a member's data (`name`) or literal bytes (`data`)."""
+
+    offset: int  # bytes from the start of the archive
+    length: int  # bytes
+    name: str | None  # the member whose data this is; None for headers, padding and the end blocks
+    data: bytes  # the literal bytes when `name` is None (headers and padding), else b""
+
+
+def archive_layout(members: Iterable[tuple[str, int]]) -> list[ArchiveSegment]:
+    """The exact byte layout `write_ekb` produces for `(name, size)` members, without reading any file.
+
+    A device rebuilds a release's `.ekb` from its slot this way (delta updates): headers and padding are
+    literal bytes, member data is read from the slot's files. Same members, same bytes as `write_ekb`.
+    """
+    segments: list[ArchiveSegment] = []
+    offset = 0
+    for name, size in members:
+        header = _info(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        segments.append(ArchiveSegment(offset, len(header), None, header))
+        offset += len(header)
+        segments.append(ArchiveSegment(offset, size, name, b""))
+        offset += size
+        padding = -size % tarfile.BLOCKSIZE
+        if padding:
+            segments.append(ArchiveSegment(offset, padding, None, bytes(padding)))
+            offset += padding
+    end = 2 * tarfile.BLOCKSIZE
+    end += -(offset + end) % tarfile.RECORDSIZE  # tarfile pads the archive to a whole record
+    segments.append(ArchiveSegment(offset, end, None, bytes(end)))
+    return segments
 
 
 def write_ekb(bundle_dir: Path, names: Iterable[str], destination: Path) -> None:

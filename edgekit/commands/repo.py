@@ -90,13 +90,20 @@ def init(
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
 @click.option("--offline-keys", required=True, type=click.Path(path_type=Path), help=OFFLINE_HELP)
+@click.option(
+    "--deltas",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Also publish deltas from this many earlier releases of the model (0: none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the published target as JSON.")
 @_repository_errors
-def publish(bundle: Path, data_dir: Path, offline_keys: Path, as_json: bool) -> None:
-    """Verify BUNDLE against the release keys and publish it as a TUF target."""
+def publish(bundle: Path, data_dir: Path, offline_keys: Path, deltas: int, as_json: bool) -> None:
+    """Verify BUNDLE against the release keys and publish it as a TUF target (with deltas)."""
     from edgekit.server.tuf_repo import TufRepository
 
-    published = TufRepository(data_dir).add_bundle(bundle, offline_keys_dir=offline_keys)
+    published = TufRepository(data_dir).add_bundle(bundle, offline_keys_dir=offline_keys, deltas=deltas)
     if as_json:
         echo_json(
             {
@@ -105,11 +112,19 @@ def publish(bundle: Path, data_dir: Path, offline_keys: Path, as_json: bool) -> 
                 "sha256": published.sha256,
                 "custom": published.custom,
                 "already_published": published.already_published,
+                "deltas": [
+                    {"path": d.path, "length": d.length, "sha256": d.sha256, "custom": d.custom}
+                    for d in published.deltas
+                ],
             }
         )
         return
     verb = "already published" if published.already_published else "published"
     click.echo(f"{verb} {published.path} ({published.length} bytes, sha256 {published.sha256})")
+    for delta in published.deltas:
+        share = 100 * delta.length / published.length
+        base = delta.custom["delta"].get("base_version")
+        click.echo(f"  delta from {base}: {delta.path} ({delta.length} bytes, {share:.1f}% of the bundle)")
 
 
 repo.add_command(publish)

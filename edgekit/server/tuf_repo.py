@@ -12,7 +12,8 @@ PEM PKCS#8. Consistent snapshots are on.
 
 Layout (servable as static files): `data_dir/repo/metadata/` holds `N.root.json` and `root.json` (latest),
 `N.targets.json`, `N.rollouts.json`, `N.snapshot.json` and `timestamp.json`; `data_dir/repo/targets/` holds
-`bundles/<name>/<sha256>.<name>-<version>.ekb` and `rollouts/<model>/<sha256>.<channel>.json`.
+`bundles/<name>/<sha256>.<name>-<version>.ekb`, `deltas/<name>/<version>/<sha256>.<base bundle id>.ekd`
+(deltas from earlier releases, `edgekit.delta`) and `rollouts/<model>/<sha256>.<channel>.json`.
 `data_dir/tuf-config.json` keeps the expiry policy and the release public keys.
 
 Every write is temp + fsync + rename, target files before the metadata naming them and `timestamp.json`
@@ -50,6 +51,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from edgekit.server._tuf_deltas import add_deltas
 from edgekit.server._tuf_files import (
     FileLock,
     RepositoryError,
@@ -77,6 +79,7 @@ __all__ = [
 ROLLOUTS = "rollouts"
 CONFIG_FILE = "tuf-config.json"
 LOCK_FILE = ".tuf.lock"
+DEFAULT_DELTAS = 2  # earlier releases a new bundle gets a delta from
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VERSIONED = re.compile(r"(\d+)\.([a-z][a-z0-9_-]*)\.json")
 _DAY = 86_400.0  # seconds
@@ -122,6 +125,7 @@ class PublishedTarget:
     custom: dict[str, Any] = field(default_factory=dict)
     role: str = "targets"
     already_published: bool = False
+    deltas: tuple[PublishedTarget, ...] = ()  # deltas from earlier releases published with this bundle
 
 
 # ---- the repository ---------------------------------------------------------------------------------------
@@ -349,12 +353,16 @@ class TufRepository:
         *,
         offline_keys_dir: str | Path,
         release_keys: Sequence[str | Path | bytes] | None = None,
+        deltas: int = DEFAULT_DELTAS,
     ) -> PublishedTarget:
         """Verify a bundle, then publish it as `bundles/<name>/<name>-<version>.ekb` (offline targets key).
 
         The bytes verified are the bytes published: the bundle is copied into the repository first and the
         copy is verified. Publishing the same bytes again is a no-op; other bytes for a published
-        name and version are refused.
+        name and version are refused. With `deltas` K > 0, the deltas from the K latest other published
+        releases of the model (highest release counter) are published in the same targets version, as
+        `deltas/<name>/<version>/<base bundle id>.ekd` (see `edgekit.delta`); a delta that is not smaller
+        than the bundle is not published.
 
         Raises:
             BundleRefusedError: the signature does not verify against the release keys.
@@ -406,14 +414,20 @@ class TufRepository:
                     )
                 info = self._store_target(path, temp)
                 info.unrecognized_fields["custom"] = custom
+                published = tuple(add_deltas(self, targets, path, info, custom, deltas))
                 targets.signed.targets[path] = info
                 self._bump(targets, Targets.type, now)
                 self._write(targets, Targets.type, [signer])
                 self._commit(now)
-                return PublishedTarget(path, info.length, info.hashes["sha256"], custom)
+                return PublishedTarget(path, info.length, info.hashes["sha256"], custom, deltas=published)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
+
+    def _stored(self, path: str, info: TargetFile) -> Path:
+        """Where the target file of `path` is kept (consistent snapshots: `<dir>/<sha256>.<name>`)."""
+        directory, _, basename = path.rpartition("/")
+        return self.targets_dir / directory / f"{info.hashes['sha256']}.{basename}"
 
     def _offline_targets_signer(self, offline: Path) -> CryptoSigner:
         signer = load_signer(offline / "targets.key")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from device_runtime.preprocess import parse_output, postprocess
-from tests.converters.test_detection_parity import my_detections
+from tests.converters.detections import my_detections
 from tests.converters.zoo import zoo_file
 from tests.device_runtime.test_device_cli import as_json, cli, ok
 

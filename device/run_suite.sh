@@ -91,8 +91,8 @@ if [ "$(cat "$venv/.edgekit-wheel-stamp" 2>/dev/null || true)" != "$wheel_stamp"
     # --no-deps: every dependency is pinned by the lock file; `pip check` proves they satisfy the wheel.
     "$venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$wheel" ||
         fail "installing $(basename "$wheel") failed"
-    "$venv/bin/python" -m pip check >&2 ||
-        fail "$(basename "$lock") does not satisfy $(basename "$wheel")'s requirements (see above)"
+    problems=$("$venv/bin/python" -m pip check 2>&1) ||
+        fail "$(basename "$lock") does not satisfy $(basename "$wheel")'s requirements: $problems"
     echo "$wheel_stamp" >"$venv/.edgekit-wheel-stamp"
 fi
 

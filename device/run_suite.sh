@@ -60,7 +60,9 @@ export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 ca=${EDGEKIT_DEVICE_CA_BUNDLE:-}
 [ -n "$ca" ] || [ ! -f /etc/ssl/certs/ca-certificates.crt ] || ca=/etc/ssl/certs/ca-certificates.crt
 [ -z "$ca" ] || export PIP_CERT="$ca"
-source_args="--only-binary=:all:"
+# --no-compile: byte-compiling every installed file costs minutes under emulation; imports compile what
+# they use.
+source_args="--only-binary=:all: --no-compile"
 if [ -n "${EDGEKIT_DEVICE_WHEELHOUSE:-}" ]; then
     source_args="$source_args --no-index --find-links=$EDGEKIT_DEVICE_WHEELHOUSE"
 fi
@@ -89,7 +91,7 @@ if [ "$(cat "$venv/.edgekit-deps-stamp" 2>/dev/null || true)" != "$deps_stamp" ]
 fi
 if [ "$(cat "$venv/.edgekit-wheel-stamp" 2>/dev/null || true)" != "$wheel_stamp" ]; then
     # --no-deps: every dependency is pinned by the lock file; `pip check` proves they satisfy the wheel.
-    "$venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$wheel" ||
+    "$venv/bin/python" -m pip install --quiet --no-compile --no-deps --force-reinstall "$wheel" ||
         fail "installing $(basename "$wheel") failed"
     problems=$("$venv/bin/python" -m pip check 2>&1) ||
         fail "$(basename "$lock") does not satisfy $(basename "$wheel")'s requirements: $problems"

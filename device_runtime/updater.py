@@ -301,7 +301,7 @@ class Updater:
         # (STYLE: injected clock, read once per update). No public hook exists in tuf 7.0.
         trusted = getattr(session, "_trusted_set", None)
         if trusted is not None and hasattr(trusted, "reference_time"):
-            trusted.reference_time = _dt.datetime.fromtimestamp(config.clock(), _dt.UTC)
+            trusted.reference_time = _dt.datetime.fromtimestamp(config.clock(), _dt.timezone.utc)
         return session
 
     def check(self) -> Decision:

@@ -88,7 +88,8 @@ def _created(request: BundleRequest) -> str:
     if request.created:
         return request.created
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch else _dt.datetime.now(_dt.UTC)
+    utc = _dt.timezone.utc  # not datetime.UTC: the device test suite runs this on Python 3.10
+    moment = _dt.datetime.fromtimestamp(int(epoch), utc) if epoch else _dt.datetime.now(utc)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 

@@ -9,4 +9,6 @@ source scripts/_venv.sh dev
 echo "== zoo"; python -m zoo fetch >/dev/null || echo "zoo: some models could not be fetched; their tests will skip"
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy edgekit converters device_runtime
+# The device distribution (device/) supports Python 3.10: its packages are type-checked as 3.10 code too.
+echo "== mypy (device, Python 3.10)"; mypy --python-version 3.10 device_runtime signing
 echo "== pytest"; python -m pytest "$@"

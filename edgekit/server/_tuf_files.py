@@ -82,7 +82,7 @@ def signers_in(directory: Path, pattern: str) -> list[CryptoSigner]:
 
 
 def utc(seconds: float) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).replace(microsecond=0)
+    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).replace(microsecond=0)
 
 
 class FileLock:

@@ -140,7 +140,7 @@ def test_the_updater_reports_a_full_disk_as_a_refused_outcome(
     """Real TUF repository on loopback; the store (or the download folder) is on the full disk."""
     from device_runtime.updater import Updater, UpdaterConfig
     from edgekit.server.tuf_repo import TufRepository
-    from tests.server.test_tuf_repo import RepoServer, make_plan
+    from tests.server.tuf_fixtures import RepoServer, make_plan
 
     offline = tmp_path / "offline"
     repo = TufRepository.init(tmp_path / "data", offline_keys_dir=offline, release_keys=[releases.public_key])

@@ -178,7 +178,7 @@ def test_a_hostile_bundle_through_tuf_is_a_refused_outcome(
     """The updater end to end: real TUF repository on loopback, real download, real install refusal."""
     from device_runtime.updater import Updater, UpdaterConfig
     from edgekit.server.tuf_repo import TufRepository
-    from tests.server.test_tuf_repo import RepoServer, make_plan
+    from tests.server.tuf_fixtures import RepoServer, make_plan
 
     hostile = resign(releases, tmp_path / "hostile", labels(b"cat\ndog\nbird\n"))
     offline = tmp_path / "offline"

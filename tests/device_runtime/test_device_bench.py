@@ -1,4 +1,4 @@
-"""`python -m device_runtime bench`: two real bundles (fp32 and int8 digits CNN) timed on this machine.
+"""`python -m device_runtime bench`: two real bundles (fp32 and int8 of a small CNN) timed on this machine.
 
 Only the report's shape is checked: benchmarks assert no timings.
 """
@@ -19,17 +19,50 @@ from device_runtime.bench import median_ci
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def small_cnn(path: Path) -> Path:
+    """image float32 [N, 1, 8, 8] -> Conv 3x3 (8) -> Relu -> Flatten -> MatMul -> logits [N, 10].
+
+    Built with onnx's helpers rather than trained: the bench checks the report's shape, and the device-only
+    test environment (scripts/device_suite.sh) has no TensorFlow to train one.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "K"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["conv"], ["relu"]),
+            helper.make_node("Flatten", ["relu"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        ],
+        "bench-cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "K"),
+            numpy_helper.from_array((rng.standard_normal((512, 10)) / 16).astype(np.float32), "W"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 @pytest.fixture(scope="module")
-def bundles(
-    tmp_path_factory: pytest.TempPathFactory, digits_onnx: Path, data_files: dict[str, Path]
-) -> dict[str, Path]:
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from edgekit.bundle_build import BundleRequest, build_bundle
     from signing.keys import generate_keypair
 
     folder = tmp_path_factory.mktemp("bench")
-    calibration = np.load(data_files["calib"])[:64]
+    images = np.random.default_rng(1).random((96, 1, 8, 8), dtype=np.float32)
+    calibration = images[:64]
+    np.save(folder / "eval.npy", images[64:])
+    model_fp32 = small_cnn(folder / "digits.onnx")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -41,7 +74,7 @@ def bundles(
 
     int8 = folder / "digits-int8.onnx"
     quantize_static(
-        str(digits_onnx),
+        str(model_fp32),
         str(int8),
         Reader(),
         quant_format=QuantFormat.QDQ,
@@ -49,8 +82,8 @@ def bundles(
         weight_type=QuantType.QInt8,
     )
     private, public = generate_keypair(folder / "keys", name="release")
-    out = {"pub": public}
-    for label, model in (("fp32", digits_onnx), ("int8", int8)):
+    out = {"pub": public, "eval": folder / "eval.npy"}
+    for label, model in (("fp32", model_fp32), ("int8", int8)):
         out[label] = folder / f"digits-{label}.ekb"
         build_bundle(
             BundleRequest(
@@ -59,7 +92,7 @@ def bundles(
                 "digits",
                 f"1.0.0-{label}",
                 [private],
-                golden=data_files["eval"],
+                golden=out["eval"],
                 created="2026-01-01T00:00:00Z",
             )
         )
@@ -133,11 +166,9 @@ def test_bench_refuses_a_bundle_signed_by_another_key(bundles: dict[str, Path], 
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_bench_takes_a_given_input_for_every_bundle(
-    bundles: dict[str, Path], data_files: dict[str, Path], tmp_path: Path
-) -> None:
+def test_bench_takes_a_given_input_for_every_bundle(bundles: dict[str, Path], tmp_path: Path) -> None:
     sample = tmp_path / "one.npy"
-    np.save(sample, np.load(data_files["eval"])[:1])
+    np.save(sample, np.load(bundles["eval"])[:1])
     result = device(
         "bench",
         str(bundles["fp32"]),

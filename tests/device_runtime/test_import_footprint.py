@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.host_tools import needs_host
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Host-side or optional packages: a device that only imports device_runtime must load none of them.
@@ -33,6 +35,9 @@ DEVICE_FORBIDDEN = (
 )
 # The CLI needs click (and edgekit itself) but must not pay for a framework until a command needs one.
 CLI_FORBIDDEN = ("tensorflow", "onnx", "onnxruntime", "torch")
+
+# The edgekit CLI is host code: the device-only environment (scripts/device_suite.sh) has no click.
+needs_cli = needs_host("click", why="the edgekit command line")
 
 # Prints the forbidden packages found in sys.modules as JSON; formatted with the names to look for.
 _LOADED = (
@@ -115,6 +120,7 @@ def test_load_engine_imports_onnxruntime_only_when_called(tmp_path: Path) -> Non
     assert others == [], f"loading an ONNX model also imported {others}"
 
 
+@needs_cli
 def test_edgekit_cli_import_loads_no_framework() -> None:
     code = (
         "import sys, json\n"
@@ -125,6 +131,7 @@ def test_edgekit_cli_import_loads_no_framework() -> None:
     assert _last_json(_run(code)) == []
 
 
+@needs_cli
 def test_edgekit_help_loads_no_framework() -> None:
     # The console script's own code path (edgekit._entry.main), run in-process so sys.modules can be read.
     code = (
@@ -158,6 +165,7 @@ def _imported_modules(stderr: str) -> set[str]:
     return names
 
 
+@needs_cli
 @pytest.mark.parametrize("how", ["console_script", "module"])
 def test_edgekit_help_process_loads_no_framework(how: str) -> None:
     script = Path(sys.executable).with_name("edgekit")

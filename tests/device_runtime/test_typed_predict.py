@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from device_runtime.preprocess import parse_output, postprocess
-from tests.converters.test_detection_parity import my_detections
+from tests.converters.detections import my_detections
 from tests.converters.zoo import zoo_file
 from tests.device_runtime.test_device_cli import as_json, cli, ok
+from tests.host_tools import needs_host
 
 LABELS = [
     "FEMALE_GENITALIA_COVERED",
@@ -36,6 +37,7 @@ LABELS = [
 
 
 @pytest.mark.slow
+@needs_host("skimage", why="the zoo's NudeNet detector on a scikit-image photo")
 def test_predict_prints_detections_with_labels_after_nms(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -26,7 +26,7 @@ from device_runtime.runtime import Runtime
 from device_runtime.updater import MetadataError, TransportError, Updater, UpdaterConfig
 from edgekit.server.tuf_repo import TufRepository
 from tests.device_runtime.runtime_fixtures import Releases, build_releases, config
-from tests.server.test_tuf_repo import RepoServer, make_plan, plant_plan, served_path
+from tests.server.tuf_fixtures import RepoServer, make_plan, plant_plan, served_path
 
 DEVICE_IDS = [f"device-{i:05d}" for i in range(2000)]
 

@@ -20,7 +20,7 @@ import pytest
 from edgekit.server.tuf_repo import TufRepository
 from edgekit.tuf_conformance_client import main
 from tests.device_runtime.runtime_fixtures import ROOT, Releases, build_releases
-from tests.server.test_tuf_repo import RepoServer, make_plan, served_path
+from tests.server.tuf_fixtures import RepoServer, make_plan, served_path
 
 BUNDLE = "bundles/tiny/tiny-1.0.0.ekb"
 PLAN = "rollouts/tiny/stable.json"

@@ -8,7 +8,7 @@
 #             DIR/src/                        the test suites and the host tooling their fixtures import,
 #                                             WITHOUT device_runtime/ and signing/ (the wheel provides them)
 #   PYTHON  the interpreter to test (3.10 or newer, with the venv module), e.g. /usr/bin/python3
-#   PYTEST_ARGS are appended to `pytest tests/device_runtime tests/attacks` (e.g. -x -q -k updater).
+#   PYTEST_ARGS are appended to `pytest tests/device_runtime tests/attacks tests/delta` (e.g. -x -q -k updater).
 # Environment (all optional; nothing else from the caller's environment is relied on):
 #   EDGEKIT_DEVICE_VENV        the venv to create or reuse (default DIR/venv-<python version>-<machine>)
 #   EDGEKIT_DEVICE_CA_BUNDLE   CA certificates for pip (default: the system bundle
@@ -110,5 +110,5 @@ for m in (device_runtime, signing):
     platform.python_version(), platform.machine(), sys.argv[1]))' "$(basename "$wheel")"
 status=0
 # Tests that need the host toolchain (click, TensorFlow, scikit-image) skip here, naming what they need.
-EDGEKIT_DEVICE_SUITE=1 "$venv/bin/python" -m pytest -p no:cacheprovider tests/device_runtime tests/attacks "$@" || status=$?
+EDGEKIT_DEVICE_SUITE=1 "$venv/bin/python" -m pytest -p no:cacheprovider tests/device_runtime tests/attacks tests/delta "$@" || status=$?
 exit "$status"

@@ -24,7 +24,7 @@ from device_runtime.updater import Updater, UpdaterConfig
 from edgekit.delta import encode_delta
 from edgekit.server.tuf_repo import TufRepository
 from tests.device_runtime.runtime_fixtures import Releases, build_releases, config
-from tests.server.test_tuf_repo import RepoServer, make_plan, served_path
+from tests.server.tuf_fixtures import RepoServer, make_plan, served_path
 
 MODEL = "tiny"
 

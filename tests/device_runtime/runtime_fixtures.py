@@ -472,6 +472,7 @@ class KillStats:
     trials: int = 0
     killed: int = 0
     finished: int = 0
+    extra: int = 0  # kills added because the planned ones missed one side of a swap
     versions: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -483,7 +484,9 @@ def kill_loop(
 ) -> KillStats:
     """For each group: build a template store once, measure the uninterrupted scenario, then `trials[group]`
     times reset the store, fork the scenario, SIGKILL it after a random delay in [0, 1.1 x duration] and
-    check the store with `check_store`."""
+    check the store with `check_store`. A group whose kills never landed on one side of its swap (a busy or
+    emulated host runs slower than the measured duration) gets up to `trials[group]` more kills, later in
+    [0.5, 2] x duration, until a kill left each version it may serve: the swap is explored at any speed."""
     import random
 
     rng = random.Random(seed)
@@ -502,9 +505,13 @@ def kill_loop(
             measured.append(result.seconds)
         duration = sorted(measured)[1]
         stats.durations[group] = duration
-        for trial in range(count):
+        for trial in range(2 * count):
+            if trial >= count and (set(stats.versions) >= allowed or stats.failures):
+                break
             reset_store(template, store)
-            delay = rng.uniform(0.0, 1.1 * duration)
+            late = trial >= count  # an extra kill: the first `count` never hit one side of the swap
+            delay = rng.uniform(0.5 * duration, 2.0 * duration) if late else rng.uniform(0.0, 1.1 * duration)
+            stats.extra += late
             result = zygote.run(op, store, kill_after=delay, **args)
             stats.trials += 1
             if result.signal == signal.SIGKILL:

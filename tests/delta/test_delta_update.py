@@ -24,6 +24,7 @@ from device_runtime.updater import Updater, UpdaterConfig
 from edgekit.delta import encode_delta
 from edgekit.server.tuf_repo import TufRepository
 from tests.device_runtime.runtime_fixtures import Releases, build_releases, config
+from tests.host_tools import needs_host
 from tests.server.tuf_fixtures import RepoServer, make_plan, served_path
 
 MODEL = "tiny"
@@ -284,6 +285,7 @@ def test_a_stale_download_folder_does_not_confuse_the_rebuild(world: World, devi
     shutil.rmtree(downloads, ignore_errors=True)
 
 
+@needs_host("click", why="the edgekit command line")
 def test_edgekit_publish_reports_its_deltas_and_takes_k(releases: Releases, tmp_path: Path) -> None:
     import json
 

@@ -70,6 +70,7 @@ class BundleRequest:
     min_runtime_version: str | None = None  # explicit runtime requirement (else read from the model)
     golden_samples: int = GOLDEN_SAMPLES
     golden_budget: int | None = None  # bytes; None: max(256 KiB, 10% of the model)
+    health_samples: int = 256  # samples of --golden data for the reference health profile; 0: none
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
     golden: dict[str, Any] = field(default_factory=dict)  # the golden storage figures
     requirements_source: str = ""  # where runtime.min_version comes from
+    health: dict[str, Any] = field(default_factory=dict)  # the reference health profile's figures
 
 
 def _created(request: BundleRequest) -> str:
@@ -159,6 +161,18 @@ def build_bundle(request: BundleRequest) -> BuildResult:
             files[name] = (data, "golden")
         if request.parity is not None:
             files["parity.json"] = (_read_parity(request.parity), "parity")
+        health: dict[str, Any] = {}
+        if request.golden is not None and request.health_samples > 0:
+            # role "metadata": devices that predate health profiles verify and ignore it
+            from edgekit._health_profile import HEALTH_FILE, make_health_profile
+
+            try:
+                profile, health = make_health_profile(
+                    request.golden, engine, spec, labels, samples=request.health_samples
+                )
+            except GoldenDataError as e:
+                raise BundleError(f"{model.name}: health profile: {e}") from e
+            files[HEALTH_FILE] = (profile, "metadata")
         entries = {}
         for name, (content, role) in files.items():
             target = root / name
@@ -198,6 +212,7 @@ def build_bundle(request: BundleRequest) -> BuildResult:
         notes,
         golden.figures,
         requirements.source,
+        health,
     )
 
 

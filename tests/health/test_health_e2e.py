@@ -149,6 +149,8 @@ def test_inverted_images_show_as_input_drift_in_the_servers_merged_view(
     assert view["treatment"]["inputs"][name]["psi"][0] == pytest.approx(treatment)
     assert view["control"]["inputs"][name]["psi"][0] == pytest.approx(control)
     assert view["treatment"]["outputs"]["top-1"]["class_shares"] is not None
+    status, page = server.http.request("GET", "/v1/dashboard", token=ADMIN_TOKEN)  # the dashboard's table
+    assert status == 200 and page["rollouts"][0]["health"]["treatment"]["inputs"][name]["psi"][0] > 1.0
 
     # no input value ever left the device: every event holds at most a handful of non-integer numbers
     # (moments of one channel, a window, a score sum), never the 64 pixels of an input

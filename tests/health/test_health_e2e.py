@@ -89,9 +89,16 @@ def _upload(runtime: Any, server: LiveServer, device_id: str, token: str) -> lis
     return sent
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    from tests.adversarial._telemetry import database_url
+
+    return database_url(request, tmp_path)
+
+
 @pytest.mark.slow
 def test_inverted_images_show_as_input_drift_in_the_servers_merged_view(
-    digits_release: Any, digits: Any, start_server: Any, tmp_path: Path
+    digits_release: Any, digits: Any, start_server: Any, tmp_path: Path, url: str
 ) -> None:
     from edgekit.rollout.plan import RolloutPlan, arm
     from edgekit.server import ingest
@@ -104,7 +111,7 @@ def test_inverted_images_show_as_input_drift_in_the_servers_merged_view(
     for version in ("1.0.0", "1.1.0"):
         repo.add_bundle(bundles[version], offline_keys_dir=offline)
     clock = _Clock()
-    server = start_server(data_dir=data_dir, clock=clock)
+    server = start_server(db_url=url, data_dir=data_dir, clock=clock)
     status, body = server.http.request(
         "POST",
         "/v1/admin/rollouts",

@@ -8,7 +8,7 @@ distributions (classification) or the detections-per-input and score distributio
 On the device, `HealthMonitor` keeps, per bundle, bounded sketches of what `Runtime.predict` saw:
 
 - per input channel: count, mean and M2 (Welford, merged with Chan's formula) and counts per reference
-  bin (so the server computes population stability directly); at most `MAX_SAMPLED` elements of each
+  bin (so the server computes population stability directly); at most `SAMPLED` elements of each
   input are read per inference (an even stride), so the cost does not grow with the input;
 - per classification output: counts per predicted class and per confidence bin (top-1 score after the
   output's activation, clipped to [0, 1], bins of width 1/`CONFIDENCE_BINS`);
@@ -57,7 +57,12 @@ __all__ = [
 
 HEALTH_FILE = "health.json"
 PROFILE_SCHEMA = "edgekit.health/v1"
-MAX_SAMPLED = MAX_SAMPLED_PER_INFERENCE  # elements of one input read per inference (all channels)
+# Elements of one input read per inference (all channels together; the contract allows up to
+# MAX_SAMPLED_PER_INFERENCE). A window of 1000 inferences then holds 256k values of an input: far more than
+# ten decile bins need, at a cost that stays in the microseconds whatever the input's size.
+SAMPLED = 256
+assert SAMPLED <= MAX_SAMPLED_PER_INFERENCE
+REFERENCE_SAMPLED = 4096  # elements of each reference sample the profile reads (made once, on the host)
 QUANTILES = 10  # the profile's bins per channel: deciles of the reference data
 _BUFFER = 64  # inferences whose sampled inputs are buffered before the moments are folded (amortized)
 
@@ -76,7 +81,7 @@ def channel_axis(shape: tuple[int, ...]) -> int | None:
     return None
 
 
-def channel_values(array: np.ndarray, axis: int | None, limit: int = MAX_SAMPLED) -> np.ndarray:
+def channel_values(array: np.ndarray, axis: int | None, limit: int = SAMPLED) -> np.ndarray:
     """At most about `limit` elements of `array` as [m, channels] (an even stride, views where possible)."""
     if axis is None:
         flat = array.reshape(-1, 1)
@@ -93,10 +98,14 @@ def channel_values(array: np.ndarray, axis: int | None, limit: int = MAX_SAMPLED
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Counts [channels, edges + 1] of `values` [m, channels]: bin = number of edges strictly below."""
-    channels, width = edges.shape[0], edges.shape[1] + 1
-    index = (values[:, :, None] > edges[None, :, :]).sum(axis=2)
-    index += np.arange(channels) * width
-    return np.bincount(index.ravel(), minlength=channels * width).reshape(channels, width)
+    width = edges.shape[1] + 1
+    # searchsorted(side="left") counts the edges strictly below each value; NaN sorts past every edge.
+    return np.stack(
+        [
+            np.bincount(np.searchsorted(edges[c], values[:, c], side="left"), minlength=width)
+            for c in range(edges.shape[0])
+        ]
+    )
 
 
 # ---- the reference profile ---------------------------------------------------------------------------
@@ -349,6 +358,8 @@ class HealthSketch:
 def _fold_values(channels: list[ChannelSketch], values: np.ndarray, edges: np.ndarray | None) -> None:
     """Fold sampled values [m, channels] into the channel sketches (two-pass moments, then Chan)."""
     data = values.astype(np.float64, copy=False)
+    if not np.isfinite(data.sum()):  # NaN or infinity in an input: those rows say nothing, leave them out
+        data = data[np.isfinite(data).all(axis=1)]
     n = data.shape[0]
     if n == 0:
         return
@@ -376,23 +387,47 @@ def detection_bin(count: int) -> int:
 
 # ---- live accumulation on the device -------------------------------------------------------------
 class _InputAccumulator:
-    """Sampled values of one input, buffered and folded `_BUFFER` inferences at a time."""
+    """Sampled values of one input, buffered and folded `_BUFFER` inferences at a time.
 
-    __slots__ = ("axis", "buffer", "channels", "edges", "fill")
+    The hot path (same shape as the call before) is one strided view and one copy into the buffer."""
+
+    __slots__ = ("axis", "buffer", "channels", "edges", "fill", "mode", "shape", "stride", "width")
 
     def __init__(self, axis: int | None, channels: int, edges: np.ndarray | None) -> None:
         self.axis, self.edges = axis, edges
         self.channels = [ChannelSketch() for _ in range(channels)]
         self.buffer: np.ndarray | None = None
         self.fill = 0
+        self.shape: tuple[int, ...] | None = None
+        self.mode, self.stride, self.width = 0, 1, channels
+
+    def _start(self, array: np.ndarray) -> None:
+        """A new input shape: fold what is buffered, then plan the sampling and a buffer for this shape."""
+        self.fold()
+        values = channel_values(array, self.axis)
+        axis, width = self.axis, values.shape[1]
+        per_channel = max(1, SAMPLED // width)
+        if axis is None or axis == array.ndim - 1:
+            self.mode, rows = 0, array.size // width  # reshape(-1, C)[::stride]
+        elif axis == 1 and array.shape[0] == 1:
+            self.mode, rows = 1, array.size // width  # reshape(C, -1)[:, ::stride].T
+        else:
+            self.mode, rows = 2, 0  # any other layout: channel_values
+        self.stride = max(1, -(-rows // per_channel))
+        self.shape, self.width = array.shape, width
+        self.buffer = np.empty((_BUFFER, *values.shape), np.float64)
 
     def add(self, array: np.ndarray) -> None:
-        values = channel_values(array, self.axis)
-        buffer = self.buffer
-        if buffer is None or buffer.shape[1:] != values.shape:
-            self.fold()
-            buffer = self.buffer = np.empty((_BUFFER, *values.shape), np.float64)
-        buffer[self.fill] = values
+        if array.shape != self.shape:
+            self._start(array)
+        assert self.buffer is not None
+        mode = self.mode
+        if mode == 0:
+            self.buffer[self.fill] = array.reshape(-1, self.width)[:: self.stride]
+        elif mode == 1:
+            self.buffer[self.fill] = array.reshape(self.width, -1)[:, :: self.stride].T
+        else:
+            self.buffer[self.fill] = channel_values(array, self.axis)
         self.fill += 1
         if self.fill == _BUFFER:
             self.fold()
@@ -539,7 +574,11 @@ def build_profile(samples: list[dict[str, np.ndarray]], results: list[Any]) -> H
         if channels > MAX_HEALTH_CHANNELS:
             axis, channels = None, 1
         values = np.concatenate(
-            [channel_values(np.asarray(s[name]), axis).astype(np.float64) for s in samples if name in s]
+            [
+                channel_values(np.asarray(s[name]), axis, REFERENCE_SAMPLED).astype(np.float64)
+                for s in samples
+                if name in s
+            ]
         )
         edges = np.quantile(values, np.arange(1, QUANTILES) / QUANTILES, axis=0).T  # [channels, Q - 1]
         expected = bin_counts(values, edges) / values.shape[0]

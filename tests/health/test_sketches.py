@@ -102,3 +102,15 @@ def test_windows_are_reported_by_count_and_by_age() -> None:
     assert monitor.due(5.0)
     (payload,) = monitor.drain(5.0)
     assert payload["inferences"] == 5 and monitor.drain(6.0) == []
+
+
+def test_non_finite_inputs_are_left_out_and_the_payload_stays_valid() -> None:
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(20)]  # NCHW
+    feeds[3]["x"][0, 1, 1, 0] = np.nan
+    feeds[5]["x"][0, 0, 2, 1] = np.inf
+    sketch = _observe(
+        HealthMonitor(every=10_000, seconds=3600), None, feeds, [_result(rng) for _ in feeds], 0
+    )
+    assert all(np.isfinite(c.mean) and np.isfinite(c.m2) for c in sketch.inputs["x"])
+    assert [c.n for c in sketch.inputs["x"]] == [20 * 16 - 2] * 2  # without the two non-finite pixels

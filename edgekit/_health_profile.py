@@ -21,7 +21,7 @@ from device_runtime.health import HEALTH_FILE, build_profile
 
 __all__ = ["HEALTH_FILE", "PROFILE_SAMPLES", "make_health_profile"]
 
-PROFILE_SAMPLES = 256  # samples of the data the reference is computed from, at most
+PROFILE_SAMPLES = 64  # samples of the data the reference is computed from, at most
 
 
 def make_health_profile(

@@ -49,7 +49,7 @@ def digits_release(
                 hardware_ids=("rpi4",),
             )
         )
-        assert "health.json" in result.manifest.files and result.health["samples"] == 256
+        assert "health.json" in result.manifest.files and result.health["samples"] == 64
         assert result.manifest.files["health.json"].role == "metadata"  # older devices verify and ignore it
         bundles[version] = result.path
     return folder, public, bundles

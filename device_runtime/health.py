@@ -485,6 +485,8 @@ class HealthMonitor:
     def __init__(self, *, every: int, seconds: float) -> None:
         self._every, self._seconds = every, seconds
         self._live: dict[str, tuple[str | None, _Live]] = {}
+        self._most = 0  # inferences of the fullest open window
+        self._oldest = math.inf  # start of the oldest open window
 
     def observe(
         self,
@@ -499,8 +501,11 @@ class HealthMonitor:
         entry = self._live.get(bundle_id)
         if entry is None:
             entry = self._live[bundle_id] = (version, _Live(now))
+            self._oldest = min(self._oldest, now)
         live = entry[1]
         live.inferences += 1
+        if live.inferences > self._most:
+            self._most = live.inferences
         references = profile.inputs if profile is not None else {}
         for name, value in feeds.items():
             accumulator = live.inputs.get(name)
@@ -538,10 +543,7 @@ class HealthMonitor:
 
     def due(self, now: float) -> bool:
         """A window is full (`every` inferences) or old (`seconds`)."""
-        return any(
-            live.inferences >= self._every or now - live.first >= self._seconds
-            for _, live in self._live.values()
-        )
+        return self._most >= self._every or now - self._oldest >= self._seconds
 
     def drain(self, now: float) -> list[dict[str, Any]]:
         """Close every open window: one ``health`` payload per bundle that served predictions."""
@@ -557,6 +559,7 @@ class HealthMonitor:
                 sketch.outputs[name] = out.sketch()
             payloads.append(sketch.to_payload(bundle_id, version))
         self._live.clear()
+        self._most, self._oldest = 0, math.inf
         return payloads
 
 

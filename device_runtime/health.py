@@ -415,7 +415,7 @@ class _InputAccumulator:
             self.mode, rows = 2, 0  # any other layout: channel_values
         self.stride = max(1, -(-rows // per_channel))
         self.shape, self.width = array.shape, width
-        self.buffer = np.empty((_BUFFER, *values.shape), np.float64)
+        self.buffer = np.empty((_BUFFER, *values.shape), np.float32)  # half the cache footprint
 
     def add(self, array: np.ndarray) -> None:
         if array.shape != self.shape:

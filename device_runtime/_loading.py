@@ -48,6 +48,7 @@ class Loaded:
     engine: Any
     spec: Any
     labels: list[str] | None
+    health: Any = None  # the bundle's reference profile (`device_runtime.health.HealthProfile`), if any
 
 
 def load_model(
@@ -71,9 +72,29 @@ def load_model(
     labels = None
     if "labels.txt" in manifest.files:
         labels = parse_labels(read_verified(directory, manifest, "labels.txt"))
+    health = None
+    if "health.json" in manifest.files:  # bundles built before health profiles have none
+        health = _parse_health(read_verified(directory, manifest, "health.json"))
     engine = load_engine(data, kind=kind, threads=threads)
     placeholder = record or SlotRecord("?", "", manifest.name, manifest.version, manifest.release_counter)
-    return Loaded(placeholder, manifest, engine, spec, labels)
+    return Loaded(placeholder, manifest, engine, spec, labels, health)
+
+
+def _parse_health(data: bytes) -> Any:
+    """A reference health profile from verified bytes.
+
+    Raises:
+        InstallError: reason "health": not strict JSON or not a bounded profile.
+    """
+    from device_runtime.health import parse_profile
+    from signing.errors import FormatError
+    from signing.strict_json import parse_strict
+
+    try:
+        document = parse_strict(data, what="health.json", max_bytes=1 << 20)
+    except FormatError as e:
+        raise InstallError(f"health.json: {e}", reason="health") from e
+    return parse_profile(document)
 
 
 def parse_labels(data: bytes) -> list[str]:

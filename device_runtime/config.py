@@ -28,6 +28,10 @@ class RuntimeConfig:
         telemetry_max_events: bound of the on-device telemetry queue (oldest dropped, counted).
         engine_threads: intra-op threads for the engine (None: engine default).
         clock: seconds since the epoch (injected for tests).
+        health: keep label-free health sketches of predictions (`device_runtime.health`), reported as
+            ``health`` telemetry events.
+        health_every: inferences after which a bundle's health window is reported.
+        health_seconds: seconds after which a bundle's health window is reported (at its next inference).
     """
 
     store_dir: Path
@@ -43,6 +47,9 @@ class RuntimeConfig:
     telemetry_max_events: int = 10_000
     engine_threads: int | None = None
     clock: Callable[[], float] = field(default=time.time, compare=False)
+    health: bool = True
+    health_every: int = 1000  # inferences per health report
+    health_seconds: float = 600.0  # seconds per health report, at most
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store_dir", Path(self.store_dir))
@@ -52,5 +59,7 @@ class RuntimeConfig:
             raise ValueError("RuntimeConfig: device_id and hardware_id are required")
         if not 1 <= self.max_strikes <= 100 or self.trial_inferences < 0 or self.trial_seconds < 0:
             raise ValueError("RuntimeConfig: max_strikes in 1..100, trial counts and seconds >= 0")
+        if self.health_every < 1 or not 0 < self.health_seconds <= 3600:
+            raise ValueError("RuntimeConfig: health_every >= 1 and health_seconds in (0, 3600]")
         if not 1 <= self.threshold <= len(self.trusted_keys):
             raise ValueError(f"RuntimeConfig.threshold must be in 1..{len(self.trusted_keys)}")

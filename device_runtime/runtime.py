@@ -74,7 +74,7 @@ from signing.keys import PublicKey, load_public_key
 from signing.manifest import SIGNATURE_FILE, BundleManifest
 from signing.verify import VerifiedBundle, VerifyPolicy, verify_directory, verify_ekb
 
-__all__ = ["InstallResult", "PredictionResult", "Runtime"]
+__all__ = ["InstallResult", "PredictionResult", "Runtime", "interpret_outputs"]
 
 FEEDBACK_MEMORY = 1000  # predictions remembered for feedback
 PERSIST_RETRY_SECONDS = 5.0  # seconds between attempts to persist a state a full disk refused
@@ -149,6 +149,48 @@ def _install_error(error: BaseException) -> VerificationError | InstallError | N
     return None
 
 
+def interpret_outputs(
+    spec: Any, labels: list[str] | None, outputs: dict[str, Any]
+) -> tuple[list[tuple[str | int, float]], int | None, dict[str, dict[str, Any]]]:
+    """What `predict` makes of raw outputs: top-k of the first classification output (or of the first
+    ``[1, C]`` output when no role is declared), its top-1 class index, and every other role decoded.
+    Shared by `Runtime.predict` and the bundle builder's health reference, so both read outputs alike."""
+    from device_runtime.preprocess import postprocess
+
+    top: list[tuple[str | int, float]] = []
+    top_index: int | None = None
+    decoded: dict[str, dict[str, Any]] = {}
+    classified = False
+    for output in spec.outputs:
+        if output.kind == "classification" and output.name in outputs and not classified:
+            classified = True
+            first = postprocess(output, outputs[output.name], labels=labels)[0]
+            top = [(labels[i] if labels else i, s) for i, s in zip(first.indices, first.scores, strict=True)]
+            top_index = int(first.indices[0]) if first.indices else None
+        elif output.kind not in ("classification", "tensor") and output.name in outputs:
+            named = labels if output.labels is not None else None
+            paired = outputs.get(output.scores) if output.scores is not None else None
+            sample = postprocess(output, outputs[output.name], labels=named, scores=paired)[0]
+            decoded[output.name] = sample.decoded or {}
+    if not top and not decoded:
+        first_output = next(iter(outputs.values()))
+        shape: tuple[int, ...] = getattr(first_output, "shape", ())
+        if len(shape) == 2 and shape[0] >= 1 and shape[1] > 1:
+            row = first_output[0]
+            index = int(row.argmax())
+            top = [(labels[index] if labels else index, float(row[index]))]
+            top_index = index
+    return top, top_index, decoded
+
+
+def _health_monitor(config: RuntimeConfig) -> Any:
+    if not config.health:
+        return None
+    from device_runtime.health import HealthMonitor
+
+    return HealthMonitor(every=config.health_every, seconds=config.health_seconds)
+
+
 class Runtime:
     """One model on one device, with A/B slots. Thread-safe; one Runtime per store directory.
 
@@ -180,6 +222,8 @@ class Runtime:
             self._next_persist = 0.0  # time.monotonic() of the next retry while unsaved
             self._write_failures = 0  # state or journal writes that failed (full disk, read-only)
             self._marker_failures = 0  # trial inferences served without their in-flight marker
+            self._health = _health_monitor(config)
+            self._health_failures = 0  # predictions whose health sketch update failed (never raised)
             self._recover()
         except BaseException:
             self._store_lock.release()
@@ -488,7 +532,36 @@ class Runtime:
                     self._save(self._strike(self._state, now, f"hang: {latency_ms:.0f} ms"))
                 else:
                     self._after_trial_inference(now)
-            return self._result(loaded, outputs, latency_ms)
+            result = self._result(loaded, outputs, latency_ms)
+            if self._health is not None:
+                self._observe_health(loaded, feeds, result)
+            return result
+
+    def _observe_health(self, loaded: Loaded, feeds: dict[str, Any], result: PredictionResult) -> None:
+        """Count the prediction into the bundle's health sketches; never raises (a failure is counted)."""
+        assert self._health is not None
+        try:
+            now = self._config.clock()
+            record = loaded.record
+            self._health.observe(record.bundle_id, record.version, loaded.health, feeds, result, now)
+            if self._health.due(now):
+                self._report_health(now)
+        except Exception:
+            self._health_failures += 1
+
+    def _report_health(self, now: float) -> None:
+        assert self._health is not None
+        for payload in self._health.drain(now):
+            self.telemetry.record("health", **payload)
+
+    def flush_health(self) -> None:
+        """Report the open health windows now, one ``health`` telemetry event per bundle (also on close)."""
+        with self._lock:
+            if self._health is not None:
+                try:
+                    self._report_health(self._config.clock())
+                except Exception:
+                    self._health_failures += 1
 
     def _write_marker(self, bundle_id: str) -> bool:
         """Write the in-flight marker; False (counted) when the disk refuses it: the inference still runs,
@@ -505,37 +578,10 @@ class Runtime:
             os.unlink(self._marker_name)
 
     def _result(self, loaded: Loaded, outputs: dict[str, Any], latency_ms: float) -> PredictionResult:
-        from device_runtime.preprocess import postprocess
-
         # Unique per runtime instance without a syscall per call (uuid4 reads os.urandom each time).
         self._prediction_count += 1
         prediction_id = f"{self._prediction_prefix}-{self._prediction_count}"
-        top: list[tuple[str | int, float]] = []
-        top_index: int | None = None
-        decoded: dict[str, dict[str, Any]] = {}
-        classified = False
-        for spec in loaded.spec.outputs:
-            if spec.kind == "classification" and spec.name in outputs and not classified:
-                classified = True
-                first = postprocess(spec, outputs[spec.name], labels=loaded.labels)[0]
-                top = [
-                    (loaded.labels[i] if loaded.labels else i, s)
-                    for i, s in zip(first.indices, first.scores, strict=True)
-                ]
-                top_index = int(first.indices[0]) if first.indices else None
-            elif spec.kind not in ("classification", "tensor") and spec.name in outputs:
-                named = loaded.labels if spec.labels is not None else None
-                paired = outputs.get(spec.scores) if spec.scores is not None else None
-                sample = postprocess(spec, outputs[spec.name], labels=named, scores=paired)[0]
-                decoded[spec.name] = sample.decoded or {}
-        if not top and not decoded:
-            first_output = next(iter(outputs.values()))
-            shape: tuple[int, ...] = getattr(first_output, "shape", ())
-            if len(shape) == 2 and shape[0] >= 1 and shape[1] > 1:
-                row = first_output[0]
-                index = int(row.argmax())
-                top = [(loaded.labels[index] if loaded.labels else index, float(row[index]))]
-                top_index = index
+        top, top_index, decoded = interpret_outputs(loaded.spec, loaded.labels, outputs)
         self._feedback[prediction_id] = (loaded.record.bundle_id, top[0][0] if top else None, top_index)
         while len(self._feedback) > FEEDBACK_MEMORY:
             self._feedback.popitem(last=False)
@@ -615,6 +661,7 @@ class Runtime:
                     "write_failures": self._write_failures,
                     "marker_failures": self._marker_failures,
                 },
+                "health": {"enabled": self._health is not None, "failures": self._health_failures},
                 "history": list(state.history[-10:]),
             }
 
@@ -686,6 +733,7 @@ class Runtime:
             with self._lock:
                 if self._unsaved:
                     self._save(self._state)
+            self.flush_health()
             self.telemetry.close()
         finally:
             self._store_lock.release()

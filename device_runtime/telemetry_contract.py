@@ -22,10 +22,23 @@ Event kinds and their payloads (``?`` marks an optional key; no other keys are a
     telemetry-reset     detail
     download            bundle_id, method (delta|full), bytes, full_bytes, version?, base_bundle_id?,
                         fallback?, detail?      (delta needs base_bundle_id; fallback only with full)
+    health              bundle_id, version?, inferences, window_s, inputs, outputs   (see below)
 
 A ``download`` is one bundle fetched for an install: ``bytes`` on the wire (a delta, plus the full bundle
 after a fallback), ``full_bytes`` the full bundle's TUF length, ``fallback`` the reason code when a delta
 from the active release was tried or looked for and the full bundle was fetched instead.
+
+A ``health`` event is one reporting window of label-free sketches of one bundle (`device_runtime.health`):
+``inputs`` is a list (at most `MAX_HEALTH_INPUTS`) of ``{"name", "n", "mean", "m2", "bins"}``, one entry per
+channel (at most `MAX_HEALTH_CHANNELS`) in each list: element count (at most `MAX_SAMPLED_PER_INFERENCE` per
+inference), mean and M2 (finite, M2 >= 0), and ``bins``: ``[]`` (no reference profile) or per channel the
+counts per reference bin (2..`MAX_QUANTILE_EDGES` + 1 bins) summing to that channel's ``n``. ``outputs`` is a
+list (at most `MAX_HEALTH_OUTPUTS`) of ``{"name", "role": "classification", "classes", "confidence"}``
+(at most `MAX_HEALTH_CLASSES` class counts and `CONFIDENCE_BINS` confidence counts, each summing to
+``inferences``) or ``{"name", "role": "detection", "detections", "scores", "score_sum"}`` (counts per
+`DETECTION_COUNT_EDGES` bin summing to ``inferences``, a score histogram whose total lies within what the
+detection bins allow, and ``score_sum`` within what the score bins allow). Names are unique per list.
+No input value is ever part of it: only counts and moments.
 
 Bounds carry units. Numbers are finite; integers are JSON integers, never booleans. An ``inferences``
 aggregate covers ``window_s`` seconds (at most `MAX_WINDOW_S`): it counts at most
@@ -55,15 +68,24 @@ from device_runtime.errors import ContractError
 
 __all__ = [
     "CLOCK_TOLERANCE_S",
+    "CONFIDENCE_BINS",
+    "DETECTION_COUNT_EDGES",
     "EVENT_KINDS",
     "LATENCY_BUCKETS_MS",
     "MAX_BATCH_BYTES",
     "MAX_CONCURRENT_INFERENCES",
     "MAX_DETAIL_CHARS",
+    "MAX_DETECTIONS_PER_INPUT",
     "MAX_DOWNLOAD_BYTES",
     "MAX_EVENTS_PER_BATCH",
     "MAX_EVENT_AGE_S",
+    "MAX_HEALTH_CHANNELS",
+    "MAX_HEALTH_CLASSES",
+    "MAX_HEALTH_INPUTS",
+    "MAX_HEALTH_OUTPUTS",
     "MAX_INFERENCES_PER_S",
+    "MAX_QUANTILE_EDGES",
+    "MAX_SAMPLED_PER_INFERENCE",
     "MAX_WINDOW_S",
     "MIN_WINDOW_S",
     "REASONS",
@@ -75,6 +97,9 @@ __all__ = [
     "DownloadPayload",
     "Event",
     "FeedbackPayload",
+    "HealthChannels",
+    "HealthOutput",
+    "HealthPayload",
     "InferencesPayload",
     "InstallPayload",
     "Payload",
@@ -100,6 +125,7 @@ EVENT_KINDS = (
     "slot-verify-failed",
     "telemetry-reset",
     "download",
+    "health",
 )
 
 MAX_BATCH_BYTES = 1 << 20  # bytes of one batch's JSON
@@ -118,6 +144,17 @@ MAX_DOWNLOAD_BYTES = 1 << 40  # bytes: one download's size, far above any bundle
 MAX_TIME_S = 7_258_118_400.0  # seconds since the epoch: 2200-01-01, beyond any clock
 CLOCK_TOLERANCE_S = 86_400.0  # seconds: a device clock further off than this is rebased to the server's
 MAX_EVENT_AGE_S = 30 * 86_400.0  # seconds: older (rebased) events are of no use to any rollout gate
+# health sketches (one event per bundle and reporting window)
+MAX_HEALTH_INPUTS = 8  # inputs sketched per bundle
+MAX_HEALTH_CHANNELS = 16  # channels per input (more: the input is sketched as one channel)
+MAX_QUANTILE_EDGES = 15  # reference bin edges per channel (so at most 16 bins)
+MAX_SAMPLED_PER_INFERENCE = 1024  # input elements one inference adds to a channel's count, at most
+MAX_HEALTH_OUTPUTS = 8  # outputs sketched per bundle
+MAX_HEALTH_CLASSES = 1024  # predicted-class counts (higher classes share the last count)
+CONFIDENCE_BINS = 10  # top-1 confidence or detection score bins over [0, 1], each 0.1 wide
+DETECTION_COUNT_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100)  # detections per input: bin i holds <= edge i
+MAX_DETECTIONS_PER_INPUT = 1000  # detections one input may produce (the last bin's upper bound)
+MAX_ABS_MOMENT = 1e38  # a channel's mean (float32 inputs stay below it)
 
 REASONS = (
     "not-object",
@@ -136,6 +173,7 @@ REASONS = (
     "latency-inconsistent",
     "time-window",
     "duplicate-event",
+    "sketch-inconsistent",
 )
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -236,6 +274,41 @@ class DownloadPayload:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HealthChannels:
+    """One input's channel sketches: counts, means, M2s, and counts per reference bin (() without one)."""
+
+    name: str
+    n: tuple[int, ...]
+    mean: tuple[float, ...]
+    m2: tuple[float, ...]
+    bins: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthOutput:
+    """One output's role sketch. classification: ``counts`` per predicted class, ``scores`` per confidence
+    bin; detection: ``counts`` per `DETECTION_COUNT_EDGES` bin, ``scores`` per score bin, ``score_sum``."""
+
+    name: str
+    role: str
+    counts: tuple[int, ...]
+    scores: tuple[int, ...]
+    score_sum: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPayload:
+    """Label-free health sketches of one bundle over one reporting window (`device_runtime.health`)."""
+
+    bundle_id: str
+    version: str | None
+    inferences: int
+    window_s: float
+    inputs: tuple[HealthChannels, ...]
+    outputs: tuple[HealthOutput, ...]
+
+
 Payload = (
     InferencesPayload
     | CrashPayload
@@ -245,6 +318,7 @@ Payload = (
     | SlotVerifyFailedPayload
     | TelemetryResetPayload
     | DownloadPayload
+    | HealthPayload
 )
 
 
@@ -554,6 +628,120 @@ def _download(p: Any) -> DownloadPayload:
     )
 
 
+_HEALTH_REQUIRED = frozenset(("bundle_id", "inferences", "window_s", "inputs", "outputs"))
+_HEALTH_ALLOWED = _HEALTH_REQUIRED | {"version"}
+_CHANNEL_KEYS = frozenset(("name", "n", "mean", "m2", "bins"))
+_CLASSIFICATION_KEYS = frozenset(("name", "role", "classes", "confidence"))
+_DETECTION_KEYS = frozenset(("name", "role", "detections", "scores", "score_sum"))
+
+
+def _counts(value: Any, name: str, low_len: int, high_len: int, total: int | None = None) -> tuple[int, ...]:
+    """A list of non-negative integer counts of bounded length (summing to `total` when given)."""
+    if type(value) is not list:
+        raise _fail("wrong-type", f"{name} must be a list of counts, got {type(value).__name__}")
+    if not low_len <= len(value) <= high_len:
+        raise _fail("histogram-length", f"{name} has {len(value)} counts, expected {low_len}..{high_len}")
+    for count in value:
+        if type(count) is not int:
+            raise _fail("wrong-type", f"{name} holds a {type(count).__name__}, not an integer")
+        if count < 0:
+            raise _fail("out-of-range", f"{name} holds a negative count")
+    if total is not None and sum(value) != total:
+        raise _fail("histogram-sum", f"{name} sums to {sum(value)}, not {total}")
+    return tuple(value)
+
+
+def _unique(entries: Any, name: str, limit: int) -> list[Any]:
+    if type(entries) is not list:
+        raise _fail("wrong-type", f"{name} must be a list, got {type(entries).__name__}")
+    if len(entries) > limit:
+        raise _fail("too-long", f"{name} has {len(entries)} entries, more than {limit}")
+    names = set()
+    for entry in entries:
+        if type(entry) is not dict:
+            raise _fail("not-object", f"{name} entries must be JSON objects")
+        names.add(_match(entry.get("name"), f"{name}[].name", _OUTPUT, "a tensor name"))
+    if len(names) != len(entries):
+        raise _fail("sketch-inconsistent", f"{name} names a tensor twice")
+    return entries
+
+
+def _health_channels(entry: dict[str, Any], inferences: int) -> HealthChannels:
+    _keys("health input", entry, _CHANNEL_KEYS, _CHANNEL_KEYS)
+    n = _counts(entry["n"], "inputs[].n", 1, MAX_HEALTH_CHANNELS)
+    channels = len(n)
+    if max(n) > inferences * MAX_SAMPLED_PER_INFERENCE:
+        raise _fail(
+            "out-of-range", f"inputs[].n: more than {MAX_SAMPLED_PER_INFERENCE} elements per inference"
+        )
+    means, m2s = entry["mean"], entry["m2"]
+    if type(means) is not list or type(m2s) is not list or not len(means) == len(m2s) == channels:
+        raise _fail("histogram-length", f"inputs[].mean and m2 need one number per channel ({channels})")
+    mean = tuple(_number(v, "inputs[].mean", -MAX_ABS_MOMENT, MAX_ABS_MOMENT) for v in means)
+    m2 = tuple(_number(v, "inputs[].m2", 0.0, math.inf) for v in m2s)
+    if any(c == 0 and (a != 0.0 or b != 0.0) for c, a, b in zip(n, mean, m2, strict=True)):
+        raise _fail("sketch-inconsistent", "inputs[]: a channel with no elements has a mean or M2")
+    rows = entry["bins"]
+    if type(rows) is not list or len(rows) not in (0, channels):
+        raise _fail("histogram-length", f"inputs[].bins: [] or one list per channel ({channels})")
+    bins = tuple(
+        _counts(row, "inputs[].bins[]", 2, MAX_QUANTILE_EDGES + 1, count)
+        for row, count in zip(rows, n, strict=False)
+    )
+    if len({len(b) for b in bins}) > 1:
+        raise _fail("histogram-length", "inputs[].bins: every channel has the same number of bins")
+    return HealthChannels(entry["name"], n, mean, m2, bins)
+
+
+def _health_output(entry: dict[str, Any], inferences: int) -> HealthOutput:
+    role = _one_of(entry.get("role"), "outputs[].role", ("classification", "detection"))
+    if role == "classification":
+        _keys("health output", entry, _CLASSIFICATION_KEYS, _CLASSIFICATION_KEYS)
+        classes = _counts(entry["classes"], "outputs[].classes", 1, MAX_HEALTH_CLASSES, inferences)
+        confidence = _counts(
+            entry["confidence"], "outputs[].confidence", CONFIDENCE_BINS, CONFIDENCE_BINS, inferences
+        )
+        return HealthOutput(entry["name"], role, classes, confidence)
+    _keys("health output", entry, _DETECTION_KEYS, _DETECTION_KEYS)
+    width = len(DETECTION_COUNT_EDGES) + 1
+    detections = _counts(entry["detections"], "outputs[].detections", width, width, inferences)
+    scores = _counts(entry["scores"], "outputs[].scores", CONFIDENCE_BINS, CONFIDENCE_BINS)
+    lowest = sum(c * (low + 1) for c, low in zip(detections[1:], DETECTION_COUNT_EDGES, strict=False))
+    highest = sum(
+        c * high
+        for c, high in zip(detections, (*DETECTION_COUNT_EDGES, MAX_DETECTIONS_PER_INPUT), strict=True)
+    )
+    total = sum(scores)
+    if not lowest <= total <= highest:
+        raise _fail(
+            "sketch-inconsistent",
+            f"outputs[].scores count {total} detections; the detections bins allow {lowest}..{highest}",
+        )
+    score_sum = _number(entry["score_sum"], "outputs[].score_sum", 0.0, float(highest))
+    low = sum(c * i / CONFIDENCE_BINS for i, c in enumerate(scores))
+    high = sum(c * (i + 1) / CONFIDENCE_BINS for i, c in enumerate(scores))
+    if not low * (1 - 1e-9) - 1e-9 <= score_sum <= high * (1 + 1e-9) + 1e-9:
+        raise _fail("sketch-inconsistent", f"outputs[].score_sum {score_sum:g} is outside {low:g}..{high:g}")
+    return HealthOutput(entry["name"], role, detections, scores, score_sum)
+
+
+def _health(p: Any) -> HealthPayload:
+    _keys("health", p, _HEALTH_REQUIRED, _HEALTH_ALLOWED)
+    window = _number(p["window_s"], "window_s", 0.0, MAX_WINDOW_S)
+    limit = int(MAX_INFERENCES_PER_S * (window if window > MIN_WINDOW_S else MIN_WINDOW_S))
+    inferences = _int(p["inferences"], "inferences", 1, limit)
+    inputs = _unique(p["inputs"], "inputs", MAX_HEALTH_INPUTS)
+    outputs = _unique(p["outputs"], "outputs", MAX_HEALTH_OUTPUTS)
+    return HealthPayload(
+        _bundle(p["bundle_id"]),
+        _version(p),
+        inferences,
+        window,
+        tuple(_health_channels(e, inferences) for e in inputs),
+        tuple(_health_output(e, inferences) for e in outputs),
+    )
+
+
 _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "inferences": _inferences,
     "crash": _crash,
@@ -563,6 +751,7 @@ _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "slot-verify-failed": _slot_verify_failed,
     "telemetry-reset": _telemetry_reset,
     "download": _download,
+    "health": _health,
 }
 assert tuple(_PARSERS) == EVENT_KINDS
 

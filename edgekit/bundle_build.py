@@ -70,6 +70,7 @@ class BundleRequest:
     min_runtime_version: str | None = None  # explicit runtime requirement (else read from the model)
     golden_samples: int = GOLDEN_SAMPLES
     golden_budget: int | None = None  # bytes; None: max(256 KiB, 10% of the model)
+    health_samples: int = 64  # samples of --golden data for the reference health profile; 0: none
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
     golden: dict[str, Any] = field(default_factory=dict)  # the golden storage figures
     requirements_source: str = ""  # where runtime.min_version comes from
+    health: dict[str, Any] = field(default_factory=dict)  # the reference health profile's figures
 
 
 def _created(request: BundleRequest) -> str:
@@ -160,6 +162,20 @@ def build_bundle(request: BundleRequest) -> BuildResult:
             files[name] = (data, "golden")
         if request.parity is not None:
             files["parity.json"] = (_read_parity(request.parity), "parity")
+        health: dict[str, Any] = {}
+        if request.golden is not None and request.health_samples > 0:
+            # role "metadata": devices that predate health profiles verify and ignore it
+            from device_runtime.errors import DeviceRuntimeError
+            from edgekit._health_profile import HEALTH_FILE, make_health_profile
+
+            try:
+                profile, health = make_health_profile(
+                    request.golden, engine, spec, labels, samples=request.health_samples
+                )
+                files[HEALTH_FILE] = (profile, "metadata")
+            except (GoldenDataError, DeviceRuntimeError, ValueError) as e:
+                # the bundle stays useful without a reference: devices still sketch, the server compares arms
+                notes.append(f"no health reference profile: {str(e)[:200]}")
         entries = {}
         for name, (content, role) in files.items():
             target = root / name
@@ -199,6 +215,7 @@ def build_bundle(request: BundleRequest) -> BuildResult:
         notes,
         golden.figures,
         requirements.source,
+        health,
     )
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "TelemetryDelta",
     "arm_metrics",
     "decide",
+    "exposure_hours",
     "replay",
 ]
 
@@ -142,13 +143,20 @@ class DeviceTelemetry:
         )
 
 
+def exposure_hours(reported: bool, first: float, last: float, stage_started_at: float, until: float) -> float:
+    """A device's hours of exposure in the window: the span of its reports plus one report interval,
+    never more than the window itself (plus that interval); 0 when it reported nothing."""
+    if not reported:
+        return 0.0
+    window = max(0.0, until - stage_started_at) / 3600.0 + REPORT_INTERVAL_HOURS
+    span = max(0.0, min(last, until) - max(first, stage_started_at)) / 3600.0
+    return min(span + REPORT_INTERVAL_HOURS, window)
+
+
 def _capped(device: DeviceTelemetry, stage_started_at: float, until: float) -> dict[str, Any]:
     """One device's bounded contribution: exposure within the window, counts per device-hour."""
     window = max(0.0, until - stage_started_at) / 3600.0 + REPORT_INTERVAL_HOURS
-    hours = 0.0
-    if device.reported:
-        span = max(0.0, min(device.last, until) - max(device.first, stage_started_at)) / 3600.0
-        hours = min(span + REPORT_INTERVAL_HOURS, window)
+    hours = exposure_hours(device.reported, device.first, device.last, stage_started_at, until)
     inferences = min(device.inferences, MAX_INFERENCES_PER_DEVICE_HOUR * hours)
     feedback = min(device.feedback_total, MAX_FEEDBACK_PER_DEVICE_HOUR * hours)
     installs = min(device.installs, MAX_INSTALLS_PER_DEVICE_HOUR * window + 1)

@@ -19,6 +19,18 @@ __all__ = ["dashboard_data"]
 DEVICE_WINDOW_S = 24 * 3600  # devices that reported in the last day count as "running"
 
 
+def _health(db: Database, service: RolloutService, plan: Any, now: float) -> dict[str, Any] | None:
+    """Label-free health per arm (`edgekit.server.model_health`); None when it cannot be read."""
+    from edgekit.server.model_health import health_view
+
+    try:
+        view = health_view(db, plan, now, service.repo)
+    except Exception:  # the dashboard stays available without it
+        return None
+    view.pop("reference", None)  # the page shows shares and PSI, not the reference's edges
+    return view
+
+
 def dashboard_data(db: Database, service: RolloutService, *, now: float | None = None) -> dict[str, Any]:
     """Rollouts with their decision series, and devices by running version."""
     now = service.clock() if now is None else now
@@ -49,6 +61,7 @@ def dashboard_data(db: Database, service: RolloutService, *, now: float | None =
                 "stage_percent": plan.stage_percent,
                 "series": series,
                 "decisions": decisions[-30:],
+                "health": _health(db, service, plan, now),
             }
         )
     rows = db.execute(

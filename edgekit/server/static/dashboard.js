@@ -121,12 +121,43 @@ function rolloutCard(r) {
       el("td", {class: noted.length ? "anomaly" : null}, noted.join("; "))));
   }
   const target = p.target || {}, baseline = p.baseline || {};
+  const health = healthTable(r.health);
   return el("section", {class: "card rollout"},
     el("h2", {}, `${p.model} ${target.version} over ${baseline.version}`, el("span", {class: `badge ${state}`}, p.state)),
     el("div", {}, `channel ${p.channel}, rollout ${p.rollout_id}`, p.reason ? ` - ${p.reason}` : ""),
     ladder,
     el("div", {class: "legend"}, el("span", {class: "t"}, "treatment"), el("span", {class: "c"}, "control")),
-    charts, el("h3", {}, "decision log"), log);
+    charts, el("h3", {}, "decision log"), log, el("h3", {}, "label-free health (treatment vs control)"), health);
+}
+
+// Label-free health per arm: input drift (PSI per channel against the release's reference profile) and
+// predicted-class / confidence shares. Every value goes in as text.
+function shares(values) {
+  return Array.isArray(values) ? values.map(v => num(v) ? v.toFixed(2) : "?").join(" ") : "";
+}
+
+function healthTable(h) {
+  if (!h || !h.treatment || !h.control) return el("i", {}, "no health sketches yet");
+  const t = h.treatment, c = h.control;
+  const table = el("table", {class: "health"},
+    el("tr", {}, ...["signal", "treatment", "control"].map(x => el("th", {}, x))),
+    el("tr", {}, el("td", {}, "devices / inferences"), el("td", {}, `${t.devices} / ${fmt(t.inferences)}`),
+      el("td", {}, `${c.devices} / ${fmt(c.inferences)}`)));
+  for (const name of Object.keys(t.inputs || {})) {
+    const ti = t.inputs[name] || {}, ci = (c.inputs || {})[name] || {};
+    table.append(el("tr", {}, el("td", {}, `input ${name}: PSI per channel`),
+      el("td", {}, shares(ti.psi)), el("td", {}, shares(ci.psi))));
+  }
+  for (const name of Object.keys(t.outputs || {})) {
+    const to = t.outputs[name] || {}, co = (c.outputs || {})[name] || {};
+    const classes = to.role === "detection" ? "detections_shares" : "class_shares";
+    const scores = to.role === "detection" ? "score_shares" : "confidence_shares";
+    table.append(el("tr", {}, el("td", {}, `${name}: ${classes.replace("_", " ")}`),
+      el("td", {}, shares(to[classes])), el("td", {}, shares(co[classes]))));
+    table.append(el("tr", {}, el("td", {}, `${name}: ${scores.replace("_", " ")}`),
+      el("td", {}, shares(to[scores])), el("td", {}, shares(co[scores]))));
+  }
+  return table;
 }
 
 function fleetCard(devices) {

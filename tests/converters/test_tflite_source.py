@@ -155,7 +155,7 @@ def test_converted_model_quantizes_and_passes_the_gate(
     assert output.stat().st_size < max_ratio * model.stat().st_size
 
 
-@pytest.mark.slow
+@pytest.mark.zoo_slow  # about 3 minutes for a known limitation; the zoo's other segmentation cases run
 @pytest.mark.xfail(
     reason="int8 of the selfie mask misses the 20 dB gate on every strategy of the ladder (measured: best "
     "16.1 dB, exclusion; preset 10.8 dB); nothing is written",

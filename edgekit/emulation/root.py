@@ -152,7 +152,7 @@ def ensure_root(path: str | os.PathLike[str] | None = None) -> Path:
 
     Reuses a root whose stamp names the current recipe (syncing the host's extra CA certificates if they
     changed); otherwise builds a new one into a temporary sibling and renames it into place, replacing a
-    stale one. Enables binfmt_misc for aarch64 first.
+    stale one that edgekit built (never a directory it did not build). Enables binfmt_misc for aarch64 first.
 
     Raises:
         HostSetupError: not root, or mmdebstrap / qemu-user-static / binfmt-support missing or unusable.
@@ -165,6 +165,11 @@ def ensure_root(path: str | os.PathLike[str] | None = None) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     digest = host_ca_digest()
     with _locked(root):
+        if root.exists() and not _read_stamp(root) and any(root.iterdir()):
+            raise RootBuildError(
+                f"{root} exists and is not an arm64 root edgekit built (no /{STAMP}); remove it or choose "
+                f"another path (EDGEKIT_ARM64_ROOT)"
+            )
         if is_complete(root):
             if _read_stamp(root).get("ca_digest") != digest:
                 _sync_ca(root, digest)

@@ -21,11 +21,18 @@ from pathlib import Path
 from edgekit.emulation.chroot import run_in_root
 from edgekit.emulation.errors import DeviceEnvError
 
-__all__ = ["DEVICE_DIR", "VENV", "ensure_device_python", "venv_stamp"]
+__all__ = ["DEVICE_DIR", "VENV", "ensure_device_python", "installed_device_python", "venv_stamp"]
 
 DEVICE_DIR = "/opt/edgekit-device"
 VENV = f"{DEVICE_DIR}/venv"
 _STAMP = ".edgekit-stamp"
+# pip trusts the root's system bundle (it holds the host's extra CA certificates, see root.py) rather than
+# its vendored one, and reads no configuration file.
+_PIP_ENV = {
+    "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+    "PIP_CONFIG_FILE": "/dev/null",
+    "PIP_NO_INPUT": "1",
+}
 INSTALL_TIMEOUT = 3600  # seconds; from nothing about 2 minutes under emulation, more on a slow mirror
 
 
@@ -86,7 +93,7 @@ def ensure_device_python(
             f"{python} -m pip install --quiet --disable-pip-version-check --only-binary=:all: "
             f"-r {DEVICE_DIR}/in/requirements.txt {shlex.quote(target)}"
         )
-        proc = run_in_root(root_path, ["/bin/sh", "-c", script], timeout=INSTALL_TIMEOUT)
+        proc = run_in_root(root_path, ["/bin/sh", "-c", script], env=_PIP_ENV, timeout=INSTALL_TIMEOUT)
         if proc.returncode != 0:
             tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
             raise DeviceEnvError(
@@ -97,6 +104,13 @@ def ensure_device_python(
         tmp.write_text(stamp)
         os.replace(tmp, stamp_file)
     return python
+
+
+def installed_device_python(root: str | os.PathLike[str]) -> str | None:
+    """The root-side path of the device venv's python when a finished install is there (whatever wheel it
+    came from), else None; a venv whose install was interrupted has no stamp and does not count."""
+    stamp_file = Path(root) / VENV.lstrip("/") / _STAMP
+    return f"{VENV}/bin/python" if _read(stamp_file) else None
 
 
 def _read(p: Path) -> str | None:

@@ -1,10 +1,12 @@
 """Run a command inside the arm64 root: the one way host code enters it.
 
-Every call is one `unshare --mount --propagation private` process. Inside its own mount namespace it
-mounts /proc, /dev, a tmpfs on /tmp, an arm64-format /proc/cpuinfo, the host's resolv.conf and the
+Every call is one `unshare --mount --propagation private --pid` process. Inside its own mount namespace
+it mounts /proc, /dev, a tmpfs on /tmp, an arm64-format /proc/cpuinfo, the host's resolv.conf and the
 caller's binds, then chroots and runs the command under QEMU user-mode emulation (binfmt_misc). The
-namespace dies with its last process, so no mount survives the call, however it ends (exit, error,
-timeout, kill); the host's mount table never sees them.
+host's mount table never sees those mounts, and they vanish with the namespace's last process. The
+command runs as the init of its own PID namespace, which the kernel kills when the caller dies, so none
+of its processes (and so none of its mounts) outlives the call, however it ends: exit, error, timeout,
+or the caller killed.
 
 The command gets a clean environment: the host's pip configuration (PIP_* variables, /etc/pip.conf,
 find-links to host wheels) and everything else of the caller's environment stay outside. Only PATH, HOME,
@@ -123,8 +125,12 @@ def run_in_root(
     try:
         with os.fdopen(fd, "w") as f:
             f.write(arm64_cpuinfo(os.cpu_count() or 1))
+        # setpriv: the kernel kills unshare if this process dies (even by SIGKILL); --pid --kill-child:
+        # unshare's child is the init of a new PID namespace and dies with unshare, and the kernel kills
+        # everything left in a PID namespace when its init dies. So no process, and no mount, outlives us.
         command = [
-            "unshare", "--mount", "--propagation", "private", "--",
+            "setpriv", "--pdeathsig", "KILL", "--",
+            "unshare", "--mount", "--propagation", "private", "--pid", "--kill-child", "--",
             "/bin/sh", "-c", _ENTER, "edgekit-enter",
             str(root_path), cpuinfo, cwd or "/", str(len(pairs) // 2), *pairs, *argv,
         ]  # fmt: skip

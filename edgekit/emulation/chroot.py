@@ -1,12 +1,12 @@
 """Run a command inside the arm64 root: the one way host code enters it.
 
 Every call is one `unshare --mount --propagation private --pid` process. Inside its own mount namespace
-it mounts /proc, /dev, a tmpfs on /tmp, an arm64-format /proc/cpuinfo, the host's resolv.conf and the
-caller's binds, then chroots and runs the command under QEMU user-mode emulation (binfmt_misc). The
-host's mount table never sees those mounts, and they vanish with the namespace's last process. The
-command runs as the init of its own PID namespace, which the kernel kills when the caller dies, so none
-of its processes (and so none of its mounts) outlives the call, however it ends: exit, error, timeout,
-or the caller killed.
+it mounts /proc, /dev, a read-only /sys, a tmpfs on /tmp, an arm64-format /proc/cpuinfo, the host's
+resolv.conf and the caller's binds, then chroots and runs the command under QEMU user-mode emulation
+(binfmt_misc). The host's mount table never sees those mounts, and they vanish with the namespace's last
+process. The command runs as the init of its own PID namespace, which the kernel kills when the caller
+dies, so none of its processes (and so none of its mounts) outlives the call, however it ends: exit,
+error, timeout, or the caller killed.
 
 The command gets a clean environment: the host's pip configuration (PIP_* variables, /etc/pip.conf,
 find-links to host wheels) and everything else of the caller's environment stay outside. Only PATH, HOME,
@@ -39,6 +39,8 @@ set -eu
 root=$1; cpuinfo=$2; cwd=$3; n=$4; shift 4
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
+# Read-only sysfs: CPU-probing libraries (onnxruntime's cpuinfo) read the processor lists there.
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 # QEMU 7.2 shows the host's x86 /proc/cpuinfo, which makes onnxruntime's CPU probe crash on aarch64.
 mount --bind "$cpuinfo" "$root/proc/cpuinfo"
@@ -71,7 +73,7 @@ def clean_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _check_root(root: Path) -> None:
-    for needed in ("usr/bin/env", "proc", "dev", "tmp"):
+    for needed in ("usr/bin/env", "proc", "dev", "sys", "tmp"):
         if not (root / needed).exists():
             raise EmulationError(
                 f"{root} is not a usable arm64 root (no /{needed} in it); build one with "

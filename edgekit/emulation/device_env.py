@@ -33,14 +33,18 @@ _PIP_ENV = {
     "PIP_CONFIG_FILE": "/dev/null",
     "PIP_NO_INPUT": "1",
 }
+# --no-compile: byte-compiling every installed file under emulation costs minutes; imports compile what
+# they use. Part of the venv's stamp, so a change here rebuilds it.
+_PIP_FLAGS = "--quiet --disable-pip-version-check --only-binary=:all: --no-compile"
 INSTALL_TIMEOUT = 3600  # seconds; from nothing about 2 minutes under emulation, more on a slow mirror
 
 
 def venv_stamp(wheel: Path, lock: Path, extras: Sequence[str]) -> str:
     """The hash a venv built from these inputs carries (no IO but reading the two files)."""
     h = hashlib.sha256()
-    for part in (wheel.name.encode(), wheel.read_bytes(), lock.read_bytes(), ",".join(extras).encode()):
-        h.update(hashlib.sha256(part).digest())
+    parts = (wheel.name, wheel.read_bytes(), lock.read_bytes(), ",".join(extras), _PIP_FLAGS)
+    for part in parts:
+        h.update(hashlib.sha256(part.encode() if isinstance(part, str) else part).digest())
     return h.hexdigest()
 
 
@@ -90,7 +94,7 @@ def ensure_device_python(
         target = f"{DEVICE_DIR}/in/{wheel_path.name}" + (f"[{','.join(extras)}]" if extras else "")
         script = (
             f"rm -rf {VENV} && python3 -m venv {VENV} && "
-            f"{python} -m pip install --quiet --disable-pip-version-check --only-binary=:all: "
+            f"{python} -m pip install {_PIP_FLAGS} "
             f"-r {DEVICE_DIR}/in/requirements.txt {shlex.quote(target)}"
         )
         proc = run_in_root(root_path, ["/bin/sh", "-c", script], env=_PIP_ENV, timeout=INSTALL_TIMEOUT)

@@ -27,7 +27,7 @@ from ai_edge_litert.interpreter import Interpreter
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
 y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
 graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "double", [x], [y])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 out = session.run(None, {"x": np.array([1.5, -2.0], np.float32)})[0]
 print(platform.machine(), "site-packages" in device_runtime.__file__, "site-packages" in signing.__file__,

@@ -49,7 +49,7 @@ def test_device_wheel_and_engines_run_in_the_root(arm64_root: Path, staged: Path
     assert python == f"{VENV}/bin/python"
     proc = run_in_root(arm64_root, [python, "-c", PROBE], timeout=1800)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split(maxsplit=3) == ["aarch64", "True", "True", "[3.0, -4.0]"]
+    assert proc.stdout.strip().split(maxsplit=3) == ["aarch64", "True", "True", "[3.0, -4.0]"]
 
 
 def test_an_unchanged_device_venv_is_reused(arm64_root: Path, staged: Path) -> None:

@@ -81,3 +81,13 @@ def test_unprivileged_callers_get_a_typed_error_naming_the_fix(call: str, match:
     )  # fmt: skip
     assert proc.stdout.startswith("HostSetupError:"), proc.stderr
     assert match in proc.stdout and "run as root" in proc.stdout
+
+
+def test_the_host_ca_digest_follows_the_certificates(tmp_path: Path) -> None:
+    from edgekit.emulation.root import host_ca_digest
+
+    assert host_ca_digest(tmp_path / "absent") == "" and host_ca_digest(tmp_path) == ""
+    (tmp_path / "proxy.crt").write_text("-----BEGIN CERTIFICATE-----\nA\n")
+    first = host_ca_digest(tmp_path)
+    (tmp_path / "proxy.crt").write_text("-----BEGIN CERTIFICATE-----\nB\n")
+    assert first and host_ca_digest(tmp_path) not in ("", first)

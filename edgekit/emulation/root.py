@@ -84,8 +84,10 @@ def _write_stamp(root: Path, ca_digest: str) -> None:
     os.replace(tmp, target)
 
 
-def _sync_ca(root: Path, digest: str) -> None:
-    """Install the host's extra CA certificates in the root (replacing an older copy)."""
+def _sync_ca(root: Path, digest: str, *, fresh: bool) -> None:
+    """Install the host's extra CA certificates in the root (replacing an older copy). `fresh` rebuilds the
+    whole bundle, which drops certificates the host no longer has; a new root only needs them added, and
+    rebuilding runs a shell per certificate, minutes under emulation on a busy host."""
     dest = root / _ROOT_CA_DIR
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -95,7 +97,7 @@ def _sync_ca(root: Path, digest: str) -> None:
                 target = dest / p.relative_to(HOST_CA_DIR)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(p, target)
-    proc = run_in_root(root, ["update-ca-certificates", "--fresh"], timeout=600)
+    proc = run_in_root(root, ["update-ca-certificates", *(["--fresh"] if fresh else [])], timeout=1800)
     if proc.returncode != 0:
         raise RootBuildError(
             f"update-ca-certificates failed in the arm64 root {root} (exit {proc.returncode}): "
@@ -172,13 +174,13 @@ def ensure_root(path: str | os.PathLike[str] | None = None) -> Path:
             )
         if is_complete(root):
             if _read_stamp(root).get("ca_digest") != digest:
-                _sync_ca(root, digest)
+                _sync_ca(root, digest, fresh=True)
                 _write_stamp(root, digest)
             return root
         fresh = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
         try:
             _build(fresh, root.parent / f"{root.name}.build.log")
-            _sync_ca(fresh, digest)
+            _sync_ca(fresh, digest, fresh=False)
             _write_stamp(fresh, digest)
             if root.exists():
                 stale = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))

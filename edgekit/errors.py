@@ -16,7 +16,8 @@ text, so nothing has to be classified by matching words::
     ├── RequirementsError         edgekit.runtime_requirements: a model's runtime needs cannot be derived
     ├── RepositoryError           edgekit.server.tuf_repo: the TUF repository refused an operation
     │   └── BundleRefusedError    a bundle that does not verify is never published
-    └── StorageError              edgekit.server.storage: the database cannot be opened or used
+    ├── StorageError              edgekit.server.storage: the database cannot be opened or used
+    └── EmulationError            edgekit.emulation.errors: the emulated arm64 root cannot be built or used
 
 Errors of the packages edgekit builds on keep their own roots (`converters.errors.ConverterError`,
 `device_runtime.errors.DeviceRuntimeError`, `signing.errors.SigningError`); the CLI turns all four roots

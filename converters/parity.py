@@ -27,6 +27,7 @@ from converters.role_metrics import ROLE_THRESHOLDS, role_failures, role_metrics
 from converters.roles import resolve_roles
 from converters.runner import run_model
 from converters.signature import with_hints
+from converters.targets import HOST, Target
 from device_runtime.engines import Engine, load_engine
 from device_runtime.golden import sqnr_db  # one SQNR for host and device: the same numbers
 from device_runtime.preprocess import OutputSpec
@@ -260,24 +261,34 @@ def parity_report(
     reference_outputs: Mapping[str, np.ndarray] | None = None,
     progress: Progress | None = None,
     roles: Mapping[str, OutputSpec] | None = None,
+    target: Target = HOST,
 ) -> dict[str, Any]:
     """Run both models on `data` (through the device's engines) and return the parity report dict.
 
     `reference_outputs` skips re-running the reference when the caller has them already; `roles` are the
     declared output roles (:func:`converters.roles.load_roles`), the others are inferred from shapes.
-    The report holds every output's role, role metrics and the thresholds it was judged by.
+    `target` is where the candidate runs (:mod:`converters.targets`; the reference always runs on this
+    host: the float model as the build host computes it is the contract every device is held to).
+    The report holds every output's role, role metrics, the thresholds it was judged by and the target.
     """
     reference_engine = load_engine(reference_path)
     candidate_engine = load_engine(candidate_path)
     if reference_outputs is None:
         reference_outputs = run_model(reference_engine, data, progress=progress, label="reference")
-    candidate_outputs = run_model(candidate_engine, data, progress=progress, label="candidate")
+    candidate_outputs = run_model(
+        candidate_engine,
+        data,
+        progress=progress,
+        label="candidate" if target is HOST else f"candidate on {target.name}",
+        executor=target.executor(candidate_path),
+    )
     metrics = compare_outputs(reference_outputs, candidate_outputs, labels, roles, samples=data.size)
     failures = evaluate_gate(metrics, gate)
     return {
         "schema": "edgekit.parity/v1",
         "reference": _model_entry(reference_path, reference_engine),
         "candidate": _model_entry(candidate_path, candidate_engine),
+        "target": {"reference": HOST.describe(), "candidate": target.describe()},
         "samples": data.size,
         "gate": asdict(gate),
         "role_thresholds": {kind: gate.thresholds_for(kind) for kind in ROLE_THRESHOLDS},

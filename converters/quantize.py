@@ -29,6 +29,7 @@ from converters.parity import INT8_GATE, Gate, parity_report, summary_metrics
 from converters.progress import NullProgress, Progress
 from converters.runner import run_model, unroll
 from converters.signature import Signature
+from converters.targets import HOST, Target
 from device_runtime.engines import Engine, TensorInfo, load_engine
 from device_runtime.preprocess import OutputSpec
 
@@ -58,6 +59,7 @@ class QuantizeOptions:
     preprocess: str | Path | None = None  # spec for folders of images
     signature: Signature | None = None  # declared batch axes and state pairs (converters.signature)
     roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
+    target: Target = HOST  # where candidates are measured (converters.targets); the reference runs here
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def _quantize_onnx(
             labels=label_array,
             reference_outputs=reference_outputs,
             roles=options.roles,
+            target=options.target,
         )
 
     config = resolve_preset(options.preset)
@@ -348,6 +351,7 @@ def _quantize_tflite(
         labels=label_array,
         progress=progress,
         roles=options.roles,
+        target=options.target,
     )
     report["reference"]["path"] = f"{model} (float32 TFLite)"
     section = {
@@ -429,6 +433,12 @@ def _finish(
             reference, candidate, sample.feeds(slice(0, sample.size)), config, batch_axes=sample.batch_axes
         )
         latency["required_speedup"] = options.require_speedup
+        if options.target is not HOST:
+            # parity came from the target, speed did not: an emulated device's timings are not its speed
+            latency["measured_on"] = HOST.describe()
+            progress.note(
+                f"latency is measured on this host, not on {options.target.name}: measure speed on the device"
+            )
         report["latency"] = latency
         if latency["verdict"] == "slower":
             words = speed_words(latency)

@@ -33,7 +33,7 @@ from converters.errors import TargetError, explain
 from converters.runner import RunExecutor
 from device_runtime.feeds import load_runs, save_runs
 
-__all__ = ["HOST", "DeviceTarget", "HostTarget", "RunInDevice", "Target"]
+__all__ = ["HOST", "DeviceTarget", "HostTarget", "RunInDevice", "Target", "stage_device_code"]
 
 # The folders the device sees: the model's own folder (ONNX external data stays beside it) and a private
 # work folder with the feeds, the outputs and the staged device packages.
@@ -115,7 +115,7 @@ class DeviceTarget:
     ) -> list[dict[str, np.ndarray]]:
         with tempfile.TemporaryDirectory(prefix="edgekit-target-") as tmp:
             work = Path(tmp)
-            _stage_device_code(work / "src")
+            stage_device_code(work / "src")
             save_runs(work / "inputs.npz", runs)
             argv = [
                 self.python,
@@ -154,8 +154,9 @@ class DeviceTarget:
         return outputs
 
 
-def _stage_device_code(destination: Path) -> None:
-    """Copy the host's own device packages (source only) to `destination`."""
+def stage_device_code(destination: Path) -> None:
+    """Copy the host's own device packages (``device_runtime``, ``signing``; source only) to `destination`:
+    a device process with ``PYTHONPATH=destination`` runs this host's device code."""
     for package in (device_runtime, signing):
         source = Path(package.__path__[0])
         shutil.copytree(source, destination / source.name, ignore=shutil.ignore_patterns("__pycache__"))

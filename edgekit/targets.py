@@ -46,6 +46,10 @@ def resolve_target(name: str) -> Target:
 def arm64_target(root: str | os.PathLike[str] | None = None, python: str | None = None) -> DeviceTarget:
     """The emulated arm64 device: its root built or reused, its device Python installed or reused.
 
+    ``root``: use this root as it is (default: ``ensure_root()``, which honours ``$EDGEKIT_ARM64_ROOT``);
+    ``python``: the device-side interpreter inside the root (default: ``$EDGEKIT_ARM64_PYTHON``, else the
+    device venv, installed when missing).
+
     Raises:
         TargetError: the host cannot emulate arm64 or the root/venv cannot be built (emulation's message).
     """
@@ -53,7 +57,8 @@ def arm64_target(root: str | os.PathLike[str] | None = None, python: str | None 
     from edgekit.emulation.root import ensure_root
 
     try:
-        root_path = ensure_root(root or os.environ.get("EDGEKIT_ARM64_ROOT") or None)
+        # an explicit root is used as it is (it may be one edgekit did not build); the default is ensured
+        root_path = Path(root) if root is not None else ensure_root()
         device_python = python or os.environ.get("EDGEKIT_ARM64_PYTHON") or _device_python(root_path)
     except EmulationError as e:
         raise TargetError(f"the arm64 target is unavailable: {e}") from e

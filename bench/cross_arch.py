@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # zoo/ is not installed: it is imported from the repository root
     sys.path.insert(0, str(ROOT))
 
-EXAMPLES = ("digits", "mobilenetv2")
+EXAMPLES = ("digits", "mobilenetv2", "digits-tflite", "mobilenetv2-tflite")
 EVAL_SAMPLES = 1000
 _START = time.perf_counter()
 
@@ -72,6 +72,7 @@ class Case:
     evaluation: Path
     roles: dict[str, Any]
     labels: Path | None = None
+    quantize_source: Path | None = None  # what int8 is made from when not `model` (Keras for TFLite)
 
 
 def _zoo_case(key: str, workdir: Path, quick: bool) -> Case:
@@ -96,39 +97,76 @@ def _zoo_case(key: str, workdir: Path, quick: bool) -> Case:
 
 def _example_case(name: str, workdir: Path, quick: bool) -> Case:
     from bench.quantize import prepare_digits, prepare_mobilenet
+    from converters.export import convert
 
-    prepared = prepare_digits(workdir, 3) if name == "digits" else prepare_mobilenet(workdir, 96)
-    np.savez(workdir / "cal.npz", **prepared["calib"].arrays)
-    np.savez(workdir / "eval.npz", **prepared["eval"].arrays)
+    base = name.removesuffix("-tflite")
+    prepared = prepare_digits(workdir, 3) if base == "digits" else prepare_mobilenet(workdir, 96)
+    # one input: .npy, so the TFLite model (whose input is named differently) reads the same files
+    (calibration,) = prepared["calib"].arrays.values()
+    (evaluation,) = prepared["eval"].arrays.values()
+    np.save(workdir / "cal.npy", calibration)
+    np.save(workdir / "eval.npy", evaluation)
     labels = None
     if prepared["labels"] is not None:
         labels = workdir / "labels.npy"
         np.save(labels, prepared["labels"])
+    if not name.endswith("-tflite"):
+        return Case(
+            name,
+            "example: " + prepared["description"],
+            prepared["onnx"],
+            workdir / "cal.npy",
+            workdir / "eval.npy",
+            {},
+            labels,
+        )
+    # the TFLite route: float32 TFLite from the Keras model, full int8 TFLite by `quantize` (LiteRT kernels)
+    keras_model = prepared["dir"] / f"{base}.keras"
+    float_tflite = workdir / f"{base}.tflite"
+    convert(keras_model, float_tflite)
     return Case(
         name,
-        "example: " + prepared["description"],
-        prepared["onnx"],
-        workdir / "cal.npz",
-        workdir / "eval.npz",
+        "example (LiteRT): " + prepared["description"],
+        float_tflite,
+        workdir / "cal.npy",
+        workdir / "eval.npy",
         {},
         labels,
+        quantize_source=keras_model,
     )
 
 
-def _output_rows(metrics: list[Any]) -> list[dict[str, Any]]:
-    """Per output: role, classification agreement, SQNR, the role's objective."""
+def _uncapped_sqnr_db(x: np.ndarray, y: np.ndarray) -> float | str:
+    """SQNR without the gate's 100 dB cap (x86 vs arm64 float differ by rounding only): 'identical' when
+    bit-equal."""
+    a, b = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+    noise = float(np.dot(a - b, a - b))
+    if noise == 0.0:
+        return "identical"
+    return round(10.0 * float(np.log10(float(np.dot(a, a)) / noise)), 1)
+
+
+def _output_rows(
+    metrics: list[Any], x: dict[str, np.ndarray] | None = None, y: dict[str, np.ndarray] | None = None
+) -> list[dict[str, Any]]:
+    """Per output: role, classification agreement, SQNR (uncapped too when outputs are given), the role's
+    objective."""
     from converters.role_metrics import role_objective
 
     rows = []
     for m in metrics:
         entry = asdict(m)
         what, value = role_objective(m.role, entry)
+        extra = (
+            {} if x is None or y is None else {"sqnr_uncapped_db": _uncapped_sqnr_db(x[m.name], y[m.name])}
+        )
         rows.append(
             {
                 "output": m.name,
                 "role": m.role,
                 "agreement": m.agreement,
                 "sqnr_db": round(m.sqnr_db, 2),
+                **extra,
                 "max_abs_error_norm": m.max_abs_error_norm,
                 "objective": what,
                 "objective_value": round(value, 5),
@@ -169,7 +207,7 @@ def measure(case: Case, target: Any, workdir: Path) -> dict[str, Any]:
     log(f"{case.name}: quantize on x86 ({data.size} evaluation samples)")
     try:
         result = quantize(
-            case.model,
+            case.quantize_source or case.model,
             int8,
             case.calibration,
             eval_data=case.evaluation,
@@ -197,7 +235,7 @@ def measure(case: Case, target: Any, workdir: Path) -> dict[str, Any]:
             continue
         row[f"{kind}_emulated_seconds"] = round(time.perf_counter() - started, 1)  # cost, not speed
         outputs[kind] = {"x86": x86, "arm64": arm}
-        row[f"{kind}_x86_vs_arm64"] = _output_rows(_cross(x86, arm, case.roles, data.size))
+        row[f"{kind}_x86_vs_arm64"] = _output_rows(_cross(x86, arm, case.roles, data.size), x86, arm)
     if "int8" in outputs and "float" in outputs:
         reference = outputs["float"]["x86"]
         for arch in ("x86", "arm64"):
@@ -249,7 +287,7 @@ def _golden_on_device(case: Case, model: Path, target: Any, workdir: Path) -> di
         "-m",
         "device_runtime",
         "--store",
-        f"{inside}/store",
+        f"{inside}/store-{target.name}",
         "--key",
         f"{inside}/release.pub",
         "--device-id",
@@ -270,7 +308,87 @@ def _golden_on_device(case: Case, model: Path, target: Any, workdir: Path) -> di
             result["self_test_sqnr_db"] = done.stdout.strip()[-300:]
     else:
         result["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    # the same bundle installed here: the self-test's figures on x86, for comparison
+    host = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "device_runtime",
+            *[
+                a.replace(inside, str(bundle.parent)).replace(f"store-{target.name}", "store-x86")
+                for a in argv[3:]
+            ],
+        ],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if host.returncode == 0:
+        result["x86_self_test_sqnr_db"] = json.loads(host.stdout).get("self_test_sqnr_db")
+    else:
+        result["x86_error"] = (host.stderr.strip().splitlines() or ["no output"])[-1][:300]
     return result
+
+
+def _pair_cell(rows: Any) -> str:
+    """'<objective> <value>, SQNR <dB>' of the worst output; 'identical' when every output is bit-equal."""
+    if not isinstance(rows, list):
+        return "-" if rows is None else str(rows)[:60]
+    if all(r.get("sqnr_uncapped_db") == "identical" or r.get("max_abs_error_norm") == 0.0 for r in rows):
+        return "identical"
+    worst = min(rows, key=lambda r: (r["objective_value"], r["sqnr_db"]))
+    sqnrs = [r.get("sqnr_uncapped_db", r["sqnr_db"]) for r in rows]
+    numeric = [v for v in sqnrs if isinstance(v, (int, float))]
+    sqnr = f"{min(numeric):.1f} dB" if numeric else "identical"
+    if not any("sqnr_uncapped_db" in r for r in rows) and min(numeric) >= 100.0:
+        sqnr = ">= 100 dB"  # the gate's SQNR is capped at 100 dB
+    return f"{worst['objective']} {worst['objective_value']:.4g}, SQNR {sqnr}"
+
+
+def _gate_cell(row: dict[str, Any], arch: str) -> str:
+    gate = row.get(f"int8_gate_{arch}")
+    if gate is None:
+        return "-"
+    if gate["passed"]:
+        worst = min(gate["outputs"], key=lambda r: r["sqnr_db"])
+        return f"pass ({worst['sqnr_db']:.1f} dB)"
+    return "fail"
+
+
+def table(document: dict[str, Any]) -> str:
+    """The cross-architecture table (Markdown) of a ``--json`` document."""
+    lines = [
+        "| model | int8 (x86 gate) | float: x86 vs arm64 | int8: x86 vs arm64 | int8 gate x86 | "
+        "int8 gate arm64 | golden self-test on arm64 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in document["models"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['error'][:80]} | | | | | |")
+            continue
+        strategy = str(row.get("int8_strategy", "-"))
+        strategy = "refused" if strategy.startswith("n/a: GateError") else strategy[:40]
+        golden = row.get("golden", {})
+        if golden.get("installed"):
+            sqnrs = [
+                v for v in (golden.get("self_test_sqnr_db") or {}).values() if isinstance(v, (int, float))
+            ]
+            shown = f", min {min(sqnrs):.1f} dB" if sqnrs else ""
+            host_sqnrs = [
+                v for v in (golden.get("x86_self_test_sqnr_db") or {}).values() if isinstance(v, (int, float))
+            ]
+            shown += f"; x86 {min(host_sqnrs):.1f} dB" if host_sqnrs else ""
+            golden_cell = f"pass ({golden['model']}{shown})"
+        else:
+            golden_cell = f"FAIL: {golden.get('error', '-')}"[:80]
+        lines.append(
+            f"| {row['model']} ({row.get('samples', '?')} samples) | {strategy} | "
+            f"{_pair_cell(row.get('float_x86_vs_arm64'))} | {_pair_cell(row.get('int8_x86_vs_arm64'))} | "
+            f"{_gate_cell(row, 'x86')} | {_gate_cell(row, 'arm64')} | {golden_cell} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="use this arm64 root as it is (default: edgekit.emulation's)")
     parser.add_argument("--python", help="the device python inside the root (default: the device venv)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print the Markdown table of a --json file"
+    )
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return 0
 
     from bench._host import cpu
     from edgekit.targets import arm64_target

@@ -252,6 +252,20 @@ def measure(case: Case, target: Any, workdir: Path) -> dict[str, Any]:
     return row
 
 
+def _golden_inputs(evaluation: Path, model: Path, workdir: Path) -> Path:
+    """The evaluation inputs as the model takes them: a full-int8 TFLite model takes quantized inputs."""
+    from device_runtime.engines import load_engine
+
+    (info,) = load_engine(model).inputs if evaluation.suffix == ".npy" else (None,)
+    if info is None or info.dtype not in ("int8", "uint8") or info.scale is None:
+        return evaluation
+    values = np.load(evaluation)
+    limits = np.iinfo(np.dtype(info.dtype))
+    quantized = np.clip(np.round(values / info.scale) + (info.zero_point or 0), limits.min, limits.max)
+    np.save(workdir / "golden_inputs.npy", quantized.astype(info.dtype))
+    return workdir / "golden_inputs.npy"
+
+
 def _golden_on_device(case: Case, model: Path, target: Any, workdir: Path) -> dict[str, Any]:
     """Sign a bundle with golden outputs recorded here, install it on the device: its self-test result."""
     from converters.targets import stage_device_code
@@ -266,6 +280,7 @@ def _golden_on_device(case: Case, model: Path, target: Any, workdir: Path) -> di
     )
     bundle = workdir / "device" / f"{case.name.replace('-', '')[:32]}-1.0.0.ekb"
     bundle.parent.mkdir(exist_ok=True)
+    golden = _golden_inputs(case.evaluation, model, workdir)
     try:
         build_bundle(
             BundleRequest(
@@ -274,7 +289,7 @@ def _golden_on_device(case: Case, model: Path, target: Any, workdir: Path) -> di
                 name=bundle.stem.split("-")[0],
                 version="1.0.0",
                 keys=[keys / "release.key"],
-                golden=case.evaluation,
+                golden=golden,
             )
         )
     except Exception as e:

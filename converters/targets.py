@@ -31,7 +31,7 @@ import device_runtime
 import signing
 from converters.errors import TargetError, explain
 from converters.runner import RunExecutor
-from device_runtime.feeds import load_runs, save_runs
+from device_runtime.feeds import load_runs, run_model_argv, save_runs
 
 __all__ = ["HOST", "DeviceTarget", "HostTarget", "RunInDevice", "Target", "stage_device_code"]
 
@@ -82,7 +82,8 @@ HOST = HostTarget()
 class DeviceTarget:
     """A device reached by `run`; `python` is the device-side interpreter (numpy and the engines installed).
 
-    ``details`` is recorded in reports (e.g. the emulated CPU); ``timeout`` bounds one device process.
+    ``details`` is recorded in reports (e.g. the emulated CPU). `run` bounds each device process's time and
+    raises ``subprocess.TimeoutExpired`` past it.
     """
 
     name: str
@@ -91,7 +92,6 @@ class DeviceTarget:
     machine: str
     emulated: bool
     details: Mapping[str, Any] = field(default_factory=dict)
-    timeout: float | None = 3600.0
 
     def executor(self, model: str | Path) -> RunExecutor:
         """Runs the planned calls of `model` in one device process per call list."""
@@ -121,17 +121,14 @@ class DeviceTarget:
                 self.python,
                 "-m",
                 "device_runtime",
-                "run-model",
-                f"{DEVICE_MODEL_DIR}/{model.name}",
-                "--inputs",
-                f"{DEVICE_WORK_DIR}/inputs.npz",
-                "--output",
-                f"{DEVICE_WORK_DIR}/outputs.npz",
-                "--steps",
-                str(steps),
+                *run_model_argv(
+                    f"{DEVICE_MODEL_DIR}/{model.name}",
+                    f"{DEVICE_WORK_DIR}/inputs.npz",
+                    f"{DEVICE_WORK_DIR}/outputs.npz",
+                    steps=steps,
+                    states=states,
+                ),
             ]
-            for output, target in states.items():
-                argv += ["--state", f"{output}={target}"]
             binds = {str(model.parent): DEVICE_MODEL_DIR, str(work): DEVICE_WORK_DIR}
             env = {"PYTHONPATH": f"{DEVICE_WORK_DIR}/src", "PYTHONDONTWRITEBYTECODE": "1"}
             try:
@@ -139,7 +136,7 @@ class DeviceTarget:
             except subprocess.TimeoutExpired as e:
                 raise TargetError(
                     f"{model.name} on {self.name}: the device process ran longer than {e.timeout:.0f} s; "
-                    "evaluate fewer samples (--samples) or raise the target's timeout"
+                    "evaluate on fewer samples"
                 ) from e
             except OSError as e:
                 raise TargetError(f"{model.name} on {self.name}: cannot enter the device ({e})") from e

@@ -26,7 +26,7 @@ from device_runtime.engines import Engine
 from device_runtime.errors import InputError
 from signing.atomic import atomic_write
 
-__all__ = ["load_runs", "run_feeds", "save_runs"]
+__all__ = ["load_runs", "run_feeds", "run_model_argv", "save_runs"]
 
 RUN_SEPARATOR = "/"
 
@@ -110,3 +110,14 @@ def load_runs(path: str | Path) -> tuple[list[dict[str, np.ndarray]], bool]:
     if sorted(runs) != list(range(len(runs))):
         raise InputError(f"{path}: run numbers must be 0..{len(runs) - 1} without gaps, got {sorted(runs)}")
     return [runs[i] for i in range(len(runs))], True
+
+
+def run_model_argv(
+    model: str, inputs: str, output: str, *, steps: int = 1, states: Mapping[str, str] | None = None
+) -> list[str]:
+    """The arguments of ``python -m device_runtime run-model`` that run `inputs` through `model` (paths as
+    the device sees them): how a host asks a device to execute planned calls."""
+    argv = ["run-model", model, "--inputs", inputs, "--output", output, "--steps", str(steps)]
+    for out, target in (states or {}).items():
+        argv += ["--state", f"{out}={target}"]
+    return argv

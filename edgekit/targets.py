@@ -83,7 +83,6 @@ def arm64_target(root: str | os.PathLike[str] | None = None, python: str | None 
         machine="aarch64",
         emulated=True,
         details={"emulator": "qemu-user", "cpu": EMULATED_CPU, "root": str(root_path)},
-        timeout=DEVICE_TIMEOUT,
     )
 
 

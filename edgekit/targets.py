@@ -69,8 +69,9 @@ def arm64_target(root: str | os.PathLike[str] | None = None, python: str | None 
         from edgekit.emulation.chroot import run_in_root
         from edgekit.emulation.errors import RootCommandTimeout
 
+        mounts: dict[str | os.PathLike[str], str] = dict(binds)
         try:
-            return run_in_root(root_path, argv, binds=dict(binds), env=dict(env), timeout=DEVICE_TIMEOUT)
+            return run_in_root(root_path, argv, binds=mounts, env=dict(env), timeout=DEVICE_TIMEOUT)
         except RootCommandTimeout as e:
             raise subprocess.TimeoutExpired(argv, e.timeout) from e
         except EmulationError as e:

@@ -69,7 +69,7 @@ def arm64_target(root: str | os.PathLike[str] | None = None, python: str | None 
         from edgekit.emulation.chroot import run_in_root
         from edgekit.emulation.errors import RootCommandTimeout
 
-        mounts: dict[str | os.PathLike[str], str] = dict(binds)
+        mounts: dict[str | os.PathLike[str], str] = {host: inside for host, inside in binds.items()}
         try:
             return run_in_root(root_path, argv, binds=mounts, env=dict(env), timeout=DEVICE_TIMEOUT)
         except RootCommandTimeout as e:

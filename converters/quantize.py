@@ -187,7 +187,7 @@ def _quantize_onnx(
             target=options.target,
         )
 
-    config = resolve_preset(options.preset)
+    config = resolve_preset(_preset_for(options))
     if options.calibration_method is not None:
         config = replace(config, calibration=options.calibration_method)
     if options.per_channel is not None:
@@ -256,6 +256,14 @@ def _quantize_onnx(
     return _finish(
         report, section, outcome.repair, per_tensor, model, best.path, output, steps, options, progress
     )
+
+
+def _preset_for(options: QuantizeOptions) -> str:
+    """`auto` follows the machine the model is measured on: a model gated on arm64 is built for arm64."""
+    machine = str(options.target.describe().get("machine", "")).lower()
+    if options.preset == "auto" and options.target is not HOST and machine.startswith(("arm", "aarch64")):
+        return "arm"
+    return options.preset
 
 
 def note_repair(repair: dict[str, Any], progress: Progress) -> None:

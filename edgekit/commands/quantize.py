@@ -57,7 +57,8 @@ from edgekit.commands.parity import gate_options, print_summary, target_option
     type=click.Choice(["auto", "x86", "x86-reduce-range", "arm"]),
     default="auto",
     show_default=True,
-    help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; arm = symmetric int8.",
+    help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; arm = symmetric int8. "
+    "auto: by this host's CPU, or arm with --target arm64.",
 )
 @click.option(
     "--per-tensor",

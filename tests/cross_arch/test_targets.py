@@ -103,3 +103,13 @@ def test_a_failing_device_process_is_a_typed_error_with_its_reason(
     broken = replace(loopback_device(tmp_path), python="/bin/false")
     with pytest.raises(TargetError, match=r"mlp.onnx on loopback: the device process exited with 1"):
         parity_report(model, model, data, target=broken)
+
+
+def test_preset_auto_builds_for_the_targets_machine(tmp_path: Path) -> None:
+    from converters.quantize import QuantizeOptions, _preset_for
+
+    loopback = loopback_device(tmp_path)
+    arm = replace(loopback, name="arm64", machine="aarch64")
+    assert _preset_for(QuantizeOptions(target=arm)) == "arm"
+    assert _preset_for(QuantizeOptions(target=loopback)) == "auto"  # x86: the host's rule decides
+    assert _preset_for(QuantizeOptions(target=arm, preset="x86")) == "x86"  # an explicit preset stays

@@ -187,7 +187,26 @@ def _cross(
     return compare_outputs(x86, arm, labels, roles, samples=samples)
 
 
-def measure(case: Case, target: Any, workdir: Path) -> dict[str, Any]:
+def _preset_candidate(case: Case, engine: Any, output: Path, workdir: Path) -> str:
+    """Build the first rung's candidate (the auto preset, static QDQ) of a model the x86 gate refused."""
+    from converters.data import load_dataset
+    from converters.progress import NullProgress
+    from converters.quantize_onnx import preprocess_for_quantization, quantize_static_onnx, resolve_preset
+
+    try:
+        calibration = load_dataset(
+            case.calibration, engine.inputs, max_samples=256, seed=0, outputs=engine.outputs
+        )
+        if calibration.stateful:
+            return "n/a: stateful calibration data"
+        prepared = preprocess_for_quantization(case.model, workdir / "preprocessed.onnx", NullProgress())
+        used = quantize_static_onnx(prepared, output, calibration, resolve_preset("auto"))
+    except Exception as e:  # a bench reports every failure and goes on
+        return _short(e)
+    return f"the {used.name} preset candidate (refused by the x86 gate)"
+
+
+def measure(case: Case, target: Any, workdir: Path, max_evaluations: int = 20) -> dict[str, Any]:
     """Every figure of one case (see the module docstring); failures are recorded, not raised."""
     from converters.data import load_dataset, load_labels
     from converters.errors import GateError
@@ -212,7 +231,7 @@ def measure(case: Case, target: Any, workdir: Path) -> dict[str, Any]:
             case.calibration,
             eval_data=case.evaluation,
             labels=case.labels,
-            options=QuantizeOptions(latency=None, roles=case.roles),
+            options=QuantizeOptions(latency=None, roles=case.roles, max_evaluations=max_evaluations),
         )
         section = result.report.get("quantization", {})
         row["int8_strategy"] = section.get("strategy") or section.get("tflite_precision")
@@ -221,6 +240,9 @@ def measure(case: Case, target: Any, workdir: Path) -> dict[str, Any]:
         row["int8_strategy"] = _short(e)
     except Exception as e:  # a bench reports every failure and goes on
         row["int8_strategy"] = _short(e)
+    if not int8.exists() and case.model.suffix == ".onnx":
+        # refused on x86: its preset candidate still shows whether arm64 would judge it otherwise
+        row["int8_measured"] = _preset_candidate(case, engine, int8, workdir)
     models = {"float": case.model, **({"int8": int8} if int8.exists() else {})}
     outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for kind, path in models.items():
@@ -385,6 +407,8 @@ def table(document: dict[str, Any]) -> str:
             continue
         strategy = str(row.get("int8_strategy", "-"))
         strategy = "refused" if strategy.startswith("n/a: GateError") else strategy[:40]
+        if str(row.get("int8_measured", "")).startswith("the "):
+            strategy += f"; measured: {row['int8_measured'].split(' (')[0].removeprefix('the ')}"
         golden = row.get("golden", {})
         if golden.get("installed"):
             sqnrs = [
@@ -416,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", help="the device python inside the root (default: the device venv)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=20,
+        help="the quantize ladder's budget (default 20, as the CLI)",
+    )
+    parser.add_argument(
         "--table", type=Path, metavar="JSON", help="print the Markdown table of a --json file"
     )
     args = parser.parse_args(argv)
@@ -439,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                     if name in EXAMPLES
                     else _zoo_case(name, workdir, args.quick)
                 )
-                rows.append(measure(case, target, workdir))
+                rows.append(measure(case, target, workdir, args.max_evaluations))
             except Exception as e:  # a bench reports every failure and goes on
                 rows.append({"model": name, "error": _short(e)})
         log(f"{name}: {json.dumps(rows[-1], default=str)[:2000]}")

@@ -192,6 +192,8 @@ def _preset_candidate(case: Case, engine: Any, output: Path, workdir: Path) -> s
     from converters.data import load_dataset
     from converters.progress import NullProgress
     from converters.quantize_onnx import preprocess_for_quantization, quantize_static_onnx, resolve_preset
+    from device_runtime.engines import load_engine
+    from device_runtime.errors import EngineError
 
     try:
         calibration = load_dataset(
@@ -199,11 +201,22 @@ def _preset_candidate(case: Case, engine: Any, output: Path, workdir: Path) -> s
         )
         if calibration.stateful:
             return "n/a: stateful calibration data"
-        prepared = preprocess_for_quantization(case.model, workdir / "preprocessed.onnx", NullProgress())
-        used = quantize_static_onnx(prepared, output, calibration, resolve_preset("auto"))
+        for optimize in (True, False):  # Paddle exports load only without onnxruntime's fusions
+            prepared = preprocess_for_quantization(
+                case.model, workdir / "preprocessed.onnx", NullProgress(), optimize=optimize
+            )
+            used = quantize_static_onnx(prepared, output, calibration, resolve_preset("auto"))
+            try:
+                load_engine(output)
+                break
+            except EngineError:
+                output.unlink()
     except Exception as e:  # a bench reports every failure and goes on
         return _short(e)
-    return f"the {used.name} preset candidate (refused by the x86 gate)"
+    if not output.exists():
+        return "n/a: the preset candidate does not load with or without fusions"
+    fusions = "" if optimize else ", without fusions"
+    return f"the {used.name} preset candidate{fusions} (refused by the x86 gate)"
 
 
 def measure(case: Case, target: Any, workdir: Path, max_evaluations: int = 20) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 
 from converters.data import load_dataset
 from converters.errors import TargetError
-from converters.parity import parity_report
+from converters.parity import Gate, parity_report
 from converters.runner import run_model
 from converters.signature import Signature
 from converters.targets import HOST
@@ -113,3 +113,18 @@ def test_preset_auto_builds_for_the_targets_machine(tmp_path: Path) -> None:
     assert _preset_for(QuantizeOptions(target=arm)) == "arm"
     assert _preset_for(QuantizeOptions(target=loopback)) == "auto"  # x86: the host's rule decides
     assert _preset_for(QuantizeOptions(target=arm, preset="x86")) == "x86"  # an explicit preset stays
+
+
+def test_a_candidate_the_device_would_refuse_at_install_fails_the_target_gate(
+    tmp_path: Path, mlp: tuple[Path, Path]
+) -> None:
+    """Within the parity gate (>= 20 dB of the float model) but below the golden self-test's 30 dB against
+    this host's outputs: the bundle's goldens, recorded here, would fail on the device."""
+    model, data_file = mlp
+    data = load_dataset(data_file, load_engine(model).inputs)
+    gate = Gate(min_agreement=0.8)  # this MLP's logits are close: noise flips a few near-ties
+    report = parity_report(model, model, data, gate=gate, target=_noisy(loopback_device(tmp_path), 0.02))
+    sqnr = report["target_consistency"]["logits"]["sqnr_db"]
+    assert report["outputs"][0]["sqnr_db"] >= 20.0 and sqnr < 30.0
+    assert not report["passed"]
+    assert len(report["failures"]) == 1 and "golden self-test" in report["failures"][0]

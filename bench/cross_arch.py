@@ -16,8 +16,9 @@ realistic inputs; examples: the digits CNN trained 3 epochs and MobileNetV2 with
 3. **x86 vs arm64**, float and int8: the role-aware parity metrics of the arm64 outputs against the x86
    outputs of the same model (classification agreement, whole-tensor SQNR, the role's objective);
 4. **the int8 gate on each architecture**: int8 (x86 and arm64 outputs) against the x86 float reference,
-   judged by the default gate: a model whose verdict differs is one ``--target arm64`` would refuse or
-   repair while the x86 gate passes it;
+   judged by the default gate, plus on arm64 what ``--target arm64`` adds: the int8 model's arm64 outputs
+   against its x86 outputs within the golden self-test's 30 dB; a model whose verdict differs is one
+   ``--target arm64`` refuses or repairs while the x86 gate passes it;
 5. **golden self-test on arm64**: the int8 model (float when int8 fails the gate) in a signed bundle whose
    golden outputs were recorded on x86, installed by ``python -m device_runtime install`` in the emulated
    device: the install runs the self-test and refuses the model when the outputs differ.
@@ -223,7 +224,7 @@ def measure(case: Case, target: Any, workdir: Path, max_evaluations: int = 20) -
     """Every figure of one case (see the module docstring); failures are recorded, not raised."""
     from converters.data import load_dataset, load_labels
     from converters.errors import GateError
-    from converters.parity import INT8_GATE, evaluate_gate
+    from converters.parity import INT8_GATE, consistency_failures, evaluate_gate, target_consistency
     from converters.quantize import QuantizeOptions, quantize
     from converters.runner import run_model
     from device_runtime.engines import load_engine
@@ -276,6 +277,9 @@ def measure(case: Case, target: Any, workdir: Path, max_evaluations: int = 20) -
         for arch in ("x86", "arm64"):
             metrics = _cross(reference, outputs["int8"][arch], case.roles, data.size, labels)
             failures = evaluate_gate(metrics, INT8_GATE)
+            if arch == "arm64":  # what `--target arm64` adds: the device's golden self-test against x86
+                consistency = target_consistency(outputs["int8"]["x86"], outputs["int8"]["arm64"])
+                failures += consistency_failures(consistency, "arm64")
             row[f"int8_gate_{arch}"] = {
                 "passed": not failures,
                 "failures": failures,
@@ -404,6 +408,8 @@ def _gate_cell(row: dict[str, Any], arch: str) -> str:
     if gate["passed"]:
         worst = min(gate["outputs"], key=lambda r: r["sqnr_db"])
         return f"pass ({worst['sqnr_db']:.1f} dB)"
+    if all("golden self-test" in f for f in gate["failures"]):
+        return "**fail**: x86 vs arm64 < 30 dB (golden self-test)"
     return "fail"
 
 

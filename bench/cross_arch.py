@@ -440,7 +440,12 @@ def table(document: dict[str, Any]) -> str:
             shown += f"; x86 {min(host_sqnrs):.1f} dB" if host_sqnrs else ""
             golden_cell = f"pass ({golden['model']}{shown})"
         else:
-            golden_cell = f"FAIL: {golden.get('error', '-')}"[:80]
+            reason = str(golden.get("error", "-")).split("engine: ")[-1]
+            host_sqnrs = [
+                v for v in (golden.get("x86_self_test_sqnr_db") or {}).values() if isinstance(v, (int, float))
+            ]
+            on_host = f"; x86 passes, {min(host_sqnrs):.1f} dB" if host_sqnrs else ""
+            golden_cell = f"**refused**: {reason[:70]}{on_host}"
         lines.append(
             f"| {row['model']} ({row.get('samples', '?')} samples) | {strategy} | "
             f"{_pair_cell(row.get('float_x86_vs_arm64'))} | {_pair_cell(row.get('int8_x86_vs_arm64'))} | "

@@ -8,7 +8,8 @@
     ├── DataError           calibration / evaluation data or labels do not fit the model
     ├── ConversionError     an export failed or did not reproduce the source framework's outputs
     ├── QuantizationError   every quantization configuration failed
-    └── GateError           the parity gate refused the candidate (carries the report)
+    ├── GateError           the parity gate refused the candidate (carries the report)
+    └── TargetError         the target device (e.g. the emulated arm64 root) could not run a model
 
 Every message names the file or tensor, what was observed, what was expected and how to fix it.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "GateError",
     "ModelInputError",
     "QuantizationError",
+    "TargetError",
     "UnsupportedModelError",
     "explain",
     "first_line",
@@ -65,6 +67,10 @@ class GateError(ConverterError):
     def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class TargetError(ConverterError):
+    """The target device (e.g. the emulated arm64 root) is unavailable or failed to run a model."""
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -27,8 +27,9 @@ from converters.role_metrics import ROLE_THRESHOLDS, role_failures, role_metrics
 from converters.roles import resolve_roles
 from converters.runner import run_model
 from converters.signature import with_hints
+from converters.targets import HOST, Target
 from device_runtime.engines import Engine, load_engine
-from device_runtime.golden import sqnr_db  # one SQNR for host and device: the same numbers
+from device_runtime.golden import GoldenTolerance, sqnr_db  # one SQNR for host and device: the same numbers
 from device_runtime.preprocess import OutputSpec
 
 __all__ = [
@@ -260,31 +261,79 @@ def parity_report(
     reference_outputs: Mapping[str, np.ndarray] | None = None,
     progress: Progress | None = None,
     roles: Mapping[str, OutputSpec] | None = None,
+    target: Target = HOST,
 ) -> dict[str, Any]:
     """Run both models on `data` (through the device's engines) and return the parity report dict.
 
     `reference_outputs` skips re-running the reference when the caller has them already; `roles` are the
     declared output roles (:func:`converters.roles.load_roles`), the others are inferred from shapes.
-    The report holds every output's role, role metrics and the thresholds it was judged by.
+    `target` is where the candidate runs (:mod:`converters.targets`; the reference always runs on this
+    host: the float model as the build host computes it is the contract every device is held to).
+    The report holds every output's role, role metrics, the thresholds it was judged by and the target.
     """
     reference_engine = load_engine(reference_path)
     candidate_engine = load_engine(candidate_path)
     if reference_outputs is None:
         reference_outputs = run_model(reference_engine, data, progress=progress, label="reference")
-    candidate_outputs = run_model(candidate_engine, data, progress=progress, label="candidate")
+    candidate_outputs = run_model(
+        candidate_engine,
+        data,
+        progress=progress,
+        label="candidate" if target is HOST else f"candidate on {target.name}",
+        executor=target.executor(candidate_path),
+    )
     metrics = compare_outputs(reference_outputs, candidate_outputs, labels, roles, samples=data.size)
     failures = evaluate_gate(metrics, gate)
+    consistency = None
+    if target is not HOST:
+        here = run_model(candidate_engine, data, progress=progress, label="candidate on this host")
+        consistency = target_consistency(here, candidate_outputs)
+        failures += consistency_failures(consistency, target.name)
     return {
         "schema": "edgekit.parity/v1",
         "reference": _model_entry(reference_path, reference_engine),
         "candidate": _model_entry(candidate_path, candidate_engine),
+        "target": {"reference": HOST.describe(), "candidate": target.describe()},
         "samples": data.size,
         "gate": asdict(gate),
         "role_thresholds": {kind: gate.thresholds_for(kind) for kind in ROLE_THRESHOLDS},
         "passed": not failures,
         "failures": failures,
         "outputs": [{**asdict(m), "thresholds": _thresholds(m, gate)} for m in metrics],
+        **({"target_consistency": consistency} if consistency is not None else {}),
     }
+
+
+def target_consistency(
+    host: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Per output: the candidate's target outputs against its outputs on this host, judged as the device's
+    golden self-test judges them: SQNR against the golden tolerance's floor (top-1 agreement is reported,
+    not gated: over a whole evaluation set one near-tie would refuse what the golden samples accept)."""
+    tolerance = GoldenTolerance()
+    rows = {}
+    for name, x in host.items():
+        y = target[name]
+        row = {"sqnr_db": sqnr_db(x, y), "min_sqnr_db": tolerance.min_sqnr_db}
+        if x.ndim == 2 and x.shape[1] >= 2:
+            row["agreement"] = float(np.mean(x.argmax(axis=1) == y.argmax(axis=1)))
+        rows[name] = row
+    return rows
+
+
+def consistency_failures(consistency: Mapping[str, Mapping[str, float]], target: str) -> list[str]:
+    """Outputs whose target figures the device's golden self-test would refuse (bundle goldens are recorded
+    on the build host): the gate refuses those too, so `quantize` repairs them instead of shipping a bundle
+    the device will not install."""
+    failures = []
+    for name, row in consistency.items():
+        if not row["sqnr_db"] >= row["min_sqnr_db"]:
+            failures.append(
+                f"{name}: on {target} the candidate's outputs differ from this host's by SQNR "
+                f"{row['sqnr_db']:.2f} dB < {row['min_sqnr_db']:.2f} dB: the device's golden self-test "
+                "(goldens are recorded on this host) would refuse the bundle"
+            )
+    return failures
 
 
 def _thresholds(m: OutputMetrics, gate: Gate) -> dict[str, float]:

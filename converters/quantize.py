@@ -29,6 +29,7 @@ from converters.parity import INT8_GATE, Gate, parity_report, summary_metrics
 from converters.progress import NullProgress, Progress
 from converters.runner import run_model, unroll
 from converters.signature import Signature
+from converters.targets import HOST, Target
 from device_runtime.engines import Engine, TensorInfo, load_engine
 from device_runtime.preprocess import OutputSpec
 
@@ -58,6 +59,7 @@ class QuantizeOptions:
     preprocess: str | Path | None = None  # spec for folders of images
     signature: Signature | None = None  # declared batch axes and state pairs (converters.signature)
     roles: Mapping[str, OutputSpec] | None = None  # declared output roles (converters.roles.load_roles)
+    target: Target = HOST  # where candidates are measured (converters.targets); the reference runs here
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,10 @@ def _quantize_onnx(
             labels=label_array,
             reference_outputs=reference_outputs,
             roles=options.roles,
+            target=options.target,
         )
 
-    config = resolve_preset(options.preset)
+    config = resolve_preset(_preset_for(options))
     if options.calibration_method is not None:
         config = replace(config, calibration=options.calibration_method)
     if options.per_channel is not None:
@@ -253,6 +256,14 @@ def _quantize_onnx(
     return _finish(
         report, section, outcome.repair, per_tensor, model, best.path, output, steps, options, progress
     )
+
+
+def _preset_for(options: QuantizeOptions) -> str:
+    """`auto` follows the machine the model is measured on: a model gated on arm64 is built for arm64."""
+    machine = str(options.target.describe().get("machine", "")).lower()
+    if options.preset == "auto" and options.target is not HOST and machine.startswith(("arm", "aarch64")):
+        return "arm"
+    return options.preset
 
 
 def note_repair(repair: dict[str, Any], progress: Progress) -> None:
@@ -348,6 +359,7 @@ def _quantize_tflite(
         labels=label_array,
         progress=progress,
         roles=options.roles,
+        target=options.target,
     )
     report["reference"]["path"] = f"{model} (float32 TFLite)"
     section = {
@@ -429,6 +441,12 @@ def _finish(
             reference, candidate, sample.feeds(slice(0, sample.size)), config, batch_axes=sample.batch_axes
         )
         latency["required_speedup"] = options.require_speedup
+        if options.target is not HOST:
+            # parity came from the target, speed did not: an emulated device's timings are not its speed
+            latency["measured_on"] = HOST.describe()
+            progress.note(
+                f"latency is measured on this host, not on {options.target.name}: measure speed on the device"
+            )
         report["latency"] = latency
         if latency["verdict"] == "slower":
             words = speed_words(latency)

@@ -29,8 +29,13 @@ from converters.errors import DataError
 from converters.progress import NullProgress, Progress
 from converters.signature import batch_symbol, infer_batch_axis
 from device_runtime.engines import Engine, TensorInfo
+from device_runtime.feeds import run_feeds
 
-__all__ = ["run_model", "unroll"]
+__all__ = ["RunExecutor", "run_model", "unroll"]
+
+# Executes planned engine calls somewhere else (e.g. an emulated arm64 device): (calls, steps per
+# sequence, state output -> input) -> every call's outputs, in order (device_runtime.feeds.run_feeds).
+RunExecutor = Callable[[list[dict[str, np.ndarray]], int, dict[str, str]], list[dict[str, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -49,14 +54,17 @@ def run_model(
     batch_size: int = 64,
     progress: Progress | None = None,
     label: str = "run",
+    executor: RunExecutor | None = None,
 ) -> dict[str, np.ndarray]:
     """Run every sample of `data` through `engine`; outputs concatenated on their own batch axes by name.
+
+    `executor` runs the planned calls elsewhere (`engine` then only describes the model); default: here.
 
     Raises:
         DataError: a state cannot start at zeros (dynamic dims) and the data gives no initial state.
         EngineError: the engine refuses the feeds.
     """
-    outputs, _ = _run(engine, data, batch_size, progress or NullProgress(), label, record=False)
+    outputs, _ = _run(engine, data, batch_size, progress or NullProgress(), label, False, executor)
     return outputs
 
 
@@ -75,7 +83,13 @@ def unroll(
 
 
 def _run(
-    engine: Engine, data: Dataset, batch_size: int, progress: Progress, label: str, record: bool
+    engine: Engine,
+    data: Dataset,
+    batch_size: int,
+    progress: Progress,
+    label: str,
+    record: bool,
+    executor: RunExecutor | None = None,
 ) -> tuple[dict[str, np.ndarray], Dataset | None]:
     size = data.run_batch(batch_size)
     fixed = data.max_batch is not None and data.max_batch > 1
@@ -88,11 +102,11 @@ def _run(
     task = progress.task(label, data.size)
     try:
         guesses = _guessed_axes(engine, data)
-        runs, feeds_log = _execute(engine, data, size, fixed, task.advance, record)
+        runs, feeds_log = _execute(engine, data, size, fixed, task.advance, record, executor)
         axes = _measured_axes(runs, guesses)
         if not fixed and any(axis is None for axis in axes.values()) and any(r.count > 1 for r in runs):
             # an output that does not follow the sample count: batching would change it
-            runs, feeds_log = _execute(engine, data, 1, False, lambda _n: None, record)
+            runs, feeds_log = _execute(engine, data, 1, False, lambda _n: None, record, executor)
             axes = _measured_axes(runs, guesses)
     finally:
         task.close()
@@ -111,26 +125,44 @@ def _execute(
     fixed: bool,
     advance: Callable[[int], None],
     record: bool,
+    executor: RunExecutor | None = None,
 ) -> tuple[list[_Run], list[dict[str, np.ndarray]]]:
-    """All runs in order: sequence chunks × steps (step 0 only for data without state)."""
+    """All runs in order: sequence chunks × steps (step 0 only for data without state).
+
+    The calls are planned here and executed by `executor` (default: `engine` in this process, through
+    the device's own loop :func:`device_runtime.feeds.run_feeds`, which feeds the states back).
+    """
     steps = data.steps if data.stateful else 1
     units = data.sequences if data.stateful else data.size
-    bounds = _chunks(units, size, fixed)
-    runs: list[_Run] = []
-    feeds_log: list[dict[str, np.ndarray]] = []
-    for start, stop in bounds:
+    plan: list[dict[str, np.ndarray]] = []
+    counts: list[int] = []
+    for start, stop in _chunks(units, size, fixed):
         states = _initial_states(engine, data, start, stop) if data.stateful else {}
         for step in range(steps):
             rows = np.arange(start, stop) * steps + step
             feeds = data.feeds(rows if data.stateful else slice(start, stop))
-            feeds.update(states)
-            if record:
-                feeds_log.append(feeds)
-            outputs = {name: np.asarray(value) for name, value in engine.run(feeds).items()}
-            for output, target in data.states.items():
-                states[target] = outputs[output]
-            runs.append(_Run(stop - start, step, outputs))
-            advance(stop - start)
+            if step == 0:
+                feeds.update(states)
+            plan.append(feeds)
+            counts.append(stop - start)
+    if executor is None:
+        results = run_feeds(
+            engine, plan, steps=steps, states=data.states, on_run=lambda i, _f, _o: advance(counts[i])
+        )
+    else:
+        results = executor(plan, steps, dict(data.states))
+        advance(sum(counts))
+    runs = [
+        _Run(count, index % steps, outputs)
+        for index, (count, outputs) in enumerate(zip(counts, results, strict=True))
+    ]
+    feeds_log: list[dict[str, np.ndarray]] = []
+    if record:  # what each call was fed, the states carried from the previous step included
+        for index, feeds in enumerate(plan):
+            given = dict(feeds)
+            if index % steps:
+                given.update({t: results[index - 1][o] for o, t in data.states.items()})
+            feeds_log.append(given)
     return runs, feeds_log
 
 

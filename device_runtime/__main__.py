@@ -10,6 +10,10 @@
       bench BUNDLE [BUNDLE ...] [--seconds S] [--input FILE] [--threads N] [--json]
                                          verify, load and time bundles here, interleaved; latency ratio
                                          against the first bundle with a 95% confidence interval
+    python -m device_runtime run-model MODEL --inputs IN.npz --output OUT.npz [--steps N] [--state OUT=IN]
+                                         run a model file (no store, keys or ids needed) on given feeds
+                                         with this device's engines: one run keyed by input name, or
+                                         runs keyed "i/name"; --state feeds an output back for N steps
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr, no traceback), 2 bad usage. Standard library
 argparse only: the device side does not depend on click. This module is the only device code that prints.
@@ -45,12 +49,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The edgekit device runtime, from the command line.")
-    parser.add_argument("--store", required=True, type=Path, help="the runtime's store folder")
-    parser.add_argument(
-        "--key", required=True, action="append", type=Path, help="pinned release public key (repeatable)"
-    )
-    parser.add_argument("--device-id", required=True, help="this device's id")
-    parser.add_argument("--hardware-id", required=True, help="this device's hardware id")
+    # Required by every command but run-model (checked in _run: argparse cannot make them per-command).
+    parser.add_argument("--store", type=Path, help="the runtime's store folder")
+    parser.add_argument("--key", action="append", type=Path, help="pinned release public key (repeatable)")
+    parser.add_argument("--device-id", help="this device's id")
+    parser.add_argument("--hardware-id", help="this device's hardware id")
     parser.add_argument("--threshold", type=int, default=1, help="distinct pinned keys that must sign")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     install = commands.add_parser("install", help="verify, self-test and activate a signed bundle")
@@ -84,6 +87,22 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--input", type=Path, help="one input for every bundle (default: their golden inputs)")
     bench.add_argument("--threads", type=int, help="intra-op threads per engine (default: the engine's)")
     bench.add_argument("--json", action="store_true", help="print JSON")
+    run_model = commands.add_parser(
+        "run-model", help="run a model file on given feeds with this device's engines (device_runtime.feeds)"
+    )
+    run_model.add_argument("model", type=Path, help="a .onnx or .tflite file")
+    run_model.add_argument("--inputs", required=True, type=Path, help=".npz feeds: by input name, or i/name")
+    run_model.add_argument("--output", required=True, type=Path, help=".npz to write the outputs to")
+    run_model.add_argument("--steps", type=int, default=1, help="calls per sequence (default 1)")
+    run_model.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="OUT=IN",
+        help="output fed back to an input (repeatable)",
+    )
+    run_model.add_argument("--threads", type=int, help="intra-op threads (default: the engine's)")
+    run_model.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -124,6 +143,20 @@ def _run(args: argparse.Namespace) -> int:
     from device_runtime.config import RuntimeConfig
     from device_runtime.runtime import Runtime
 
+    if args.command == "run-model":  # a diagnostic on a model file: no store, keys or device ids
+        return _run_model(args)
+    missing = [
+        option
+        for option, value in (
+            ("--store", args.store),
+            ("--key", args.key),
+            ("--device-id", args.device_id),
+            ("--hardware-id", args.hardware_id),
+        )
+        if value is None
+    ]
+    if missing:
+        raise _UsageError(f"the following arguments are required for {args.command}: {', '.join(missing)}")
     if args.command == "bench":  # no store needed: bundles are verified into a private temporary folder
         return _bench(args)
 
@@ -376,6 +409,38 @@ def _bench(args: argparse.Namespace) -> int:
         _emit(report)
     else:
         print("\n".join(format_report(report)))
+    return 0
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from device_runtime.engines import load_engine
+    from device_runtime.feeds import load_runs, run_feeds, save_runs
+
+    if args.threads is not None and not 1 <= args.threads <= 256:
+        raise _UsageError("--threads must be in 1..256")
+    if args.steps < 1:
+        raise _UsageError("--steps must be at least 1")
+    states = {}
+    for pair in args.state:
+        output, eq, target = pair.partition("=")
+        if not eq or not output or not target:
+            raise _UsageError(f"--state {pair!r}: expected OUTPUT=INPUT")
+        states[output] = target
+    runs, keyed = load_runs(args.inputs)
+    engine = load_engine(args.model, threads=args.threads)
+    results = run_feeds(engine, runs, steps=args.steps, states=states)
+    save_runs(args.output, results, keyed=keyed)  # answer in the form asked
+    summary = {
+        "model": str(args.model),
+        "engine": engine.kind,
+        "runs": len(results),
+        "output": str(args.output),
+        "outputs": {o.name: list(o.shape) for o in engine.outputs},
+    }
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"ran {summary['runs']} run(s) of {args.model} on {engine.kind}; outputs in {args.output}")
     return 0
 
 

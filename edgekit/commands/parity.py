@@ -59,12 +59,28 @@ def gate_options(function: Any) -> Any:
     return function
 
 
+def target_option(function: Any) -> Any:
+    """`--target host|arm64`: where the candidate's figures are measured (shared by parity and quantize)."""
+    return click.option(
+        "--target",
+        type=click.Choice(["host", "arm64"]),
+        default="host",
+        show_default=True,
+        help="Where the candidate runs for the gate: this host, or the emulated arm64 device (QEMU, "
+        "Cortex-A72; the root is built on first use). The float reference always runs on this host.",
+    )(function)
+
+
 def print_summary(report: dict[str, Any]) -> None:
     """Human summary of a parity report."""
     verdict = "PASS" if report["passed"] else "FAIL"
     click.echo(f"parity on {report['samples']} samples: {verdict}")
     click.echo(f"  reference  {report['reference']['path']} ({report['reference']['engine']})")
     click.echo(f"  candidate  {report['candidate']['path']} ({report['candidate']['engine']})")
+    target = report.get("target", {}).get("candidate")
+    if target and target.get("name") != "host":
+        emulated = f"emulated, {target.get('cpu', 'unknown CPU')}" if target.get("emulated") else "device"
+        click.echo(f"  measured   candidate on {target['name']} ({target['machine']}, {emulated})")
     for output in report["outputs"]:
         parts = []
         if output["agreement"] is not None:
@@ -124,6 +140,7 @@ def _role_line(output: dict[str, Any]) -> str:
 @click.option("--samples", type=click.IntRange(1), default=None, help="Evaluate at most this many samples.")
 @signature_options
 @gate_options
+@target_option
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -142,6 +159,7 @@ def parity(
     min_sqnr: float,
     min_cosine: float | None,
     roles: tuple[str, ...],
+    target: str,
     report_path: Path | None,
     html_path: Path | None,
     as_json: bool,
@@ -149,12 +167,14 @@ def parity(
     """Compare CANDIDATE with REFERENCE (ONNX or TFLite, either engine) on DATA; exit 1 if the gate fails.
 
     Each output is judged as its role (--role, the --preprocess spec's outputs, else inferred from its
-    shape): a detector by recall and precision of its detections after NMS, not by whole-tensor SQNR."""
+    shape): a detector by recall and precision of its detections after NMS, not by whole-tensor SQNR.
+    With --target arm64 the candidate runs in the emulated arm64 device and the gate judges those outputs."""
     from converters.data import load_dataset, load_labels
     from converters.parity import Gate, parity_report
     from converters.report_html import write_html
     from converters.roles import load_roles
     from device_runtime.engines import load_engine
+    from edgekit.targets import resolve_target
 
     declared = load_roles(roles, preprocess)
     progress = ClickProgress(quiet=as_json)
@@ -172,7 +192,14 @@ def parity(
         min_agreement=min_agreement, max_drop_pp=max_drop, min_sqnr_db=min_sqnr, min_cosine=min_cosine
     )
     report = parity_report(
-        reference, candidate, dataset, gate=gate, labels=label_array, progress=progress, roles=declared
+        reference,
+        candidate,
+        dataset,
+        gate=gate,
+        labels=label_array,
+        progress=progress,
+        roles=declared,
+        target=resolve_target(target),
     )
     if report_path is not None:
         write_json(report, report_path)

@@ -15,7 +15,7 @@ from edgekit.commands._common import (
     signature_options,
     write_json,
 )
-from edgekit.commands.parity import gate_options, print_summary
+from edgekit.commands.parity import gate_options, print_summary, target_option
 
 
 @click.command()
@@ -57,7 +57,8 @@ from edgekit.commands.parity import gate_options, print_summary
     type=click.Choice(["auto", "x86", "x86-reduce-range", "arm"]),
     default="auto",
     show_default=True,
-    help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; arm = symmetric int8.",
+    help="Static int8 target: x86 = uint8 activations + int8 per-channel weights; arm = symmetric int8. "
+    "auto: by this host's CPU, or arm with --target arm64.",
 )
 @click.option(
     "--per-tensor",
@@ -81,6 +82,7 @@ from edgekit.commands.parity import gate_options, print_summary
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sampling.")
 @signature_options
 @gate_options
+@target_option
 @click.option(
     "--no-repair", is_flag=True, help="Do not search for nodes to keep in float when the gate fails."
 )
@@ -123,6 +125,7 @@ def quantize(
     min_sqnr: float,
     min_cosine: float | None,
     roles: tuple[str, ...],
+    target: str,
     no_repair: bool,
     max_evaluations: int,
     require_speedup: bool,
@@ -138,7 +141,8 @@ def quantize(
     fusions, int8 Conv/MatMul/Gemm only, other calibration methods, the other weight granularity, dynamic
     int8, then the nodes that lose the most SQNR kept in float (bisection), within the evaluation budget.
     Speed on this host is reported; slower is a warning, and refused only on request. Same inputs and
-    seed give identical bytes.
+    seed give identical bytes. With --target arm64 every candidate is judged on its outputs in the
+    emulated arm64 device, so the ladder and the repair fix what fails on ARM.
     """
     from converters.errors import GateError, QuantizationError
     from converters.latency import LatencyConfig
@@ -147,6 +151,7 @@ def quantize(
     from converters.quantize import quantize as run_quantize
     from converters.report_html import write_html
     from converters.roles import load_roles
+    from edgekit.targets import resolve_target
 
     progress = ClickProgress(quiet=as_json)
     if allow_slower:
@@ -171,6 +176,7 @@ def quantize(
         preprocess=preprocess,
         signature=parse_signature(batch_axes, states),
         roles=load_roles(roles, preprocess),
+        target=resolve_target(target),
     )
     report: dict[str, Any] | None = None
     try:

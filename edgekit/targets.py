@@ -14,6 +14,7 @@ device code that runs there is this host's own (:mod:`converters.targets` stages
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,22 +90,27 @@ def arm64_target(root: str | os.PathLike[str] | None = None, python: str | None 
 
 def _device_python(root: Path) -> str:
     """The root's device venv python; installed from this checkout's device distribution when missing."""
-    from edgekit.emulation.device_env import VENV, ensure_device_python
+    from edgekit.emulation.device_env import VENV, ensure_device_python, installed_device_python
 
-    python = f"{VENV}/bin/python"
-    if (root / python.lstrip("/")).exists():
+    python = installed_device_python(root)  # only a finished install counts, never a half-made venv
+    if python is not None:
         return python  # only numpy and the engines are used from it: the device code is staged per run
-    device = Path(__file__).resolve().parents[1] / "device"
+    checkout = Path(__file__).resolve().parents[1]
+    device = checkout / "device"
     lock = device / "requirements" / "py311.txt"
     if not (device / "pyproject.toml").is_file() or not lock.is_file():
         raise TargetError(
-            f"the arm64 root {root} has no device Python ({python}) and no device/ source is beside this "
-            "edgekit to install it from; run `bash scripts/arm64.sh` from a checkout, or set "
+            f"the arm64 root {root} has no device Python ({VENV}/bin/python) and no device/ source is beside "
+            "this edgekit to install it from; run `bash scripts/arm64.sh` from a checkout, or set "
             "EDGEKIT_ARM64_PYTHON to a python inside the root that has numpy and the engines"
         )
     with tempfile.TemporaryDirectory(prefix="edgekit-device-wheel-") as tmp:
+        # Built from a copy: an in-tree build would leave build/ and egg-info folders in the user's checkout.
+        tree = Path(tmp) / "tree"
+        for part in ("device", "device_runtime", "signing"):
+            shutil.copytree(checkout / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
         built = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp, str(device)],
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp, str(tree / "device")],
             capture_output=True,
             text=True,
             check=False,

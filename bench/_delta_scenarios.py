@@ -16,7 +16,6 @@ The folder is a cache keyed by the epoch count: a second run reuses the bundles 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -52,16 +51,6 @@ def _log(message: str) -> None:
     print(f"[delta] {message}", file=sys.stderr, flush=True)
 
 
-def _train_module() -> Any:
-    path = ROOT / "examples" / "digits" / "train.py"
-    spec = importlib.util.spec_from_file_location("edgekit_bench_digits_train", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fit(model: Any, x: Any, y: Any, epochs: int, learning_rate: float) -> None:
     import keras
 
@@ -77,9 +66,10 @@ def _train_all(folder: Path, epochs: int) -> None:
     import keras
     import numpy as np
 
+    from bench.quantize import _import_digits_train
     from device_runtime.preprocess import load_spec, preprocess_images
 
-    train = _train_module()
+    train = _import_digits_train()
     (folder / "preprocess.json").write_text(json.dumps(train.SPEC, indent=2) + "\n", encoding="utf-8")
     spec = load_spec(folder / "preprocess.json").inputs[0]
     train_paths, _, labels, _ = train.write_images(folder)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,15 +72,22 @@ SYSTEM_PYTHON = "/usr/bin/python3"
     ],
 )
 def test_unprivileged_callers_get_a_typed_error_naming_the_fix(call: str, match: str) -> None:
-    code = (
-        "from edgekit.emulation import run_in_root, HostSetupError\n"
-        "from edgekit.emulation.root import ensure_root\n"
-        f"try:\n    {call}\nexcept HostSetupError as e:\n    print('HostSetupError:', e)\n"
-    )
-    proc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", code], capture_output=True, text=True, user="nobody", group="nogroup",
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/tmp"}, cwd="/", check=False,
-    )  # fmt: skip
+    # The checkout (and pytest's tmp_path) may sit where `nobody` cannot read: it imports a readable copy.
+    with tempfile.TemporaryDirectory(prefix="edgekit-unprivileged-", dir="/tmp") as tmp:
+        readable = Path(tmp)
+        shutil.copytree(REPO / "edgekit", readable / "edgekit", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [readable, *readable.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        code = (
+            "from edgekit.emulation import run_in_root, HostSetupError\n"
+            "from edgekit.emulation.root import ensure_root\n"
+            f"try:\n    {call}\nexcept HostSetupError as e:\n    print('HostSetupError:', e)\n"
+        )
+        proc = subprocess.run(
+            [SYSTEM_PYTHON, "-c", code], capture_output=True, text=True, user="nobody", group="nogroup",
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(readable), "HOME": "/tmp"},
+            cwd="/", check=False,
+        )  # fmt: skip
     assert proc.stdout.startswith("HostSetupError:"), proc.stderr
     assert match in proc.stdout and "run as root" in proc.stdout
 

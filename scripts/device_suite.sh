@@ -10,14 +10,27 @@
 #   bash scripts/device_suite.sh py310 [PYTEST_ARGS...]
 #                                            stage into $EDGEKIT_DEVICE_STAGE (default
 #                                            ~/.cache/edgekit/device-suite) and run the suites on Python 3.10:
-#                                            $EDGEKIT_PY310 (default pyenv's /root/.pyenv/versions/3.10.13)
+#                                            $EDGEKIT_PY310 (default python3.10 on PATH, else pyenv's 3.10.13)
 #   bash scripts/device_suite.sh lock        regenerate device/requirements/py310.txt and py311.txt from
 #                                            lock.in with $EDGEKIT_PY310 / $EDGEKIT_PY311, and check that
 #                                            every pin has wheels for x86_64 and aarch64
 # Exit status: the runner's (pytest's), 125 when the environment could not be set up, 2 on usage errors.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-py310=${EDGEKIT_PY310:-/root/.pyenv/versions/3.10.13/bin/python}
+# A Python 3.10: $EDGEKIT_PY310, else the first that runs as 3.10 of pyenv's (this machine image has 3.10.13)
+# and `python3.10` on PATH (a pyenv shim there may exist and still refuse to run, hence the check).
+find_py310() {
+    local candidate
+    for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10.*/bin/python "$(command -v python3.10 || true)"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+            echo "$candidate"
+            return
+        fi
+    done
+    echo "python3.10 (none found)"
+}
+py310=${EDGEKIT_PY310:-$(find_py310)}
 py311=${EDGEKIT_PY311:-/root/.pyenv/versions/3.11.7/bin/python}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -42,6 +55,8 @@ stage() {
     # stamp includes the wheel's hash).
     mkdir -p "$work/tree"
     cp -R "$repo/device" "$repo/device_runtime" "$repo/signing" "$work/tree/"
+    # an in-tree build elsewhere may have left build/ or egg-info folders: never let them into the wheel
+    rm -rf "$work/tree/device/build" "$work/tree"/*.egg-info "$work/tree/device"/*.egg-info
     find "$work/tree" -name __pycache__ -prune -exec rm -rf {} +
     rm -rf "$dir/dist.tmp" && mkdir -p "$dir/dist.tmp"
     SOURCE_DATE_EPOCH=315532800 "$(build_python)" -m pip wheel --quiet --no-deps --wheel-dir "$dir/dist.tmp" \

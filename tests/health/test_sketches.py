@@ -114,3 +114,19 @@ def test_non_finite_inputs_are_left_out_and_the_payload_stays_valid() -> None:
     )
     assert all(np.isfinite(c.mean) and np.isfinite(c.m2) for c in sketch.inputs["x"])
     assert [c.n for c in sketch.inputs["x"]] == [20 * 16 - 2] * 2  # without the two non-finite pixels
+
+
+def test_an_input_the_sketch_cannot_read_never_costs_the_window() -> None:
+    # The input's rank changes mid-window (a caller feeding another shape): that input's channels stop,
+    # while every inference still lands in the class and confidence histograms, so the window's payload
+    # still satisfies the contract instead of being refused whole.
+    rng = np.random.default_rng(7)
+    monitor = HealthMonitor(every=10_000, seconds=3600)
+    for i in range(6):
+        shape = (1, 3, 8, 8) if i < 3 else (5,)
+        feed = {"x": rng.random(shape, dtype=np.float32)}
+        monitor.observe(BUNDLE, "1.0.0", None, feed, _result(rng), float(i))
+    (payload,) = monitor.drain(6.0)
+    parsed = parse_payload("health", json.loads(json.dumps(payload)))
+    assert payload["inferences"] == 6
+    assert parsed is not None

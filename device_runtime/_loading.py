@@ -86,7 +86,7 @@ def _parse_health(data: bytes) -> Any:
     Raises:
         InstallError: reason "health": not strict JSON or not a bounded profile.
     """
-    from device_runtime.health import parse_profile
+    from device_runtime.health import PROFILE_SCHEMA, parse_profile
     from signing.errors import FormatError
     from signing.strict_json import parse_strict
 
@@ -94,6 +94,11 @@ def _parse_health(data: bytes) -> Any:
         document = parse_strict(data, what="health.json", max_bytes=1 << 20)
     except FormatError as e:
         raise InstallError(f"health.json: {e}", reason="health") from e
+    schema = document.get("schema") if isinstance(document, dict) else None
+    if isinstance(schema, str) and schema.startswith("edgekit.health/") and schema != PROFILE_SCHEMA:
+        # A newer profile format than this device knows: the profile is optional metadata, so the device
+        # installs the bundle and reports sketches without reference bins rather than refusing the release.
+        return None
     return parse_profile(document)
 
 

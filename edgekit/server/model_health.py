@@ -27,6 +27,8 @@ from edgekit.rollout.health_sketches import ArmHealth, DeviceHealth, merge_arms
 from edgekit.rollout.plan import RolloutPlan, arm
 from edgekit.server.aggregate import SETTLE_S
 from edgekit.server.storage import Database
+from signing.errors import FormatError
+from signing.strict_json import parse_strict
 
 __all__ = ["arm_health", "health_devices", "health_view", "reference_profile"]
 
@@ -81,7 +83,7 @@ def reference_profile(repo: Any, bundle_id: str) -> HealthProfile | None:
                 path = PurePosixPath(target["path"])
                 profile = _read_profile(repo.targets_dir / path.parent / f"{target['sha256']}.{path.name}")
                 break
-    except (OSError, KeyError, TypeError, ValueError, tarfile.TarError, DeviceRuntimeError):
+    except (OSError, KeyError, TypeError, ValueError, tarfile.TarError, DeviceRuntimeError, FormatError):
         profile = None
     _PROFILES[bundle_id] = profile
     while len(_PROFILES) > _PROFILE_CACHE:
@@ -100,7 +102,7 @@ def _read_profile(bundle: Path) -> HealthProfile | None:
         handle = archive.extractfile(member)
         if handle is None:
             return None
-        return parse_profile(json.loads(handle.read()))
+        return parse_profile(parse_strict(handle.read(), what=HEALTH_FILE, max_bytes=MAX_PROFILE_BYTES))
 
 
 def health_view(db: Database, plan: RolloutPlan, until: float, repo: Any = None) -> dict[str, Any]:

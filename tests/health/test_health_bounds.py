@@ -128,3 +128,16 @@ def test_ingest_stores_sketches_and_quarantines_bad_ones(
     assert (body["stored"], body["quarantined"]) == (1, 2)
     assert sorted(r[0] for r in quarantined(server, "sketcher")) == ["histogram-length", "histogram-sum"]
     assert [row[0] for row in stored(server, "sketcher")] == ["health"]
+
+
+def test_a_newer_profile_format_installs_without_reference_while_a_broken_v1_is_refused() -> None:
+    # health.json is optional metadata: a device must not refuse every future release because the build
+    # host writes a profile format newer than the one it knows, but a malformed profile it knows is refused.
+    from device_runtime._loading import _parse_health
+    from device_runtime.errors import InstallError
+
+    assert _parse_health(b'{"schema": "edgekit.health/v2", "anything": [1, 2, 3]}') is None
+    with pytest.raises(InstallError, match=r"health\.json"):
+        _parse_health(b'{"schema": "edgekit.health/v1", "samples": 0, "inputs": {}, "outputs": {}}')
+    with pytest.raises(InstallError, match=r"health\.json"):
+        _parse_health(b'{"schema": "something/else"}')

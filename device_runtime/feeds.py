@@ -29,6 +29,7 @@ from signing.atomic import atomic_write
 __all__ = ["load_runs", "run_feeds", "run_model_argv", "save_runs"]
 
 RUN_SEPARATOR = "/"
+MAX_FEEDS_BYTES = 2 << 30  # uncompressed arrays one run-model call reads (a whole evaluation set fits)
 
 
 def run_feeds(
@@ -95,16 +96,26 @@ def load_runs(path: str | Path) -> tuple[list[dict[str, np.ndarray]], bool]:
         InputError: not an ``.npz`` file, or run keys that are not ``"i/name"`` with i = 0, 1, ...
     """
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        stored = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a readable .npz file ({e})") from e
+    if not isinstance(stored, np.lib.npyio.NpzFile):  # a .npy file loads as one bare array
+        raise InputError(f"{path}: a single array, not an .npz file of named inputs (save with np.savez)")
+    total = sum(info.file_size for info in stored.zip.infolist())
+    if total > MAX_FEEDS_BYTES:
+        stored.close()
+        raise InputError(f"{path}: {total} bytes of arrays, more than the {MAX_FEEDS_BYTES} one call reads")
+    try:
+        with stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (ValueError, TypeError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: an array could not be read ({type(e).__name__}: {e})") from e
     if not any(RUN_SEPARATOR in key for key in arrays):
         return [arrays], False
     runs: dict[int, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         index, _, name = key.partition(RUN_SEPARATOR)
-        if not index.isdigit() or not name:
+        if not (index.isascii() and index.isdigit()) or not name:
             raise InputError(f"{path}: key {key!r} is not 'RUN/NAME' with RUN a run number")
         runs.setdefault(int(index), {})[name] = value
     if sorted(runs) != list(range(len(runs))):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,22 @@ def test_cli_refuses_bad_state_and_still_requires_store_for_store_commands(tmp_p
     status = _cli("status")
     assert status.returncode == 2
     assert "--store" in status.stderr and "--device-id" in status.stderr and "Traceback" not in status.stderr
+
+
+def test_unreadable_feed_files_are_one_line_input_errors(tmp_path: Path) -> None:
+    # A .npy, a non-ASCII digit run key, and an array whose header declares terabytes: each is refused as
+    # an InputError (one line at the device CLI), never a TypeError, ValueError or MemoryError traceback.
+    np.save(tmp_path / "single.npy", np.zeros(3, np.float32))
+    with pytest.raises(InputError, match=r"not an \.npz file"):
+        load_runs(tmp_path / "single.npy")
+    np.savez(tmp_path / "digits.npz", **{"\u00b2/x": np.zeros(2, np.float32)})
+    with pytest.raises(InputError, match="is not 'RUN/NAME'"):
+        load_runs(tmp_path / "digits.npz")
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (1 << 40,)
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("x.npy", member.getvalue() + b"\0" * 16)
+    with pytest.raises(InputError, match="could not be read"):
+        load_runs(tmp_path / "huge.npz")

@@ -101,7 +101,8 @@ def load_runs(path: str | Path) -> tuple[list[dict[str, np.ndarray]], bool]:
         raise InputError(f"{path}: not a readable .npz file ({e})") from e
     if not isinstance(stored, np.lib.npyio.NpzFile):  # a .npy file loads as one bare array
         raise InputError(f"{path}: a single array, not an .npz file of named inputs (save with np.savez)")
-    total = sum(info.file_size for info in stored.zip.infolist())
+    members = stored.zip.infolist() if stored.zip is not None else []
+    total = sum(int(info.file_size) for info in members)
     if total > MAX_FEEDS_BYTES:
         stored.close()
         raise InputError(f"{path}: {total} bytes of arrays, more than the {MAX_FEEDS_BYTES} one call reads")

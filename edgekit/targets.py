@@ -92,12 +92,13 @@ def _device_python(root: Path) -> str:
     """The root's device venv python; installed from this checkout's device distribution when missing."""
     from edgekit.emulation.device_env import VENV, ensure_device_python, installed_device_python
 
-    python = installed_device_python(root)  # only a finished install counts, never a half-made venv
-    if python is not None:
-        return python  # only numpy and the engines are used from it: the device code is staged per run
     checkout = Path(__file__).resolve().parents[1]
     device = checkout / "device"
     lock = device / "requirements" / "py311.txt"
+    # Only a finished install counts, and, from a checkout, only one made with its current lock file.
+    python = installed_device_python(root, lock if lock.is_file() else None)
+    if python is not None:
+        return python  # only numpy and the engines are used from it: the device code is staged per run
     if not (device / "pyproject.toml").is_file() or not lock.is_file():
         raise TargetError(
             f"the arm64 root {root} has no device Python ({VENV}/bin/python) and no device/ source is beside "

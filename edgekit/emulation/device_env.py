@@ -59,7 +59,7 @@ def ensure_device_python(
 
     Args:
         root: a complete arm64 root (`edgekit.emulation.root.ensure_root()`).
-        wheel: the edgekit-device wheel on the host (`pip wheel ./device`).
+        wheel: the edgekit-device wheel on the host (`bash scripts/device_suite.sh stage DIR` builds it).
         lock: the exact-pinned requirements for the root's Python (device/requirements/py311.txt).
         extras: extras of the wheel to install (default: both engines).
 
@@ -72,7 +72,9 @@ def ensure_device_python(
     root_path = Path(root)
     wheel_path, lock_path = Path(wheel), Path(lock)
     if not wheel_path.is_file():
-        raise DeviceEnvError(f"no device wheel at {wheel_path}; build it with `pip wheel ./device`")
+        raise DeviceEnvError(
+            f"no device wheel at {wheel_path}; `bash scripts/device_suite.sh stage DIR` builds it (DIR/dist)"
+        )
     if not lock_path.is_file():
         raise DeviceEnvError(f"no lock file at {lock_path}; the device's are in device/requirements/")
     stamp = venv_stamp(wheel_path, lock_path, extras)
@@ -110,11 +112,21 @@ def ensure_device_python(
     return python
 
 
-def installed_device_python(root: str | os.PathLike[str]) -> str | None:
+def installed_device_python(
+    root: str | os.PathLike[str], lock: str | os.PathLike[str] | None = None
+) -> str | None:
     """The root-side path of the device venv's python when a finished install is there (whatever wheel it
-    came from), else None; a venv whose install was interrupted has no stamp and does not count."""
-    stamp_file = Path(root) / VENV.lstrip("/") / _STAMP
-    return f"{VENV}/bin/python" if _read(stamp_file) else None
+    came from), else None; a venv whose install was interrupted has no stamp and does not count. With
+    `lock`, the install must also have used exactly that lock file: after a pin changes (a new onnxruntime),
+    measuring with the old engines would be measuring another device."""
+    root_path = Path(root)
+    if not _read(root_path / VENV.lstrip("/") / _STAMP):
+        return None
+    if lock is not None and _read(root_path / DEVICE_DIR.lstrip("/") / "in" / "requirements.txt") != _read(
+        Path(lock)
+    ):
+        return None
+    return f"{VENV}/bin/python"
 
 
 def _read(p: Path) -> str | None:

@@ -60,3 +60,22 @@ def test_an_unchanged_device_venv_is_reused(arm64_root: Path, staged: Path) -> N
     before = stamp.stat().st_mtime_ns
     ensure_device_python(arm64_root, wheel, lock)
     assert stamp.stat().st_mtime_ns == before
+
+
+def test_a_venv_made_with_another_lock_file_is_not_the_device_python(tmp_path: Path) -> None:
+    # After a pin changes (a new onnxruntime), the emulated device must not go on measuring old engines.
+    from edgekit.emulation.device_env import DEVICE_DIR, VENV, installed_device_python
+
+    root, lock = tmp_path / "root", tmp_path / "py311.txt"
+    lock.write_text("onnxruntime==1.31.1\n")
+    assert installed_device_python(root, lock) is None  # nothing installed
+    venv = root / VENV.lstrip("/")
+    venv.mkdir(parents=True)
+    (root / DEVICE_DIR.lstrip("/") / "in").mkdir(parents=True)
+    (root / DEVICE_DIR.lstrip("/") / "in" / "requirements.txt").write_text("onnxruntime==1.31.1\n")
+    assert installed_device_python(root, lock) is None  # no stamp: the install never finished
+    (venv / ".edgekit-stamp").write_text("done")
+    assert installed_device_python(root, lock) == f"{VENV}/bin/python"
+    lock.write_text("onnxruntime==1.32.0\n")
+    assert installed_device_python(root, lock) is None
+    assert installed_device_python(root) == f"{VENV}/bin/python"

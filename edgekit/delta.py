@@ -41,7 +41,7 @@ from device_runtime.delta import (
     unpack_varints,
 )
 
-__all__ = ["DeltaStats", "canonical_archive", "encode_delta", "onnx_tensors"]
+__all__ = ["DeltaStats", "canonical_archive", "encode_delta", "onnx_tensors", "rebuilds_exactly"]
 
 LEVEL = 19  # zstd level of every frame (as `zstd -19`)
 _MIN_COPY = 64  # bytes: shorter identical runs are not worth an operation
@@ -73,6 +73,31 @@ def canonical_archive(ekb: Path) -> bytes:
         folder = Path(scratch) / "bundle"
         bundle = unsafe_extract_unverified(ekb, folder)
         return ekb_bytes(folder, member_order(bundle.manifest))
+
+
+def rebuilds_exactly(base_ekb: Path, delta: bytes, target: bytes) -> bool:
+    """Whether `delta`, applied by the device's own code to the slot files of `base_ekb`, gives `target`
+    byte for byte. `edgekit publish` checks every delta this way before signing it: an encoder bug must
+    cost a skipped delta, not every device a useless download followed by the full bundle."""
+    import hashlib
+
+    from device_runtime.delta import DeltaError, SlotArchive, apply_delta
+    from signing.archive import member_order
+    from signing.manifest import SIGNATURE_FILE
+    from signing.verify import unsafe_extract_unverified
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-delta-check-") as scratch:
+        folder = Path(scratch) / "slot"
+        bundle = unsafe_extract_unverified(base_ekb, folder)
+        members = [(SIGNATURE_FILE, (folder / SIGNATURE_FILE).stat().st_size)]
+        members += [(n, bundle.manifest.files[n].size) for n in member_order(bundle.manifest)[1:]]
+        out = io.BytesIO()
+        try:
+            with SlotArchive(folder, members) as slot:
+                digest = apply_delta(io.BytesIO(delta), slot, out, target_length=len(target))
+        except DeltaError:
+            return False
+    return out.getvalue() == target and digest == hashlib.sha256(target).hexdigest()
 
 
 # ---- the wire format ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from device_runtime.delta import delta_target_path
-from edgekit.delta import canonical_archive, encode_delta
+from device_runtime.errors import DeviceRuntimeError
+from edgekit.delta import canonical_archive, encode_delta, rebuilds_exactly
+from signing.errors import SigningError
 
 if TYPE_CHECKING:
     from edgekit.server.tuf_repo import PublishedTarget, TufRepository
@@ -37,7 +40,7 @@ def add_deltas(
     from the `count` latest other releases of the model in `targets`, adding each to `targets`.
 
     Called by `TufRepository.add_bundle` under its lock, before it signs `targets`. A delta that is not
-    smaller than the bundle is skipped.
+    smaller than the bundle, or that does not rebuild it exactly with the device's decoder, is skipped.
     """
     name = custom["name"]
     earlier = [
@@ -51,9 +54,15 @@ def add_deltas(
     target = repo._stored(path, info).read_bytes()
     for _, old_path, old in earlier[: max(count, 0)]:
         base_id = old.custom["bundle_id"]
-        delta, stats = encode_delta(canonical_archive(repo._stored(old_path, old)), target)
-        if len(delta) >= info.length:
-            continue  # nothing to save: devices take the bundle
+        base = repo._stored(old_path, old)
+        try:
+            delta, stats = encode_delta(canonical_archive(base), target)
+            # Never sign a delta the device's own decoder would not turn into exactly this bundle.
+            usable = len(delta) < info.length and rebuilds_exactly(base, delta, target)
+        except (OSError, ValueError, MemoryError, tarfile.TarError, SigningError, DeviceRuntimeError):
+            usable = False  # a base that cannot be read or encoded: devices on it take the full bundle
+        if not usable:
+            continue
         delta_path = delta_target_path(name, custom["version"], base_id)
         about = {
             "target": path,

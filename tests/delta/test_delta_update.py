@@ -21,7 +21,7 @@ from device_runtime.delta import delta_target_path
 from device_runtime.runtime import Runtime
 from device_runtime.telemetry_contract import DownloadPayload, parse_payload
 from device_runtime.updater import Updater, UpdaterConfig
-from edgekit.delta import encode_delta
+from edgekit.delta import canonical_archive, encode_delta
 from edgekit.server.tuf_repo import TufRepository
 from tests.device_runtime.runtime_fixtures import Releases, build_releases, config
 from tests.host_tools import needs_host
@@ -152,6 +152,24 @@ def test_publish_with_k_one_or_zero_limits_the_deltas(world: World) -> None:
     world.publish("1.1.0", deltas=0)
     assert world.publish("1.2.0", deltas=1).deltas[0].custom["delta"]["base_version"] == "1.1.0"
     assert not [t for t in world.repo.status()["targets"] if "/1.1.0/" in t["path"]]
+
+
+def test_a_delta_the_device_decoder_would_not_rebuild_exactly_is_never_signed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the encoder returns a valid-looking delta of another bundle (as an encoder bug would).
+    # Publish checks each delta with the device's own decoder and skips it; the release is still published.
+    import edgekit.server._tuf_deltas as publishing
+
+    world.publish("1.0.0")
+    wrong, stats = encode_delta(
+        canonical_archive(world.releases.bundles["1.0.0"]), world.releases.bundles["1.2.0"].read_bytes()
+    )
+    monkeypatch.setattr(publishing, "encode_delta", lambda base, target: (wrong, stats))
+    published = world.publish("1.1.0")
+    assert published.deltas == ()
+    assert any(t["path"] == published.path for t in world.repo.status()["targets"])
+    assert not [t for t in world.repo.status()["targets"] if t["path"].startswith("deltas/")]
 
 
 # ---- the device --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ once), SIGKILLs it after a random delay in [0, 1.1 x the measured uninterrupted 
 Runtime on the store and checks: state.json readable, no .incoming-* left, the slots verify, predict serves
 exactly the outputs of the old or the new release. Prints counts and trials per second; exits 1 on any
 failure (the failing stores are kept under --keep, or a printed temporary folder). Not an assertion of the
-test suite (STYLE.md rule 10); failures=0 is the expected outcome.
+test suite; failures=0 is the expected outcome.
 """
 
 from __future__ import annotations

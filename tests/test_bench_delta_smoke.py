@@ -1,6 +1,6 @@
 """Smoke test of `bench.delta`: it measures every scenario and renders its rows. No size or time thresholds.
 
-Benchmarks are not assertions (STYLE.md rule 10). The real scenarios train the digits CNN (minutes); here
+Benchmarks are not assertions. The real scenarios train the digits CNN (minutes); here
 the bench's measuring and reporting code runs on the small test releases standing in for each scenario.
 """
 

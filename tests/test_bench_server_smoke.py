@@ -1,6 +1,6 @@
 """Smoke test of `python -m bench.server --quick`: it runs and writes every figure. No timing thresholds.
 
-Benchmarks are not assertions (STYLE.md rule 10): this checks only that the bench produces its figures and
+Benchmarks are not assertions: this checks only that the bench produces its figures and
 that every telemetry event the server acknowledged is in the database.
 """
 

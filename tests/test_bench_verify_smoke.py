@@ -1,6 +1,6 @@
 """Smoke test of `python -m bench.verify --quick`: it runs and writes every figure. No timing thresholds.
 
-Benchmarks are not assertions (STYLE.md rule 10): this checks only that the bench produces its figures.
+Benchmarks are not assertions: this checks only that the bench produces its figures.
 """
 
 from __future__ import annotations

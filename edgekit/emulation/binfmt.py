@@ -4,6 +4,10 @@ The registration must carry the F flag ("fix binary"): the kernel then opens the
 registered, so it runs in a root that has no qemu binary of its own. Debian's `qemu-user-static` registers
 `qemu-aarch64` that way through `binfmt-support`; this module only mounts binfmt_misc when a container
 left it unmounted, enables the registration and verifies the result.
+
+This is host configuration and stays in place, like the packages: the registration lives in the kernel,
+not in the mount, and unmounting binfmt_misc would only hide it from the next check. Every mount a run in
+the root makes (/proc, /dev, /sys, binds) is private to that run and gone when it ends (`chroot.py`).
 """
 
 from __future__ import annotations

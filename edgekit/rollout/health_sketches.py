@@ -14,6 +14,7 @@ population stability (PSI) against a reference profile per channel, means and va
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,9 +48,12 @@ class DeviceHealth:
     sketch: HealthSketch = field(default_factory=HealthSketch)
 
     def add(self, time: float, sketch: HealthSketch) -> None:
-        """Fold one more ``health`` event of this device in."""
+        """Fold one more ``health`` event of this device in; an event that does not merge (another channel
+        count, another role) raises ValueError and leaves the device exactly as it was."""
+        merged = copy.deepcopy(self.sketch)
+        merged.merge(sketch)
+        self.sketch = merged
         self.first, self.last = min(self.first, time), max(self.last, time)
-        self.sketch.merge(sketch)
 
 
 def device_weight(device: DeviceHealth, stage_started_at: float, until: float) -> float:

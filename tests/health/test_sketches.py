@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from device_runtime.health import HealthMonitor, HealthSketch, build_profile, channel_axis
 from device_runtime.runtime import PredictionResult
@@ -130,3 +131,20 @@ def test_an_input_the_sketch_cannot_read_never_costs_the_window() -> None:
     parsed = parse_payload("health", json.loads(json.dumps(payload)))
     assert payload["inferences"] == 6
     assert parsed is not None
+
+
+def test_an_event_that_does_not_merge_leaves_the_device_as_it_was() -> None:
+    from device_runtime.health import ChannelSketch
+    from edgekit.rollout.health_sketches import DeviceHealth
+
+    device = DeviceHealth("d1", "treatment")
+    three = HealthSketch(10, 60.0)
+    three.inputs["x"] = [ChannelSketch(10, 0.5, 1.0, [5, 5]) for _ in range(3)]
+    device.add(100.0, three)
+    before = json.dumps(device.sketch.to_payload(BUNDLE, "1"), sort_keys=True)
+    two = HealthSketch(4, 30.0)
+    two.inputs["x"] = [ChannelSketch(4, 0.1, 1.0, [2, 2]) for _ in range(2)]
+    with pytest.raises(ValueError, match="channels"):
+        device.add(200.0, two)
+    assert json.dumps(device.sketch.to_payload(BUNDLE, "1"), sort_keys=True) == before
+    assert (device.first, device.last) == (100.0, 100.0)

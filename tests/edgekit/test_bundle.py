@@ -93,7 +93,9 @@ def test_bundle_verifies_and_extracts_with_the_device_verifier(ekb: Path, keys: 
     manifest = verified.manifest
     assert (manifest.name, manifest.version, manifest.release_counter) == ("digits", "1.0.0", 7)
     assert manifest.runtime.engine == "onnxruntime" and manifest.runtime.opset == 17
-    assert {e.role for e in manifest.files.values()} == {"model", "preprocess", "labels", "golden"}
+    roles = {e.role for e in manifest.files.values()}
+    assert roles == {"model", "preprocess", "labels", "golden", "metadata"}
+    assert manifest.files["health.json"].role == "metadata"  # the reference health profile (--golden)
     assert (tmp_path / "slot" / "model.onnx").stat().st_mode & 0o777 == 0o600
 
 

@@ -101,7 +101,15 @@ def keygen(directory: Path, name: str, passphrase_env: str | None) -> None:
     metavar="BYTES",
     help="Golden vector byte budget, e.g. 512KiB or 2MB (default: max(256KiB, 10% of the model)).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--health-samples",
+    type=click.IntRange(0, 1024),
+    default=64,
+    show_default=True,
+    help="Samples of the --golden data the signed reference health profile (health.json) is computed "
+    "from; the label-free rollout gates compare devices against it. 0: no profile.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as one JSON object.")
 @handle_errors
 def bundle(
     model: Path,
@@ -120,6 +128,7 @@ def bundle(
     min_runtime_version: str | None,
     golden_samples: int,
     golden_budget: str | None,
+    health_samples: int,
     as_json: bool,
 ) -> None:
     """Build, sign and write a deterministic bundle for MODEL (an existing .onnx or .tflite, as it is)."""
@@ -143,6 +152,7 @@ def bundle(
             min_runtime_version=min_runtime_version,
             golden_samples=golden_samples,
             golden_budget=None if golden_budget is None else parse_bytes(golden_budget),
+            health_samples=health_samples,
         )
     )
     summary = _manifest_summary(result.manifest)
@@ -153,6 +163,7 @@ def bundle(
             "size_bytes": result.path.stat().st_size,
             "runtime_source": result.requirements_source,
             "golden": result.golden,
+            "health": result.health or None,
             "notes": result.notes,
         }
     )
@@ -164,6 +175,12 @@ def bundle(
     )
     _print_manifest(summary)
     _print_golden(result.golden)
+    if result.health:
+        health = result.health
+        click.echo(
+            f"health profile: {health['samples']} sample(s); inputs {', '.join(health['inputs']) or '-'}; "
+            f"outputs {', '.join(health['outputs']) or '-'}"
+        )
     for note in result.notes:
         click.echo(f"note: {note}")
 

@@ -99,6 +99,41 @@ def test_bundle_verifies_and_extracts_with_the_device_verifier(ekb: Path, keys: 
     assert (tmp_path / "slot" / "model.onnx").stat().st_mode & 0o777 == 0o600
 
 
+def test_health_samples_sizes_the_signed_profile_and_zero_leaves_it_out(
+    digits_onnx: Path, keys: Path, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    sized = build(
+        digits_onnx,
+        tmp_path / "a.ekb",
+        keys,
+        "--golden",
+        str(data_files["eval"]),
+        "--health-samples",
+        "16",
+        "--json",
+    )
+    assert sized.exit_code == 0, sized.output
+    summary = json.loads(sized.output)
+    assert summary["health"]["samples"] == 16 and summary["health"]["inputs"]
+    with tarfile.open(tmp_path / "a.ekb") as archive:
+        profile = json.loads(archive.extractfile("health.json").read())  # type: ignore[union-attr]
+    assert profile["samples"] == 16
+    none = build(
+        digits_onnx,
+        tmp_path / "b.ekb",
+        keys,
+        "--golden",
+        str(data_files["eval"]),
+        "--health-samples",
+        "0",
+        "--json",
+    )
+    assert none.exit_code == 0, none.output
+    assert json.loads(none.output)["health"] is None
+    with tarfile.open(tmp_path / "b.ekb") as archive:
+        assert "health.json" not in archive.getnames()
+
+
 def test_golden_vectors_pass_on_the_device_engine_and_catch_a_changed_model(
     ekb: Path, keys: Path, tmp_path: Path
 ) -> None:

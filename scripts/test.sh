@@ -11,4 +11,9 @@ echo "== ruff"; ruff check .
 echo "== mypy"; mypy edgekit converters device_runtime
 # The device distribution (device/) supports Python 3.10: its packages are type-checked as 3.10 code too.
 echo "== mypy (device, Python 3.10)"; mypy --python-version 3.10 device_runtime signing
+# The documentation site, built strictly (broken links, bad references and CLI/API generation errors fail)
+# into a throwaway folder; it needs no network (theme.font is off, no plugin fetches anything).
+site_dir="$(mktemp -d)"
+echo "== mkdocs"; NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$site_dir"
+rm -rf "$site_dir"
 echo "== pytest"; python -m pytest "$@"

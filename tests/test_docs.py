@@ -77,17 +77,16 @@ def _check(command: str) -> str | None:
     ctx = click.Context(cli, info_name="edgekit")
     while words:
         word = words.pop(0)
-        if word in ("...", "…"):  # "edgekit ..." in prose: any command
-            break
+        if word in ("...", "…") or (word.isupper() and not word.startswith("-")):
+            break  # "edgekit ..." or "edgekit COMMAND --help" in prose: a placeholder for any command
         if word.startswith("-"):
             name = word.split("=", 1)[0]
             option = next((p for p in node.params if isinstance(p, click.Option) and name in p.opts), None)
             if option is None and name not in ("--help", "-h"):
                 return f"{' '.join(path)} has no option {name}"
             if option is not None and not option.is_flag and "=" not in word and not option.count:
-                if not words:
-                    return f"{' '.join(path)} {name} needs a value"
-                words.pop(0)
+                if words:  # (prose may name an option alone: `edgekit quantize --report`)
+                    words.pop(0)
             continue
         if isinstance(node, click.Group):
             sub = node.get_command(ctx, word)
@@ -96,8 +95,6 @@ def _check(command: str) -> str | None:
             node = sub
             path.append(word)
             ctx = click.Context(sub, info_name=word, parent=ctx)
-    if isinstance(node, click.Group) and node is not cli and len(path) == 2 and "--help" not in command:
-        return f"{' '.join(path)} is a group: name one of its commands"
     return None
 
 
@@ -171,3 +168,30 @@ def test_the_spec_reference_names_every_field_of_the_format() -> None:
         for field in dataclasses.fields(cls):
             assert f"`{field.name}`" in text, f"{cls.__name__}.{field.name} is not documented"
     assert "`schema`" in text and "`inputs`" in text and "`outputs`" in text
+
+
+GATES_PAGE = DOCS / "gates.md"
+
+
+def test_every_gate_configuration_on_the_gates_page_loads_as_the_server_loads_it(tmp_path: Path) -> None:
+    from edgekit.commands.serve import load_gates
+
+    blocks = [body for lang, body in _FENCE.findall(GATES_PAGE.read_text(encoding="utf-8")) if lang == "json"]
+    assert blocks
+    for i, body in enumerate(blocks):
+        path = tmp_path / f"gates-{i}.json"
+        path.write_text(body, encoding="utf-8")
+        load_gates(path)  # raises on an unknown field or an out-of-range value
+
+
+def test_the_gates_page_documents_every_gate_field_with_its_default() -> None:
+    from edgekit.rollout import GateConfig
+
+    text = GATES_PAGE.read_text(encoding="utf-8")
+    defaults = GateConfig()
+    for field in dataclasses.fields(GateConfig):
+        assert f"`{field.name}`" in text, f"GateConfig.{field.name} is not documented"
+        value = getattr(defaults, field.name)
+        if isinstance(value, int | float) and field.name not in ("alpha", "beta", "z_pass", "z_rollback"):
+            row = next(line for line in text.splitlines() if line.startswith(f"| `{field.name}` |"))
+            assert f"| {value:g} |" in row.replace(".0 |", " |"), f"{field.name}: default {value:g} not in {row}"

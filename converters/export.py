@@ -232,7 +232,9 @@ def convert(
         signature: declared batch axes and state pairs (ONNX sources; `converters.signature`).
 
     Raises:
-        ModelInputError, UnsupportedModelError, ConversionError.
+        ModelInputError: the source is missing, or an argument is invalid.
+        UnsupportedModelError: the source's format or an operator in it cannot be exported.
+        ConversionError: the export failed or did not reproduce the source.
     """
     source, output = Path(source), Path(output)
     if not source.exists():

@@ -39,7 +39,8 @@ def export_torch(
         module: the model (put in eval mode here).
         example_inputs: one tensor per model input, with a batch axis first.
         path: destination `.onnx`, written only if parity holds.
-        input_names, output_names: ONNX tensor names (default `input_0...`, `output_0...`).
+        input_names: ONNX input names (default `input_0...`).
+        output_names: ONNX output names (default `output_0...`).
         opset: ONNX opset (the dynamo exporter needs 18 or newer).
         dynamic_batch: make axis 0 dynamic.
 

@@ -84,9 +84,9 @@ def _check(command: str) -> str | None:
             option = next((p for p in node.params if isinstance(p, click.Option) and name in p.opts), None)
             if option is None and name not in ("--help", "-h"):
                 return f"{' '.join(path)} has no option {name}"
-            if option is not None and not option.is_flag and "=" not in word and not option.count:
-                if words:  # (prose may name an option alone: `edgekit quantize --report`)
-                    words.pop(0)
+            # An option's value follows it (prose may name an option alone: `edgekit quantize --report`).
+            if option is not None and not option.is_flag and "=" not in word and not option.count and words:
+                words.pop(0)
             continue
         if isinstance(node, click.Group):
             sub = node.get_command(ctx, word)
@@ -194,4 +194,4 @@ def test_the_gates_page_documents_every_gate_field_with_its_default() -> None:
         value = getattr(defaults, field.name)
         if isinstance(value, int | float) and field.name not in ("alpha", "beta", "z_pass", "z_rollback"):
             row = next(line for line in text.splitlines() if line.startswith(f"| `{field.name}` |"))
-            assert f"| {value:g} |" in row.replace(".0 |", " |"), f"{field.name}: default {value:g} not in {row}"
+            assert f"| {value:g} |" in row.replace(".0 |", " |"), f"{field.name}: {value:g} not in {row}"

@@ -195,3 +195,16 @@ def test_the_gates_page_documents_every_gate_field_with_its_default() -> None:
         if isinstance(value, int | float) and field.name not in ("alpha", "beta", "z_pass", "z_rollback"):
             row = next(line for line in text.splitlines() if line.startswith(f"| `{field.name}` |"))
             assert f"| {value:g} |" in row.replace(".0 |", " |"), f"{field.name}: {value:g} not in {row}"
+
+
+def test_every_python_example_in_the_docs_compiles() -> None:
+    for page in PAGES:
+        for lang, body in _FENCE.findall(page.read_text(encoding="utf-8")):
+            if lang == "python":
+                compile(body, f"{page.name} example", "exec")
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in DOCS.glob("*.md"):
+        assert f": {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"

@@ -33,7 +33,7 @@ from device_runtime.engines import TensorInfo
 
 __all__ = ["MIN_CALIBRATION_SAMPLES", "Dataset", "load_dataset", "load_labels"]
 
-MIN_CALIBRATION_SAMPLES = 32  # below this SQNR collapses while agreement still looks fine (QUANTIZATION.md)
+MIN_CALIBRATION_SAMPLES = 32  # below this SQNR collapses while agreement still looks fine
 
 
 @dataclass(frozen=True)

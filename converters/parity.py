@@ -1,6 +1,6 @@
 """The one parity contract: float reference vs candidate, per output and per output role, with a gate.
 
-Definitions (QUANTIZATION.md), per output tensor, reference x vs candidate y over the evaluation set:
+Definitions, per output tensor, reference x vs candidate y over the evaluation set:
 top-1 agreement (share of samples with the same argmax, classification outputs only); task accuracy and
 its drop in percentage points when labels are given; SQNR dB = 20·log10(‖x‖ / ‖x − y‖), 100 when
 identical; cosine similarity; max |x − y| / max |x|. Every output also has a role (declared, or inferred

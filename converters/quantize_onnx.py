@@ -1,6 +1,6 @@
 """onnxruntime quantization calls: presets, calibration, and the fall-backs this stack needs.
 
-Facts behind the choices (QUANTIZATION.md): on x86 with VNNI, QDQ with uint8 activations and int8
+Facts behind the choices: on x86 with VNNI, QDQ with uint8 activations and int8
 per-channel weights is the fast configuration; on ARM, symmetric int8 for both. `Distribution`
 calibration gives garbage for int8 and is refused. `quant_pre_process` needs sympy and its symbolic shape
 inference fails on some models (retried without it). `quantize_static` itself can raise on real models:

@@ -1,6 +1,6 @@
 """DSSE envelopes inside a Sigstore bundle v0.3, as `model_signing sign key` writes them.
 
-Verification steps (BUNDLE.md), labelled in the code:
+Verification steps (docs/bundle-format.md, "Verification on the device"), labelled in the code:
   (1) size-capped strict JSON;  (2) exact media type and payload type, standard or URL-safe base64;
   (3) signatures over PAE checked against pinned keys only: `keyid` and `hint` are never trusted, and a
       key counts once however many signatures it made;  (4) the verified payload bytes are parsed and

@@ -1,7 +1,7 @@
 """The signed statement: in-toto Statement v1, model_signing v1.0 predicate, edgekit's signed extension.
 
 Building is deterministic (canonical JSON, resources in `PurePosixPath` order). Parsing checks every rule of
-BUNDLE.md step 4 and refuses anything else: this is pure code, with no IO.
+verification step 4 (docs/bundle-format.md) and refuses anything else: this is pure code, with no IO.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attacks on the bundle's files and on the `.ekb` archive (BUNDLE.md attacks 1-3, 5-10, 22, 27-structural).
+"""Attacks on the bundle's files and on the `.ekb` archive.
 
 Every refusal asserts the exact error class, a fragment of its message, and that the destination does not
 exist afterwards and nothing appeared around it.

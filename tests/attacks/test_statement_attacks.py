@@ -1,4 +1,4 @@
-"""Attacks on model.sig and the signed statement (BUNDLE.md attacks 4, 7, 12, 14-20, 23).
+"""Attacks on model.sig and the signed statement.
 
 Statements are edited by hand and re-signed with real keys, so each refusal comes from the rule under test
 and not from a broken signature. Archive cases check that the destination never appears.

@@ -348,7 +348,7 @@ def test_cli_parity_fails_with_exit_1_on_a_bad_candidate(
 def test_a_crashing_quantizer_call_falls_back_to_the_next_configuration(
     digits_onnx: Path, data_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """onnxruntime's quantize_static can raise on real models with per_channel=True (QUANTIZATION.md)."""
+    """onnxruntime's quantize_static can raise on real models with per_channel=True."""
     import onnxruntime.quantization as ort_quantization
 
     from converters.progress import NullProgress

@@ -1,7 +1,7 @@
 """Behaviour of `device_runtime.runtime.Runtime`, in-process, with real signed bundles of real ONNX models.
 
 Install -> self-test -> activate -> trial -> commit or revert; refusals that leave the previous model serving
-(rollback, other hardware, tampering, self-test failure: BUNDLE.md attacks 20 and 23); telemetry that is
+(rollback, other hardware, tampering, self-test failure); telemetry that is
 bounded and never breaks inference; attack 11 (a file swapped between verify and load); a lost or torn
 state.json rebuilt from the slots. Bundles and keys come from `runtime_fixtures` (built once per module).
 """

@@ -401,6 +401,7 @@ class ShadowRunner:
                 "max_cpu": self.settings.max_cpu,
                 "strikes": self.strikes,
                 "stopped": self.stopped,
+                "pending": self._pending,
                 "cpu_share": self._shadow_ms / self._active_ms if self._active_ms else 0.0,
                 **self.totals,
             }

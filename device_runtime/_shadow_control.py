@@ -6,7 +6,8 @@
   previously reverted, engine version, golden self-test on this engine) and places it in the INACTIVE slot
   without activating it: the active model keeps serving, state.json does not name it, and a later install of
   the same release is the normal install (it replaces that slot). A verified previous model in that slot is
-  given up for it, as an install would. The staged slot is recorded in ``shadow.json``; a store whose
+  given up for it, as an install would, but never while the active model is still in trial (the previous
+  model is then its fallback). The staged slot is recorded in ``shadow.json``; a store whose
   state.json is lost drops the staged slot before rebuilding its state from the slots, so a shadow is never
   mistaken for a release to serve.
 - `shadow(bundle_id)` runs an already present bundle in shadow of the active one: the active bundle itself
@@ -135,7 +136,9 @@ class ShadowControl:
         Raises:
             VerificationError, InstallError: as `install` (recorded in telemetry); InstallError reason
                 "shadow-struck" when this device already gave up shadowing the bundle, "no-model" when
-                nothing is active to shadow. The active model keeps serving either way.
+                nothing is active to shadow, "in-trial" when the active model is still in trial and its
+                fallback holds the inactive slot (a trial failure must still find it). The active model
+                keeps serving either way.
         """
         from device_runtime.runtime import InstallResult
         from device_runtime.shadow import ShadowSettings
@@ -159,6 +162,14 @@ class ShadowControl:
                 self.shadow(bundle_id, sample=settings.sample, max_cpu=settings.max_cpu)
                 return InstallResult(manifest.name, manifest.version, bundle_id, active.slot, {}, True)
             target = "b" if active.slot == "a" else "a"
+            if self._state.trial is not None and self._state.previous is not None:
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise InstallError(
+                    f"{active.name} {active.version} is still in trial and its fallback, "
+                    f"{self._state.previous.version}, holds the inactive slot; stage the shadow after the "
+                    "trial commits",
+                    reason="in-trial",
+                )
             try:
                 self._release_shadow_slot(target)
                 if self._state.previous is not None and self._state.previous.slot == target:

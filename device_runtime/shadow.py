@@ -301,6 +301,7 @@ class ShadowRunner:
         self._clock = clock
         self._queue_size = queue_size
         self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
         self.strikes = strikes
         self.stopped = strikes >= max_strikes
         self._counter = 0  # served predictions offered
@@ -483,7 +484,11 @@ class ShadowRunner:
             error: BaseException | None = None
             produced: dict[str, Any] = {}
             try:
-                produced = dict(self.engine.run(job.feeds))
+                # One run at a time on the engine, even after a timeout: an abandoned worker may still be
+                # inside it, and not every engine (LiteRT's interpreter) may be entered twice. A worker
+                # waiting here is still "running": if the engine never returns, it times out too.
+                with self._engine_lock:
+                    produced = dict(self.engine.run(job.feeds))
             except Exception as e:  # the shadow's failure, never the app's
                 error = e
             elapsed_ms = 1000.0 * (time.perf_counter() - started)

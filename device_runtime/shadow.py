@@ -330,31 +330,42 @@ class ShadowRunner:
         self, feeds: Mapping[str, Any], outputs: Mapping[str, Any], served_spec: Any, latency_ms: float
     ) -> None:
         """One served prediction (its preprocessed feeds, raw outputs and engine time). Never blocks on the
-        shadow: a sampled input is copied and queued, or counted as skipped or dropped."""
-        self._check_deadline()
+        shadow: a sampled input is copied and queued, or counted as skipped or dropped.
+
+        Called from one thread at a time (`Runtime.predict` holds the runtime's lock), which alone adds to
+        the queue and owns the offer counters: an input that is not sampled takes no lock at all.
+        """
+        if self._running_since is not None:
+            self._check_deadline()
+        if self.stopped or self._closed:
+            return
+        self._counter += 1
+        self._active_ms += latency_ms
+        self._window.offered += 1
+        if not sampled(self._counter, self.settings.sample):
+            return
         with self._lock:
-            if self.stopped or self._closed:
-                return
-            self._counter += 1
-            self._active_ms += latency_ms
-            self._window.offered += 1
-            if not sampled(self._counter, self.settings.sample):
-                return
             estimate = self._shadow_ms / self._runs if self._runs else latency_ms
             if self._shadow_ms + (self._pending + 1) * estimate > self.settings.max_cpu * self._active_ms:
                 self._count("skipped_cpu")
                 return
-            job = _Job(
-                {k: np.array(v, copy=True) for k, v in feeds.items()},
-                {k: np.array(v, copy=True) for k, v in outputs.items()},
-                served_spec,
-            )
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
+            if self._queue.full():  # only this thread adds: still full when we would put
                 self._count("dropped")
                 return
             self._pending += 1
+            jobs = self._queue
+        # Copied outside the lock: the worker never waits for the hand-off.
+        job = _Job(
+            {k: np.array(v, copy=True) for k, v in feeds.items()},
+            {k: np.array(v, copy=True) for k, v in outputs.items()},
+            served_spec,
+        )
+        try:
+            jobs.put_nowait(job)
+        except queue.Full:  # the queue was replaced (a timeout) by a full one: not possible, but never raise
+            with self._lock:
+                self._pending = max(0, self._pending - 1)
+                self._count("dropped")
 
     def due(self, now: float, every: int, seconds: float) -> bool:
         """The reporting window is full (`every` offered predictions) or old (`seconds`), or the runner

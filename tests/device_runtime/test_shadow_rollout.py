@@ -84,6 +84,8 @@ def test_a_shadow_stage_stages_the_target_unserved_then_the_next_stage_installs_
     assert started.exit_code == 0, started.output
     plan = RolloutPlan.from_dict(json.loads(started.output)["plan"])
     assert plan.shadow is not None and plan.shadow.stages == (10,) and plan.is_shadow_stage
+    shown = runner.invoke(cli, ["rollout", "status"])
+    assert "shadow at 10% (sample 1, max_cpu 1)" in shown.output, shown.output
     ids = deployment.releases.bundle_ids
     treated = next(f"probe-{i}" for i in range(100_000) if arm(plan, f"probe-{i}") == "treatment")
     control = next(f"probe-{i}" for i in range(100_000) if arm(plan, f"probe-{i}") == "control")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -110,15 +111,14 @@ def test_a_shadow_stage_stages_the_target_unserved_then_the_next_stage_installs_
             exposed.runtime.predict(x).outputs["logits"], expected_logits("1.0.0", x), 1e-5
         )
         shadow_downloads = [d for d in exposed.downloads() if d["bundle_id"] == ids["1.1.0"]]
-        assert [d["method"] for d in shadow_downloads] == ["delta"], (
-            exposed.downloads()
-        )  # from the active 1.0.0
+        # fetched by delta from the active 1.0.0
+        assert [d["method"] for d in shadow_downloads] == ["delta"], exposed.downloads()
         assert shadow_downloads[0]["base_bundle_id"] == ids["1.0.0"]
         again = exposed.updater.update(exposed.runtime)
         assert (again.status, again.shadow) == ("up-to-date", "running"), again
-        assert (
-            len([d for d in exposed.downloads() if d["bundle_id"] == ids["1.1.0"]]) == 1
-        )  # not fetched again
+        fetched = [d for d in exposed.downloads() if d["bundle_id"] == ids["1.1.0"]]
+        assert len(fetched) == 1  # not fetched again
+        _assert_shadow_telemetry_ingested(server, exposed, treated)
 
         mirrored = controlled.updater.update(controlled.runtime)
         assert (mirrored.status, mirrored.shadow) == ("installed", "running"), mirrored
@@ -175,6 +175,33 @@ def test_an_aborted_shadow_stage_stops_the_shadow_and_keeps_the_baseline_serving
         assert device.updater.update(device.runtime).shadow == ""  # nothing to stop any more
     finally:
         device.close()
+
+
+def _assert_shadow_telemetry_ingested(server: LiveServer, device: Device, device_id: str) -> None:
+    """The device's shadow window goes through its uploader to the server, which takes every event."""
+    from device_runtime.uploader import Uploader, UploaderConfig
+
+    for x in (sample(seed=seed) for seed in range(50)):
+        device.runtime.predict(x)
+    deadline = time.monotonic() + 60
+    while device.runtime.status()["shadow"]["running"]["pending"]:
+        assert time.monotonic() < deadline, "the shadow worker never drained its queue"
+        time.sleep(0.01)
+    device.runtime.flush_shadow()
+    queued = device.runtime.telemetry.pending(10_000)
+    shadows = [e for e in queued if e.kind == "shadow"]
+    assert shadows and sum(e.payload["compared"] for e in shadows) > 0
+    status, body = server.http.request(
+        "POST", "/v1/admin/devices", {"device_id": device_id, "hardware_id": HARDWARE}, token=ADMIN_TOKEN
+    )
+    assert status == 200, body
+    uploader = Uploader(
+        device.runtime.telemetry,
+        UploaderConfig(endpoint=f"{server.http.base}/v1/telemetry", device_id=device_id, token=body["token"]),
+    )
+    result = uploader.upload_once()
+    assert (result.status, result.sent, result.acknowledged) == (200, len(queued), len(queued)), result
+    assert result.refused == 0 and result.dropped == 0, result
 
 
 def _assert_slot_holds(slot: Path, bundle_id: str, deployment: Any) -> None:

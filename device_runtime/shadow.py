@@ -27,9 +27,8 @@ measures the engine's own disagreement and puts the same load on both arms. `Sha
   (`device_runtime._recovery.died_in_shadow_run`), never to the served model.
 - Telemetry: one ``shadow`` event per reporting window (`due` / `drain`, like the health sketches).
 
-`ShadowRecord` is what the runtime persists about shadows (``shadow.json``): the bundle staged in the inactive
-slot and the strikes per shadow bundle (so a restart neither forgets a crash nor retries a bundle that used
-up its strikes).
+The comparison per role is `device_runtime._shadow_compare`; staging, persistence (``shadow.json``) and the
+runtime's side are `device_runtime._shadow_control`.
 """
 
 from __future__ import annotations
@@ -50,24 +49,18 @@ from typing import Any
 import numpy as np
 
 from device_runtime._recovery import SHADOW_MARKER_PREFIX as MARKER_PREFIX
-from device_runtime.state import atomic_write
-from device_runtime.telemetry_contract import LATENCY_BUCKETS_MS, MAX_HEALTH_OUTPUTS, MAX_WINDOW_S
+from device_runtime._shadow_compare import compare_outputs
+from device_runtime.telemetry_contract import LATENCY_BUCKETS_MS, MAX_WINDOW_S
 
 __all__ = [
     "MARKER_PREFIX",
-    "ShadowRecord",
     "ShadowRunner",
     "ShadowSettings",
     "compare_outputs",
-    "load_record",
     "sampled",
-    "save_record",
 ]
 
-RECORD_SCHEMA = "edgekit.device-shadow/v1"
 QUEUE_SIZE = 4  # sampled inputs waiting for the shadow worker, at most
-MATCH_IOU = 0.5  # detection boxes match at this IoU or above
-MAX_STRIKES_REMEMBERED = 16  # bundles whose shadow strikes shadow.json keeps
 _BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 _IDLE_CHECK_S = 0.5  # seconds an idle worker waits before checking whether it is still wanted
 
@@ -90,138 +83,6 @@ def sampled(counter: int, share: float) -> bool:
     """Whether inference number `counter` (1, 2, ...) is in the sampled `share`: exactly
     ``floor(n * share)`` of the first n inferences are, spread evenly, with no random state."""
     return math.floor(counter * share) > math.floor((counter - 1) * share)
-
-
-# ---- comparison -----------------------------------------------------------------------------------------
-def _top1_agree(served: np.ndarray, shadow: np.ndarray) -> bool:
-    if served.shape != shadow.shape or served.size == 0:
-        return False
-    rows = served.shape[0] if served.ndim > 1 else 1
-    return bool(np.array_equal(served.reshape(rows, -1).argmax(1), shadow.reshape(rows, -1).argmax(1)))
-
-
-def _detections_agree(served: list[dict[str, Any]], shadow: list[dict[str, Any]]) -> bool:
-    from device_runtime.decode import box_iou
-
-    if len(served) != len(shadow):
-        return False
-    if not served:
-        return True
-    iou = box_iou(np.array([d["box"] for d in served]), np.array([d["box"] for d in shadow]))
-    free = np.ones(len(shadow), dtype=bool)
-    for i, found in enumerate(served):  # by descending score: greedy one-to-one matching
-        candidates = [j for j in range(len(shadow)) if free[j] and shadow[j]["class"] == found["class"]]
-        best = max(candidates, key=lambda j: iou[i, j], default=None)
-        if best is None or iou[i, best] < MATCH_IOU:
-            return False
-        free[best] = False
-    return True
-
-
-def _within_tolerance(served: np.ndarray, shadow: np.ndarray, min_sqnr_db: float) -> bool:
-    from device_runtime.golden import sqnr_db
-
-    if served.shape != shadow.shape:
-        return False
-    if served.dtype.kind not in "iufb" or shadow.dtype.kind not in "iufb":
-        return bool(np.array_equal(served, shadow))
-    return sqnr_db(served.astype(np.float64), shadow.astype(np.float64)) >= min_sqnr_db
-
-
-def _detections(spec: Any, outputs: Mapping[str, Any], name: str, labels: Any) -> list[list[dict[str, Any]]]:
-    from device_runtime.preprocess import postprocess
-
-    paired = outputs.get(spec.scores) if spec.scores is not None else None
-    return [
-        (p.decoded or {}).get("detections", [])
-        for p in postprocess(spec, outputs[name], labels=labels, scores=paired)
-    ]
-
-
-def compare_outputs(
-    served_spec: Any,
-    shadow_spec: Any,
-    served: Mapping[str, Any],
-    shadow: Mapping[str, Any],
-    *,
-    min_sqnr_db: float,
-) -> list[tuple[str, str, bool]]:
-    """(output name, role, agreed) per compared output, the primary (first) output first.
-
-    The outputs are the served spec's declared outputs the served model produced (or, with none declared,
-    every served output as a "tensor", except a first ``[N, C]`` output: a classifier, as `predict` reads
-    it), at most `MAX_HEALTH_OUTPUTS`. An output the shadow lacks, or of
-    another shape, disagrees. Detection outputs are decoded with each bundle's own spec for that output.
-    """
-    declared = {o.name: o for o in served_spec.outputs if o.name in served}
-    names = list(declared) or list(served)
-    theirs = {o.name: o for o in shadow_spec.outputs}
-    # As `predict` reads it: with no role declared, a first output of shape [N, C] is a classifier.
-    first_shape: tuple[int, ...] = np.shape(served[names[0]]) if names else ()
-    implied = not declared and len(first_shape) == 2 and first_shape[0] >= 1 and first_shape[1] > 1
-    compared = []
-    for index, name in enumerate(names[:MAX_HEALTH_OUTPUTS]):
-        spec = declared.get(name)
-        role = spec.kind if spec is not None else ("classification" if implied and not index else "tensor")
-        if name not in shadow:
-            compared.append((name, role, False))
-            continue
-        mine, other = np.asarray(served[name]), np.asarray(shadow[name])
-        if role == "classification":
-            agreed = _top1_agree(mine, other)
-        elif role == "detection":
-            assert spec is not None
-            other_spec = theirs.get(name) if theirs.get(name, spec).kind == "detection" else spec
-            found = _detections(spec, served, name, None)
-            shadow_found = _detections(other_spec or spec, shadow, name, None)
-            agreed = len(found) == len(shadow_found) and all(
-                _detections_agree(a, b) for a, b in zip(found, shadow_found, strict=True)
-            )
-        else:
-            agreed = _within_tolerance(mine, other, min_sqnr_db)
-        compared.append((name, role, agreed))
-    return compared
-
-
-# ---- the persisted record -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShadowRecord:
-    """What ``shadow.json`` holds: the staged bundle (slot, bundle id, version) and strikes per bundle."""
-
-    staged: tuple[str, str, str] | None = None  # (slot, bundle_id, version) in the inactive slot
-    strikes: dict[str, int] = field(default_factory=dict)  # shadow bundle_id -> strikes on this device
-
-
-def load_record(path: Path) -> ShadowRecord:
-    """The record at `path`; an empty one when it is absent or unreadable (shadowing is never needed to
-    serve; the updater stages again)."""
-    try:
-        document = json.loads(path.read_bytes())
-        if document.get("schema") != RECORD_SCHEMA:
-            return ShadowRecord()
-        staged = document.get("staged")
-        strikes = {str(k): int(v) for k, v in document.get("strikes", {}).items()}
-        return ShadowRecord(
-            None if staged is None else (str(staged[0]), str(staged[1]), str(staged[2])),
-            dict(list(strikes.items())[-MAX_STRIKES_REMEMBERED:]),
-        )
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return ShadowRecord()
-
-
-def save_record(path: Path, record: ShadowRecord) -> None:
-    """Persist the record atomically.
-
-    Raises:
-        OSError: the store cannot be written.
-    """
-    strikes = dict(list(record.strikes.items())[-MAX_STRIKES_REMEMBERED:])
-    document = {
-        "schema": RECORD_SCHEMA,
-        "staged": record.staged,
-        "strikes": strikes,
-    }
-    atomic_write(path, json.dumps(document, sort_keys=True).encode() + b"\n")
 
 
 # ---- the runner -----------------------------------------------------------------------------------------

@@ -76,11 +76,72 @@ stable code, safe as a metrics label.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from device_runtime._contract_fields import (
+    _BATCH_KEYS,
+    _CODE,
+    _EVENT_KEYS,
+    _HEX64,
+    _ID,
+    _LOWER_MS,
+    _OUTPUT,
+    _UPPER_MS,
+    _VERSION,
+    CLOCK_TOLERANCE_S,
+    CONFIDENCE_BINS,
+    DETECTION_COUNT_EDGES,
+    EVENT_KINDS,
+    HISTOGRAM_SIZE,
+    LATENCY_BUCKETS_MS,
+    MAX_ABS_SQNR_DB,
+    MAX_BATCH_BYTES,
+    MAX_CONCURRENT_INFERENCES,
+    MAX_COUNTER,
+    MAX_DETAIL_CHARS,
+    MAX_DETECTIONS_PER_INPUT,
+    MAX_DOWNLOAD_BYTES,
+    MAX_EVENT_AGE_S,
+    MAX_EVENTS_PER_BATCH,
+    MAX_HEALTH_CHANNELS,
+    MAX_HEALTH_CLASSES,
+    MAX_HEALTH_INPUTS,
+    MAX_HEALTH_OUTPUTS,
+    MAX_INFERENCES_PER_S,
+    MAX_LATENCY_MS,
+    MAX_OUTPUTS,
+    MAX_QUANTILE_EDGES,
+    MAX_REASONS,
+    MAX_SAMPLED_PER_INFERENCE,
+    MAX_TIME_S,
+    MAX_WINDOW_S,
+    MIN_WINDOW_S,
+    REASONS,
+    SCHEMA,
+    SHADOW_ROLES,
+    _bundle,
+    _fail,
+    _int,
+    _keys,
+    _match,
+    _number,
+    _one_of,
+    _optional_code,
+    _optional_text,
+    _text,
+    _version,
+)
+from device_runtime._contract_sketches import (
+    HealthChannels,
+    HealthOutput,
+    HealthPayload,
+    ShadowOutput,
+    ShadowPayload,
+    parse_health,
+    parse_shadow,
+)
 from device_runtime.errors import ContractError
 
 __all__ = [
@@ -101,6 +162,7 @@ __all__ = [
     "MAX_HEALTH_INPUTS",
     "MAX_HEALTH_OUTPUTS",
     "MAX_INFERENCES_PER_S",
+    "MAX_LATENCY_MS",
     "MAX_QUANTILE_EDGES",
     "MAX_SAMPLED_PER_INFERENCE",
     "MAX_WINDOW_S",
@@ -132,91 +194,6 @@ __all__ = [
     "parse_event",
     "parse_payload",
 ]
-
-SCHEMA = "edgekit.telemetry/v1"
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # upper bounds, ms
-HISTOGRAM_SIZE = len(LATENCY_BUCKETS_MS) + 1  # the last bucket is "above 5000 ms"
-EVENT_KINDS = (
-    "inferences",
-    "crash",
-    "feedback",
-    "install",
-    "trial",
-    "slot-verify-failed",
-    "telemetry-reset",
-    "download",
-    "health",
-    "shadow",
-)
-
-MAX_BATCH_BYTES = 1 << 20  # bytes of one batch's JSON
-MAX_EVENTS_PER_BATCH = 5000  # events
-MAX_WINDOW_S = 3600.0  # seconds one inferences aggregate may cover
-MIN_WINDOW_S = 1.0  # seconds: a shorter window is bounded as if it were this long
-MAX_INFERENCES_PER_S = 20_000  # inferences per second of covered time (far above any edge model)
-MAX_CONCURRENT_INFERENCES = 16  # inferences in flight at once (the runtime serializes; headroom)
-MAX_LATENCY_MS = MAX_WINDOW_S * 1000.0  # ms, one inference (the device caps what it records)
-MAX_DETAIL_CHARS = 300  # characters of a free-text detail or reason
-MAX_REASONS = 32  # entries of a trial's reasons
-MAX_OUTPUTS = 64  # entries of an install's self_test_sqnr_db
-MAX_ABS_SQNR_DB = 1000.0  # dB
-MAX_COUNTER = 1_000_000_000  # a trial's strikes or successes
-MAX_DOWNLOAD_BYTES = 1 << 40  # bytes: one download's size, far above any bundle
-MAX_TIME_S = 7_258_118_400.0  # seconds since the epoch: 2200-01-01, beyond any clock
-CLOCK_TOLERANCE_S = 86_400.0  # seconds: a device clock further off than this is rebased to the server's
-MAX_EVENT_AGE_S = 30 * 86_400.0  # seconds: older (rebased) events are of no use to any rollout gate
-# health sketches (one event per bundle and reporting window)
-MAX_HEALTH_INPUTS = 8  # inputs sketched per bundle
-MAX_HEALTH_CHANNELS = 16  # channels per input (more: the input is sketched as one channel)
-MAX_QUANTILE_EDGES = 15  # reference bin edges per channel (so at most 16 bins)
-MAX_SAMPLED_PER_INFERENCE = 1024  # input elements one inference adds to a channel's count, at most
-MAX_HEALTH_OUTPUTS = 8  # outputs sketched per bundle
-MAX_HEALTH_CLASSES = 1024  # predicted-class counts (higher classes share the last count)
-CONFIDENCE_BINS = 10  # top-1 confidence or detection score bins over [0, 1], each 0.1 wide
-DETECTION_COUNT_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100)  # detections per input: bin i holds <= edge i
-MAX_DETECTIONS_PER_INPUT = 1000  # detections one input may produce (the last bin's upper bound)
-MAX_ABS_MOMENT = 1e38  # a channel's mean (float32 inputs stay below it)
-# shadow trials: the output roles of a bundle spec (device_runtime._spec.OUTPUT_KINDS; a test pins equality)
-SHADOW_ROLES = (
-    "classification",
-    "detection",
-    "segmentation",
-    "regression",
-    "embedding",
-    "sequence",
-    "tensor",
-)
-
-REASONS = (
-    "not-object",
-    "unknown-kind",
-    "unknown-field",
-    "missing-field",
-    "wrong-type",
-    "not-finite",
-    "out-of-range",
-    "bad-id",
-    "bad-bundle-id",
-    "too-long",
-    "histogram-length",
-    "histogram-sum",
-    "errors-exceed-inferences",
-    "latency-inconsistent",
-    "time-window",
-    "duplicate-event",
-    "sketch-inconsistent",
-)
-
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")  # as signing.manifest
-_CODE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_OUTPUT = re.compile(r"[^\x00-\x1f]{1,128}")
-_EVENT_KEYS = frozenset(("id", "kind", "time", "payload"))
-_BATCH_KEYS = frozenset(("schema", "batch_id", "device_id", "sent_at", "events"))
-# Bucket i holds latencies in (LOWER[i], UPPER[i]] ms (bisect_left on the upper bounds).
-_LOWER_MS = (0.0, *(float(b) for b in LATENCY_BUCKETS_MS))
-_UPPER_MS = (*(float(b) for b in LATENCY_BUCKETS_MS), MAX_LATENCY_MS)
 
 
 # ---- typed payloads ------------------------------------------------------------------------------
@@ -305,70 +282,6 @@ class DownloadPayload:
     detail: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HealthChannels:
-    """One input's channel sketches: counts, means, M2s, and counts per reference bin (() without one)."""
-
-    name: str
-    n: tuple[int, ...]
-    mean: tuple[float, ...]
-    m2: tuple[float, ...]
-    bins: tuple[tuple[int, ...], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HealthOutput:
-    """One output's role sketch. classification: ``counts`` per predicted class, ``scores`` per confidence
-    bin; detection: ``counts`` per `DETECTION_COUNT_EDGES` bin, ``scores`` per score bin, ``score_sum``."""
-
-    name: str
-    role: str
-    counts: tuple[int, ...]
-    scores: tuple[int, ...]
-    score_sum: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HealthPayload:
-    """Label-free health sketches of one bundle over one reporting window (`device_runtime.health`)."""
-
-    bundle_id: str
-    version: str | None
-    inferences: int
-    window_s: float
-    inputs: tuple[HealthChannels, ...]
-    outputs: tuple[HealthOutput, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowOutput:
-    """One output's shadow agreement: runs compared and runs whose output agreed with the served one."""
-
-    name: str
-    role: str
-    compared: int
-    agreed: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowPayload:
-    """A shadow trial over one reporting window: the shadow bundle against the served one."""
-
-    bundle_id: str  # the shadow bundle
-    served_bundle_id: str
-    compared: int
-    agreed: int
-    outputs: tuple[ShadowOutput, ...]  # sorted by name
-    failures: int
-    timeouts: int
-    skipped_cpu: int
-    latency_histogram: tuple[int, ...]  # len(LATENCY_BUCKETS_MS) + 1 counts of compared runs
-    version: str | None = None
-    window_s: float | None = None
-    dropped: int = 0
-    stopped: bool = False
-
-
 Payload = (
     InferencesPayload
     | CrashPayload
@@ -391,90 +304,6 @@ class Event:
     kind: str
     time: float  # seconds since the epoch, device clock
     payload: Payload
-
-
-# ---- field checks (hot path: plain functions, `type(x) is` tests, exceptions only on failure) -------
-def _fail(reason: str, message: str) -> ContractError:
-    return ContractError(reason, message)
-
-
-def _keys(kind: str, payload: Any, required: frozenset[str], allowed: frozenset[str]) -> dict[str, Any]:
-    if type(payload) is not dict:
-        raise _fail("not-object", f"{kind} payload must be a JSON object, got {type(payload).__name__}")
-    keys = payload.keys()
-    if not keys <= allowed:
-        unknown = sorted(str(k)[:40] for k in keys - allowed)
-        raise _fail("unknown-field", f"{kind} payload: unknown fields {unknown}; allowed {sorted(allowed)}")
-    if not required <= keys:
-        raise _fail("missing-field", f"{kind} payload lacks {sorted(required - keys)}")
-    return payload
-
-
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    if type(value) is not int:  # bool is not int here: type(True) is bool
-        raise _fail("wrong-type", f"{name} must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise _fail("out-of-range", f"{name} = {str(value)[:24]} is outside {low}..{high}")
-    return value
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    kind = type(value)
-    if kind is float:
-        if not math.isfinite(value):
-            raise _fail("not-finite", f"{name} must be finite, got {value}")
-    elif kind is int:
-        value = float(value) if -(2**63) <= value <= 2**63 else math.inf
-    else:
-        raise _fail("wrong-type", f"{name} must be a number, got {kind.__name__}")
-    if not low <= value <= high:
-        raise _fail("out-of-range", f"{name} = {str(value)[:24]} is outside {low:g}..{high:g}")
-    return float(value)
-
-
-def _text(value: Any, name: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    if type(value) is not str:
-        raise _fail("wrong-type", f"{name} must be a string, got {type(value).__name__}")
-    if len(value) > limit:
-        raise _fail("too-long", f"{name} has {len(value)} characters, more than {limit}")
-    return value
-
-
-def _match(value: Any, name: str, pattern: re.Pattern[str], what: str, reason: str = "bad-id") -> str:
-    if type(value) is not str:
-        raise _fail("wrong-type", f"{name} must be a string, got {type(value).__name__}")
-    if pattern.fullmatch(value) is None:
-        raise _fail(reason, f"{name} {value[:40]!r} is not {what}")
-    return value
-
-
-def _bundle(value: Any, name: str = "bundle_id") -> str:
-    return _match(value, name, _HEX64, "a bundle id (64 lower-case hex digits)", "bad-bundle-id")
-
-
-def _version(payload: dict[str, Any]) -> str | None:
-    value = payload.get("version")
-    if value is None:
-        return None
-    return _match(value, "version", _VERSION, "a version (1-64 of [0-9A-Za-z.+_-])")
-
-
-def _optional_code(payload: dict[str, Any], key: str) -> str | None:
-    value = payload.get(key)
-    return None if value is None else _match(value, key, _CODE, "a reason code (1-64 of [A-Za-z0-9._:-])")
-
-
-def _optional_text(payload: dict[str, Any], key: str) -> str | None:
-    value = payload.get(key)
-    return None if value is None else _text(value, key)
-
-
-def _one_of(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if type(value) is not str:
-        raise _fail("wrong-type", f"{name} must be a string, got {type(value).__name__}")
-    if value not in choices:
-        raise _fail("out-of-range", f"{name} {value[:40]!r} is not one of {list(choices)}")
-    return value
 
 
 # ---- per kind ------------------------------------------------------------------------------------
@@ -689,194 +518,6 @@ def _download(p: Any) -> DownloadPayload:
     )
 
 
-_HEALTH_REQUIRED = frozenset(("bundle_id", "inferences", "window_s", "inputs", "outputs"))
-_HEALTH_ALLOWED = _HEALTH_REQUIRED | {"version"}
-_CHANNEL_KEYS = frozenset(("name", "n", "mean", "m2", "bins"))
-_CLASSIFICATION_KEYS = frozenset(("name", "role", "classes", "confidence"))
-_DETECTION_KEYS = frozenset(("name", "role", "detections", "scores", "score_sum"))
-
-
-def _counts(value: Any, name: str, low_len: int, high_len: int, total: int | None = None) -> tuple[int, ...]:
-    """A list of non-negative integer counts of bounded length (summing to `total` when given)."""
-    if type(value) is not list:
-        raise _fail("wrong-type", f"{name} must be a list of counts, got {type(value).__name__}")
-    if not low_len <= len(value) <= high_len:
-        raise _fail("histogram-length", f"{name} has {len(value)} counts, expected {low_len}..{high_len}")
-    for count in value:
-        if type(count) is not int:
-            raise _fail("wrong-type", f"{name} holds a {type(count).__name__}, not an integer")
-        if count < 0:
-            raise _fail("out-of-range", f"{name} holds a negative count")
-    if total is not None and sum(value) != total:
-        raise _fail("histogram-sum", f"{name} sums to {sum(value)}, not {total}")
-    return tuple(value)
-
-
-def _unique(entries: Any, name: str, limit: int) -> list[Any]:
-    if type(entries) is not list:
-        raise _fail("wrong-type", f"{name} must be a list, got {type(entries).__name__}")
-    if len(entries) > limit:
-        raise _fail("too-long", f"{name} has {len(entries)} entries, more than {limit}")
-    names = set()
-    for entry in entries:
-        if type(entry) is not dict:
-            raise _fail("not-object", f"{name} entries must be JSON objects")
-        names.add(_match(entry.get("name"), f"{name}[].name", _OUTPUT, "a tensor name"))
-    if len(names) != len(entries):
-        raise _fail("sketch-inconsistent", f"{name} names a tensor twice")
-    return entries
-
-
-def _health_channels(entry: dict[str, Any], inferences: int) -> HealthChannels:
-    _keys("health input", entry, _CHANNEL_KEYS, _CHANNEL_KEYS)
-    n = _counts(entry["n"], "inputs[].n", 1, MAX_HEALTH_CHANNELS)
-    channels = len(n)
-    if max(n) > inferences * MAX_SAMPLED_PER_INFERENCE:
-        raise _fail(
-            "out-of-range", f"inputs[].n: more than {MAX_SAMPLED_PER_INFERENCE} elements per inference"
-        )
-    means, m2s = entry["mean"], entry["m2"]
-    if type(means) is not list or type(m2s) is not list or not len(means) == len(m2s) == channels:
-        raise _fail("histogram-length", f"inputs[].mean and m2 need one number per channel ({channels})")
-    mean = tuple(_number(v, "inputs[].mean", -MAX_ABS_MOMENT, MAX_ABS_MOMENT) for v in means)
-    m2 = tuple(_number(v, "inputs[].m2", 0.0, math.inf) for v in m2s)
-    if any(c == 0 and (a != 0.0 or b != 0.0) for c, a, b in zip(n, mean, m2, strict=True)):
-        raise _fail("sketch-inconsistent", "inputs[]: a channel with no elements has a mean or M2")
-    rows = entry["bins"]
-    if type(rows) is not list or len(rows) not in (0, channels):
-        raise _fail("histogram-length", f"inputs[].bins: [] or one list per channel ({channels})")
-    bins = tuple(
-        _counts(row, "inputs[].bins[]", 2, MAX_QUANTILE_EDGES + 1, count)
-        for row, count in zip(rows, n, strict=False)
-    )
-    if len({len(b) for b in bins}) > 1:
-        raise _fail("histogram-length", "inputs[].bins: every channel has the same number of bins")
-    return HealthChannels(entry["name"], n, mean, m2, bins)
-
-
-def _health_output(entry: dict[str, Any], inferences: int) -> HealthOutput:
-    role = _one_of(entry.get("role"), "outputs[].role", ("classification", "detection"))
-    if role == "classification":
-        _keys("health output", entry, _CLASSIFICATION_KEYS, _CLASSIFICATION_KEYS)
-        classes = _counts(entry["classes"], "outputs[].classes", 1, MAX_HEALTH_CLASSES, inferences)
-        confidence = _counts(
-            entry["confidence"], "outputs[].confidence", CONFIDENCE_BINS, CONFIDENCE_BINS, inferences
-        )
-        return HealthOutput(entry["name"], role, classes, confidence)
-    _keys("health output", entry, _DETECTION_KEYS, _DETECTION_KEYS)
-    width = len(DETECTION_COUNT_EDGES) + 1
-    detections = _counts(entry["detections"], "outputs[].detections", width, width, inferences)
-    scores = _counts(entry["scores"], "outputs[].scores", CONFIDENCE_BINS, CONFIDENCE_BINS)
-    lowest = sum(c * (low + 1) for c, low in zip(detections[1:], DETECTION_COUNT_EDGES, strict=False))
-    highest = sum(
-        c * high
-        for c, high in zip(detections, (*DETECTION_COUNT_EDGES, MAX_DETECTIONS_PER_INPUT), strict=True)
-    )
-    total = sum(scores)
-    if not lowest <= total <= highest:
-        raise _fail(
-            "sketch-inconsistent",
-            f"outputs[].scores count {total} detections; the detections bins allow {lowest}..{highest}",
-        )
-    score_sum = _number(entry["score_sum"], "outputs[].score_sum", 0.0, float(highest))
-    low = sum(c * i / CONFIDENCE_BINS for i, c in enumerate(scores))
-    high = sum(c * (i + 1) / CONFIDENCE_BINS for i, c in enumerate(scores))
-    if not low * (1 - 1e-9) - 1e-9 <= score_sum <= high * (1 + 1e-9) + 1e-9:
-        raise _fail("sketch-inconsistent", f"outputs[].score_sum {score_sum:g} is outside {low:g}..{high:g}")
-    return HealthOutput(entry["name"], role, detections, scores, score_sum)
-
-
-def _health(p: Any) -> HealthPayload:
-    _keys("health", p, _HEALTH_REQUIRED, _HEALTH_ALLOWED)
-    window = _number(p["window_s"], "window_s", 0.0, MAX_WINDOW_S)
-    limit = int(MAX_INFERENCES_PER_S * (window if window > MIN_WINDOW_S else MIN_WINDOW_S))
-    inferences = _int(p["inferences"], "inferences", 1, limit)
-    inputs = _unique(p["inputs"], "inputs", MAX_HEALTH_INPUTS)
-    outputs = _unique(p["outputs"], "outputs", MAX_HEALTH_OUTPUTS)
-    return HealthPayload(
-        _bundle(p["bundle_id"]),
-        _version(p),
-        inferences,
-        window,
-        tuple(_health_channels(e, inferences) for e in inputs),
-        tuple(_health_output(e, inferences) for e in outputs),
-    )
-
-
-_SHADOW_REQUIRED = frozenset(
-    (
-        "bundle_id",
-        "served_bundle_id",
-        "compared",
-        "agreed",
-        "outputs",
-        "failures",
-        "timeouts",
-        "skipped_cpu",
-        "latency_histogram",
-    )
-)
-_SHADOW_ALLOWED = _SHADOW_REQUIRED | {"version", "window_s", "dropped", "stopped"}
-_SHADOW_OUTPUT_KEYS = frozenset(("role", "compared", "agreed"))
-
-
-def _shadow_output(name: Any, entry: Any, limit: int) -> ShadowOutput:
-    _match(name, "outputs key", _OUTPUT, "a tensor name")
-    _keys("shadow output", entry, _SHADOW_OUTPUT_KEYS, _SHADOW_OUTPUT_KEYS)
-    role = _one_of(entry["role"], "outputs[].role", SHADOW_ROLES)
-    compared = _int(entry["compared"], "outputs[].compared", 0, limit)
-    agreed = _int(entry["agreed"], "outputs[].agreed", 0, limit)
-    if agreed > compared:
-        raise _fail("sketch-inconsistent", f"outputs[{name[:40]!r}]: agreed {agreed} > compared {compared}")
-    return ShadowOutput(name, role, compared, agreed)
-
-
-def _shadow(p: Any) -> ShadowPayload:
-    _keys("shadow", p, _SHADOW_REQUIRED, _SHADOW_ALLOWED)
-    window: float | None = None
-    if p.get("window_s") is not None:
-        window = _number(p["window_s"], "window_s", 0.0, MAX_WINDOW_S)
-    span = MAX_WINDOW_S if window is None else max(window, MIN_WINDOW_S)
-    limit = int(MAX_INFERENCES_PER_S * span)
-    compared = _int(p["compared"], "compared", 0, limit)
-    agreed = _int(p["agreed"], "agreed", 0, limit)
-    if agreed > compared:
-        raise _fail("sketch-inconsistent", f"agreed {agreed} > compared {compared}")
-    outputs = p["outputs"]
-    if type(outputs) is not dict:
-        raise _fail(
-            "wrong-type", f"outputs must be an object of output name -> counts, got {type(outputs).__name__}"
-        )
-    if len(outputs) > MAX_HEALTH_OUTPUTS:
-        raise _fail("too-long", f"outputs has {len(outputs)} entries, more than {MAX_HEALTH_OUTPUTS}")
-    parsed = tuple(_shadow_output(name, entry, limit) for name, entry in sorted(outputs.items()))
-    if compared and not parsed:
-        raise _fail("sketch-inconsistent", f"{compared} runs compared but no output is reported")
-    if any(o.compared > compared for o in parsed):
-        raise _fail("sketch-inconsistent", "an output compared more runs than the primary output's compared")
-    if parsed and all((o.compared, o.agreed) != (compared, agreed) for o in parsed):
-        raise _fail("sketch-inconsistent", "compared and agreed are not any output's (the primary output's)")
-    histogram = _counts(p["latency_histogram"], "latency_histogram", HISTOGRAM_SIZE, HISTOGRAM_SIZE, compared)
-    stopped = p.get("stopped", False)
-    if type(stopped) is not bool:
-        raise _fail("wrong-type", f"stopped must be true or false, got {type(stopped).__name__}")
-    return ShadowPayload(
-        _bundle(p["bundle_id"]),
-        _bundle(p["served_bundle_id"], "served_bundle_id"),
-        compared,
-        agreed,
-        parsed,
-        _int(p["failures"], "failures", 0, limit),
-        _int(p["timeouts"], "timeouts", 0, limit),
-        _int(p["skipped_cpu"], "skipped_cpu", 0, limit),
-        histogram,
-        _version(p),
-        window,
-        _int(p.get("dropped", 0), "dropped", 0, limit),
-        stopped,
-    )
-
-
 _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "inferences": _inferences,
     "crash": _crash,
@@ -886,8 +527,8 @@ _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "slot-verify-failed": _slot_verify_failed,
     "telemetry-reset": _telemetry_reset,
     "download": _download,
-    "health": _health,
-    "shadow": _shadow,
+    "health": parse_health,
+    "shadow": parse_shadow,
 }
 assert tuple(_PARSERS) == EVENT_KINDS
 

@@ -118,7 +118,7 @@ def _decide(
 
 
 def _mean(arm: ArmSample) -> np.ndarray:
-    return arm.moments(np.ones(arm.devices, bool))[0][0]
+    return arm.moments()[0][0]
 
 
 def _robust(
@@ -329,7 +329,7 @@ def _psi_point(arm: _Channels) -> tuple[np.ndarray, np.ndarray]:
     """Per channel: PSI of the arm's weighted shares, and the same less its small-sample bias (the
     sum over bins of var(share) / share, the expected PSI of pure sampling noise; (bins - 1) / n for
     n independent elements)."""
-    m, v, _ = arm.sample.moments(np.ones(arm.sample.devices, bool))
+    m, v, _ = arm.sample.moments()
     psi = np.add.reduceat(_psi_terms(m[0], arm.expected), arm.starts)
     bias = np.add.reduceat(v[0] / np.maximum(m[0], PSI_FLOOR), arm.starts)
     return psi, psi - bias
@@ -409,7 +409,7 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
         psi_c, fair_c = _psi_point(c_pair)
         drifting = _psi_bounds(
             c_pair,
-            *c_pair.sample.moments(np.ones(c_pair.sample.devices, bool)),
+            *c_pair.sample.moments(),
             cfg.label_free_alpha / columns,
             judge,
         )[0][0]

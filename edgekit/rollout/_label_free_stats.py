@@ -15,7 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["SHORTLIST", "ArmSample", "Bound", "cs_radius", "robust_bound"]
+__all__ = ["MAX_SET_CLASSES", "SHORTLIST", "ArmSample", "Bound", "SetSample", "cs_radius", "robust_bound"]
+
+MAX_SET_CLASSES = 10  # classes up to which the class shift's pass bound looks at every set of classes
 
 SHORTLIST = 32  # devices per arm and criterion tried at each greedy removal step (see leave_one_out)
 
@@ -118,6 +120,51 @@ class ArmSample:
             smooth = (a + 0.5) / (safe_w + 1.0)
             var = np.maximum(var, smooth * (1.0 - smooth) / safe_w)
         return mean, var, n.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class SetSample(ArmSample):
+    """Class shares seen through every set of classes A: its moments are those of each set's share (the
+    nonempty subsets of all classes but the last; a set and its complement carry the same difference),
+    the variance of a set's share taken from the devices' full cluster-robust covariance of the classes,
+    so the negative covariance of shares that sum to 1 is not lost. At most `MAX_SET_CLASSES` classes."""
+
+    @cached_property
+    def sets(self) -> np.ndarray:
+        """[C, M] indicators: column j is the set of classes whose bits are set in j + 1."""
+        classes = self.y.shape[1]
+        codes = np.arange(1, 2 ** (classes - 1))
+        return ((codes[None, :] >> np.arange(classes)[:, None]) & 1).astype(np.float64)
+
+    @cached_property
+    def terms(self) -> tuple[np.ndarray, ...]:
+        """As `ArmSample.terms`, with w^2 y y' (flattened [C * C]) for the covariance."""
+        w, y = self.w, self.y
+        w2 = w * w
+        outer = (w2[:, None, None] * y[:, :, None] * y[:, None, :]).reshape(w.size, -1)
+        return w, w[:, None] * y, outer, w2[:, None] * y, w2, np.ones_like(w)
+
+    def from_sums(
+        self, big_w: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, n: np.ndarray
+    ) -> Moments:
+        safe_w = np.where(big_w > 0, big_w, 1.0)[..., None]
+        mean = a / safe_w
+        k = mean.shape[-1]
+        outer = b.reshape(*b.shape[:-1], k, k)
+        mc = mean[..., :, None] * c[..., None, :]
+        cov = (
+            outer
+            - mc
+            - np.swapaxes(mc, -1, -2)
+            + d[..., None, None] * mean[..., :, None] * mean[..., None, :]
+        )
+        nn = n[..., None, None]
+        cov = cov / (safe_w[..., None] ** 2) * nn / np.maximum(nn - 1.0, 1.0)
+        sets = self.sets
+        set_mean = mean @ sets
+        set_var = ((cov @ sets) * sets).sum(axis=-2)
+        smooth = (set_mean * safe_w + 0.5) / (safe_w + 1.0)
+        return set_mean, np.maximum(set_var, smooth * (1.0 - smooth) / safe_w), n.astype(np.float64)
 
 
 def robust_bound(

@@ -443,11 +443,12 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
             cfg.label_free_alpha / columns,
             judge,
         )[0][0]
-        for i in np.flatnonzero(drifting > cfg.psi_rollback):
+        moved = [f"{c_pair.names[i]} {psi_c[i]:.3f}" for i in np.flatnonzero(drifting > cfg.psi_rollback)]
+        if moved:
             alerts.append(
-                f"input drift in both arms: {c_pair.names[i]} has PSI {psi_c[i]:.3f} against the baseline's "
-                f"reference in the control arm too (lower bound {drifting[i]:.3f} > {cfg.psi_rollback:g}); "
-                "the inputs changed, not only the release"
+                f"input drift in both arms: the control's inputs moved from the baseline's reference too "
+                f"(PSI {', '.join(moved)}; lower bounds > {cfg.psi_rollback:g}): the inputs changed, not only "
+                "the release"
             )
         if name in c_pair.names:
             j = c_pair.names.index(name)

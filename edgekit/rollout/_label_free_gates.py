@@ -447,8 +447,8 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
         if moved:
             alerts.append(
                 f"input drift in both arms: the control's inputs moved from the baseline's reference too "
-                f"(PSI {', '.join(moved)}; lower bounds > {cfg.psi_rollback:g}): the inputs changed, not only "
-                "the release"
+                f"(PSI {', '.join(moved)}; lower bounds > {cfg.psi_rollback:g}): the inputs changed, "
+                "not only the release"
             )
         if name in c_pair.names:
             j = c_pair.names.index(name)

@@ -123,11 +123,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device_runtime.telemetry_contract import CONFIDENCE_BINS
+from edgekit.rollout._label_free_drift import input_drift
 from edgekit.rollout._label_free_gates import (
     Judge,
     class_shift,
     confidence_shift,
-    input_drift,
     rec,
     shadow_agreement,
     shadow_failures,

@@ -150,6 +150,7 @@ def test_without_health_telemetry_every_label_free_gate_is_not_judged_and_passes
     for metric in LABEL_FREE_METRICS:
         record = _record(decision, metric)
         assert record.outcome == "pass" and record.detail == "not judged: no health telemetry"
+        assert record.threshold is not None and record.threshold > 0
     assert label_free_checks(1, None, CONFIG) == (label_free_records(1, None, CONFIG), [])
 
 

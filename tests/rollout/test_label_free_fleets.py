@@ -263,3 +263,50 @@ def test_k_liars_per_arm_cannot_pass_a_broken_release(seed: int) -> None:
     # What the liars get without K: the rollbacks the honest devices show are hidden, two gates pass.
     assert all(naive[m] != "rollback" for m in judged), naive
     assert naive["class_shift"] == naive["shadow_agreement"] == "pass", naive
+
+
+def _random_liars(arm: ArmEvidence, rng: np.random.Generator) -> ArmEvidence:
+    """`arm` plus LIARS devices with random values and random weights up to the caps."""
+    k, size = LIARS, CLASS_MIX.size
+    compared = rng.uniform(0.0, 1.0, k) * 36_000.0 * HOURS
+    assert arm.classes is not None and arm.confidence is not None and arm.shadow_compared is not None
+    assert arm.shadow_agreed is not None and arm.shadow_failures is not None
+    return ArmEvidence(
+        weights=np.concatenate(
+            [arm.weights, rng.uniform(0.0, 1.0, k) ** rng.uniform(0.1, 3.0) * 360_000.0 * HOURS]
+        ),
+        classes=np.concatenate([arm.classes, rng.dirichlet(np.full(size, rng.uniform(0.05, 5.0)), size=k)]),
+        confidence=np.concatenate([arm.confidence, rng.uniform(0.0, 1.0, k)]),
+        drift={
+            "image": np.concatenate(
+                [arm.drift["image"], rng.dirichlet(np.full(10, rng.uniform(0.05, 5.0)), size=(k, CHANNELS))]
+            )
+        },
+        shadow_compared=np.concatenate([arm.shadow_compared, compared]),
+        shadow_agreed=np.concatenate(
+            [arm.shadow_agreed, compared * rng.uniform(0.0, 1.0, k) * (rng.uniform() < 0.5)]
+        ),
+        shadow_failures=np.concatenate(
+            [arm.shadow_failures, rng.uniform(0.0, 600.0, k) * (rng.uniform() < 0.5)]
+        ),
+    )
+
+
+def test_k_liars_per_arm_with_random_claims_neither_roll_back_aa_nor_pass_a_broken_release() -> None:
+    rng = np.random.default_rng(7)
+    healthy = [last_look(300 + seed, hours=HOURS) for seed in range(2)]
+    broken_release = Release(swap=(0, 1), inputs=INVERTED, disagreement=0.3, confidence_drop=0.3)
+    broken = [last_look(400 + seed, devices=1000, hours=HOURS, release=broken_release) for seed in range(2)]
+    judged = set(LABEL_FREE_METRICS) - {"shadow_failures"}  # the broken release's shadow runs do not fail
+    for trial in range(40):
+        aa = healthy[trial % 2]
+        lied = dataclasses.replace(
+            aa, treatment=_random_liars(aa.treatment, rng), control=_random_liars(aa.control, rng)
+        )
+        assert _rollbacks(lied, LOOSE) == set(), trial
+        bad = broken[trial % 2]
+        lied = dataclasses.replace(
+            bad, treatment=_random_liars(bad.treatment, rng), control=_random_liars(bad.control, rng)
+        )
+        passed = {r.metric for r in label_free_records(1, lied, LOOSE) if r.outcome == "pass"}
+        assert not passed & judged, (trial, passed)

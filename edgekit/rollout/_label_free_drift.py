@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.rollout._label_free_gates import Judge, decide, rec, robust
+from edgekit.rollout._label_free_gates import Judge, rec, robust, verdict
 from edgekit.rollout._label_free_stats import ArmSample, Bound, Moments, robust_bound
 from edgekit.rollout._types import DecisionRecord
 from edgekit.rollout.health_sketches import PSI_FLOOR
@@ -129,7 +129,13 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
     if not ok:
         return judge.need(metric, least, cfg.psi_pass)
     psi_t, fair_t = _psi_point(t_all)
-    worst = int(np.argmax(fair_t))
+    psi_c, fair_c = _psi_point(c_pair) if c_pair is not None else (np.zeros(0), np.zeros(0))
+    paired_at = {} if c_pair is None else {ch: i for i, ch in enumerate(c_pair.names)}
+    # The channel the detail names: the largest excess over the control (bias removed on both sides).
+    excess = [
+        fair_t[i] - (fair_c[paired_at[ch]] if ch in paired_at else 0.0) for i, ch in enumerate(t_all.names)
+    ]
+    worst = int(np.argmax(excess))
     name = t_all.names[worst]
     what = (
         f"input {name}: PSI {psi_t[worst]:.3f} against the target's reference ({fair_t[worst]:.3f} less bias)"
@@ -152,7 +158,6 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
         low, high = robust(t_pair.sample, c_pair.sample, make, judge)
         lows.append(low)
         highs.append(high)
-        psi_c, fair_c = _psi_point(c_pair)
         drifting = _psi_bounds(
             c_pair,
             *c_pair.sample.moments(),
@@ -166,8 +171,8 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
                 f"(PSI {', '.join(moved)}; lower bounds > {cfg.psi_rollback:g}): the inputs changed, "
                 "not only the release"
             )
-        if name in c_pair.names:
-            j = c_pair.names.index(name)
+        if name in paired_at:
+            j = paired_at[name]
             control_psi = float(psi_c[j])
             what += f", control {psi_c[j]:.3f} against the baseline's ({fair_c[j]:.3f} less bias): excess"
     if lone:
@@ -197,7 +202,7 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
             what += f" ({why}: judged alone, never rolled back):"
     value = float(psi_t[worst] - (control_psi or 0.0))
     low = max(lows) if lows else -np.inf
-    return decide(
+    return verdict(
         metric,
         what,
         value,

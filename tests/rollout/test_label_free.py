@@ -75,13 +75,16 @@ def test_inverted_inputs_are_rolled_back_by_input_drift() -> None:
     assert drift.threshold == 0.25 and "PSI" in drift.detail and "excess" in drift.detail
 
 
-def test_a_world_drifting_for_both_arms_alerts_without_rolling_back() -> None:
-    decision = _evaluate(last_look(3, world=World(inputs=BRIGHTER)))
+@pytest.mark.parametrize("same_bins", [False, True])
+def test_a_world_drifting_for_both_arms_alerts_without_rolling_back(same_bins: bool) -> None:
+    decision = _evaluate(last_look(3, world=World(inputs=BRIGHTER), same_bins=same_bins))
     drift = _record(decision, "input_drift")
     assert drift.treatment_value is not None and drift.treatment_value > 1.0  # PSI of the brighter world
     assert drift.control_value is not None and drift.control_value > 1.0
     assert drift.outcome != "rollback" and decision.outcome != "rollback"
     assert decision.alert is not None and "input drift in both arms" in decision.alert
+    if same_bins:  # both profiles bin alike: the arms' inputs are compared directly, and alike they pass
+        assert drift.outcome == "pass" and "the arms' inputs differ by PSI at most" in drift.detail
 
 
 def test_a_release_drifting_more_than_the_world_is_still_rolled_back() -> None:

@@ -324,13 +324,14 @@ def arm_evidence(
         out = d.sketch.outputs.get(name) if name is not None else None
         if out is not None:
             width = max(width, len(out.counts))
-    channels: dict[str, tuple[int, int]] = {}
-    for d in ordered:
-        for input_name, sketches in d.sketch.inputs.items():
-            if sketches and sketches[0].bins:
-                channels.setdefault(input_name, (len(sketches), len(sketches[0].bins)))
     arms: dict[str, ArmEvidence] = {}
     for arm in ("treatment", "control"):
+        # Each arm bins by its own release's profile: the shape of an input's bins is per arm.
+        channels: dict[str, tuple[int, int]] = {}
+        for d in ordered:
+            for input_name, sketches in d.sketch.inputs.items():
+                if d.arm == arm and sketches and sketches[0].bins:
+                    channels.setdefault(input_name, (len(sketches), len(sketches[0].bins)))
         ids = sorted({i for a, i in health if a == arm} | {i for a, i in shadow if a == arm})
         n = len(ids)
         weights = np.zeros(n)

@@ -288,3 +288,14 @@ def test_arm_evidence_merges_fragments_of_one_device() -> None:
     assert control.shadow_compared is not None and control.shadow_compared[0] == 20
     assert control.shadow_agreed is not None and control.shadow_agreed[0] == 19
     assert control.drift["image"].shape == (1, 1, 10) and REFERENCE.shape == (3, 10)
+
+
+def test_arm_evidence_keeps_each_arms_own_bins() -> None:
+    treatment, control = DeviceHealth("t", "treatment"), DeviceHealth("c", "control")
+    treatment.add(HOUR, _sketch([5, 5]))  # ten bins
+    sketch = _sketch([5, 5])
+    sketch.inputs["image"][0].bins = sketch.inputs["image"][0].bins[:8]  # a baseline profile of eight
+    control.add(HOUR, sketch)
+    arms = arm_evidence([treatment, control], [], 0.0, 2 * HOUR)
+    assert arms["treatment"].drift["image"].shape == (1, 1, 10)
+    assert arms["control"].drift["image"].shape == (1, 1, 8)

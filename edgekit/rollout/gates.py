@@ -18,10 +18,15 @@ Checks, each giving one `DecisionRecord` (pass, hold or rollback):
    above `rollback_latency_p95_ratio` ×.
 6. accuracy from feedback: a non-inferiority bound on the drop in percentage points (skipped, and
    recorded as such, when neither arm has feedback).
+6b. label-free gates, from the devices' health sketches and shadow runs (`evaluate(label_free=...)`):
+   class shift, confidence shift, input drift, shadow agreement and shadow failures, each on anytime-valid
+   device-level bounds (`edgekit.rollout.label_free` explains them); recorded as not judged, and passing,
+   when no such evidence exists.
 7. minimum stage duration; 8. stage deadline: past it, a stage without a decision holds and alerts.
 
 Outcome: rollback if any record says rollback; promote only if every record passes; hold otherwise. At
-the last stage (100%, no control) only the guardrails, exposure and duration apply and promote means
+the last stage (100%, no control) only the guardrails, exposure, duration and the label-free checks that
+need no control (input drift against the reference profile, shadow failures) apply, and promote means
 complete.
 
 No few devices decide a stage. Each arm carries, per field, what its K = `robust_devices` most
@@ -116,6 +121,7 @@ from edgekit.rollout._types import (
     Outcome,
     StageDecision,
 )
+from edgekit.rollout.label_free import LabelFreeEvidence, label_free_checks
 
 __all__ = [
     "HISTOGRAM_SIZE",
@@ -433,6 +439,7 @@ def evaluate(
     config: GateConfig,
     now: float,
     stage_started_at: float,
+    label_free: LabelFreeEvidence | None = None,
 ) -> StageDecision:
     """Decide whether a stage promotes, holds or rolls back.
 
@@ -443,6 +450,8 @@ def evaluate(
         config: thresholds.
         now: evaluation time (seconds since the Unix epoch).
         stage_started_at: when the stage started (seconds since the Unix epoch).
+        label_free: the arms' health sketches and shadow runs for the label-free gates
+            (`edgekit.rollout.label_free`); None records them as "not judged: no health telemetry" (pass).
 
     Returns:
         The decision with one record per check. Missing, NaN, negative or inconsistent telemetry, a
@@ -544,6 +553,11 @@ def evaluate(
         records.append(_skipped("latency_p95", bad) if bad else _latency(t, c, rt, rc, config))
         bad = broken("feedback_total", "feedback_correct")
         records.append(_skipped("accuracy", bad) if bad else _accuracy(t, c, rt, rc, config))
+
+    # (6b) label-free gates (class and confidence shift, input drift, shadow agreement and failures).
+    label_free_found, label_free_alerts = label_free_checks(stage, label_free, config)
+    records.extend(label_free_found)
+    alerts.extend(label_free_alerts)
 
     # (7) minimum duration.
     elapsed = (

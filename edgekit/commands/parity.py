@@ -9,7 +9,8 @@ import click
 
 from edgekit.commands._common import (
     ClickProgress,
-    echo_json,
+    CommandError,
+    emit_result,
     handle_errors,
     parse_signature,
     signature_options,
@@ -205,8 +206,17 @@ def parity(
         write_json(report, report_path)
     if html_path is not None:
         write_html(report, html_path)
+    if as_json and not report["passed"]:
+        error = CommandError(
+            "the parity gate failed: " + "; ".join(report["failures"]),
+            code="GateFailed",
+            hint="see the figures; loosen a gate only with --min-agreement, --max-drop, --min-sqnr or "
+            "--min-cosine if the use case allows it",
+        )
+        error.report = report  # type: ignore[attr-defined]
+        raise error
     if as_json:
-        echo_json(report)
+        emit_result(report)
     else:
         print_summary(report)
     if not report["passed"]:

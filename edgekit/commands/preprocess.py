@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.commands._common import echo_json, handle_errors, write_json
+from edgekit.commands._common import emit_result, handle_errors, write_json
 
 HF_CONFIG_NAME = "preprocessor_config.json"
 
@@ -84,7 +84,7 @@ def import_(
         raise SpecError(f"{path}: the converted spec does not read back the same; please report this")
     write_json(document, output)
     if as_json:
-        echo_json({"source": str(path), "spec_path": str(output), "notes": notes, "spec": document})
+        emit_result({"source": str(path), "spec_path": str(output), "notes": notes, "spec": document})
         return
     click.echo(f"wrote {output} from {path}")
     for image in spec.inputs:

@@ -9,7 +9,7 @@ import click
 
 from edgekit.commands._common import (
     ClickProgress,
-    echo_json,
+    emit_result,
     handle_errors,
     parse_signature,
     signature_options,
@@ -199,7 +199,7 @@ def quantize(
         raise
     _write_reports(report, report_path, html_path, write_html)
     if as_json:
-        echo_json(report)
+        emit_result(report)
         return
     print_summary(report)
     _print_extras(report)

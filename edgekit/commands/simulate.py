@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import echo_json
+from edgekit.commands._common import emit_result
 
 # (JSON key, what, comparison, target): informational, printed next to the figures.
 _TARGETS: dict[str, tuple[tuple[str, str, str, float], ...]] = {
@@ -146,7 +146,7 @@ def simulate(
         write_plot(summary, results, plot_path)
     data = summary.to_dict()
     if as_json:
-        echo_json(data)
+        emit_result(data)
         return
     scenario = "healthy release (A/A)" if regression is None else f"regression {regression}"
     click.echo(f"{devices:,} devices, {scenario}, {runs} runs, seed {seed}")

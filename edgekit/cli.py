@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "preprocess": (
         "edgekit.commands.preprocess",
         "preprocess",
-        "Preprocessing specs: write one from flags or a model, or import one.",
+        "Preprocessing specs: init (from flags or a model), import (from Hugging Face).",
     ),
     "repo": ("edgekit.commands.repo", "repo", "The TUF repository: init, publish, rotate-root, status."),
     "publish": ("edgekit.commands.repo", "publish", "Verify a bundle and publish it as a TUF target."),

@@ -21,6 +21,7 @@ _STATE_WORDS = {
     "complete": "complete",
 }
 _DECISION_WORDS = {
+    "start": "rollout started",
     "promote": "promote to the next stage",
     "hold": "hold at this stage",
     "rollback": "roll back",
@@ -113,7 +114,11 @@ def state_line(entry: dict[str, Any]) -> str:
     if treatment is not None:
         devices = f"devices: {treatment} on the update"
         parts.append(devices + (f", {control} in the control" if control is not None else ""))
-    parts.append("checks: " + ", ".join(_check_words(r) for r in decision.get("records", [])))
+    records = decision.get("records") or []
+    if records:
+        parts.append("checks: " + ", ".join(_check_words(r) for r in records))
     words = _DECISION_WORDS.get(decision["outcome"], decision["outcome"])
+    if decision.get("stage_index", plan["stage_index"]) != plan["stage_index"]:
+        words += f" (at stage {stages[decision['stage_index']]}%)"
     parts.append(f"decision: {words}" + (f" (alert: {decision['alert']})" if decision.get("alert") else ""))
     return "; ".join(parts)

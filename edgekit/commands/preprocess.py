@@ -16,7 +16,7 @@ HF_CONFIG_NAME = "preprocessor_config.json"
 
 @click.group()
 def preprocess() -> None:
-    """Make edgekit.preprocess/v1 specs: `init` from flags or a model's inputs, `import` from Hugging Face."""
+    """Preprocessing specs (edgekit.preprocess/v1): init (from flags or a model), import (Hugging Face)."""
 
 
 def _read_source(source: Path) -> tuple[Path, bytes]:

@@ -41,7 +41,7 @@ def _repository_errors(function: F) -> F:
 
 @click.group()
 def repo() -> None:
-    """The TUF repository devices update from: init, publish bundles, rotate root, status."""
+    """The TUF repository devices update from: init, publish, rotate-root, status."""
 
 
 @repo.command("init")

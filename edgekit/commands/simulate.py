@@ -67,11 +67,19 @@ class _Progress:
 @click.option(
     "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Rollouts to simulate."
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the simulated fleets."
+)
 @click.option(
     "--hazard", type=click.FloatRange(min=0), default=1e-3, show_default=True, help="Crashes per device-hour."
 )
-@click.option("--telemetry-loss", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option(
+    "--telemetry-loss",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Share of telemetry batches lost on the way.",
+)
 @click.option(
     "--offline",
     type=click.FloatRange(0, 1, max_open=True),

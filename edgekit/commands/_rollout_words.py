@@ -95,7 +95,7 @@ def state_line(entry: dict[str, Any]) -> str:
     """One line in words: stage, devices per arm, each check's state and the decision.
 
     e.g. `digits 1.1.0 over 1.0.0: stage 1% (1 of 4), running; devices: 3 on the update, 3 in the
-    control; checks: exposure waiting (...), crash limit ok; decision: hold at this stage`.
+    control; checks: 10 of 11 ok, exposure waiting (...); decision: hold at this stage`.
     """
     plan = entry["plan"]
     stages = plan["stages"]
@@ -116,8 +116,15 @@ def state_line(entry: dict[str, Any]) -> str:
         parts.append(devices + (f", {control} in the control" if control is not None else ""))
     records = decision.get("records") or []
     if records:
-        parts.append("checks: " + ", ".join(_check_words(r) for r in records))
+        passed = [r for r in records if r.get("outcome") == "pass"]
+        others = [_check_words(r) for r in records if r.get("outcome") != "pass"]
+        if not others:
+            parts.append(f"checks: all {len(records)} ok")
+        else:
+            parts.append(f"checks: {len(passed)} of {len(records)} ok, " + ", ".join(others))
     words = _DECISION_WORDS.get(decision["outcome"], decision["outcome"])
+    if decision["outcome"] == "promote" and decision.get("stage_index") == len(stages) - 1:
+        words = "complete: every device gets the update"
     if decision.get("stage_index", plan["stage_index"]) != plan["stage_index"]:
         words += f" (at stage {stages[decision['stage_index']]}%)"
     parts.append(f"decision: {words}" + (f" (alert: {decision['alert']})" if decision.get("alert") else ""))

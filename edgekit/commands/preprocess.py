@@ -205,17 +205,27 @@ def init(
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    model_inputs: tuple[object, ...] = ()
+    engine: Any = None
     if model is not None:
         from device_runtime.engines import load_engine
 
-        model_inputs = tuple(load_engine(model).inputs)
+        engine = load_engine(model)
+    model_inputs = tuple(engine.inputs) if engine is not None else ()
     outputs = [_output_dict(parse_role_option(text)) for text in roles]
     try:
         document, notes = spec_document(
             model_inputs=model_inputs, image_names=input_names, flags=flags, outputs=outputs
         )
         spec = parse_spec(document)
+        if engine is not None:  # what bundle would refuse is refused now, before anything is written
+            from device_runtime.preprocess import check_against_model
+
+            check_against_model(
+                spec,
+                {t.name: (t.shape, t.dtype) for t in engine.inputs},
+                model_outputs={t.name: (t.shape, t.dtype) for t in engine.outputs},
+                model_quantization={t.name: (t.scale or 0.0, t.zero_point or 0) for t in engine.inputs},
+            )
     except ValueError as e:
         raise CommandError(str(e), code="SpecError") from None
     except SpecError as e:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
+from converters._quiet import load_engine
 from converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset, load_labels
 from converters.errors import GateError, ModelInputError, QuantizationError
 from converters.latency import LatencyConfig, compare_latency
@@ -30,7 +31,7 @@ from converters.progress import NullProgress, Progress
 from converters.runner import run_model, unroll
 from converters.signature import Signature
 from converters.targets import HOST, Target
-from device_runtime.engines import Engine, TensorInfo, load_engine
+from device_runtime.engines import Engine, TensorInfo
 from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]

@@ -217,7 +217,7 @@ class _Ladder:
         elif strategy.kind == "dynamic":
             quantize_dynamic_onnx(self.lifted(), output, op_types=strategy.op_types)
         else:
-            quantize_fp16_onnx(self.model, output)
+            quantize_fp16_onnx(self.model, output, self.progress)
         return attempt
 
     def attempt(self, strategy: Strategy) -> Attempt:

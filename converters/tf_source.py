@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import ModelInputError, first_line
+from converters.errors import ModelInputError, explain
 from device_runtime.engines import TensorInfo
 
 __all__ = ["TFSource", "is_savedmodel_dir", "load_tf_source"]
@@ -90,7 +90,7 @@ def _from_keras(tf: Any, path: Path, workdir: Path, input_shapes: dict[str, list
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:
-        raise ModelInputError(f"{path}: Keras cannot load the model ({first_line(e)}); re-save it") from e
+        raise ModelInputError(f"{path}: Keras cannot load the model ({explain(e)}); re-save it") from e
     names = [_clean(t.name) or f"input_{i}" for i, t in enumerate(model.inputs)]
     specs = [
         tf.TensorSpec(_shape_for(n, t.shape, input_shapes), t.dtype, name=n)
@@ -114,7 +114,7 @@ def _from_keras(tf: Any, path: Path, workdir: Path, input_shapes: dict[str, list
     try:
         archive.write_out(str(target), verbose=False)
     except Exception as e:
-        raise ModelInputError(f"{path}: cannot be saved as a SavedModel ({first_line(e)})") from e
+        raise ModelInputError(f"{path}: cannot be saved as a SavedModel ({explain(e)})") from e
     return TFSource(function, specs, output_names, target, _infos(specs))
 
 
@@ -122,7 +122,7 @@ def _from_savedmodel(tf: Any, path: Path, input_shapes: dict[str, list[int]] | N
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:
-        raise ModelInputError(f"{path}: TensorFlow cannot load the SavedModel ({first_line(e)})") from e
+        raise ModelInputError(f"{path}: TensorFlow cannot load the SavedModel ({explain(e)})") from e
     signature = loaded.signatures.get("serving_default")
     if signature is None:
         raise ModelInputError(f"{path}: the SavedModel has no 'serving_default' signature; export one")

@@ -170,11 +170,11 @@ def parity(
     Each output is judged as its role (--role, the --preprocess spec's outputs, else inferred from its
     shape): a detector by recall and precision of its detections after NMS, not by whole-tensor SQNR.
     With --target arm64 the candidate runs in the emulated arm64 device and the gate judges those outputs."""
+    from converters._quiet import load_engine
     from converters.data import load_dataset, load_labels
     from converters.parity import Gate, parity_report
     from converters.report_html import write_html
     from converters.roles import load_roles
-    from device_runtime.engines import load_engine
     from edgekit.targets import resolve_target
 
     declared = load_roles(roles, preprocess)

@@ -207,7 +207,7 @@ def init(
         raise click.UsageError(str(e)) from None
     engine: Any = None
     if model is not None:
-        from device_runtime.engines import load_engine
+        from converters._quiet import load_engine
 
         engine = load_engine(model)
     model_inputs = tuple(engine.inputs) if engine is not None else ()

@@ -228,10 +228,16 @@ def _print_extras(report: dict[str, Any]) -> None:
     repair = report.get("repair")
     if repair:
         excluded = repair["excluded_nodes"]
-        click.echo(
-            f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
-            f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
-        )
+        if excluded:
+            click.echo(
+                f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
+                f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+            )
+        else:  # nothing passed: say what was tried, not "0 kept"
+            click.echo(
+                f"repair: no set of nodes kept in float passed, of {repair['quantizable_nodes']} quantized "
+                f"nodes, after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+            )
         for name in excluded:
             click.echo(f"  float: {name}")
         before, after = repair["before"], repair.get("after", {})

@@ -66,9 +66,11 @@ class CommandError(click.ClickException):
 def command_name(context: click.Context | None = None) -> str:
     """The command path without the program name, e.g. `rollout status`."""
     context = context or click.get_current_context(silent=True)
-    if context is None:
-        return ""
-    return context.command_path.partition(" ")[2] or context.command_path
+    names: list[str] = []
+    while context is not None and context.parent is not None:  # the root's name is the program's
+        names.append(context.info_name or "")
+        context = context.parent
+    return " ".join(reversed(names))
 
 
 def emit_result(document: Any, *, line: bool = False, command: str | None = None) -> None:

@@ -149,3 +149,31 @@ def test_an_unreachable_server_is_one_json_error_naming_the_server_option() -> N
     document = json.loads(result.stdout)
     assert result.exit_code == 1 and document["command"] == "rollout status"
     assert document["error"]["code"] == "Unreachable" and "--server" in document["error"]["hint"]
+
+
+def test_keygen_bundle_sign_and_verify_answer_in_json(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.device_runtime.test_device_cli import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "m.onnx", np.ones((8, 4), dtype=np.float32))
+    runner, keys, bundle = CliRunner(), tmp_path / "keys", tmp_path / "m.ekb"
+    for name in ("release", "second"):
+        assert runner.invoke(cli, ["keygen", "-o", str(keys), "--name", name, "--json"]).exit_code == 0
+    built = runner.invoke(
+        cli,
+        ["bundle", str(model), "-o", str(bundle), "--name", "m", "--version", "1.0.0", "--key",
+         str(keys / "release.key"), "--json"],
+    )  # fmt: skip
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["command"] == "bundle" and json.loads(built.stdout)["path"] == str(bundle)
+    signed = runner.invoke(cli, ["sign", str(bundle), "--key", str(keys / "second.key"), "--json"])
+    assert signed.exit_code == 0, signed.output
+    assert json.loads(signed.stdout)["signatures"] == 2
+    verified = runner.invoke(
+        cli,
+        ["verify", str(bundle), "--pubkey", str(keys / "release.pub"), "--pubkey", str(keys / "second.pub"),
+         "--threshold", "2", "--json"],
+    )  # fmt: skip
+    document = json.loads(verified.stdout)
+    assert document["ok"] is True and document["verified"] is True and len(document["signers"]) == 2

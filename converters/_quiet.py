@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOISE", "Captured", "captured", "fp16_clipping_summary", "load_engine"]
+__all__ = ["NOISE", "Captured", "captured", "fp16_clipping_summary", "load_engine", "quiet_import"]
 
 # Lines third-party code prints in normal operation, which say nothing a user can act on.
 NOISE: tuple[re.Pattern[str], ...] = (
@@ -41,6 +41,9 @@ NOISE: tuple[re.Pattern[str], ...] = (
     re.compile(r"^.*UserWarning: the float32 number \S+ will be truncated to \S+$"),
     re.compile(r"^\s*warnings\.warn\($"),
     re.compile(r"^$"),
+    # TensorFlow's start-up banners (absl, printed even with TF_CPP_MIN_LOG_LEVEL=3).
+    re.compile(r"^I\d{4} [\d:. ]+\s+\d+ port\.cc:\d+\] oneDNN custom operations are on\..*$"),
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
     re.compile(r"^.*\|\s*\d+/\d+ \[[^\]]*\]\s*$"),  # a progress bar's frame drawn meanwhile (tqdm)
 )
 _TRUNCATED = re.compile(r"the float32 number (\S+) will be truncated to (\S+)")
@@ -188,3 +191,13 @@ def load_engine(model: str | Path | bytes, **kwargs: Any) -> Any:
 
     with captured():
         return load(model, **kwargs)
+
+
+def quiet_import(name: str) -> Any:
+    """Import a heavy third-party module (tensorflow, keras, tf2onnx) with its start-up banners captured."""
+    import importlib
+
+    if name in sys.modules:
+        return sys.modules[name]
+    with captured():
+        return importlib.import_module(name)

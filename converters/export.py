@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
-from converters._quiet import load_engine
+from converters._quiet import load_engine, quiet_import
 from converters.data import Dataset, load_dataset
 from converters.errors import (
     ConversionError,
@@ -347,7 +347,7 @@ def _export_tf(
 
 
 def _tf_to_onnx(tf_source: Any, path: Path, opset: int) -> None:
-    import tf2onnx
+    tf2onnx = quiet_import("tf2onnx")
 
     try:
         tf2onnx.convert.from_function(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from converters._quiet import quiet_import
 from converters.errors import ModelInputError, explain
 from device_runtime.engines import TensorInfo
 
@@ -58,7 +59,7 @@ def load_tf_source(
     Raises:
         ModelInputError: unreadable model, or no serving signature.
     """
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     path = Path(path)
     if path.is_dir():
@@ -83,7 +84,7 @@ def _shape_for(name: str, shape: Any, input_shapes: dict[str, list[int]] | None)
 
 
 def _from_keras(tf: Any, path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None) -> TFSource:
-    import keras
+    keras = quiet_import("keras")
 
     if path.suffix not in (".keras", ".h5"):
         raise ModelInputError(f"{path}: expected a .keras file or a SavedModel folder")

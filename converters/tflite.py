@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from converters._quiet import captured
+from converters._quiet import captured, quiet_import
 from converters.errors import ConversionError, QuantizationError, explain
 
 __all__ = ["convert_savedmodel"]
@@ -32,7 +32,7 @@ def convert_savedmodel(
     Raises:
         ConversionError: the converter fails; QuantizationError for a failing int8 conversion.
     """
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     if precision == "float16":

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from converters._quiet import load_engine
+from converters._quiet import load_engine, quiet_import
 from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, explain
 from device_runtime.engines import Engine
 from device_runtime.errors import EngineError
@@ -86,8 +86,8 @@ def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int)
         ConversionError: tf2onnx fails, or the graph's inputs/outputs do not match the TFLite model's.
     """
     import onnx
-    import tf2onnx
 
+    tf2onnx = quiet_import("tf2onnx")
     quiet = [(logging.getLogger(n), logging.getLogger(n).level) for n in _TF2ONNX_LOGGERS]
     for logger, _ in quiet:
         logger.setLevel(logging.CRITICAL)  # tf2onnx logs unsupported ops; we report them ourselves

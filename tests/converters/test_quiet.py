@@ -113,3 +113,34 @@ def test_loading_a_tflite_model_on_the_host_prints_no_delegate_banner(tmp_path: 
     assert all(r.returncode == 0 for r in runs.values()), {m: r.stderr for m, r in runs.items()}
     assert XNNPACK in runs["device_runtime.engines"].stderr
     assert XNNPACK not in runs["converters._quiet"].stderr
+
+
+SCRIPT = """
+import sys
+import numpy as np
+from pathlib import Path
+from converters._quiet import quiet_import
+from converters.tflite import convert_savedmodel
+
+tf = quiet_import("tensorflow")
+layers = tf.keras.layers
+model = tf.keras.Sequential([tf.keras.Input((8, 8, 1)), layers.Conv2D(4, 3), layers.Flatten(), layers.Dense(3)])
+model.export(sys.argv[1], verbose=False)
+rng = np.random.default_rng(0)
+def representative():
+    for _ in range(4):
+        yield [rng.random((1, 8, 8, 1), dtype=np.float32)]
+print(len(convert_savedmodel(Path(sys.argv[1]), precision="int8", representative=representative)))
+"""
+
+
+@pytest.mark.slow
+def test_tensorflow_and_its_int8_converter_print_no_banners(tmp_path: Path) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "saved")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip()) > 0
+    assert "fully_quantize" not in result.stderr and "oneDNN" not in result.stderr, result.stderr[-2000:]

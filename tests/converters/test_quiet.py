@@ -123,8 +123,8 @@ from converters._quiet import quiet_import
 from converters.tflite import convert_savedmodel
 
 tf = quiet_import("tensorflow")
-layers = tf.keras.layers
-model = tf.keras.Sequential([tf.keras.Input((8, 8, 1)), layers.Conv2D(4, 3), layers.Flatten(), layers.Dense(3)])
+K = tf.keras
+model = K.Sequential([K.Input((8, 8, 1)), K.layers.Conv2D(4, 3), K.layers.Flatten(), K.layers.Dense(3)])
 model.export(sys.argv[1], verbose=False)
 rng = np.random.default_rng(0)
 def representative():

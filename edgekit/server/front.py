@@ -301,7 +301,10 @@ def run(config: FrontConfig, on_ready: Callable[[str, int], None] | None = None)
             if not isinstance(config.app, str):
                 raise ValueError("workers > 1 needs the app as an import string ('module:factory')")
             sock = config.bind_socket()
-            if on_ready is not None:  # the shared socket listens already; the workers accept on it
+            if on_ready is not None:
+                # Listening now (the workers listen on it again): a connection made right after the ready
+                # line waits in the backlog until a worker accepts it, instead of being refused.
+                sock.listen(config.backlog)
                 host, port = sock.getsockname()[:2]
                 on_ready(str(host), int(port))
             Multiprocess(config, sockets=[sock]).run()

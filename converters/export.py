@@ -18,19 +18,20 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
+from converters._quiet import load_engine, quiet_import
 from converters.data import Dataset, load_dataset
 from converters.errors import (
     ConversionError,
     ConverterError,
     ModelInputError,
     UnsupportedModelError,
-    first_line,
+    explain,
 )
 from converters.onnx_model import check_onnx_file, load_onnx
 from converters.parity import EXPORT_GATE, FP16_GATE, Gate, compare_outputs, evaluate_gate
 from converters.runner import run_model
 from converters.signature import Signature, resolve_batch_axes, sample_shape, with_hints
-from device_runtime.engines import TensorInfo, load_engine
+from device_runtime.engines import TensorInfo
 
 __all__ = ["DEFAULT_OPSET", "ExportResult", "convert", "prove_parity", "sample_dataset", "sample_inputs"]
 
@@ -348,14 +349,14 @@ def _export_tf(
 
 
 def _tf_to_onnx(tf_source: Any, path: Path, opset: int) -> None:
-    import tf2onnx
+    tf2onnx = quiet_import("tf2onnx")
 
     try:
         tf2onnx.convert.from_function(
             tf_source.function, input_signature=tf_source.input_signature, opset=opset, output_path=str(path)
         )
     except Exception as e:
-        raise ConversionError(f"tf2onnx cannot convert the model: {first_line(e)}") from e
+        raise ConversionError(f"tf2onnx cannot convert the model: {explain(e)}") from e
     check_onnx_file(path)
 
 
@@ -478,7 +479,7 @@ def fix_input_shapes(model: Any, input_shapes: Mapping[str, list[int]]) -> Any:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
         raise ModelInputError(
-            f"--input-shape: the model does not accept these shapes ({first_line(e)}); "
+            f"--input-shape: the model does not accept these shapes ({explain(e)}); "
             "give shapes the model can take"
         ) from e
 

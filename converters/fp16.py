@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ModelInputError, QuantizationError, first_line
+from converters._quiet import captured, fp16_clipping_summary
+from converters.errors import ModelInputError, QuantizationError, explain, first_line
 
 __all__ = ["FP16_MAX", "Fp16Result", "convert_to_float16"]
 
@@ -63,6 +64,7 @@ class Fp16Result:
     blocked_nodes: tuple[tuple[str, str], ...]
     attempts: int
     default_blocked_ops: tuple[str, ...] = ()
+    clipping: str | None = None  # one line on the weights clipped into float16's range, None when none
 
 
 def _graphs(graph: Any) -> Iterator[Any]:
@@ -204,16 +206,20 @@ def _load_error(model: Any) -> str | None:
     return None
 
 
-def _convert(source: Any, op_block: list[str], node_block: list[str]) -> Any:
-    """One conversion with onnxruntime's float16 converter, then the Cast alignment and packing."""
+def _convert(source: Any, op_block: list[str], node_block: list[str]) -> tuple[Any, str | None]:
+    """One conversion with onnxruntime's float16 converter, then the Cast alignment and packing; returns
+    the model and one line summarizing the converter's per-tensor clipping messages (None when none)."""
     from onnxruntime.transformers import float16
 
-    model = float16.convert_float_to_float16(
-        source, keep_io_types=True, op_block_list=op_block, node_block_list=node_block,
-        min_positive_val=5.96e-08, max_finite_val=FP16_MAX)
+    # The converter reports every tensor whose extremes it clips, one message each (dozens on a real
+    # model): captured and summarized in one line.
+    with captured(loggers=(float16.__name__,), descriptors=False) as printed:
+        model = float16.convert_float_to_float16(
+            source, keep_io_types=True, op_block_list=op_block, node_block_list=node_block,
+            min_positive_val=5.96e-08, max_finite_val=FP16_MAX)
     _align_casts(model)
     _pack_float16(model)
-    return model
+    return model, fp16_clipping_summary(printed)
 
 
 def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATTEMPTS) -> Fp16Result:
@@ -237,7 +243,7 @@ def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATT
     try:
         source = onnx.load(str(model))
     except Exception as e:
-        raise ModelInputError(f"{model}: cannot read it as ONNX: {first_line(e)}") from e
+        raise ModelInputError(f"{model}: cannot read it as ONNX: {explain(e)}") from e
     blocked_nodes = _out_of_range_nodes(source)  # edits `source` (names, initializers): first
     names = _node_names(source)
     default_block = tuple(sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(EXTRA_OP_BLOCK)))
@@ -248,14 +254,14 @@ def convert_to_float16(model: Path, output: Path, *, max_attempts: int = MAX_ATT
         try:
             attempt_source = onnx.ModelProto()
             attempt_source.CopyFrom(source)  # the converter edits its argument in place
-            converted = _convert(attempt_source, op_block + list(blocked_ops), list(blocked_nodes))
+            converted, clipping = _convert(attempt_source, op_block + list(blocked_ops), list(blocked_nodes))
         except Exception as e:
-            raise QuantizationError(f"{model}: float16 conversion failed: {first_line(e, 200)}") from e
+            raise QuantizationError(f"{model}: float16 conversion failed: {explain(e)}") from e
         error = _load_error(converted) or ""
         if not error:
             _write_atomically(converted, output)
             return Fp16Result(output, tuple(sorted(blocked_ops.items())),
-                              tuple(sorted(blocked_nodes.items())), attempt, default_block)
+                              tuple(sorted(blocked_nodes.items())), attempt, default_block, clipping)
         no_kernel = _OP_WITHOUT_KERNEL.search(error)
         culprit = _failing_node(error, names)
         if no_kernel and no_kernel.group(1) not in blocked_ops:

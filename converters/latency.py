@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from device_runtime.engines import Engine, load_engine
+from converters._quiet import load_engine
+from device_runtime.engines import Engine
 
 __all__ = ["LatencyConfig", "compare_latency", "host_cpu", "speed_verdict"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from converters._quiet import load_engine
 from converters.data import Dataset
 from converters.parity import IDENTICAL_SQNR_DB
-from device_runtime.engines import load_engine
 
 __all__ = [
     "NodeDamage",

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ModelInputError, UnsupportedModelError, first_line
+from converters.errors import ModelInputError, UnsupportedModelError, explain
 
 __all__ = ["check_onnx_file", "load_onnx", "onnx_opset"]
 
@@ -36,7 +36,7 @@ def load_onnx(path: str | Path) -> Any:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as e:
         raise ModelInputError(
-            f"{path}: not a readable ONNX model ({first_line(e)}); the file is truncated or not ONNX — "
+            f"{path}: not a readable ONNX model ({explain(e)}); the file is truncated or not ONNX — "
             "re-export it"
         ) from e
     if not model.graph.node and not model.graph.output:
@@ -54,7 +54,7 @@ def load_onnx(path: str | Path) -> Any:
                 f"{path}: operator {op_type} is not defined in ONNX opset {opset}; "
                 "export with a supported operator or a newer opset"
             ) from e
-        raise ModelInputError(f"{path}: the ONNX checker rejects the model: {first_line(e)}") from e
+        raise ModelInputError(f"{path}: the ONNX checker rejects the model: {explain(e)}") from e
     return model
 
 
@@ -106,7 +106,7 @@ def check_onnx_file(path: str | Path) -> None:
                 f"{path}: onnxruntime has no kernel for {match.group(1)}; replace the operator or "
                 "export with a different opset"
             ) from e
-        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {first_line(e)}") from e
+        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {explain(e)}") from e
 
 
 def onnx_opset(model: Any) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from converters._files import sha256_file
+from converters._quiet import load_engine
 from converters.data import Dataset
 from converters.errors import DataError
 from converters.progress import Progress
@@ -28,7 +29,7 @@ from converters.roles import resolve_roles
 from converters.runner import run_model
 from converters.signature import with_hints
 from converters.targets import HOST, Target
-from device_runtime.engines import Engine, load_engine
+from device_runtime.engines import Engine
 from device_runtime.golden import GoldenTolerance, sqnr_db  # one SQNR for host and device: the same numbers
 from device_runtime.preprocess import OutputSpec
 

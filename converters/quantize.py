@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
+from converters._quiet import load_engine
 from converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset, load_labels
 from converters.errors import GateError, ModelInputError, QuantizationError
 from converters.latency import LatencyConfig, compare_latency
@@ -30,7 +31,7 @@ from converters.progress import NullProgress, Progress
 from converters.runner import run_model, unroll
 from converters.signature import Signature
 from converters.targets import HOST, Target
-from device_runtime.engines import Engine, TensorInfo, load_engine
+from device_runtime.engines import Engine, TensorInfo
 from device_runtime.preprocess import OutputSpec
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
@@ -291,17 +292,40 @@ def _attempt_words(row: dict[str, Any]) -> str:
     return f"{row['name']}: {', '.join(parts)}"
 
 
-def _alternatives(mode: str) -> str:
-    """Options that exist and that this run did not already try."""
+def _alternatives(mode: str, *, tflite: bool = False) -> str:
+    """Options that exist on `edgekit quantize` and modes this run did not just try.
+
+    ONNX output: auto = the static int8 ladder (+ dynamic int8 of the MatMuls, + repair), static = the
+    ladder without dynamic, dynamic = dynamic int8 only, fp16 = float16. TFLite output: auto and static
+    are both full int8, dynamic is dynamic-range int8, fp16 is float16; there is no ladder and no repair.
+    """
     options = []
-    if mode == "static":
-        options.append("--mode auto (adds dynamic int8 for MatMul-heavy models)")
-    if mode != "fp16":
-        options.append("--mode fp16")
-    if mode in ("auto", "static"):
-        options.append("a larger --max-evaluations")
-    options.append("more or more representative --calibration data")
+    if tflite:
+        if mode != "dynamic":
+            options.append("--mode dynamic (int8 weights, float activations)")
+        if mode != "fp16":
+            options.append("--mode fp16")
+        if mode in ("auto", "static"):
+            options.append("more or more representative --calibration data")
+        options.append(
+            "an ONNX output (`edgekit convert` to .onnx, then quantize it) for the strategy ladder and the "
+            "repair"
+        )
+    else:
+        if mode == "static":
+            options.append("--mode auto (adds dynamic int8 for MatMul-heavy models)")
+        if mode in ("auto", "static"):
+            options.append("--mode dynamic (dynamic int8 of every op)")
+        if mode == "dynamic":
+            options.append("--mode auto (static int8 strategies and the repair)")
+        if mode != "fp16":
+            options.append("--mode fp16")
+        if mode in ("auto", "static"):
+            options.append("a larger --max-evaluations")
+            options.append("more or more representative --calibration data")
     options.append("a relaxed gate (--min-agreement, --max-drop, --min-sqnr) if the figures are acceptable")
+    if mode == "fp16":
+        options.append("shipping the float32 model")
     return "Try " + ", ".join(options)
 
 
@@ -427,8 +451,8 @@ def _finish(
         raise GateError(
             "the quantized model fails the parity gate: "
             + "; ".join(report["failures"])
-            + ". Nothing was written. Try more calibration data, --mode fp16, or relax the gate "
-            "(--min-agreement, --max-drop, --min-sqnr) if the figures are acceptable",
+            + ". Nothing was written. "
+            + _alternatives(options.mode, tflite="tflite_precision" in section),
             report,
         )
     if options.latency is not None:

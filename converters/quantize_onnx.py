@@ -9,14 +9,13 @@ the failure is recorded and the next configuration is tried.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from converters._quiet import captured
 from converters.data import Dataset
 from converters.errors import QuantizationError, explain
 from converters.progress import NullProgress, Progress
@@ -310,8 +309,9 @@ def quantize_static_onnx(
     for attempt in attempts:
         reader = _Reader(data, progress)
         try:
-            # onnxruntime's histogram calibrators print to stdout, which would corrupt `--json` output.
-            with contextlib.redirect_stdout(io.StringIO()):
+            # onnxruntime's histogram calibrators print to stdout, which would corrupt `--json` output, and
+            # it logs a pre-processing advice on the root logger (edgekit runs quant_pre_process itself).
+            with captured(descriptors=False):
                 quantize_static(
                     str(model),
                     str(output),
@@ -347,24 +347,27 @@ def quantize_dynamic_onnx(model: Path, output: Path, *, op_types: tuple[str, ...
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(
-            str(model),
-            str(output),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=list(op_types) if op_types else None,
-        )
+        with captured(descriptors=False):  # the same pre-processing advice as quantize_static
+            quantize_dynamic(
+                str(model),
+                str(output),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=list(op_types) if op_types else None,
+            )
     except Exception as e:
         text = explain(e)
         raise QuantizationError(f"dynamic quantization failed: {text}") from e
 
 
-def quantize_fp16_onnx(model: Path, output: Path) -> None:
+def quantize_fp16_onnx(model: Path, output: Path, progress: Progress | None = None) -> None:
     """float16 weights and activations, float32 inputs and outputs, loadable on real graphs.
 
     See `converters.fp16.convert_to_float16` (nodes onnxruntime cannot run in float16, or whose constants
-    overflow it, stay float32).
+    overflow it, stay float32). The converter's clipping of extreme weights is one note on `progress`.
     """
     from converters.fp16 import convert_to_float16
 
-    convert_to_float16(model, output)
+    result = convert_to_float16(model, output)
+    if result.clipping and progress is not None:
+        progress.note(result.clipping)

@@ -73,9 +73,12 @@ def search_exclusions(
         low = k
         k = limit if k < limit < 2 * k else 2 * k
     if high is None:
+        tried = len(prefixes[limit])
         outcome.stopped_because = (
-            f"the gate still fails with {len(prefixes[limit])} node(s) kept in float "
-            f"(the limit is {max_excluded})"
+            f"the gate still fails with the {tried} most damaging node(s) in float; more would exceed the "
+            f"limit of {max_excluded} node(s) repair may keep in float"
+            if limit < len(prefixes) - 1
+            else f"the gate still fails with all {tried} ranked node(s) in float"
         )
         return outcome
     while high - low > 1 and len(outcome.candidates) < max_evaluations:  # (2) bisect between fail and pass

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, first_line
+from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, explain
 from converters.onnx_model import check_onnx_file
 from device_runtime.engines import TensorInfo
 
@@ -31,7 +31,7 @@ def load_sklearn(path: Path) -> Any:
     try:
         estimator = joblib.load(path)
     except Exception as e:
-        raise ModelInputError(f"{path}: not a readable pickle/joblib file ({first_line(e)})") from e
+        raise ModelInputError(f"{path}: not a readable pickle/joblib file ({explain(e)})") from e
     if not hasattr(estimator, "predict") or not hasattr(estimator, "n_features_in_"):
         raise ModelInputError(
             f"{path}: holds a {type(estimator).__name__}, not a fitted scikit-learn estimator; "
@@ -63,7 +63,7 @@ def export_sklearn(
         )
     except Exception as e:
         raise UnsupportedModelError(
-            f"skl2onnx cannot convert {type(estimator).__name__}: {first_line(e)}"
+            f"skl2onnx cannot convert {type(estimator).__name__}: {explain(e)}"
         ) from e
     path.write_bytes(onnx_model.SerializeToString())
     check_onnx_file(path)

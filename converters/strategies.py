@@ -217,7 +217,7 @@ class _Ladder:
         elif strategy.kind == "dynamic":
             quantize_dynamic_onnx(self.lifted(), output, op_types=strategy.op_types)
         else:
-            quantize_fp16_onnx(self.model, output)
+            quantize_fp16_onnx(self.model, output, self.progress)
         return attempt
 
     def attempt(self, strategy: Strategy) -> Attempt:
@@ -283,11 +283,11 @@ def run_ladder(
     probe = localize_data or calib
     mode = settings.mode
     if mode == "fp16":
-        ladder.attempt(Strategy("fp16", "fp16", "--mode fp16: float16 weights and activations"))
+        ladder.attempt(Strategy("fp16", "fp16", "float16 weights and activations, as the mode asks"))
     if mode in ("auto", "static"):
         _static_rungs(ladder, probe)
     if mode == "dynamic":
-        ladder.attempt(Strategy("dynamic-all", "dynamic", "--mode dynamic: dynamic int8 of every op"))
+        ladder.attempt(Strategy("dynamic-all", "dynamic", "dynamic int8 of every op, as the mode asks"))
     if mode in ("auto", "dynamic") and not ladder.done() and _matmul_heavy(model):
         ladder.attempt(Strategy("dynamic", "dynamic", _DYNAMIC_WHY[mode], op_types=_MATMUL_OPS))
     if mode in ("auto", "static") and settings.repair and not ladder.done():

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import ModelInputError, first_line
+from converters._quiet import quiet_import
+from converters.errors import ModelInputError, explain
 from device_runtime.engines import TensorInfo
 
 __all__ = ["TFSource", "is_savedmodel_dir", "load_tf_source"]
@@ -58,7 +59,7 @@ def load_tf_source(
     Raises:
         ModelInputError: unreadable model, or no serving signature.
     """
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     path = Path(path)
     if path.is_dir():
@@ -83,14 +84,14 @@ def _shape_for(name: str, shape: Any, input_shapes: dict[str, list[int]] | None)
 
 
 def _from_keras(tf: Any, path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None) -> TFSource:
-    import keras
+    keras = quiet_import("keras")
 
     if path.suffix not in (".keras", ".h5"):
         raise ModelInputError(f"{path}: expected a .keras file or a SavedModel folder")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:
-        raise ModelInputError(f"{path}: Keras cannot load the model ({first_line(e)}); re-save it") from e
+        raise ModelInputError(f"{path}: Keras cannot load the model ({explain(e)}); re-save it") from e
     names = [_clean(t.name) or f"input_{i}" for i, t in enumerate(model.inputs)]
     specs = [
         tf.TensorSpec(_shape_for(n, t.shape, input_shapes), t.dtype, name=n)
@@ -114,7 +115,7 @@ def _from_keras(tf: Any, path: Path, workdir: Path, input_shapes: dict[str, list
     try:
         archive.write_out(str(target), verbose=False)
     except Exception as e:
-        raise ModelInputError(f"{path}: cannot be saved as a SavedModel ({first_line(e)})") from e
+        raise ModelInputError(f"{path}: cannot be saved as a SavedModel ({explain(e)})") from e
     return TFSource(function, specs, output_names, target, _infos(specs))
 
 
@@ -122,7 +123,7 @@ def _from_savedmodel(tf: Any, path: Path, input_shapes: dict[str, list[int]] | N
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:
-        raise ModelInputError(f"{path}: TensorFlow cannot load the SavedModel ({first_line(e)})") from e
+        raise ModelInputError(f"{path}: TensorFlow cannot load the SavedModel ({explain(e)})") from e
     signature = loaded.signatures.get("serving_default")
     if signature is None:
         raise ModelInputError(f"{path}: the SavedModel has no 'serving_default' signature; export one")

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConversionError, QuantizationError, first_line
+from converters._quiet import captured, quiet_import
+from converters.errors import ConversionError, QuantizationError, explain
 
 __all__ = ["convert_savedmodel"]
 
@@ -31,7 +32,7 @@ def convert_savedmodel(
     Raises:
         ConversionError: the converter fails; QuantizationError for a failing int8 conversion.
     """
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     if precision == "float16":
@@ -52,8 +53,10 @@ def convert_savedmodel(
             f"unknown TFLite precision {precision!r}; use float32, float16, dynamic or int8"
         )
     try:
-        return bytes(converter.convert())
+        # The converter prints its settings from C++ (`fully_quantize: 0, inference_type: 6, ...`).
+        with captured():
+            return bytes(converter.convert())
     except Exception as e:
         error = QuantizationError if precision == "int8" else ConversionError
-        text = first_line(e, 300)
+        text = explain(e)
         raise error(f"the TFLite converter failed ({precision}): {text}") from e

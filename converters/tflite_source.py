@@ -25,8 +25,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, first_line
-from device_runtime.engines import Engine, load_engine
+from converters._quiet import load_engine, quiet_import
+from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, explain
+from device_runtime.engines import Engine
 from device_runtime.errors import EngineError
 
 __all__ = ["TFLITE_IDENTIFIER", "check_tflite_file", "tflite_to_onnx"]
@@ -63,7 +64,7 @@ def check_tflite_file(source: Path) -> Engine:
                 "made the model registers it), so neither a conversion nor a bundle can run it here"
             ) from e
         raise ModelInputError(
-            f"{source}: LiteRT cannot load this TFLite model ({first_line(e, 200)}); the file is truncated "
+            f"{source}: LiteRT cannot load this TFLite model ({explain(e)}); the file is truncated "
             "or corrupt: copy it again from its source"
         ) from e
 
@@ -85,8 +86,8 @@ def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int)
         ConversionError: tf2onnx fails, or the graph's inputs/outputs do not match the TFLite model's.
     """
     import onnx
-    import tf2onnx
 
+    tf2onnx = quiet_import("tf2onnx")
     quiet = [(logging.getLogger(n), logging.getLogger(n).level) for n in _TF2ONNX_LOGGERS]
     for logger, _ in quiet:
         logger.setLevel(logging.CRITICAL)  # tf2onnx logs unsupported ops; we report them ourselves
@@ -95,7 +96,7 @@ def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int)
             warnings.simplefilter("ignore")  # tf2onnx runs tf.lite.Interpreter, which warns it is deprecated
             model, _ = tf2onnx.convert.from_tflite(str(source), opset=opset)
     except Exception as e:
-        raise ConversionError(f"tf2onnx cannot convert {source.name}: {first_line(e)}") from e
+        raise ConversionError(f"tf2onnx cannot convert {source.name}: {explain(e)}") from e
     finally:
         for logger, level in quiet:
             logger.setLevel(level)

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
-from converters.errors import ConversionError, ModelInputError, first_line
+from converters._quiet import load_engine
+from converters.errors import ConversionError, ModelInputError, explain
 from converters.export import ExportResult, prove_parity, sample_inputs
 from converters.onnx_model import check_onnx_file
 from converters.parity import EXPORT_GATE
-from device_runtime.engines import load_engine
 
 __all__ = ["export_torch"]
 
@@ -85,7 +85,7 @@ def export_torch(
                 verbose=False,
             )
         except Exception as e:
-            text = first_line(e, 300)
+            text = explain(e)
             raise ConversionError(f"torch.onnx.export failed: {text}") from e
         check_onnx_file(staging)
         out.write_bytes(staging.read_bytes())

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from converters._files import atomic_output
-from device_runtime.engines import Engine, load_engine
+from converters._quiet import load_engine
+from device_runtime.engines import Engine
 from edgekit._golden_pack import GoldenDataError, make_golden
 from edgekit.errors import EdgekitError
 from signing.archive import member_order, write_ekb

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "preprocess": (
         "edgekit.commands.preprocess",
         "preprocess",
-        "Preprocessing specs: import from Hugging Face.",
+        "Preprocessing specs: init (from flags or a model), import (from Hugging Face).",
     ),
     "repo": ("edgekit.commands.repo", "repo", "The TUF repository: init, publish, rotate-root, status."),
     "publish": ("edgekit.commands.repo", "publish", "Verify a bundle and publish it as a TUF target."),
@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollout": (
         "edgekit.commands.rollout",
         "rollout",
-        "Phased rollouts: start, status, pause, resume, abort, promote.",
+        "Phased rollouts: start, status, watch, evaluate, pause, resume, abort, promote.",
     ),
     "simulate": (
         "edgekit.commands.simulate",
@@ -71,6 +71,44 @@ class LazyGroup(click.Group):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Remembered before parsing, so even a usage error of a subcommand answers in JSON under --json.
+        ctx.meta[_JSON_KEY] = "--json" in args[: args.index("--") if "--" in args else len(args)]
+        ctx.meta[_PATH_KEY] = _command_words(self, ctx, args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; under `--json` a failure is a JSON document on stdout (see _common)."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            if not ctx.meta.get(_JSON_KEY):
+                raise
+            from edgekit.commands._common import echo_json, error_document
+
+            echo_json(error_document(e, ctx.meta.get(_PATH_KEY, "")))
+            ctx.exit(e.exit_code)
+
+
+_JSON_KEY = "edgekit.json"
+_PATH_KEY = "edgekit.command"
+
+
+def _command_words(group: click.Group, ctx: click.Context, args: list[str]) -> str:
+    """`rollout watch` for `rollout --server X watch ID --json`: the leading words naming a (sub)command."""
+    words: list[str] = []
+    command: click.Command | None = group
+    for arg in args:
+        if not isinstance(command, click.Group):
+            break
+        if arg.startswith("-"):
+            continue
+        # An option's value is skipped like a word that names no subcommand.
+        if arg in COMMANDS if command is group else arg in command.commands:
+            words.append(arg)
+            command = group.get_command(ctx, arg) if command is group else command.commands[arg]
+    return " ".join(words)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

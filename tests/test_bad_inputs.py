@@ -471,9 +471,17 @@ CASES = [
 def test_bad_input_fails_with_one_clear_line_and_writes_nothing(
     inputs: Inputs, build: Build, expected: tuple[str, ...], exit_code: int
 ) -> None:
-    result = run_cli(build(inputs))
+    args = build(inputs)
+    result = run_cli(args)
     assert result.exit_code == exit_code, result.output
     assert "Traceback" not in result.output
+    if "--json" in args:  # under --json the error is one JSON document on stdout
+        error = json.loads(result.stdout)["error"]
+        line = f"Error: {error['message']}" + (f"; {error['hint']}" if error["hint"] else "")
+        for fragment in expected:
+            assert fragment.lower() in line.lower(), (fragment, line)
+        assert_nothing_written(inputs.out)
+        return
     line = error_line(result)
     for fragment in expected:
         assert fragment.lower() in line.lower(), (fragment, line)

@@ -1,4 +1,17 @@
-"""What every subcommand shares: error handling, progress bars, JSON output and parsing helpers."""
+"""What every subcommand shares: error handling, progress bars, JSON output and parsing helpers.
+
+The `--json` contract (one shape for every command, documented here once):
+
+- success: one JSON object on stdout, exit 0: `{"ok": true, "command": "rollout status", ...result}`; the
+  result's keys sit at the top level (a list result sits under a named key, e.g. `rollouts`);
+- failure: one JSON object on stdout, exit 1 (2 for a usage error):
+  `{"ok": false, "command": "...", "error": {"code": "...", "message": "...", "hint": "..." | null}}`;
+  `code` is the error's class name (`GateError`, `UsageError`, `ServerError`, ...); when a gate failed,
+  its report's keys sit at the top level too, as on success;
+- long-running commands (`serve`, `rollout watch`) print one JSON object per line instead.
+
+Human output (without `--json`) goes to stdout, notes and errors to stderr, exactly as before.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +28,15 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "JSON_HELP",
     "ClickProgress",
+    "CommandError",
     "command_options",
     "echo_json",
+    "emit_result",
+    "error_document",
     "handle_errors",
+    "json_option",
     "json_safe",
     "parse_input_shapes",
     "parse_signature",
@@ -27,8 +45,71 @@ __all__ = [
 ]
 
 
+JSON_HELP = 'Print the result as one JSON object on stdout ({"ok": ..., "command": ...}); errors too.'
+
+
+def json_option(function: F) -> F:
+    """The `--json` flag, with the same help on every command."""
+    return click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(function)  # type: ignore[return-value]
+
+
+class CommandError(click.ClickException):
+    """A command-level failure with a stable `code` and an optional `hint` (kept apart for `--json`)."""
+
+    def __init__(self, message: str, *, code: str = "CommandError", hint: str | None = None) -> None:
+        super().__init__(message if hint is None else f"{message}; {hint}")
+        self.code = code
+        self.reason = message
+        self.hint = hint
+
+
+def command_name(context: click.Context | None = None) -> str:
+    """The command path without the program name, e.g. `rollout status`."""
+    context = context or click.get_current_context(silent=True)
+    names: list[str] = []
+    while context is not None and context.parent is not None:  # the root's name is the program's
+        names.append(context.info_name or "")
+        context = context.parent
+    return " ".join(reversed(names))
+
+
+def emit_result(document: Any, *, line: bool = False, command: str | None = None) -> None:
+    """Print a successful result in the `--json` shape (a dict: keys kept at the top level)."""
+    body = document if isinstance(document, dict) else {"result": document}
+    shaped = {"ok": True, "command": command or command_name(), **body}
+    if line:
+        click.echo(json.dumps(json_safe(shaped), sort_keys=True))
+    else:
+        echo_json(shaped)
+
+
+def error_document(error: BaseException, command: str) -> dict[str, Any]:
+    """The `--json` shape of a failure."""
+    if isinstance(error, CommandError):
+        code, message, hint = error.code, error.reason, error.hint
+    elif isinstance(error, click.UsageError):
+        code, message, hint = "UsageError", error.format_message(), None
+    elif isinstance(error, click.ClickException):
+        code, message, hint = "CommandError", error.format_message(), None
+    else:
+        code, message, hint = type(error).__name__, str(error), None
+    document: dict[str, Any] = {
+        "ok": False,
+        "command": command,
+        "error": {"code": code, "message": message, "hint": hint},
+    }
+    report = getattr(error, "report", None)
+    if isinstance(report, dict):  # a failed gate still has its figures, at the top level as on success
+        document = {**report, **document}
+    return document
+
+
 def handle_errors(function: F) -> F:
-    """Turn the product's typed errors into one line on stderr and exit code 1 (tracebacks with --debug)."""
+    """Turn the product's typed errors into one line on stderr and exit code 1 (tracebacks with --debug).
+
+    The error's CLI hints (for options this command has) are kept apart from the message, so `--json`
+    reports them in `error.hint`; the root group prints the JSON (see `edgekit.cli.LazyGroup`).
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,9 +124,11 @@ def handle_errors(function: F) -> F:
             context = click.get_current_context(silent=True)
             if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
                 raise
-            raise click.ClickException(str(e) + _hints(e, context)) from None
+            error = CommandError(str(e), code=type(e).__name__, hint=_hints(e, context) or None)
+            error.report = getattr(e, "report", None)  # type: ignore[attr-defined]
+            raise error from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; nothing was written") from None
+            raise CommandError("interrupted; nothing was written", code="Interrupted") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,7 +149,7 @@ def _hints(error: BaseException, context: click.Context | None) -> str:
     if not hints or context is None:
         return ""
     available = command_options(context.command)
-    return "".join(f"; {text}" for option, text in hints.items() if option in available)
+    return "; ".join(text for option, text in hints.items() if option in available)
 
 
 class _Task:

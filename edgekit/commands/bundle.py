@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import echo_json, handle_errors
+from edgekit.commands._common import emit_result, handle_errors, json_option
 
 PASSPHRASE_HELP = (
     "Name of an environment variable holding the key's passphrase (never pass it as an argument)."
@@ -38,14 +38,19 @@ def _passphrase(env: str | None) -> bytes | None:
 )
 @click.option("--name", default="release", show_default=True, help="Key file name.")
 @click.option("--passphrase-env", metavar="VAR", help=PASSPHRASE_HELP)
+@json_option
 @handle_errors
-def keygen(directory: Path, name: str, passphrase_env: str | None) -> None:
+def keygen(directory: Path, name: str, passphrase_env: str | None, as_json: bool) -> None:
     """Create an ECDSA P-256 signing key pair; refuses to overwrite existing keys."""
     from signing.keys import generate_keypair, load_public_key
 
     private, public = generate_keypair(directory, name=name, passphrase=_passphrase(passphrase_env))
+    key_id = load_public_key(public).key_id
+    if as_json:
+        emit_result({"private_key": str(private), "public_key": str(public), "key_id": key_id})
+        return
     click.echo(f"wrote {private} (private, mode 0600) and {public}")
-    click.echo(f"key id {load_public_key(public).key_id}")
+    click.echo(f"key id {key_id}")
 
 
 @click.command()
@@ -168,7 +173,7 @@ def bundle(
         }
     )
     if as_json:
-        echo_json(summary)
+        emit_result(summary)
         return
     click.echo(
         f"wrote {result.path} ({summary['size_bytes']:,} bytes), bundle id {result.payload_sha256[:16]}"
@@ -227,8 +232,11 @@ def _print_golden(golden: dict[str, Any] | None) -> None:
 @click.option("--key", required=True, type=click.Path(path_type=Path), help="Private key that co-signs.")
 @click.option("--passphrase-env", metavar="VAR", help=PASSPHRASE_HELP)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (default: replace BUNDLE).")
+@json_option
 @handle_errors
-def sign(bundle_path: Path, key: Path, passphrase_env: str | None, output: Path | None) -> None:
+def sign(
+    bundle_path: Path, key: Path, passphrase_env: str | None, output: Path | None, as_json: bool
+) -> None:
     """Add a signature to a bundle (.ekb or directory) for k-of-n verification.
 
     Every file is hashed and checked against the signed statement before the new signature is added, so
@@ -249,8 +257,12 @@ def sign(bundle_path: Path, key: Path, passphrase_env: str | None, output: Path 
         if target != bundle_path:
             raise click.UsageError("a bundle directory is co-signed in place; omit -o")
         _check_directory_contents(bundle_path)
+        signed = add_signature((bundle_path / SIGNATURE_FILE).read_bytes(), private)
         with atomic_output(bundle_path / SIGNATURE_FILE) as tmp:
-            tmp.write_bytes(add_signature((bundle_path / SIGNATURE_FILE).read_bytes(), private))
+            tmp.write_bytes(signed)
+        if as_json:
+            emit_result(_signed_summary(bundle_path, signed, private))
+            return
         click.echo(f"added a signature to {bundle_path / SIGNATURE_FILE}")
         return
     with tempfile.TemporaryDirectory(prefix="edgekit-sign-") as tmp_dir:
@@ -258,10 +270,26 @@ def sign(bundle_path: Path, key: Path, passphrase_env: str | None, output: Path 
         copy = unsafe_extract_unverified(bundle_path, extracted)
         signature = extracted / SIGNATURE_FILE
         signature.chmod(0o600)
-        signature.write_bytes(add_signature(signature.read_bytes(), private))
+        signed = add_signature(signature.read_bytes(), private)
+        signature.write_bytes(signed)
         with atomic_output(output or bundle_path) as out:
             write_ekb(extracted, member_order(copy.manifest), out)
+    if as_json:
+        emit_result(_signed_summary(output or bundle_path, signed, private))
+        return
     click.echo(f"added a signature; wrote {output or bundle_path}")
+
+
+def _signed_summary(path: Path, signature: bytes, private: Any) -> dict[str, Any]:
+    """What `sign --json` reports: where, how many signatures now, and the new signer's key id."""
+    from signing.keys import key_id
+
+    document = json.loads(signature)
+    return {
+        "path": str(path),
+        "signatures": len(document["dsseEnvelope"]["signatures"]),
+        "key_id": key_id(private.public_key()),
+    }
 
 
 def _check_directory_contents(path: Path) -> None:
@@ -294,7 +322,7 @@ def _check_directory_contents(path: Path) -> None:
 )
 @click.option("--hardware-id", help="Refuse a bundle not built for this hardware id.")
 @click.option("--release-floor", type=click.IntRange(0), help="Refuse a release_counter below this.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def verify(
     bundle_path: Path,
@@ -319,7 +347,7 @@ def verify(
     summary = _manifest_summary(result.manifest)
     summary.update({"verified": True, "bundle_id": result.payload_sha256, "signers": list(result.signer_ids)})
     if as_json:
-        echo_json(summary)
+        emit_result(summary)
         return
     click.echo(
         f"verified: {bundle_path} signed by {len(result.signer_ids)} pinned key(s) "
@@ -330,7 +358,7 @@ def verify(
 
 @click.command()
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def inspect(bundle_path: Path, as_json: bool) -> None:
     """Show a bundle's manifest, files, runtime, parity summary and signatures (NOT verified: use verify)."""
@@ -359,7 +387,7 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
         }
     summary["golden"] = _golden_summary(golden, archive_sizes)
     if as_json:
-        echo_json(summary)
+        emit_result(summary)
         return
     click.echo(f"{bundle_path}: NOT verified (run `edgekit verify --pubkey KEY` to trust it)")
     click.echo(

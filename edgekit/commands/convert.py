@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit.commands._common import (
-    echo_json,
+    emit_result,
     handle_errors,
     parse_input_shapes,
     parse_signature,
@@ -77,7 +77,7 @@ def convert(
         signature=parse_signature(batch_axes, states),
     )
     if as_json:
-        echo_json({"output": str(result.path), "route": result.route, "parity": result.parity})
+        emit_result({"output": str(result.path), "route": result.route, "parity": result.parity})
         return
     parity = result.parity
     agreement = "n/a" if parity["agreement"] is None else f"{100 * parity['agreement']:.1f}%"

@@ -9,7 +9,8 @@ import click
 
 from edgekit.commands._common import (
     ClickProgress,
-    echo_json,
+    CommandError,
+    emit_result,
     handle_errors,
     parse_signature,
     signature_options,
@@ -169,11 +170,11 @@ def parity(
     Each output is judged as its role (--role, the --preprocess spec's outputs, else inferred from its
     shape): a detector by recall and precision of its detections after NMS, not by whole-tensor SQNR.
     With --target arm64 the candidate runs in the emulated arm64 device and the gate judges those outputs."""
+    from converters._quiet import load_engine
     from converters.data import load_dataset, load_labels
     from converters.parity import Gate, parity_report
     from converters.report_html import write_html
     from converters.roles import load_roles
-    from device_runtime.engines import load_engine
     from edgekit.targets import resolve_target
 
     declared = load_roles(roles, preprocess)
@@ -205,8 +206,17 @@ def parity(
         write_json(report, report_path)
     if html_path is not None:
         write_html(report, html_path)
+    if as_json and not report["passed"]:
+        error = CommandError(
+            "the parity gate failed: " + "; ".join(report["failures"]),
+            code="GateFailed",
+            hint="see the figures; loosen a gate only with --min-agreement, --max-drop, --min-sqnr or "
+            "--min-cosine if the use case allows it",
+        )
+        error.report = report  # type: ignore[attr-defined]
+        raise error
     if as_json:
-        echo_json(report)
+        emit_result(report)
     else:
         print_summary(report)
     if not report["passed"]:

@@ -1,20 +1,22 @@
-"""`edgekit preprocess import SOURCE -o SPEC.json`: preprocessing specs from other tools' configs."""
+"""`edgekit preprocess init|import -o SPEC.json`: write a preprocessing spec from flags, a model's inputs or
+another tool's config."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgekit.commands._common import echo_json, handle_errors, write_json
+from edgekit.commands._common import CommandError, emit_result, handle_errors, json_option, write_json
 
 HF_CONFIG_NAME = "preprocessor_config.json"
 
 
 @click.group()
 def preprocess() -> None:
-    """Make edgekit.preprocess/v1 specs."""
+    """Preprocessing specs (edgekit.preprocess/v1): init (from flags or a model), import (Hugging Face)."""
 
 
 def _read_source(source: Path) -> tuple[Path, bytes]:
@@ -84,11 +86,183 @@ def import_(
         raise SpecError(f"{path}: the converted spec does not read back the same; please report this")
     write_json(document, output)
     if as_json:
-        echo_json({"source": str(path), "spec_path": str(output), "notes": notes, "spec": document})
+        emit_result({"source": str(path), "spec_path": str(output), "notes": notes, "spec": document})
         return
     click.echo(f"wrote {output} from {path}")
-    for image in spec.inputs:
-        shape = "x".join("N" if d is None else str(d) for d in image.shape)
-        click.echo(f"  input {image.name!r}: {image.dtype} {shape}")
+    _print_inputs(spec)
     for note in notes:
         click.echo(f"note: {note}", err=True)
+
+
+def _choice(*values: str) -> click.Choice:
+    return click.Choice(list(values))
+
+
+@preprocess.command("init")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the spec (JSON) here; refused if it exists, unless --force.",
+)
+@click.option(
+    "--from-model",
+    "model",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Read the inputs (names, dtypes, image size and layout) from this .onnx or .tflite model.",
+)
+@click.option(
+    "--input-name",
+    "input_names",
+    multiple=True,
+    help="The image input's name (repeatable). Default: 'image', or with --from-model every 4-D input "
+    "with 1 or 3 channels; the model's other inputs are passed through as tensors.",
+)
+@click.option(
+    "--size", help="Image height x width in pixels after resizing, e.g. 224x224 (default: the model's)."
+)
+@click.option(
+    "--dtype", type=_choice("float32", "uint8", "int8"), help="Image tensor dtype [default: float32]."
+)
+@click.option(
+    "--layout", type=_choice("NHWC", "NCHW"), help="Image tensor layout [default: NHWC or the model's]."
+)
+@click.option("--color", type=_choice("RGB", "BGR", "GRAY"), help="Channel order [default: RGB].")
+@click.option(
+    "--resize",
+    type=_choice("stretch", "shortest_edge", "letterbox"),
+    help="How an image is fitted to --size [default: stretch].",
+)
+@click.option(
+    "--interpolation",
+    type=_choice("nearest", "bilinear", "bicubic", "area"),
+    help="Resampling filter [default: bilinear].",
+)
+@click.option(
+    "--center-crop", help="Crop H x W from the resized image's centre, e.g. 224x224 (default: none)."
+)
+@click.option(
+    "--rescale", type=click.FloatRange(0, 65536, min_open=True), help="Pixel scale factor [default: 1/255]."
+)
+@click.option("--mean", help="Mean per channel after rescaling, e.g. 0.485,0.456,0.406 [default: 0].")
+@click.option(
+    "--std", help="Standard deviation per channel after rescaling, e.g. 0.229,0.224,0.225 [default: 1]."
+)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="OUTPUT=ROLE[,key=value...]",
+    help="Describe an output (repeatable), as for `quantize --role`, e.g. "
+    "logits=classification,activation=softmax.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@json_option
+@handle_errors
+def init(
+    output: Path,
+    model: Path | None,
+    input_names: tuple[str, ...],
+    size: str | None,
+    dtype: str | None,
+    layout: str | None,
+    color: str | None,
+    resize: str | None,
+    interpolation: str | None,
+    center_crop: str | None,
+    rescale: float | None,
+    mean: str | None,
+    std: str | None,
+    roles: tuple[str, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write a preprocessing spec from flags, or from a model's inputs (--from-model) and flags.
+
+    The spec is validated (as a device would read it) before it is written, atomically.
+    """
+    from converters.roles import parse_role_option
+    from device_runtime.errors import SpecError
+    from device_runtime.preprocess import parse_spec
+    from edgekit.commands._spec_init import ImageFlags, parse_floats, parse_size, spec_document
+
+    if output.exists() and not force:
+        raise CommandError(f"{output} exists", code="OutputExists", hint="pass --force to replace it")
+    try:
+        flags = ImageFlags(
+            size=None if size is None else parse_size(size, "--size"),
+            dtype=dtype,
+            layout=layout,
+            color=color,
+            resize=resize,
+            interpolation=interpolation,
+            center_crop=None if center_crop is None else parse_size(center_crop, "--center-crop"),
+            rescale=rescale,
+            mean=None if mean is None else parse_floats(mean, "--mean"),
+            std=None if std is None else parse_floats(std, "--std"),
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    engine: Any = None
+    if model is not None:
+        from converters._quiet import load_engine
+
+        engine = load_engine(model)
+    model_inputs = tuple(engine.inputs) if engine is not None else ()
+    outputs = [_output_dict(parse_role_option(text)) for text in roles]
+    try:
+        document, notes = spec_document(
+            model_inputs=model_inputs, image_names=input_names, flags=flags, outputs=outputs
+        )
+        spec = parse_spec(document)
+        if engine is not None:  # what bundle would refuse is refused now, before anything is written
+            from device_runtime.preprocess import check_against_model
+
+            check_against_model(
+                spec,
+                {t.name: (t.shape, t.dtype) for t in engine.inputs},
+                model_outputs={t.name: (t.shape, t.dtype) for t in engine.outputs},
+                model_quantization={t.name: (t.scale or 0.0, t.zero_point or 0) for t in engine.inputs},
+            )
+    except ValueError as e:
+        raise CommandError(str(e), code="SpecError") from None
+    except SpecError as e:
+        raise SpecError(f"{output}: " + str(e).replace("; fix the spec", "; fix the options")) from e
+    written = spec.to_dict()
+    write_json(written, output)
+    if as_json:
+        emit_result(
+            {
+                "spec_path": str(output),
+                "model": None if model is None else str(model),
+                "notes": notes,
+                "spec": written,
+            }
+        )
+        return
+    click.echo(f"wrote {output}" + (f" from the inputs of {model}" if model is not None else ""))
+    _print_inputs(spec)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
+def _output_dict(role: Any) -> dict[str, Any]:
+    """An output role as its spec object (the same form the spec file holds)."""
+    from device_runtime.preprocess import SCHEMA, PreprocessSpec
+
+    document: dict[str, Any] = PreprocessSpec(schema=SCHEMA, inputs=(), outputs=(role,)).to_dict()
+    return dict(document["outputs"][0])
+
+
+def _print_inputs(spec: Any) -> None:
+    from device_runtime.preprocess import ImageInputSpec
+
+    for item in spec.inputs:
+        if isinstance(item, ImageInputSpec):
+            described = f"image {item.dtype} {item.size[0]}x{item.size[1]} {item.layout} {item.color}"
+        else:
+            shape = "x".join("N" if d is None else str(d) for d in item.shape)
+            described = f"tensor {item.dtype} {shape}"
+        click.echo(f"  input {item.name!r}: {described}")

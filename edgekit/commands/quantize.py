@@ -9,7 +9,7 @@ import click
 
 from edgekit.commands._common import (
     ClickProgress,
-    echo_json,
+    emit_result,
     handle_errors,
     parse_signature,
     signature_options,
@@ -199,7 +199,7 @@ def quantize(
         raise
     _write_reports(report, report_path, html_path, write_html)
     if as_json:
-        echo_json(report)
+        emit_result(report)
         return
     print_summary(report)
     _print_extras(report)
@@ -228,10 +228,16 @@ def _print_extras(report: dict[str, Any]) -> None:
     repair = report.get("repair")
     if repair:
         excluded = repair["excluded_nodes"]
-        click.echo(
-            f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
-            f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
-        )
+        if excluded:
+            click.echo(
+                f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
+                f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+            )
+        else:  # nothing passed: say what was tried, not "0 kept"
+            click.echo(
+                f"repair: no set of nodes kept in float passed, of {repair['quantizable_nodes']} quantized "
+                f"nodes, after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+            )
         for name in excluded:
             click.echo(f"  float: {name}")
         before, after = repair["before"], repair.get("after", {})

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edgekit.commands._common import echo_json, handle_errors
+from edgekit.commands._common import CommandError, emit_result, handle_errors, json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,14 +34,14 @@ def _repository_errors(function: F) -> F:
             context = click.get_current_context(silent=True)
             if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
                 raise
-            raise click.ClickException(str(e)) from None
+            raise CommandError(str(e), code=type(e).__name__) from None
 
     return handle_errors(wrapper)  # type: ignore[return-value]
 
 
 @click.group()
 def repo() -> None:
-    """The TUF repository devices update from: init, publish bundles, rotate root, status."""
+    """The TUF repository devices update from: init, publish, rotate-root, status."""
 
 
 @repo.command("init")
@@ -54,9 +54,22 @@ def repo() -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Release public key (PEM) bundles must be signed with (repeatable).",
 )
-@click.option("--release-threshold", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--root-threshold", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--release-threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many distinct release keys must have signed a bundle before it can be published.",
+)
+@click.option(
+    "--root-threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many root keys must sign the next root version.",
+)
 @click.option("--root-keys", type=click.IntRange(1), help="Number of root keys (default: the threshold).")
+@json_option
 @_repository_errors
 def init(
     data_dir: Path,
@@ -65,6 +78,7 @@ def init(
     release_threshold: int,
     root_threshold: int,
     root_keys: int | None,
+    as_json: bool,
 ) -> None:
     """Create the keys and version 1 of every TUF role (consistent snapshots)."""
     from edgekit.server.tuf_repo import TufRepository
@@ -77,9 +91,20 @@ def init(
         root_threshold=root_threshold,
         root_keys=root_keys,
     )
+    bootstrap = data_dir / "repo" / "metadata" / "1.root.json"
+    if as_json:
+        emit_result(
+            {
+                "repo": str(data_dir / "repo"),
+                "offline_keys": str(offline_keys),
+                "bootstrap_root": str(bootstrap),
+                "release_keys": [str(k) for k in release_keys],
+            }
+        )
+        return
     click.echo(f"initialised a TUF repository in {data_dir / 'repo'}")
     click.echo(f"offline keys (root, targets) in {offline_keys}: move them offline; the server needs none")
-    click.echo(f"ship {data_dir / 'repo' / 'metadata' / '1.root.json'} with the device app (bootstrap root)")
+    click.echo(f"ship {bootstrap} with the device app (bootstrap root)")
     if not release_keys:
         click.echo(
             "note: no --release-key given; publish will refuse bundles until keys are configured", err=True
@@ -105,7 +130,7 @@ def publish(bundle: Path, data_dir: Path, offline_keys: Path, deltas: int, as_js
 
     published = TufRepository(data_dir).add_bundle(bundle, offline_keys_dir=offline_keys, deltas=deltas)
     if as_json:
-        echo_json(
+        emit_result(
             {
                 "path": published.path,
                 "length": published.length,
@@ -138,15 +163,25 @@ repo.add_command(publish)
 @click.option(
     "--new-keys", required=True, type=click.Path(path_type=Path), help="Folder for the new root keys."
 )
-@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many of the new root keys must sign the root version after this one.",
+)
+@json_option
 @_repository_errors
-def rotate_root(data_dir: Path, offline_keys: Path, new_keys: Path, threshold: int) -> None:
+def rotate_root(data_dir: Path, offline_keys: Path, new_keys: Path, threshold: int, as_json: bool) -> None:
     """Write the next root version, trusting new root keys, signed by the old and the new keys."""
     from edgekit.server.tuf_repo import TufRepository
 
     version = TufRepository(data_dir).rotate_root(
         new_keys, old_offline_keys_dir=offline_keys, threshold=threshold
     )
+    if as_json:
+        emit_result({"root_version": version, "new_keys": str(new_keys)})
+        return
     click.echo(f"wrote root version {version}; the new offline keys are in {new_keys}")
 
 
@@ -160,7 +195,7 @@ def status(data_dir: Path, as_json: bool) -> None:
 
     report = TufRepository(data_dir).status()
     if as_json:
-        echo_json(report)
+        emit_result(report)
         return
     click.echo(f"repository {report['data_dir']} (consistent snapshots: {report['consistent_snapshot']})")
     for name, role in report["roles"].items():

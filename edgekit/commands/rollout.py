@@ -1,9 +1,13 @@
-"""`edgekit rollout start|status|pause|resume|abort|promote|evaluate`: the admin API from the terminal."""
+"""`edgekit rollout start|status|watch|evaluate|pause|resume|abort|promote`: the admin API from the terminal.
+
+The admin token is read only when a subcommand calls the server, so `--help` needs no token and no server.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -12,11 +16,28 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import echo_json
+from edgekit.commands._common import CommandError, emit_result, json_option
+
+
+def _token(ctx: click.Context) -> str:
+    """The admin token, read when a subcommand first needs it (never for --help)."""
+    settings = ctx.obj["rollout"]
+    if settings.get("token") is None:
+        token_file: Path | None = settings["token_file"]
+        try:
+            token = (
+                token_file.read_text().strip() if token_file else os.environ.get(settings["token_env"], "")
+            )
+        except OSError as e:
+            raise click.UsageError(f"--token-file {token_file}: cannot read it ({e.strerror or e})") from None
+        if not token:
+            raise click.UsageError(f"no admin token: set ${settings['token_env']} or pass --token-file")
+        settings["token"] = token
+    return str(settings["token"])
 
 
 def _call(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
-    server, token = ctx.obj["server"], ctx.obj["token"]
+    server, token = ctx.obj["rollout"]["server"], _token(ctx)
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{server.rstrip('/')}{path}",
@@ -32,13 +53,23 @@ def _call(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
             detail = json.loads(e.read()).get("detail") or e.reason
         except ValueError:
             detail = e.reason
-        raise click.ClickException(f"server answered {e.code}: {detail}") from None
+        raise CommandError(f"server answered {e.code}: {detail}", code="ServerError") from None
     except (urllib.error.URLError, OSError) as e:
-        raise click.ClickException(f"cannot reach {server}: {getattr(e, 'reason', e)}") from None
+        raise CommandError(
+            f"cannot reach {server}: {getattr(e, 'reason', e)}",
+            code="Unreachable",
+            hint="check that `edgekit serve` runs there, or pass --server (or set $EDGEKIT_SERVER)",
+        ) from None
 
 
 @click.group()
-@click.option("--server", default="http://127.0.0.1:8080", show_default=True, envvar="EDGEKIT_SERVER")
+@click.option(
+    "--server",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    envvar="EDGEKIT_SERVER",
+    help="Base URL of `edgekit serve` (or $EDGEKIT_SERVER).",
+)
 @click.option(
     "--token-env",
     default="EDGEKIT_ADMIN_TOKEN",
@@ -50,16 +81,14 @@ def _call(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
 )
 @click.pass_context
 def rollout(ctx: click.Context, server: str, token_env: str, token_file: Path | None) -> None:
-    """Phased rollouts: start, watch, pause, resume, abort, promote."""
-    token = token_file.read_text().strip() if token_file else os.environ.get(token_env, "")
-    if not token:
-        raise click.UsageError(f"no admin token: set ${token_env} or pass --token-file")
-    ctx.obj = {"server": server, "token": token, **(ctx.obj or {})}
+    """Phased rollouts: start, status, watch, evaluate, pause, resume, abort, promote."""
+    ctx.ensure_object(dict)
+    ctx.obj["rollout"] = {"server": server, "token_env": token_env, "token_file": token_file, "token": None}
 
 
 @rollout.command()
-@click.option("--model", required=True)
-@click.option("--channel", default="stable", show_default=True)
+@click.option("--model", required=True, help="Model name, as published (e.g. digits).")
+@click.option("--channel", default="stable", show_default=True, help="Release channel the fleet follows.")
 @click.option("--target", "target_version", required=True, help="Version to roll out.")
 @click.option("--baseline", "baseline_version", required=True, help="Version the fleet runs now.")
 @click.option("--stages", default="1,5,25,100", show_default=True, help="Stage percentages.")
@@ -86,7 +115,7 @@ def rollout(ctx: click.Context, server: str, token_env: str, token_file: Path | 
     show_default=True,
     help="Shadow time at most this share of the active model's inference time (with --shadow-stage).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def start(
     ctx: click.Context,
@@ -122,7 +151,7 @@ def start(
         }
     result = _call(ctx, "POST", "/v1/admin/rollouts", body)
     if as_json:
-        echo_json(result)
+        emit_result(result)
     else:
         plan = result["plan"]
         click.echo(
@@ -167,13 +196,13 @@ def _print(entry: dict[str, Any], decisions: int) -> None:
 @rollout.command()
 @click.argument("rollout_id", required=False)
 @click.option("--decisions", default=5, show_default=True, help="How many recent decisions to show.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def status(ctx: click.Context, rollout_id: str | None, decisions: int, as_json: bool) -> None:
     """Show rollouts (or one) with their latest decisions and statistics."""
     result = _call(ctx, "GET", f"/v1/admin/rollouts/{rollout_id}" if rollout_id else "/v1/admin/rollouts")
     if as_json:
-        echo_json(result)
+        emit_result(result if rollout_id else {"rollouts": result})
         return
     for entry in [result] if rollout_id else result:
         _print(entry, decisions)
@@ -182,26 +211,84 @@ def status(ctx: click.Context, rollout_id: str | None, decisions: int, as_json: 
 
 
 def _action(name: str) -> click.Command:
-    @click.command(name=name, help=f"{name.capitalize()} a rollout.")
+    @click.command(name=name, help=_ACTIONS[name])
     @click.argument("rollout_id")
+    @json_option
     @click.pass_context
-    def command(ctx: click.Context, rollout_id: str) -> None:
+    def command(ctx: click.Context, rollout_id: str, as_json: bool) -> None:
         result = _call(ctx, "POST", f"/v1/admin/rollouts/{rollout_id}/{name}")
+        if as_json:
+            emit_result(result)
+            return
         click.echo(f"{rollout_id}: {result['plan']['state']} at stage {result['stage_percent']}%")
 
     return command
 
 
-for _name in ("pause", "resume", "abort", "promote"):
+_ACTIONS = {
+    "pause": "Pause a rollout: cohorts stay as they are and the gates stop deciding.",
+    "resume": "Resume a paused rollout at the same stage.",
+    "abort": "Abort a rollout for good: every device returns to the baseline.",
+    "promote": "Move a rollout to its next stage now, without waiting for the gates.",
+}
+for _name in _ACTIONS:
     rollout.add_command(_action(_name))
 
 
 @rollout.command()
+@json_option
 @click.pass_context
-def evaluate(ctx: click.Context) -> None:
+def evaluate(ctx: click.Context, as_json: bool) -> None:
     """Run the gates now (the server also runs them on its own schedule)."""
-    for item in _call(ctx, "POST", "/v1/admin/evaluate"):
+    results = _call(ctx, "POST", "/v1/admin/evaluate")
+    if as_json:
+        emit_result({"evaluations": results})
+        return
+    for item in results:
         click.echo(
             f"{item['rollout_id']}: {item['decision']['outcome']} -> {item['state']} "
             f"at {item['stage_percent']}%"
         )
+
+
+@rollout.command()
+@click.argument("rollout_id")
+@click.option(
+    "--every",
+    "interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.2, 3600),
+    help="Seconds between polls of the status API.",
+)
+@click.option("--once", is_flag=True, help="Print the rollout's state once and exit (for scripts).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON object per poll, one per line ({"ok": true, ...}).',
+)
+@click.pass_context
+def watch(ctx: click.Context, rollout_id: str, interval: float, once: bool, as_json: bool) -> None:
+    """Follow ROLLOUT_ID live: one plain-words line whenever its stage, devices, gates or decision change.
+
+    Stops by itself when the rollout is complete or rolled back; Ctrl-C stops watching (exit 0) and
+    leaves the rollout as it is.
+    """
+    from edgekit.commands._rollout_words import FINAL_STATES, snapshot, state_line
+
+    shown = None
+    try:
+        while True:
+            entry = _call(ctx, "GET", f"/v1/admin/rollouts/{rollout_id}")
+            line = state_line(entry)
+            if as_json:
+                emit_result({**snapshot(entry), "line": line, "changed": line != shown}, line=True)
+            elif line != shown:
+                click.echo(f"{datetime.now(UTC).strftime('%H:%M:%S')}  {line}")
+            shown = line
+            if once or entry["plan"]["state"] in FINAL_STATES:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        ctx.exit(0)

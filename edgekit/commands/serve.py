@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import handle_errors
+from edgekit.commands._common import CommandError, emit_result, handle_errors
 
 
 def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
@@ -47,8 +47,16 @@ def _token(data_dir: Path, env: str, name: str) -> tuple[str, str]:
 @click.option(
     "--db", "db_url", help="Database URL (default: SQLite in the data directory; postgresql://...)."
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface)."
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: one the OS picks; --json reports it).",
+)
 @click.option(
     "--admin-token-env",
     default="EDGEKIT_ADMIN_TOKEN",
@@ -110,6 +118,13 @@ def _token(data_dir: Path, env: str, name: str) -> tuple[str, str]:
     type=click.IntRange(1, 64),
     help="Server processes sharing the port (telemetry ingest scales with them; gates evaluate in one).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON line on stdout once the server listens ({"ok": true, "command": "serve", '
+    '"address": ..., "data_dir": ...}) instead of the banner; errors as JSON too.',
+)
 @handle_errors
 def serve(
     data_dir: Path,
@@ -125,6 +140,7 @@ def serve(
     evaluate_every: float,
     gates_file: Path | None,
     workers: int,
+    as_json: bool,
 ) -> None:
     """Serve the TUF repository, telemetry ingest, admin API, metrics and dashboard."""
     from edgekit.server import front
@@ -132,14 +148,15 @@ def serve(
     from edgekit.server.storage import StorageError, open_database
 
     if not (data_dir / "repo" / "metadata" / "root.json").is_file():
-        raise click.ClickException(
-            f"{data_dir}: no TUF repository; create it with "
-            f"`edgekit repo init --data {data_dir} --offline-keys DIR`"
+        raise CommandError(
+            f"{data_dir}: no TUF repository",
+            code="NoRepository",
+            hint=f"create it with `edgekit repo init --data {data_dir} --offline-keys DIR`",
         )
     try:
         database = open_database(db_url, data_dir)
     except StorageError as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e), code="StorageError") from None
     gates = load_gates(gates_file)
     token, where = admin_token(data_dir, admin_token_env)
     viewer, viewer_where = (None, "") if public_dashboard else dashboard_token(data_dir, dashboard_token_env)
@@ -150,20 +167,42 @@ def serve(
     cap = front.connection_cap(limits, file_limit)
     base = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
     processes = f" with {workers} worker processes" if workers > 1 else ""
-    click.echo(f"edgekit serve on http://{host}:{port}{processes}  (admin token from {where})")
     if public_dashboard:
         click.echo(
             f"UNSAFE: --public-dashboard: anyone who can reach {base}/dashboard reads the fleet's rollouts",
             err=True,
         )
-        click.echo(f"dashboard: {base}/dashboard")
-    else:
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        """The banner (or the --json line) once the socket listens, with the port really bound."""
+        shown = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{bound_port}"
         # The token rides in the URL fragment: the browser never sends a fragment to any server.
-        click.echo(f"dashboard: {base}/dashboard#token={viewer}  (token from {viewer_where})")
-    click.echo(
-        f"front: headers within {header_timeout:g} s, bodies within {body_timeout:g} s, "
-        f"at most {cap} connections (open-file limit {file_limit})"
-    )
+        dashboard = f"{shown}/dashboard" + ("" if public_dashboard else f"#token={viewer}")
+        if as_json:
+            emit_result(
+                {
+                    "event": "ready",
+                    "address": shown,
+                    "host": bound_host,
+                    "port": bound_port,
+                    "data_dir": str(data_dir),
+                    "workers": workers,
+                    "dashboard": dashboard,
+                    "admin_token_from": where,
+                    "dashboard_token_from": viewer_where or None,
+                    "pid": os.getpid(),
+                },
+                line=True,
+            )
+            return
+        click.echo(f"edgekit serve on http://{host}:{bound_port}{processes}  (admin token from {where})")
+        token_from = "" if public_dashboard else f"  (token from {viewer_where})"
+        click.echo(f"dashboard: {dashboard}{token_from}")
+        click.echo(
+            f"front: headers within {header_timeout:g} s, bodies within {body_timeout:g} s, "
+            f"at most {cap} connections (open-file limit {file_limit})"
+        )
+
     options: dict[str, Any] = {
         "front": limits,
         "host": host,
@@ -185,7 +224,7 @@ def serve(
             }
         )
         factory = "edgekit.commands.serve:worker_app"
-        front.run(front.FrontConfig(factory, factory=True, workers=workers, **options))
+        front.run(front.FrontConfig(factory, factory=True, workers=workers, **options), on_ready=ready)
         return
     app = create_app(
         ServerConfig(
@@ -198,7 +237,7 @@ def serve(
             gates=gates,
         )
     )
-    front.run(front.FrontConfig(app, **options))
+    front.run(front.FrontConfig(app, **options), on_ready=ready)
 
 
 _WORKER_ENV = {

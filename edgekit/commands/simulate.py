@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import echo_json
+from edgekit.commands._common import emit_result
 
 # (JSON key, what, comparison, target): informational, printed next to the figures.
 _TARGETS: dict[str, tuple[tuple[str, str, str, float], ...]] = {
@@ -67,11 +67,19 @@ class _Progress:
 @click.option(
     "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Rollouts to simulate."
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the simulated fleets."
+)
 @click.option(
     "--hazard", type=click.FloatRange(min=0), default=1e-3, show_default=True, help="Crashes per device-hour."
 )
-@click.option("--telemetry-loss", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option(
+    "--telemetry-loss",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Share of telemetry batches lost on the way.",
+)
 @click.option(
     "--offline",
     type=click.FloatRange(0, 1, max_open=True),
@@ -146,7 +154,7 @@ def simulate(
         write_plot(summary, results, plot_path)
     data = summary.to_dict()
     if as_json:
-        echo_json(data)
+        emit_result(data)
         return
     scenario = "healthy release (A/A)" if regression is None else f"regression {regression}"
     click.echo(f"{devices:,} devices, {scenario}, {runs} runs, seed {seed}")

@@ -35,6 +35,7 @@ import resource
 import sys
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,21 +270,44 @@ class FrontProtocol(_base_protocol()):  # type: ignore[misc]
             self.transport.close()
 
 
-def run(config: FrontConfig) -> None:
+class _ReadyServer(uvicorn.Server):
+    """uvicorn's Server that reports its listening address once it accepts connections."""
+
+    def __init__(self, config: FrontConfig, on_ready: Callable[[str, int], None] | None) -> None:
+        super().__init__(config=config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None and self.servers and self.servers[0].sockets:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self._on_ready(str(host), int(port))
+
+
+def run(config: FrontConfig, on_ready: Callable[[str, int], None] | None = None) -> None:
     """Serve until interrupted, as `uvicorn.run` does: one process, or `config.workers` processes sharing
     one listening socket (then the app must be an import string).
+
+    `on_ready(host, port)` is called once the socket listens (the port the OS chose for port 0).
 
     Raises:
         SystemExit: the server did not start (uvicorn has logged why).
     """
     from uvicorn.supervisors import Multiprocess
 
-    server = uvicorn.Server(config=config)
+    server = _ReadyServer(config, on_ready)
     try:
         if config.workers > 1:
             if not isinstance(config.app, str):
                 raise ValueError("workers > 1 needs the app as an import string ('module:factory')")
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            sock = config.bind_socket()
+            if on_ready is not None:
+                # Listening now (the workers listen on it again): a connection made right after the ready
+                # line waits in the backlog until a worker accepts it, instead of being refused.
+                sock.listen(config.backlog)
+                host, port = sock.getsockname()[:2]
+                on_ready(str(host), int(port))
+            Multiprocess(config, sockets=[sock]).run()
         else:
             config.load_app()
             server.run()

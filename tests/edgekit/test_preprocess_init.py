@@ -1,0 +1,97 @@
+"""`edgekit preprocess init`: a spec from flags or a real model's inputs, valid for the device runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from device_runtime.engines import load_engine
+from device_runtime.preprocess import ImageInputSpec, load_spec, preprocess_image
+from edgekit.cli import cli
+from tests.zoo.conftest import fetched
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(cli, ["preprocess", "init", *args])
+
+
+def test_a_spec_from_flags_reads_back_with_every_field_given(tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.json"
+    result = run(
+        "-o", str(spec_path), "--input-name", "pixels", "--size", "256x288", "--layout", "NCHW",
+        "--color", "BGR", "--resize", "shortest_edge", "--center-crop", "224", "--mean", "0.485,0.456,0.406",
+        "--std", "0.229,0.224,0.225", "--interpolation", "bicubic",
+        "--role", "logits=classification,activation=softmax",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    (image,) = load_spec(spec_path).inputs
+    assert isinstance(image, ImageInputSpec)
+    assert (image.name, image.size, image.layout, image.color, image.resize) == (
+        "pixels", (256, 288), "NCHW", "BGR", "shortest_edge",
+    )  # fmt: skip
+    assert image.center_crop == (224, 224) and image.interpolation == "bicubic"
+    assert image.mean == (0.485, 0.456, 0.406) and image.std == (0.229, 0.224, 0.225)
+    assert load_spec(spec_path).outputs[0].activation == "softmax"
+
+
+def test_an_existing_spec_is_kept_unless_force_is_given(tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text("mine")
+    refused = run("-o", str(spec_path), "--size", "32", "--json")
+    assert refused.exit_code == 1  # type: ignore[attr-defined]
+    error = json.loads(refused.stdout)["error"]  # type: ignore[attr-defined]
+    assert error["code"] == "OutputExists" and "--force" in error["hint"]
+    assert spec_path.read_text() == "mine"
+    assert run("-o", str(spec_path), "--size", "32", "--force").exit_code == 0  # type: ignore[attr-defined]
+    assert load_spec(spec_path).inputs[0].size == (32, 32)  # type: ignore[union-attr]
+
+
+def test_an_invalid_spec_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.json"
+    result = run("-o", str(spec_path), "--size", "32", "--color", "GRAY", "--mean", "0.1,0.2")
+    assert result.exit_code == 1 and "mean" in result.output  # type: ignore[attr-defined]
+    assert "fix the options" in result.output and "Traceback" not in result.output  # type: ignore[attr-defined]
+    assert not spec_path.exists()
+
+
+def test_a_tflite_models_input_gives_size_layout_and_dtype(tmp_path: Path) -> None:
+    from skimage import data
+
+    model = fetched("mediapipe-face-detection-short")
+    spec_path = tmp_path / "face.json"
+    result = run("-o", str(spec_path), "--from-model", str(model), "--mean", "0.5", "--std", "0.5", "--json")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    document = json.loads(result.stdout)  # type: ignore[attr-defined]
+    assert document["ok"] is True and document["command"] == "preprocess init"
+    (image,) = load_spec(spec_path).inputs
+    assert isinstance(image, ImageInputSpec)
+    assert (image.size, image.layout, image.dtype, image.mean) == ((128, 128), "NHWC", "float32", (0.5,) * 3)
+    engine = load_engine(model)
+    tensor = preprocess_image(image, data.astronaut())
+    outputs = engine.run({image.name: tensor})  # the engine takes what the spec makes
+    assert all(np.isfinite(v).all() for v in outputs.values())
+
+
+def test_a_dynamic_image_size_must_be_given_and_then_fits_the_model(tmp_path: Path) -> None:
+    model = fetched("yolov8n-nudenet")
+    spec_path = tmp_path / "detector.json"
+    missing = run("-o", str(spec_path), "--from-model", str(model))
+    assert missing.exit_code == 1 and "--size" in missing.output  # type: ignore[attr-defined]
+    made = run("-o", str(spec_path), "--from-model", str(model), "--size", "320")
+    assert made.exit_code == 0, made.output  # type: ignore[attr-defined]
+    (image,) = load_spec(spec_path).inputs
+    assert isinstance(image, ImageInputSpec) and (image.size, image.layout) == ((320, 320), "NCHW")
+    assert "--mean/--std" in made.output  # type: ignore[attr-defined]  # the note: a model does not record them
+
+
+def test_inputs_that_are_not_images_are_passed_through_as_tensors(tmp_path: Path) -> None:
+    model = fetched("silero-vad")
+    spec_path = tmp_path / "vad.json"
+    result = run("-o", str(spec_path), "--from-model", str(model))
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    inputs = {i.name: i for i in load_spec(spec_path).inputs}
+    assert {i.kind for i in inputs.values()} == {"tensor"}
+    assert inputs["sr"].dtype == "int64" and inputs["input"].dtype == "float32"  # type: ignore[union-attr]

@@ -114,8 +114,8 @@ def test_every_documented_command_exists_with_the_options_shown(page: str, comma
 
 
 def test_the_command_checker_refuses_what_does_not_exist() -> None:
-    assert _check("edgekit rollout watch") is not None
-    assert _check("edgekit keygen -o keys --json") is not None
+    assert _check("edgekit rollout replay") is not None  # no such subcommand
+    assert _check("edgekit keygen -o keys --force") is not None  # no such option on keygen
     assert _check("edgekit quantize m.onnx -o q.onnx --calibration c.npy --mode dynamic") is None
     assert _check("edgekit --debug rollout --server http://h:8080 status --json") is None
 

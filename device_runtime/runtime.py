@@ -466,7 +466,10 @@ class Runtime:
         with self._lock:
             if self._unsaved:
                 self._retry_persist()
-            loaded = self._ensure_loaded()
+            loaded = self._loaded
+            active = self._state.active
+            if loaded is None or active is None or loaded.record.bundle_id != active.bundle_id:
+                loaded = self._ensure_loaded()
             path = loaded.predict_path
             if path is None:
                 path = loaded.predict_path = PredictPath(loaded.spec, loaded.engine, loaded.labels)

@@ -536,7 +536,10 @@ class HealthMonitor:
                     continue
                 out = live.outputs[name] = _OutputAccumulator("detection", len(DETECTION_COUNT_EDGES) + 1)
             out.classes.append(index)
-            out.scores.extend(scores)
+            if out.role == "classification":  # a detection output named like the top-1 sketch
+                out.scores.append(scores[0])
+            else:
+                out.scores.extend(scores)
         live.inferences += 1
         if live.inferences > self._most:
             self._most = live.inferences

@@ -7,7 +7,9 @@
    model (random weights, no download) and a digits-sized CNN. Targets: overhead <= 5% (MobileNetV2) and
    <= 50 microseconds per call (digits). The same calls also run, interleaved, on a second Runtime with
    the label-free health sketches on (`device_runtime.health`, bundle with a reference profile), against
-   the issue-11 targets: MobileNetV2 <= 3% and digits <= 50 us per call above raw onnxruntime.
+   the issue-11 targets: MobileNetV2 <= 3% and digits <= 50 us per call above raw onnxruntime. A fourth
+   side, also interleaved, calls the same raw session's compiled `run` under onnxruntime's Python wrapper
+   (what `Runtime.predict`'s engine calls): it shows what the wrapper costs, and predict's overhead above it.
 2. `import device_runtime`: wall time and peak resident memory of a fresh interpreter, vs `python -c pass`.
 3. Installing a 100 MB bundle (verify + extract + golden self-test + atomic activate) vs hashing and
    copying the same `.ekb` (`hashlib.sha256` + write), same run.
@@ -130,25 +132,30 @@ def bench_predict(kind: str, workdir: Path, keys: tuple[Path, Path], quick: bool
         session.run(None, {name: x})
         runtime.predict({name: x})
         sketched.predict({name: x})
-    # Calls alternate one by one, in a rotating order (each side runs first, second and third equally
-    # often: the model's weights and cache state favour no side), and the medians are compared: a noisy
-    # neighbour or a frequency change hits every side alike, and outliers (telemetry flushes, sketch
-    # folds every 64 calls, page faults) do not move a median; the means are reported too.
-    calls = 399 if quick else 3000
+    # Calls alternate one by one, in a rotating order (each side runs at each position equally often: the
+    # model's weights and cache state favour no side), and the medians are compared: a noisy neighbour or
+    # a frequency change hits every side alike, and outliers (telemetry flushes, sketch folds every 64
+    # calls, page faults) do not move a median; the means are reported too.
+    calls = 400 if quick else 3000
     feeds = {name: x}
+    compiled = session._sess.run  # under InferenceSession.run's Python checks
+    output_names = [o.name for o in session.get_outputs()]
     sides = (
         ("raw", lambda: session.run(None, feeds)),
+        ("compiled", lambda: compiled(output_names, feeds, None)),
         ("runtime", lambda: runtime.predict(feeds)),
         ("health", lambda: sketched.predict(feeds)),
     )
     times: dict[str, list[float]] = {side: [] for side, _ in sides}
     clock = time.perf_counter
     for i in range(calls):
-        for side, call in sides[i % 3 :] + sides[: i % 3]:
+        turn = i % len(sides)
+        for side, call in sides[turn:] + sides[:turn]:
             started = clock()
             call()
             times[side].append(clock() - started)
     raw, ours, health = times["raw"], times["runtime"], times["health"]
+    compiled_s = statistics.median(times["compiled"])
     # The sketch update alone (what predict adds with health on), timed on the same feeds and result.
     from device_runtime.health import HealthMonitor
 
@@ -173,12 +180,16 @@ def bench_predict(kind: str, workdir: Path, keys: tuple[Path, Path], quick: bool
         "health_overhead_us": (health_s - raw_s) * 1e6,
         "health_overhead_pct": 100.0 * (health_s / raw_s - 1.0),
         "health_cost_us": (health_s - ours_s) * 1e6,
+        "compiled_us": compiled_s * 1e6,  # the raw session's compiled run, without the Python wrapper
+        "wrapper_us": (raw_s - compiled_s) * 1e6,
+        "health_over_compiled_us": (health_s - compiled_s) * 1e6,
         "sketch_update_us": sketch_us,  # mean, folds included
         "reference_profile": loaded.health is not None,
         "mean_us": {
             "raw": 1e6 * statistics.fmean(raw),
             "runtime": 1e6 * statistics.fmean(ours),
             "health": 1e6 * statistics.fmean(health),
+            "compiled": 1e6 * statistics.fmean(times["compiled"]),
         },
     }
 
@@ -313,6 +324,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['health_overhead_us']:>7.1f} us {target:>9} {'PASS' if met else 'MISS'}"
             f"  ({row['health_overhead_pct']:+.1f}%; on - off {row['health_cost_us']:+.1f} us/call; "
             f"sketch update alone {row['sketch_update_us']:.1f} us/call)"
+        )
+    print(
+        "onnxruntime's Python wrapper (InferenceSession.run - its compiled run, same session, interleaved):"
+    )
+    for row in predict:
+        print(
+            f"{row['model']:<12} wrapper {row['wrapper_us']:.1f} us/call; predict with sketches above the "
+            f"compiled run: {row['health_over_compiled_us']:.1f} us/call (the run Runtime.predict calls)"
         )
     print(
         f"import device_runtime: {imports['import_ms']:.1f} ms, peak RSS {imports['rss_kib'] / 1024:.1f} MiB "

@@ -49,6 +49,7 @@ class Loaded:
     spec: Any
     labels: list[str] | None
     health: Any = None  # the bundle's reference profile (`device_runtime.health.HealthProfile`), if any
+    predict_path: Any = None  # `device_runtime._predict_path.PredictPath`, made at the first predict
 
 
 def load_model(

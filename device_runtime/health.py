@@ -498,6 +498,7 @@ class HealthMonitor:
         now: float,
     ) -> None:
         """Count one prediction (`result`: a `PredictionResult`) of `feeds` into the bundle's window."""
+        # Every predict with health on calls this: no per-call containers beyond what the counts need.
         entry = self._live.get(bundle_id)
         if entry is None:
             entry = self._live[bundle_id] = (version, _Live(now))
@@ -505,31 +506,37 @@ class HealthMonitor:
         live = entry[1]
         # Outputs are read before anything is counted, and counted with the inference only when all were
         # read: a window's histograms always sum to its inference count, which the wire contract checks.
-        marks: list[tuple[str, str, int, int, list[float]]] = []  # (name, role, classes, bin, scores)
-        if result.top_index is not None and result.top_k:
-            top = int(result.top_index)
-            marks.append(("top-1", "classification", MAX_HEALTH_CLASSES, top, [float(result.top_k[0][1])]))
-        for name, decoded in result.decoded.items():
-            if decoded.get("role") != "detection":
-                continue
-            found = decoded.get("detections", [])
-            scores = [min(1.0, max(0.0, float(d["score"]))) for d in found]
-            bins = len(DETECTION_COUNT_EDGES) + 1
-            marks.append((name, "detection", bins, detection_bin(len(found)), scores))
-        references = profile.inputs if profile is not None else {}
+        top = result.top_index
+        if top is not None and result.top_k:
+            top, score = int(top), float(result.top_k[0][1])
+        else:
+            top = None
+        marks = self._detections(result.decoded) if result.decoded else ()
+        inputs = live.inputs
         for name, value in feeds.items():
+            accumulator = inputs.get(name)
             try:
-                self._add_input(live, name, value, references)
+                if accumulator is None:
+                    self._add_input(live, name, value, profile.inputs if profile is not None else {})
+                else:
+                    accumulator.add(value)
             except Exception:  # an input this sketch cannot read: its channels stop, the rest goes on
-                live.inputs.pop(name, None)
-        for name, role, classes, index, scores in marks:
+                inputs.pop(name, None)
+        if top is not None:
+            out = live.outputs.get("top-1")
+            if out is None and len(live.outputs) < MAX_HEALTH_OUTPUTS:
+                out = live.outputs["top-1"] = _OutputAccumulator("classification", MAX_HEALTH_CLASSES)
+            if out is not None:
+                out.classes.append(top)
+                out.scores.append(score)
+        for name, index, scores in marks:
             out = live.outputs.get(name)
             if out is None:
                 if len(live.outputs) >= MAX_HEALTH_OUTPUTS:
                     continue
-                out = live.outputs[name] = _OutputAccumulator(role, classes)
+                out = live.outputs[name] = _OutputAccumulator("detection", len(DETECTION_COUNT_EDGES) + 1)
             out.classes.append(index)
-            if role == "classification":
+            if out.role == "classification":  # a detection output named like the top-1 sketch
                 out.scores.append(scores[0])
             else:
                 out.scores.extend(scores)
@@ -538,21 +545,32 @@ class HealthMonitor:
             self._most = live.inferences
 
     @staticmethod
+    def _detections(decoded: dict[str, dict[str, Any]]) -> list[tuple[str, int, list[float]]]:
+        """(output name, detections-per-input bin, clipped scores) of each detection output."""
+        marks = []
+        for name, output in decoded.items():
+            if output.get("role") != "detection":
+                continue
+            found = output.get("detections", [])
+            scores = [min(1.0, max(0.0, float(d["score"]))) for d in found]
+            marks.append((name, detection_bin(len(found)), scores))
+        return marks
+
+    @staticmethod
     def _add_input(live: _Live, name: str, value: Any, references: dict[str, InputReference]) -> None:
-        accumulator = live.inputs.get(name)
-        if accumulator is None:
-            if len(live.inputs) >= MAX_HEALTH_INPUTS:
-                return
-            array = np.asarray(value)
-            if array.dtype.kind not in "iuf" or array.size == 0:
-                return
-            ref = references.get(name)
-            axis = ref.axis if ref is not None else channel_axis(array.shape)
-            channels = 1 if axis is None else int(array.shape[axis])
-            if channels > MAX_HEALTH_CHANNELS:
-                axis, channels = None, 1
-            edges = ref.edges if ref is not None and ref.edges.shape[0] == channels else None
-            accumulator = live.inputs[name] = _InputAccumulator(axis, channels, edges)
+        """The first value of an input in this window: plan its sketch, then count the value."""
+        if len(live.inputs) >= MAX_HEALTH_INPUTS:
+            return
+        array = np.asarray(value)
+        if array.dtype.kind not in "iuf" or array.size == 0:
+            return
+        ref = references.get(name)
+        axis = ref.axis if ref is not None else channel_axis(array.shape)
+        channels = 1 if axis is None else int(array.shape[axis])
+        if channels > MAX_HEALTH_CHANNELS:
+            axis, channels = None, 1
+        edges = ref.edges if ref is not None and ref.edges.shape[0] == channels else None
+        accumulator = live.inputs[name] = _InputAccumulator(axis, channels, edges)
         accumulator.add(value)
 
     def due(self, now: float) -> bool:

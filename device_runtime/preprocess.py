@@ -62,6 +62,7 @@ __all__ = [
     "prepare_inputs",
     "preprocess_image",
     "preprocess_images",
+    "top_k_first",
 ]
 
 _ONNX_DTYPES = {
@@ -218,11 +219,44 @@ class Prediction:
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
     if activation == "softmax":
-        e = np.exp(x - np.max(x, axis=-1, keepdims=True))  # shift by the max: no overflow
-        return e / np.sum(e, axis=-1, keepdims=True)
+        # Array methods, not np.max/np.sum: the same reductions without their Python dispatch (hot path).
+        e = np.exp(x - x.max(axis=-1, keepdims=True))  # shift by the max: no overflow
+        return e / e.sum(axis=-1, keepdims=True)
     if activation == "sigmoid":
         return 0.5 * (1.0 + np.tanh(0.5 * x))  # equal to 1 / (1 + exp(-x)), without overflow
     return x
+
+
+def _top_order(spec: OutputSpec, flat: np.ndarray, labels: Sequence[str] | None) -> np.ndarray:
+    """Indices of the top-k classes of one activated sample (descending score, ties: lower index first),
+    scores below the threshold dropped. Raises SpecError when the label count does not match."""
+    if labels is not None and len(labels) != flat.size:
+        raise SpecError(
+            f"outputs {spec.name!r}: {len(labels)} labels for {flat.size} classes; "
+            "make the labels file hold one line per class"
+        )
+    order = (-flat).argsort(kind="stable")[: spec.top_k]
+    if spec.score_threshold is not None:
+        order = order[flat[order] >= spec.score_threshold]
+    return order
+
+
+def top_k_first(
+    spec: OutputSpec, array: object, labels: Sequence[str] | None = None
+) -> tuple[list[int], list[float]] | None:
+    """The top-k class indices and scores of a one-sample classification output, exactly as
+    ``postprocess(spec, array, labels=labels)[0]`` gives them, without building the `Prediction`.
+
+    `Runtime.predict`'s path on every call. None when `array` does not hold exactly one sample (a batch,
+    an empty batch or a scalar): use :func:`postprocess`, which also raises for what it cannot read.
+    """
+    x = np.asarray(array, dtype=np.float64)  # the same arithmetic as postprocess, step for step
+    if x.ndim == 0 or (x.ndim > 1 and x.shape[0] != 1):
+        return None
+    sample = _activate(x[np.newaxis] if x.ndim == 1 else x, spec.activation).astype(np.float32)[0]
+    flat = sample.reshape(-1)
+    order = _top_order(spec, flat, labels)
+    return order.tolist(), flat[order].tolist()
 
 
 def postprocess(
@@ -265,14 +299,7 @@ def postprocess(
             predictions.append(Prediction(values=sample, decoded=decoded))
             continue
         flat = sample.reshape(-1)
-        if labels is not None and len(labels) != flat.size:
-            raise SpecError(
-                f"outputs {spec.name!r}: {len(labels)} labels for {flat.size} classes; "
-                "make the labels file hold one line per class"
-            )
-        order = np.argsort(-flat, kind="stable")[: spec.top_k]
-        if spec.score_threshold is not None:
-            order = order[flat[order] >= spec.score_threshold]
+        order = _top_order(spec, flat, labels)
         predictions.append(
             Prediction(
                 values=sample,

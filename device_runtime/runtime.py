@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from device_runtime._loading import Loaded, check_engine_version, load_model, self_test
+from device_runtime._predict_path import PredictPath, interpret_outputs
 from device_runtime._recovery import (
     apply_reverted,
     died_in_trial_inference,
@@ -150,40 +151,6 @@ def _install_error(error: BaseException) -> VerificationError | InstallError | N
         text = f"{type(error).__name__}: {error}"[:300]
         return InstallError(f"the install failed unexpectedly ({text})", reason="internal")
     return None
-
-
-def interpret_outputs(
-    spec: Any, labels: list[str] | None, outputs: dict[str, Any]
-) -> tuple[list[tuple[str | int, float]], int | None, dict[str, dict[str, Any]]]:
-    """What `predict` makes of raw outputs: top-k of the first classification output (or of the first
-    ``[1, C]`` output when no role is declared), its top-1 class index, and every other role decoded.
-    Shared by `Runtime.predict` and the bundle builder's health reference, so both read outputs alike."""
-    from device_runtime.preprocess import postprocess
-
-    top: list[tuple[str | int, float]] = []
-    top_index: int | None = None
-    decoded: dict[str, dict[str, Any]] = {}
-    classified = False
-    for output in spec.outputs:
-        if output.kind == "classification" and output.name in outputs and not classified:
-            classified = True
-            first = postprocess(output, outputs[output.name], labels=labels)[0]
-            top = [(labels[i] if labels else i, s) for i, s in zip(first.indices, first.scores, strict=True)]
-            top_index = int(first.indices[0]) if first.indices else None
-        elif output.kind not in ("classification", "tensor") and output.name in outputs:
-            named = labels if output.labels is not None else None
-            paired = outputs.get(output.scores) if output.scores is not None else None
-            sample = postprocess(output, outputs[output.name], labels=named, scores=paired)[0]
-            decoded[output.name] = sample.decoded or {}
-    if not top and not decoded:
-        first_output = next(iter(outputs.values()))
-        shape: tuple[int, ...] = getattr(first_output, "shape", ())
-        if len(shape) == 2 and shape[0] >= 1 and shape[1] > 1:
-            row = first_output[0]
-            index = int(row.argmax())
-            top = [(labels[index] if labels else index, float(row[index]))]
-            top_index = index
-    return top, top_index, decoded
 
 
 def _health_monitor(config: RuntimeConfig) -> Any:
@@ -519,13 +486,18 @@ class Runtime(ShadowControl):
             NoModelError: nothing installed.  InputError: the request does not fit (the runtime keeps
             serving).  EngineError: the model failed (in trial this is a strike).
         """
-        from device_runtime.preprocess import prepare_inputs
-
+        # The hot path: what can be decided once per loaded model is in `PredictPath` (built at load).
         with self._lock:
             if self._unsaved:
                 self._retry_persist()
-            loaded = self._ensure_loaded()
-            feeds = prepare_inputs(loaded.spec, request)
+            loaded = self._loaded
+            active = self._state.active
+            if loaded is None or active is None or loaded.record.bundle_id != active.bundle_id:
+                loaded = self._ensure_loaded()
+            path = loaded.predict_path
+            if path is None:
+                path = loaded.predict_path = PredictPath(loaded.spec, loaded.engine, loaded.labels)
+            feeds = path.prepare(request)
             in_trial = self._state.trial is not None
             marked = in_trial and self._write_marker(loaded.record.bundle_id)
             started = time.perf_counter()
@@ -538,7 +510,7 @@ class Runtime(ShadowControl):
             except EngineError as e:
                 if marked:
                     self._clear_marker()
-                self.telemetry.record_inference(loaded.record.bundle_id, loaded.record.version, 0.0, ok=False)
+                self.telemetry.record_inference(loaded.record.bundle_id, loaded.record.version, 0.0, False)
                 if in_trial:
                     self._save(
                         self._strike(self._state, self._config.clock(), f"inference error: {str(e)[:120]}")
@@ -547,16 +519,15 @@ class Runtime(ShadowControl):
             latency_ms = 1000.0 * (time.perf_counter() - started)
             if marked:
                 self._clear_marker()
-            self.telemetry.record_inference(
-                loaded.record.bundle_id, loaded.record.version, latency_ms, ok=True
-            )
+            record = loaded.record
+            self.telemetry.record_inference(record.bundle_id, record.version, latency_ms, True)
             if in_trial and self._state.trial is not None:
                 now = self._config.clock()
                 if latency_ms > 1000.0 * self._config.hang_seconds:
                     self._save(self._strike(self._state, now, f"hang: {latency_ms:.0f} ms"))
                 else:
                     self._after_trial_inference(now)
-            result = self._result(loaded, outputs, latency_ms)
+            result = self._result(loaded, path, outputs, latency_ms)
             if self._shadow is not None:
                 self._offer_shadow(loaded, feeds, result)
             if self._health is not None:
@@ -565,12 +536,13 @@ class Runtime(ShadowControl):
 
     def _observe_health(self, loaded: Loaded, feeds: dict[str, Any], result: PredictionResult) -> None:
         """Count the prediction into the bundle's health sketches; never raises (a failure is counted)."""
-        assert self._health is not None
+        health = self._health
+        assert health is not None
         try:
             now = self._config.clock()
             record = loaded.record
-            self._health.observe(record.bundle_id, record.version, loaded.health, feeds, result, now)
-            if self._health.due(now):
+            health.observe(record.bundle_id, record.version, loaded.health, feeds, result, now)
+            if health.due(now):
                 self._report_health(now)
         except Exception:
             self._health_failures += 1
@@ -603,21 +575,25 @@ class Runtime(ShadowControl):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._marker_name)
 
-    def _result(self, loaded: Loaded, outputs: dict[str, Any], latency_ms: float) -> PredictionResult:
+    def _result(
+        self, loaded: Loaded, path: PredictPath, outputs: dict[str, Any], latency_ms: float
+    ) -> PredictionResult:
         # Unique per runtime instance without a syscall per call (uuid4 reads os.urandom each time).
         self._prediction_count += 1
         prediction_id = f"{self._prediction_prefix}-{self._prediction_count}"
-        top, top_index, decoded = interpret_outputs(loaded.spec, loaded.labels, outputs)
-        self._feedback[prediction_id] = (loaded.record.bundle_id, top[0][0] if top else None, top_index)
-        while len(self._feedback) > FEEDBACK_MEMORY:
-            self._feedback.popitem(last=False)
+        top, top_index, decoded = path.interpret(outputs)
+        record = loaded.record
+        feedback = self._feedback
+        feedback[prediction_id] = (record.bundle_id, top[0][0] if top else None, top_index)
+        if len(feedback) > FEEDBACK_MEMORY:
+            feedback.popitem(last=False)
         return PredictionResult(
             prediction_id,
             outputs,
             top,
-            loaded.record.name,
-            loaded.record.version,
-            loaded.record.bundle_id,
+            record.name,
+            record.version,
+            record.bundle_id,
             latency_ms,
             top_index,
             decoded,

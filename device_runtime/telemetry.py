@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -126,35 +125,38 @@ class TelemetryQueue:
     def record_inference(self, bundle_id: str, version: str, latency_ms: float, ok: bool) -> None:
         """Count an inference into the current aggregate; flushed every `flush_every` inferences, and
         before the aggregate would cover more than MAX_WINDOW_S seconds. Never raises."""
+        # Every predict calls this: plain comparisons, and the aggregate's dict is built once per window.
         try:
             with self._lock:
                 latency_ms = float(latency_ms)
-                if math.isnan(latency_ms):  # a broken timer: count the inference, time it as 0
+                if not latency_ms >= 0.0:  # negative, or NaN (a broken timer): count it, time it as 0
                     latency_ms = 0.0
-                latency_ms = min(max(latency_ms, 0.0), MAX_LATENCY_MS)
+                elif latency_ms > MAX_LATENCY_MS:
+                    latency_ms = MAX_LATENCY_MS
                 end = self._monotonic()
-                if self._window is not None and end - self._window[0] > MAX_WINDOW_S:
+                window = self._window
+                if window is not None and end - window[0] > MAX_WINDOW_S:
                     self._flush_locked()
+                    window = None
                 start = end - latency_ms / 1000.0  # when this inference began
-                if self._window is not None:
-                    start = min(start, self._window[0])
+                if window is not None and window[0] < start:
+                    start = window[0]
                 self._window = (start, end)
-                entry = self._aggregate.setdefault(
-                    bundle_id,
-                    {
+                entry = self._aggregate.get(bundle_id)
+                if entry is None:
+                    entry = self._aggregate[bundle_id] = {
                         "bundle_id": bundle_id,
                         "version": version,
                         "inferences": 0,
                         "errors": 0,
                         "latency_ms_buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1),
                         "latency_ms_sum": 0.0,
-                    },
-                )
+                    }
                 entry["inferences"] += 1
-                entry["errors"] += 0 if ok else 1
+                if not ok:
+                    entry["errors"] += 1
                 entry["latency_ms_sum"] += latency_ms
-                bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
-                entry["latency_ms_buckets"][bucket] += 1
+                entry["latency_ms_buckets"][bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
                 self._since_flush += 1
                 if self._since_flush >= self._flush_every:
                     self._flush_locked()

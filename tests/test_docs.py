@@ -184,17 +184,55 @@ def test_every_gate_configuration_on_the_gates_page_loads_as_the_server_loads_it
         load_gates(path)  # raises on an unknown field or an out-of-range value
 
 
+_PAIRED_ROWS = (("alpha", "beta"), ("z_pass", "z_rollback"))  # documented in one row: | `a`, `b` | x, y |
+
+
 def test_the_gates_page_documents_every_gate_field_with_its_default() -> None:
     from edgekit.rollout import GateConfig
 
     text = GATES_PAGE.read_text(encoding="utf-8")
+    rows = text.splitlines()
     defaults = GateConfig()
-    for field in dataclasses.fields(GateConfig):
+    paired = {name for pair in _PAIRED_ROWS for name in pair}
+    for field in dataclasses.fields(GateConfig):  # the label-free gates' fields included
         assert f"`{field.name}`" in text, f"GateConfig.{field.name} is not documented"
         value = getattr(defaults, field.name)
-        if isinstance(value, int | float) and field.name not in ("alpha", "beta", "z_pass", "z_rollback"):
-            row = next(line for line in text.splitlines() if line.startswith(f"| `{field.name}` |"))
+        if isinstance(value, int | float) and field.name not in paired:
+            row = next((line for line in rows if line.startswith(f"| `{field.name}` |")), None)
+            assert row is not None, f"{field.name} has no row in a defaults table"
             assert f"| {value:g} |" in row.replace(".0 |", " |"), f"{field.name}: {value:g} not in {row}"
+    for first, second in _PAIRED_ROWS:
+        row = next((line for line in rows if line.startswith(f"| `{first}`, `{second}` |")), None)
+        assert row is not None, f"{first} and {second} have no row in a defaults table"
+        values = f"| {getattr(defaults, first):g}, {getattr(defaults, second):g} |"
+        assert values in row.replace(".0 |", " |"), f"{first}, {second}: {values} not in {row}"
+    for percent, hours in defaults.stage_min_hours:
+        assert f"{percent}%: {hours:g}" in text, f"stage_min_hours: {percent}%: {hours:g} is not documented"
+
+
+SCRIPTING_PAGE = DOCS / "scripting.md"
+
+
+def _json_documents(page: Path) -> list[dict[str, object]]:
+    """The whole JSON objects in a page's plain code blocks (cut examples, marked `...`, are skipped)."""
+    found = []
+    for lang, body in _FENCE.findall(page.read_text(encoding="utf-8")):
+        if lang in ("", "json") and body.lstrip().startswith("{") and "..." not in body:
+            found.append(json.loads(body))
+    return found
+
+
+def test_the_scripting_page_shows_the_json_shape_the_cli_prints() -> None:
+    from edgekit.commands._common import error_document
+
+    documents = _json_documents(SCRIPTING_PAGE)
+    assert any(d["ok"] is True for d in documents) and any(d["ok"] is False for d in documents)
+    shape = error_document(click.ClickException("m"), command="verify")
+    for document in documents:
+        assert {"ok", "command"} <= document.keys(), document
+        if document["ok"] is False:
+            assert document.keys() == shape.keys(), document
+            assert isinstance(document["error"], dict) and document["error"].keys() == shape["error"].keys()
 
 
 def test_every_python_example_in_the_docs_compiles() -> None:

@@ -36,9 +36,13 @@ def sprt_llr(x: float, n: float, exposure_t: float, exposure_c: float, ratio_h1:
         exposure_t, exposure_c: exposures (device-hours or inferences), both > 0.
         ratio_h1: treatment / control rate ratio under H1.
     """
-    p0 = exposure_t / (exposure_t + exposure_c)
-    p1 = ratio_h1 * exposure_t / (ratio_h1 * exposure_t + exposure_c)
-    return x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
+    # With p0 = h_t / (h_t + h_c) and p1 = r h_t / (r h_t + h_c): p1 / p0 = r (h_t + h_c) / (r h_t + h_c)
+    # and (1 - p1) / (1 - p0) = (h_t + h_c) / (r h_t + h_c), so LLR = x log r + n log((h_t + h_c) /
+    # (r h_t + h_c)). Written this way it never divides by 1 - p0, which rounds to 0 when the control's
+    # exposure is tiny next to the treatment's (a small fleet once its most influential devices are out).
+    return x * math.log(ratio_h1) + n * math.log(
+        (exposure_t + exposure_c) / (ratio_h1 * exposure_t + exposure_c)
+    )
 
 
 def poisson_lower(x: float, z: float) -> float:

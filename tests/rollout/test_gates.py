@@ -74,6 +74,19 @@ def test_sprt_bounds_are_walds() -> None:
     assert b == pytest.approx(math.log(0.1 / 0.999))  # -2.3016
 
 
+def test_sprt_llr_stays_finite_when_the_control_exposure_is_tiny_next_to_the_treatment() -> None:
+    # A small fleet without its most influential control devices: 1 - p0 rounds to 0 in the textbook form.
+    assert sprt_llr(3, 3, 1e6, 1e-12, 2.0) == pytest.approx(0.0, abs=1e-9)
+    assert math.isfinite(sprt_llr(0, 5, 1e9, 1e-9, 1.5))
+
+
+def test_a_small_fleet_simulates_without_an_arithmetic_error() -> None:
+    from edgekit.rollout.simulate import FleetModel, simulate
+
+    _, results = simulate(FleetModel(devices=500), None, runs=2, seed=0)
+    assert len(results) == 2 and all(r.outcome in ("rolled_back", "complete", "stuck") for r in results)
+
+
 def test_sprt_llr_equal_exposure_by_hand() -> None:
     # p0 = 1/2, p1 = 2/3: 10 log(4/3) + 2 log(2/3) = 2.8768 - 0.8109 = 2.0659
     assert sprt_llr(10, 12, 100, 100, 2.0) == pytest.approx(2.0659, abs=1e-4)

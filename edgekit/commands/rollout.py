@@ -185,12 +185,9 @@ def _print(entry: dict[str, Any], decisions: int) -> None:
         )
         for record in decision["records"]:
             if record.get("outcome") != "pass" or decision is entry["decisions"][-1]:
-                click.echo(
-                    f"      {record['metric']:<16} {record['outcome']:<8} "
-                    f"treatment {record.get('treatment_value')} "
-                    f"control {record.get('control_value')} n={record.get('n')} "
-                    f"stat={record.get('statistic')} thr={record.get('threshold')}"
-                )
+                # The record's detail says it in words with the statistic and its threshold; the raw
+                # numbers are in --json.
+                click.echo(f"      {record['metric']:<18} {record['outcome']:<8} {record.get('detail', '')}")
 
 
 @rollout.command()

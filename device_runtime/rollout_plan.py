@@ -4,7 +4,8 @@ The server writes one plan per model and channel (`edgekit.rollout.plan.RolloutP
 its state machine) and publishes it as the TUF target `rollouts/<model>/<channel>.json`; the device reads
 it with `parse_plan` and decides with `decide`. Both sides run this module, so they cannot disagree.
 
-The document (canonical JSON: sorted keys, no whitespace, UTF-8; every key required, no other key)::
+The document (canonical JSON: sorted keys, no whitespace, UTF-8; every key required except `shadow`, no
+other key)::
 
     model                 bundle name rule: [a-z0-9][a-z0-9._-]{0,63} (as in the signed manifest)
     channel               the same rule, e.g. "stable"
@@ -20,6 +21,15 @@ The document (canonical JSON: sorted keys, no whitespace, UTF-8; every key requi
     stage_started_at      seconds since the Unix epoch (finite, >= 0; a float)
     stage_deadline_hours  hours (finite, > 0; a float)
     reason                why the plan was halted or rolled back (<= 1,000 characters; "" otherwise)
+    shadow (optional)     absent or null: no shadow trial. Otherwise {stages, sample, max_cpu}:
+                          stages   stage percents (each one of plan.stages, strictly increasing, never the
+                                   last) in which the treatment runs the target IN SHADOW instead of
+                                   serving it; sample: share of live inferences also run through the
+                                   shadow model (0 < s <= 1); max_cpu: the shadow's bounded share of
+                                   inference time (0 < c <= 1): a shadow run is skipped when the shadow's
+                                   cumulative run time would exceed max_cpu x the active model's
+                                   cumulative run time. A plan without the key has exactly the canonical
+                                   bytes it had before the key existed (`to_dict` omits it when None).
 
 A release: `version` by the manifest's version rule, `release_counter` an integer >= 0 (the target's is
 above the baseline's: devices refuse older releases), `target_path` exactly `bundles/<model>/<file>.ekb`
@@ -31,7 +41,11 @@ stage p% a device is in the treatment iff ``u < p/100``, in the control group if
 sticky: u depends only on the salt and the device id.
 
 Decisions (`decide`): complete -> the target; halted or rolled back -> the baseline; running or paused ->
-the target for the treatment, the baseline for everyone else.
+the target for the treatment, the baseline for everyone else. In a shadow stage of a running or paused plan
+(`Plan.is_shadow_stage`) the treatment keeps serving the baseline and runs the target in shadow
+(``shadow = target``), and the control runs the baseline in shadow next to itself (``shadow = baseline``:
+self-shadow, which measures the engine's own disagreement and puts the same shadow load on both arms);
+everyone else, and every other stage and state, has ``shadow = None``.
 
 Errors: `PlanError` (a `DeviceRuntimeError`) with a stable `reason` code for telemetry: `plan-format`,
 `wrong-model`, `wrong-channel`, `unsafe-target-path`.
@@ -59,12 +73,14 @@ __all__ = [
     "MAX_REASON_CHARS",
     "PLAN_KEYS",
     "RELEASE_KEYS",
+    "SHADOW_KEYS",
     "STATES",
     "Arm",
     "Decision",
     "Plan",
     "PlanError",
     "Release",
+    "Shadow",
     "State",
     "arm",
     "cohort_u",
@@ -105,6 +121,8 @@ PLAN_KEYS = frozenset(
         "reason",
     }
 )
+OPTIONAL_PLAN_KEYS = frozenset({"shadow"})
+SHADOW_KEYS = frozenset({"stages", "sample", "max_cpu"})
 
 
 class PlanError(DeviceRuntimeError):
@@ -126,9 +144,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_keys(data: Mapping[str, Any], expected: frozenset[str], where: str) -> None:
+def _check_keys(
+    data: Mapping[str, Any], expected: frozenset[str], where: str, optional: frozenset[str] = frozenset()
+) -> None:
     missing = sorted(expected - data.keys())
-    unknown = sorted(data.keys() - expected)
+    unknown = sorted(data.keys() - expected - optional)
     if missing or unknown:
         raise PlanError(f"{where}: missing keys {missing}, unknown keys {unknown}")
 
@@ -198,6 +218,58 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """A plan's shadow trial: in `stages` the treatment runs the target next to the baseline, unserved.
+
+    Attributes:
+        stages: stage percents (strictly increasing; the plan checks each is one of its stages, never
+            its last) in which the treatment shadows the target instead of serving it.
+        sample: share of live inferences also run through the shadow model, 0 < sample <= 1.
+        max_cpu: the shadow's bounded share of inference time, 0 < max_cpu <= 1 (shadow time is kept
+            within max_cpu x the active model's time; runs beyond it are skipped and counted).
+
+    Raises:
+        PlanError: on any invalid field (checked at construction).
+    """
+
+    stages: tuple[int, ...] = (1,)  # percent
+    sample: float = 0.1  # share of inferences
+    max_cpu: float = 0.2  # share of the active model's inference time
+
+    def __post_init__(self) -> None:
+        stages = self.stages
+        if not isinstance(stages, tuple) or not stages or not all(_is_int(s) for s in stages):
+            raise PlanError(
+                f"plan.shadow.stages must be a non-empty list of stage percentages, got {stages!r}"
+            )
+        if any(a >= b for a, b in itertools.pairwise(stages)):
+            raise PlanError(f"plan.shadow.stages must be strictly increasing, got {list(stages)}")
+        for name in ("sample", "max_cpu"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or not 0 < value <= 1:
+                raise PlanError(f"plan.shadow.{name} must be a number in (0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))  # 1 and 1.0 give the same canonical JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shadow trial as a JSON-ready dict."""
+        return {"stages": list(self.stages), "sample": self.sample, "max_cpu": self.max_cpu}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Shadow:
+        """Build a shadow trial from a parsed JSON object, refusing unknown or missing keys.
+
+        Raises:
+            PlanError: not an object, wrong keys or invalid values.
+        """
+        if not isinstance(data, Mapping):
+            raise PlanError(f"plan.shadow must be a JSON object or null, got {type(data).__name__}")
+        _check_keys(data, SHADOW_KEYS, "plan.shadow")
+        if not isinstance(data["stages"], list):
+            raise PlanError(f"plan.shadow.stages must be a JSON list, got {data['stages']!r}")
+        return cls(tuple(data["stages"]), data["sample"], data["max_cpu"])
+
+
+@dataclass(frozen=True)
 class Plan:
     """A rollout plan: `target` rolled out over `baseline` for one model and channel.
 
@@ -220,6 +292,7 @@ class Plan:
     stage_started_at: float = 0.0  # seconds since the Unix epoch
     stage_deadline_hours: float = 72.0  # hours
     reason: str = ""
+    shadow: Shadow | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "channel"):
@@ -264,6 +337,25 @@ class Plan:
             object.__setattr__(self, name, float(value))
         if not isinstance(self.reason, str) or len(self.reason) > MAX_REASON_CHARS:
             raise PlanError(f"plan.reason must be a string of <= {MAX_REASON_CHARS} characters")
+        self._check_shadow()
+
+    def _check_shadow(self) -> None:
+        shadow = self.shadow
+        if shadow is None:
+            return
+        if not isinstance(shadow, Shadow):
+            raise PlanError(f"plan.shadow must be a Shadow or None, got {type(shadow).__name__}")
+        unknown = [s for s in shadow.stages if s not in self.stages]
+        if unknown:
+            raise PlanError(
+                f"plan.shadow.stages {list(shadow.stages)}: {unknown} not among the plan's stages "
+                f"{list(self.stages)}; name stages of the plan"
+            )
+        if self.stages[-1] in shadow.stages:
+            raise PlanError(
+                f"plan.shadow.stages {list(shadow.stages)} include the last stage {self.stages[-1]}%: the "
+                "last stage serves the target to every device, it cannot shadow it"
+            )
 
     def _check_releases(self) -> None:
         for name in ("target", "baseline"):
@@ -317,9 +409,16 @@ class Plan:
         """Whether the current stage is the last one (100%)."""
         return self.stage_index == len(self.stages) - 1
 
+    @property
+    def is_shadow_stage(self) -> bool:
+        """Whether the current stage is one of the shadow stages (whatever the state; `decide` shadows
+        only while the plan is running or paused)."""
+        return self.shadow is not None and self.stage_percent in self.shadow.stages
+
     def to_dict(self) -> dict[str, Any]:
-        """The plan as the JSON-ready document (every key of `PLAN_KEYS`)."""
-        return {
+        """The plan as the JSON-ready document (every key of `PLAN_KEYS`; `shadow` only when set, so a
+        plan without a shadow trial keeps the canonical bytes it always had)."""
+        document: dict[str, Any] = {
             "model": self.model,
             "channel": self.channel,
             "rollout_id": self.rollout_id,
@@ -334,6 +433,9 @@ class Plan:
             "stage_deadline_hours": self.stage_deadline_hours,
             "reason": self.reason,
         }
+        if self.shadow is not None:
+            document["shadow"] = self.shadow.to_dict()
+        return document
 
     def to_bytes(self) -> bytes:
         """The canonical document (sorted keys, no whitespace, UTF-8): equal plans give equal bytes."""
@@ -348,8 +450,10 @@ def plan_fields(document: object) -> dict[str, Any]:
     """
     if not isinstance(document, Mapping):
         raise PlanError(f"a rollout plan must be a JSON object, got {type(document).__name__}")
-    _check_keys(document, PLAN_KEYS, "rollout plan")
+    _check_keys(document, PLAN_KEYS, "rollout plan", OPTIONAL_PLAN_KEYS)
     fields = dict(document)
+    if fields.get("shadow") is not None:
+        fields["shadow"] = Shadow.from_dict(fields["shadow"])
     if not isinstance(fields["stages"], list):
         raise PlanError(f"plan.stages must be a JSON list, got {fields['stages']!r}")
     fields["stages"] = tuple(fields["stages"])
@@ -426,7 +530,11 @@ def arm(plan: Plan, device_id: str) -> Arm:
 
 @dataclass(frozen=True)
 class Decision:
-    """What a device should run: `arm` is its cohort at the current stage; `wanted` None keeps its model."""
+    """What a device should run: `arm` is its cohort at the current stage; `wanted` None keeps its model.
+
+    `shadow`: the release to run in shadow next to `wanted` (installed in the inactive slot, never served),
+    None outside a shadow stage; `shadow_config` the plan's shadow settings whenever `shadow` is set.
+    """
 
     rollout_id: str
     state: str
@@ -435,6 +543,8 @@ class Decision:
     stage_percent: int
     wanted: Release | None
     reason: str
+    shadow: Release | None = None
+    shadow_config: Shadow | None = None
 
 
 def decide(plan: Plan, device_id: str) -> Decision:
@@ -443,12 +553,23 @@ def decide(plan: Plan, device_id: str) -> Decision:
     cohort = _arm(plan, u)
     p = plan.stage_percent / 100
     wanted: Release | None
+    shadow: Release | None = None
+    shadowing = plan.is_shadow_stage and plan.state in ("running", "paused")
     if plan.state == "complete":
         wanted, reason = plan.target, "rollout complete: every device runs the target"
     elif plan.state in ("halted", "rolled_back"):
         wanted, reason = plan.baseline, f"rollout {plan.state}: every device runs the baseline"
+    elif cohort == "treatment" and shadowing:
+        wanted, shadow = plan.baseline, plan.target
+        reason = f"u={u:.6f} < {p:.4f}: treatment shadows the target at stage {plan.stage_percent}%"
     elif cohort == "treatment":
         wanted, reason = plan.target, f"u={u:.6f} < {p:.4f}: treatment at stage {plan.stage_percent}%"
+    elif cohort == "control" and shadowing:
+        wanted, shadow = plan.baseline, plan.baseline
+        reason = f"u={u:.6f} >= {p:.4f}: control shadows the baseline at stage {plan.stage_percent}%"
     else:
         wanted, reason = plan.baseline, f"u={u:.6f} >= {p:.4f}: {cohort} group stays on the baseline"
-    return Decision(plan.rollout_id, plan.state, cohort, u, plan.stage_percent, wanted, reason)
+    config = plan.shadow if shadow is not None else None
+    return Decision(
+        plan.rollout_id, plan.state, cohort, u, plan.stage_percent, wanted, reason, shadow, config
+    )

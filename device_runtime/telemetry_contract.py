@@ -23,6 +23,8 @@ Event kinds and their payloads (``?`` marks an optional key; no other keys are a
     download            bundle_id, method (delta|full), bytes, full_bytes, version?, base_bundle_id?,
                         fallback?, detail?      (delta needs base_bundle_id; fallback only with full)
     health              bundle_id, version?, inferences, window_s, inputs, outputs   (see below)
+    shadow              bundle_id, served_bundle_id, compared, agreed, outputs, failures, timeouts,
+                        skipped_cpu, latency_histogram, version?, window_s?, stopped?   (see below)
 
 A ``download`` is one bundle fetched for an install: ``bytes`` on the wire (a delta, plus the full bundle
 after a fallback), ``full_bytes`` the full bundle's TUF length, ``fallback`` the reason code when a delta
@@ -39,6 +41,18 @@ list (at most `MAX_HEALTH_OUTPUTS`) of ``{"name", "role": "classification", "cla
 `DETECTION_COUNT_EDGES` bin summing to ``inferences``, a score histogram whose total lies within what the
 detection bins allow, and ``score_sum`` within what the score bins allow). Names are unique per list.
 No input value is ever part of it: only counts and moments.
+
+A ``shadow`` event is one reporting window of a shadow trial (`device_runtime.shadow`): ``bundle_id`` is the
+SHADOW bundle (the one run next to the served one, never served), ``served_bundle_id`` the active bundle it
+ran beside (equal for a self-shadow). ``outputs`` maps each compared output name (at most
+`MAX_HEALTH_OUTPUTS`) to ``{"role": one of SHADOW_ROLES, "compared", "agreed"}``; ``compared`` and
+``agreed`` at the top are the primary (first) output's, so no output compared more, and every ``agreed``
+is at most its ``compared``. ``failures`` counts shadow runs that raised, ``timeouts`` runs past their
+deadline, ``skipped_cpu`` sampled inputs not run because the CPU budget was spent; ``latency_histogram``
+(``len(LATENCY_BUCKETS_MS) + 1`` buckets) holds the run time of each compared run, so it sums to
+``compared``. Every count is at most `MAX_INFERENCES_PER_S` per second of ``window_s`` (when given;
+otherwise of `MAX_WINDOW_S`). ``stopped`` is true when the device gave up on this shadow bundle after
+too many strikes (failures plus timeouts). No input or output value is ever part of it.
 
 Bounds carry units. Numbers are finite; integers are JSON integers, never booleans. An ``inferences``
 aggregate covers ``window_s`` seconds (at most `MAX_WINDOW_S`): it counts at most
@@ -90,6 +104,7 @@ __all__ = [
     "MIN_WINDOW_S",
     "REASONS",
     "SCHEMA",
+    "SHADOW_ROLES",
     "BatchCheck",
     "Checked",
     "ContractError",
@@ -104,6 +119,8 @@ __all__ = [
     "InstallPayload",
     "Payload",
     "Rejected",
+    "ShadowOutput",
+    "ShadowPayload",
     "SlotVerifyFailedPayload",
     "TelemetryResetPayload",
     "TrialPayload",
@@ -126,6 +143,7 @@ EVENT_KINDS = (
     "telemetry-reset",
     "download",
     "health",
+    "shadow",
 )
 
 MAX_BATCH_BYTES = 1 << 20  # bytes of one batch's JSON
@@ -155,6 +173,16 @@ CONFIDENCE_BINS = 10  # top-1 confidence or detection score bins over [0, 1], ea
 DETECTION_COUNT_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100)  # detections per input: bin i holds <= edge i
 MAX_DETECTIONS_PER_INPUT = 1000  # detections one input may produce (the last bin's upper bound)
 MAX_ABS_MOMENT = 1e38  # a channel's mean (float32 inputs stay below it)
+# shadow trials: the output roles of a bundle spec (device_runtime._spec.OUTPUT_KINDS; a test pins equality)
+SHADOW_ROLES = (
+    "classification",
+    "detection",
+    "segmentation",
+    "regression",
+    "embedding",
+    "sequence",
+    "tensor",
+)
 
 REASONS = (
     "not-object",
@@ -309,6 +337,34 @@ class HealthPayload:
     outputs: tuple[HealthOutput, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowOutput:
+    """One output's shadow agreement: runs compared and runs whose output agreed with the served one."""
+
+    name: str
+    role: str
+    compared: int
+    agreed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPayload:
+    """A shadow trial over one reporting window: the shadow bundle against the served one."""
+
+    bundle_id: str  # the shadow bundle
+    served_bundle_id: str
+    compared: int
+    agreed: int
+    outputs: tuple[ShadowOutput, ...]  # sorted by name
+    failures: int
+    timeouts: int
+    skipped_cpu: int
+    latency_histogram: tuple[int, ...]  # len(LATENCY_BUCKETS_MS) + 1 counts of compared runs
+    version: str | None = None
+    window_s: float | None = None
+    stopped: bool = False
+
+
 Payload = (
     InferencesPayload
     | CrashPayload
@@ -319,6 +375,7 @@ Payload = (
     | TelemetryResetPayload
     | DownloadPayload
     | HealthPayload
+    | ShadowPayload
 )
 
 
@@ -742,6 +799,79 @@ def _health(p: Any) -> HealthPayload:
     )
 
 
+_SHADOW_REQUIRED = frozenset(
+    (
+        "bundle_id",
+        "served_bundle_id",
+        "compared",
+        "agreed",
+        "outputs",
+        "failures",
+        "timeouts",
+        "skipped_cpu",
+        "latency_histogram",
+    )
+)
+_SHADOW_ALLOWED = _SHADOW_REQUIRED | {"version", "window_s", "stopped"}
+_SHADOW_OUTPUT_KEYS = frozenset(("role", "compared", "agreed"))
+
+
+def _shadow_output(name: Any, entry: Any, limit: int) -> ShadowOutput:
+    _match(name, "outputs key", _OUTPUT, "a tensor name")
+    _keys("shadow output", entry, _SHADOW_OUTPUT_KEYS, _SHADOW_OUTPUT_KEYS)
+    role = _one_of(entry["role"], "outputs[].role", SHADOW_ROLES)
+    compared = _int(entry["compared"], "outputs[].compared", 0, limit)
+    agreed = _int(entry["agreed"], "outputs[].agreed", 0, limit)
+    if agreed > compared:
+        raise _fail("sketch-inconsistent", f"outputs[{name[:40]!r}]: agreed {agreed} > compared {compared}")
+    return ShadowOutput(name, role, compared, agreed)
+
+
+def _shadow(p: Any) -> ShadowPayload:
+    _keys("shadow", p, _SHADOW_REQUIRED, _SHADOW_ALLOWED)
+    window: float | None = None
+    if p.get("window_s") is not None:
+        window = _number(p["window_s"], "window_s", 0.0, MAX_WINDOW_S)
+    span = MAX_WINDOW_S if window is None else max(window, MIN_WINDOW_S)
+    limit = int(MAX_INFERENCES_PER_S * span)
+    compared = _int(p["compared"], "compared", 0, limit)
+    agreed = _int(p["agreed"], "agreed", 0, limit)
+    if agreed > compared:
+        raise _fail("sketch-inconsistent", f"agreed {agreed} > compared {compared}")
+    outputs = p["outputs"]
+    if type(outputs) is not dict:
+        raise _fail(
+            "wrong-type", f"outputs must be an object of output name -> counts, got {type(outputs).__name__}"
+        )
+    if len(outputs) > MAX_HEALTH_OUTPUTS:
+        raise _fail("too-long", f"outputs has {len(outputs)} entries, more than {MAX_HEALTH_OUTPUTS}")
+    parsed = tuple(_shadow_output(name, entry, limit) for name, entry in sorted(outputs.items()))
+    if compared and not parsed:
+        raise _fail("sketch-inconsistent", f"{compared} runs compared but no output is reported")
+    if any(o.compared > compared for o in parsed):
+        raise _fail("sketch-inconsistent", "an output compared more runs than the primary output's compared")
+    if parsed and all((o.compared, o.agreed) != (compared, agreed) for o in parsed):
+        raise _fail("sketch-inconsistent", "compared and agreed are not any output's (the primary output's)")
+    histogram = _counts(p["latency_histogram"], "latency_histogram", HISTOGRAM_SIZE, HISTOGRAM_SIZE, compared)
+    stopped = p.get("stopped", False)
+    if type(stopped) is not bool:
+        raise _fail("wrong-type", f"stopped must be true or false, got {type(stopped).__name__}")
+    return ShadowPayload(
+        _bundle(p["bundle_id"]),
+        _bundle(p["served_bundle_id"], "served_bundle_id"),
+        compared,
+        agreed,
+        parsed,
+        _int(p["failures"], "failures", 0, limit),
+        _int(p["timeouts"], "timeouts", 0, limit),
+        _int(p["skipped_cpu"], "skipped_cpu", 0, limit),
+        histogram,
+        _version(p),
+        window,
+        stopped,
+    )
+
+
 _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "inferences": _inferences,
     "crash": _crash,
@@ -752,6 +882,7 @@ _PARSERS: dict[str, Callable[[Any], Payload]] = {
     "telemetry-reset": _telemetry_reset,
     "download": _download,
     "health": _health,
+    "shadow": _shadow,
 }
 assert tuple(_PARSERS) == EVENT_KINDS
 

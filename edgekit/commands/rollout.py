@@ -64,6 +64,28 @@ def rollout(ctx: click.Context, server: str, token_env: str, token_file: Path | 
 @click.option("--baseline", "baseline_version", required=True, help="Version the fleet runs now.")
 @click.option("--stages", default="1,5,25,100", show_default=True, help="Stage percentages.")
 @click.option("--no-control", is_flag=True, help="No concurrent control group (not recommended).")
+@click.option(
+    "--shadow-stage",
+    "shadow_stages",
+    type=int,
+    multiple=True,
+    help="A stage percent (repeatable) in which the treatment runs the target in shadow instead of "
+    "serving it; the control runs the baseline in shadow alike.",
+)
+@click.option(
+    "--shadow-sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of live inferences also run through the shadow model (with --shadow-stage).",
+)
+@click.option(
+    "--shadow-max-cpu",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="Shadow time at most this share of the active model's inference time (with --shadow-stage).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def start(
@@ -74,26 +96,31 @@ def start(
     baseline_version: str,
     stages: str,
     no_control: bool,
+    shadow_stages: tuple[int, ...],
+    shadow_sample: float,
+    shadow_max_cpu: float,
     as_json: bool,
 ) -> None:
-    """Start rolling TARGET out over BASELINE."""
+    """Start rolling TARGET out over BASELINE (with --shadow-stage: shadowing it first in those stages)."""
     try:
         parsed = [int(s) for s in stages.split(",")]
     except ValueError:
         raise click.BadParameter("comma-separated integers, e.g. 1,5,25,100", param_hint="--stages") from None
-    result = _call(
-        ctx,
-        "POST",
-        "/v1/admin/rollouts",
-        {
-            "model": model,
-            "channel": channel,
-            "target_version": target_version,
-            "baseline_version": baseline_version,
-            "stages": parsed,
-            "control": not no_control,
-        },
-    )
+    body: dict[str, Any] = {
+        "model": model,
+        "channel": channel,
+        "target_version": target_version,
+        "baseline_version": baseline_version,
+        "stages": parsed,
+        "control": not no_control,
+    }
+    if shadow_stages:
+        body["shadow"] = {
+            "stages": sorted(set(shadow_stages)),
+            "sample": shadow_sample,
+            "max_cpu": shadow_max_cpu,
+        }
+    result = _call(ctx, "POST", "/v1/admin/rollouts", body)
     if as_json:
         echo_json(result)
     else:

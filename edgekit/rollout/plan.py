@@ -3,7 +3,9 @@
 The document, its rules, the cohorts and the device's decision are `device_runtime.rollout_plan` (the
 device's own module, so the two sides cannot disagree); `RolloutPlan` is that `Plan` with a baseline
 always present (the server runs staged rollouts of a target over a baseline) and the transitions below.
-Everything here is pure: no IO, no clock (callers pass `now`), canonical JSON in and out.
+Everything here is pure: no IO, no clock (callers pass `now`), canonical JSON in and out. A plan's optional
+shadow trial (`Shadow`: in which stages the treatment runs the target in shadow instead of serving it) is
+carried unchanged by every transition.
 
 States and transitions (anything else raises `PlanError`)::
 
@@ -34,6 +36,7 @@ from device_runtime.rollout_plan import (
     Arm,
     Plan,
     Release,
+    Shadow,
     State,
     arm,
     cohort_u,
@@ -49,10 +52,12 @@ __all__ = [
     "Release",
     "RolloutError",
     "RolloutPlan",
+    "Shadow",
     "State",
     "arm",
     "cohort_u",
     "release_from_dict",
+    "shadow_from_dict",
     "wanted_release",
 ]
 
@@ -204,6 +209,18 @@ def release_from_dict(data: Mapping[str, Any], *, where: str = "release") -> Rel
     """
     try:
         return Release.from_dict(data, where=where)
+    except contract.PlanError as e:
+        raise PlanError(str(e), reason=e.reason) from e
+
+
+def shadow_from_dict(data: object) -> Shadow:
+    """A `Shadow` trial from a JSON object (``{stages, sample, max_cpu}``), with edgekit's error type.
+
+    Raises:
+        PlanError: not an object, wrong keys or invalid values.
+    """
+    try:
+        return Shadow.from_dict(data)
     except contract.PlanError as e:
         raise PlanError(str(e), reason=e.reason) from e
 

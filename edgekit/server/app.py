@@ -88,6 +88,14 @@ class DeviceRegistration(BaseModel):
     hardware_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+class ShadowRequest(BaseModel):
+    """A rollout's shadow trial (the plan's `shadow` key; the plan contract checks the values)."""
+
+    stages: list[int] = Field(min_length=1, max_length=10)
+    sample: float = Field(default=0.1, gt=0, le=1)
+    max_cpu: float = Field(default=0.2, gt=0, le=1)
+
+
 class RolloutRequest(BaseModel):
     """A rollout to start."""
 
@@ -98,6 +106,7 @@ class RolloutRequest(BaseModel):
     stages: list[int] = Field(default=[1, 5, 25, 100], min_length=1, max_length=10)
     control: bool = True
     deadline_hours: float = Field(default=72.0, gt=0, le=24 * 90)
+    shadow: ShadowRequest | None = None
 
 
 class _BodyLimit:
@@ -375,6 +384,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 stages=tuple(request.stages),
                 control=request.control,
                 deadline_hours=request.deadline_hours,
+                shadow=None if request.shadow is None else request.shadow.model_dump(),
             )
         except (RolloutError, PlanError) as e:
             raise HTTPException(409, str(e)) from e

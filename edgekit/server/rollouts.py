@@ -13,13 +13,13 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit.errors import PlanError, RolloutConflictError, RolloutError, UnknownRolloutError
 from edgekit.rollout.gates import DecisionRecord, GateConfig, StageDecision, decide
-from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict
+from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict, shadow_from_dict
 from edgekit.server.aggregate import Window, current_devices, window_devices
 from edgekit.server.storage import Database, dumps
 from edgekit.server.tuf_repo import TufRepository
@@ -175,8 +175,10 @@ class RolloutService:
         stages: tuple[int, ...] = (1, 5, 25, 100),
         control: bool = True,
         deadline_hours: float = 72.0,
+        shadow: Mapping[str, Any] | None = None,
     ) -> RolloutPlan:
-        """Start rolling `target_version` out over `baseline_version`.
+        """Start rolling `target_version` out over `baseline_version` (`shadow`: the plan's optional
+        ``{stages, sample, max_cpu}`` shadow trial).
 
         Raises:
             RolloutConflictError: unpublished versions, a non-increasing release counter, a rollout
@@ -218,6 +220,7 @@ class RolloutService:
                     control=control,
                     stage_started_at=now,
                     stage_deadline_hours=deadline_hours,
+                    shadow=None if shadow is None else shadow_from_dict(shadow),
                 )
             except PlanError as e:
                 raise RolloutConflictError(str(e)) from e

@@ -114,13 +114,18 @@ def _fold(rows: Iterable[Sequence[Any]], plan: RolloutPlan) -> Window:
     found: dict[str, _Device] = {}
     window = Window()
     target, baseline = plan.target.bundle_id, plan.baseline.bundle_id
+    # In a shadow stage the treatment serves the baseline and runs the target next to it, in shadow: what
+    # it serves (inferences, crashes, latency, with the shadow's load on them) is the baseline's, compared
+    # with a control that carries the same load (its self-shadow); the shadow runs' own evidence is the
+    # `shadow` events (edgekit.server.label_free_window).
+    served = baseline if plan.is_shadow_stage else target
     for device_id, kind, time, bundle_id, payload_text in rows:
         side = sides.get(device_id)
         if side is None:
             side = sides[device_id] = arm(plan, device_id)
         if side not in ("treatment", "control"):
             continue
-        wanted = target if side == "treatment" else baseline
+        wanted = served if side == "treatment" else baseline
         is_install = kind == "install" and side == "treatment" and bundle_id in (target, None)
         if bundle_id != wanted and not is_install:
             continue

@@ -23,11 +23,12 @@ DEVICE_WINDOW_S = 24 * 3600  # devices that reported in the last day count as "r
 
 # GateConfig fields of the label-free gates shown next to their evidence (edgekit.rollout.label_free).
 _THRESHOLDS = {
-    "psi_pass": "max_psi_pass",
-    "psi_rollback": "min_psi_rollback",
+    "psi_pass": "psi_pass",
+    "psi_rollback": "psi_rollback",
     "class_shift": "max_class_shift",
     "confidence_drop": "max_confidence_drop",
     "shadow_disagreement": "max_shadow_disagreement_excess",
+    "shadow_failure_share": "max_shadow_failure_share",
 }
 
 

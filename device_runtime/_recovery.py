@@ -8,8 +8,12 @@
 3. read `state.json`, or rebuild it from whichever slots verify and were never reverted here
    (`rebuild_state`); then apply the reverted-release journal (`apply_reverted`): a release it names is never
    active, even when the `state.json` that recorded its revert was lost or never written;
-4. an in-flight marker naming the release in trial means the process died during an inference: the runtime
-   records a crash and a strike (`died_in_trial_inference` reads and removes the marker);
+4. a shadow in-flight marker means the process died while a shadow run (`device_runtime.shadow`) was in
+   flight: the death is charged to the shadow bundle it names (a crash event and a shadow strike), never
+   to the served model, and a trial marker of the same death is discarded (`died_in_shadow_run` reads and
+   removes the markers). Otherwise an in-flight marker naming the release in trial means the process died
+   during an inference: the runtime records a crash and a strike (`died_in_trial_inference` reads and
+   removes it);
 5. re-verify the active and previous slots, dropping those that no longer verify and falling back to the
    previous model when the active one is lost (`verify_slots`).
 
@@ -37,8 +41,10 @@ from device_runtime.state import SlotRecord, State, merge_bad
 from device_runtime.telemetry import TelemetryQueue
 
 __all__ = [
+    "SHADOW_MARKER_PREFIX",
     "SlotVerifier",
     "apply_reverted",
+    "died_in_shadow_run",
     "died_in_trial_inference",
     "open_telemetry",
     "rebuild_state",
@@ -47,6 +53,8 @@ __all__ = [
 ]
 
 SlotVerifier = Callable[[str], SlotRecord | None]
+SHADOW_MARKER_PREFIX = "shadow-inflight"  # + "-<worker generation>" in the store: a shadow run in flight
+_MAX_MARKER_BYTES = 4096  # bytes; a marker holds two bundle ids
 
 # SQLite result codes (sqlite3.Error.sqlite_errorcode) that mean the file is not a usable database; any
 # other failure (full disk, read-only, I/O, locked) says nothing against the file and never sets it aside.
@@ -135,6 +143,27 @@ def died_in_trial_inference(marker: Path, state: State) -> bool:
     return not (
         state.active is None or state.trial is None or content.get("bundle_id") != state.active.bundle_id
     )
+
+
+def died_in_shadow_run(store: Path) -> tuple[str, ...]:
+    """Consume the shadow in-flight markers in `store`; the shadow bundle ids they name, once each.
+
+    A marker is written (without fsync: it only has to outlive the process) around each shadow run, so one
+    found at start means the process died while that run was in flight.
+    """
+    found: list[str] = []
+    for marker in sorted(store.glob(f"{SHADOW_MARKER_PREFIX}-*")):
+        try:
+            with open(marker, "rb") as handle:
+                content = json.loads(handle.read(_MAX_MARKER_BYTES))
+            bundle_id = content.get("bundle_id")
+        except (OSError, ValueError, AttributeError):
+            bundle_id = None  # torn by the death itself: the bundle is unknown, nothing to charge
+        with contextlib.suppress(OSError):
+            marker.unlink()
+        if isinstance(bundle_id, str) and len(bundle_id) == 64 and bundle_id not in found:
+            found.append(bundle_id)
+    return tuple(found)
 
 
 def verify_slots(state: State, verify: SlotVerifier, now: float) -> State:

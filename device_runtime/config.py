@@ -31,7 +31,10 @@ class RuntimeConfig:
         health: keep label-free health sketches of predictions (`device_runtime.health`), reported as
             ``health`` telemetry events.
         health_every: inferences after which a bundle's health window is reported.
-        health_seconds: seconds after which a bundle's health window is reported (at its next inference).
+        health_seconds: seconds after which a bundle's health window is reported (at its next inference);
+            shadow trials report on the same windows.
+        shadow_deadline_seconds: a shadow run (`device_runtime.shadow`) longer than this is a timeout.
+        max_shadow_strikes: shadow failures, timeouts and crashes before the device stops shadowing a bundle.
     """
 
     store_dir: Path
@@ -50,6 +53,8 @@ class RuntimeConfig:
     health: bool = True
     health_every: int = 1000  # inferences per health report
     health_seconds: float = 600.0  # seconds per health report, at most
+    shadow_deadline_seconds: float = 10.0  # seconds
+    max_shadow_strikes: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store_dir", Path(self.store_dir))
@@ -61,5 +66,9 @@ class RuntimeConfig:
             raise ValueError("RuntimeConfig: max_strikes in 1..100, trial counts and seconds >= 0")
         if self.health_every < 1 or not 0 < self.health_seconds <= 3600:
             raise ValueError("RuntimeConfig: health_every >= 1 and health_seconds in (0, 3600]")
+        if not 0 < self.shadow_deadline_seconds <= 3600 or not 1 <= self.max_shadow_strikes <= 100:
+            raise ValueError(
+                "RuntimeConfig: shadow_deadline_seconds in (0, 3600] and max_shadow_strikes in 1..100"
+            )
         if not 1 <= self.threshold <= len(self.trusted_keys):
             raise ValueError(f"RuntimeConfig.threshold must be in 1..{len(self.trusted_keys)}")

@@ -60,6 +60,7 @@ __all__ = [
     "compact",
     "golden_feeds",
     "golden_files",
+    "golden_tolerance",
     "read_npy",
     "selection_indices",
     "sqnr_db",
@@ -406,6 +407,29 @@ def _open(root: Path, preprocess: Any) -> _Golden:
             f"and one image per sample ({len(images)} images for {samples} samples)"
         )
     return _Golden(samples, tolerance, inputs, expected, images, layout == "runs")
+
+
+def golden_tolerance(bundle_dir: str | Path) -> GoldenTolerance:
+    """The bundle's golden tolerance, bounded exactly as the self-test reads it (the shadow runner compares
+    outputs of roles without a decoder within it).
+
+    Raises:
+        SpecError: golden.json is missing or malformed.
+    """
+    from signing.errors import FormatError
+    from signing.strict_json import parse_strict
+
+    try:
+        with open(Path(bundle_dir) / GOLDEN_DIR / "golden.json", "rb") as handle:
+            data = handle.read(_MAX_GOLDEN_JSON_BYTES + 1)
+        document = parse_strict(data, what="golden/golden.json", max_bytes=_MAX_GOLDEN_JSON_BYTES)
+    except OSError as e:
+        raise SpecError(f"golden/golden.json: unreadable ({e})") from e
+    except FormatError as e:
+        raise SpecError(str(e)) from e
+    if not isinstance(document, dict):
+        raise SpecError("golden/golden.json must be a JSON object")
+    return _tolerance(document.get("tolerance", {}))
 
 
 def golden_feeds(bundle_dir: str | Path, *, preprocess: Any = None) -> list[dict[str, np.ndarray]]:

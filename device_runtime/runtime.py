@@ -5,10 +5,12 @@
     result = rt.predict(image)         # preprocessing spec -> engine -> outputs, labels, top-k
     rt.feedback(result.prediction_id, true_label)
     rt.status()
+    rt.stage_shadow("model-1.3.0.ekb")  # verify -> inactive slot, NOT activated -> run in shadow, compare
 
 Store layout: `slots/a`, `slots/b` (verified private copies), `state.json` (atomic pointer), `reverted.json`
 (the journal of releases reverted here, written before the state.json of a revert), `inflight` (marker
-written around trial inferences), `telemetry.db`, `lock` (held by the one process using the store).
+written around trial inferences), `shadow.json` and `shadow-inflight-*` (shadow trials:
+`device_runtime._shadow_control`), `telemetry.db`, `lock` (held by the one process using the store).
 Every persisted step is write-temp, fsync, rename; at start the runtime removes half-finished installs,
 turns an in-flight marker into a strike, and re-verifies the active slot, so a kill at any instant leaves a
 verified model that loads. The previous model keeps serving until the pointer swap and after any failure.
@@ -44,6 +46,7 @@ from device_runtime._recovery import (
     remove_unfinished_installs,
     verify_slots,
 )
+from device_runtime._shadow_control import ShadowControl
 from device_runtime.config import RuntimeConfig
 from device_runtime.delta import SlotArchive
 from device_runtime.errors import (
@@ -191,7 +194,7 @@ def _health_monitor(config: RuntimeConfig) -> Any:
     return HealthMonitor(every=config.health_every, seconds=config.health_seconds)
 
 
-class Runtime:
+class Runtime(ShadowControl):
     """One model on one device, with A/B slots. Thread-safe; one Runtime per store directory.
 
     Raises:
@@ -224,6 +227,7 @@ class Runtime:
             self._marker_failures = 0  # trial inferences served without their in-flight marker
             self._health = _health_monitor(config)
             self._health_failures = 0  # predictions whose health sketch update failed (never raised)
+            self._init_shadow()
             self._recover()
         except BaseException:
             self._store_lock.release()
@@ -287,9 +291,14 @@ class Runtime:
         now = self._config.clock()
         remove_unfinished_installs(self._root / "slots")
         self._journaled = load_reverted(self._reverted_path)
-        state = load_state(self._state_path) or rebuild_state(self._verify_slot, now, self._journaled)
+        loaded_state = load_state(self._state_path)
+        # Before any rebuild: a shadow staged in the inactive slot must never be taken for a release to serve.
+        shadow_deaths = self._recover_shadow(state_lost=loaded_state is None)
+        state = loaded_state or rebuild_state(self._verify_slot, now, self._journaled)
         state = apply_reverted(state, self._journaled, now)
-        if died_in_trial_inference(self._marker, state):
+        if shadow_deaths:  # the death is the shadow's; a trial marker of the same death is not a strike
+            self._clear_marker()
+        elif died_in_trial_inference(self._marker, state):
             assert state.active is not None
             self.telemetry.record(
                 "crash", bundle_id=state.active.bundle_id, version=state.active.version, during="inference"
@@ -376,35 +385,49 @@ class Runtime:
         with self._lock:
             self._retry_persist()
             now = self._config.clock()
-            state = self._state
             incoming = self._root / "slots" / f".incoming-{uuid.uuid4().hex}"
-            try:
-                verified = verify_ekb(source, self._keys, destination=incoming, policy=self._policy())
-                self._check_installable(verified, state)
-                if state.active is not None and state.active.bundle_id == verified.payload_sha256:
-                    shutil.rmtree(incoming, ignore_errors=True)
-                    return InstallResult(
-                        verified.manifest.name,
-                        verified.manifest.version,
-                        verified.payload_sha256,
-                        state.active.slot,
-                        {},
-                        already_active=True,
-                    )
-                loaded = load_model(incoming, verified.manifest, None, threads=self._config.engine_threads)
-                quality = self_test(incoming, loaded)
-            except BaseException as e:
+            verified, loaded, quality = self._verified_incoming(source, incoming, "install")
+            if loaded is None:  # the active release: nothing to do
                 shutil.rmtree(incoming, ignore_errors=True)
-                typed = _install_error(e)
-                if typed is None:
-                    raise
-                self.telemetry.record(
-                    "install", outcome="refused", reason=_reason(typed), detail=str(typed)[:300]
+                assert self._state.active is not None
+                return InstallResult(
+                    verified.manifest.name,
+                    verified.manifest.version,
+                    verified.payload_sha256,
+                    self._state.active.slot,
+                    {},
+                    already_active=True,
                 )
-                if typed is e:
-                    raise
-                raise typed from e
             return self._activate(incoming, verified, loaded, quality, now)
+
+    def _verified_incoming(
+        self, source: str | Path | IO[bytes], incoming: Path, what: str
+    ) -> tuple[VerifiedBundle, Loaded | None, dict[str, float]]:
+        """Verify `source` into `incoming` and self-test it: the checks of every install (and of a shadow,
+        `what` "shadow"). The loaded model is None when the bundle is the active release (not self-tested).
+
+        Raises:
+            VerificationError, InstallError: as `install`, recorded in telemetry; `incoming` is removed.
+        """
+        try:
+            verified = verify_ekb(source, self._keys, destination=incoming, policy=self._policy())
+            self._check_installable(verified, self._state)
+            active = self._state.active
+            if active is not None and active.bundle_id == verified.payload_sha256:
+                return verified, None, {}
+            loaded = load_model(incoming, verified.manifest, None, threads=self._config.engine_threads)
+            quality = self_test(incoming, loaded)
+        except BaseException as e:
+            shutil.rmtree(incoming, ignore_errors=True)
+            typed = _install_error(e)
+            if typed is None:
+                raise
+            detail = str(typed) if what == "install" else f"{what}: {typed}"
+            self.telemetry.record("install", outcome="refused", reason=_reason(typed), detail=detail[:300])
+            if typed is e:
+                raise
+            raise typed from e
+        return verified, loaded, quality
 
     def _check_installable(self, verified: VerifiedBundle, state: State) -> None:
         manifest = verified.manifest
@@ -430,6 +453,7 @@ class Runtime:
     ) -> InstallResult:
         state = self._state
         target = "b" if state.active is not None and state.active.slot == "a" else "a"
+        self._release_shadow_slot(target)  # a shadow staged there (or running) ends with this install
         try:
             if state.previous is not None and state.previous.slot == target:  # its slot is about to be reused
                 self._write(replace(state, previous=None))
@@ -533,6 +557,8 @@ class Runtime:
                 else:
                     self._after_trial_inference(now)
             result = self._result(loaded, outputs, latency_ms)
+            if self._shadow is not None:
+                self._offer_shadow(loaded, feeds, result)
             if self._health is not None:
                 self._observe_health(loaded, feeds, result)
             return result
@@ -662,6 +688,7 @@ class Runtime:
                     "marker_failures": self._marker_failures,
                 },
                 "health": {"enabled": self._health is not None, "failures": self._health_failures},
+                "shadow": self.shadow_status(),
                 "history": list(state.history[-10:]),
             }
 
@@ -734,6 +761,7 @@ class Runtime:
                 if self._unsaved:
                     self._save(self._state)
             self.flush_health()
+            self.stop_shadow()  # reports its last window
             self.telemetry.close()
         finally:
             self._store_lock.release()

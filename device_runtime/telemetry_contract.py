@@ -24,7 +24,8 @@ Event kinds and their payloads (``?`` marks an optional key; no other keys are a
                         fallback?, detail?      (delta needs base_bundle_id; fallback only with full)
     health              bundle_id, version?, inferences, window_s, inputs, outputs   (see below)
     shadow              bundle_id, served_bundle_id, compared, agreed, outputs, failures, timeouts,
-                        skipped_cpu, latency_histogram, version?, window_s?, stopped?   (see below)
+                        skipped_cpu, latency_histogram, version?, window_s?, dropped?, stopped?
+                        (see below)
 
 A ``download`` is one bundle fetched for an install: ``bytes`` on the wire (a delta, plus the full bundle
 after a fallback), ``full_bytes`` the full bundle's TUF length, ``fallback`` the reason code when a delta
@@ -48,11 +49,13 @@ ran beside (equal for a self-shadow). ``outputs`` maps each compared output name
 `MAX_HEALTH_OUTPUTS`) to ``{"role": one of SHADOW_ROLES, "compared", "agreed"}``; ``compared`` and
 ``agreed`` at the top are the primary (first) output's, so no output compared more, and every ``agreed``
 is at most its ``compared``. ``failures`` counts shadow runs that raised, ``timeouts`` runs past their
-deadline, ``skipped_cpu`` sampled inputs not run because the CPU budget was spent; ``latency_histogram``
+deadline, ``skipped_cpu`` sampled inputs not run because the CPU budget was spent, ``dropped`` sampled
+inputs not run because the shadow's bounded queue was full; ``latency_histogram``
 (``len(LATENCY_BUCKETS_MS) + 1`` buckets) holds the run time of each compared run, so it sums to
 ``compared``. Every count is at most `MAX_INFERENCES_PER_S` per second of ``window_s`` (when given;
 otherwise of `MAX_WINDOW_S`). ``stopped`` is true when the device gave up on this shadow bundle after
-too many strikes (failures plus timeouts). No input or output value is ever part of it.
+too many strikes (failures, timeouts, and process deaths during a shadow run, which are reported as
+``crash`` events of the shadow bundle with ``during`` "shadow"). No input or output value is ever part of it.
 
 Bounds carry units. Numbers are finite; integers are JSON integers, never booleans. An ``inferences``
 aggregate covers ``window_s`` seconds (at most `MAX_WINDOW_S`): it counts at most
@@ -362,6 +365,7 @@ class ShadowPayload:
     latency_histogram: tuple[int, ...]  # len(LATENCY_BUCKETS_MS) + 1 counts of compared runs
     version: str | None = None
     window_s: float | None = None
+    dropped: int = 0
     stopped: bool = False
 
 
@@ -812,7 +816,7 @@ _SHADOW_REQUIRED = frozenset(
         "latency_histogram",
     )
 )
-_SHADOW_ALLOWED = _SHADOW_REQUIRED | {"version", "window_s", "stopped"}
+_SHADOW_ALLOWED = _SHADOW_REQUIRED | {"version", "window_s", "dropped", "stopped"}
 _SHADOW_OUTPUT_KEYS = frozenset(("role", "compared", "agreed"))
 
 
@@ -868,6 +872,7 @@ def _shadow(p: Any) -> ShadowPayload:
         histogram,
         _version(p),
         window,
+        _int(p.get("dropped", 0), "dropped", 0, limit),
         stopped,
     )
 

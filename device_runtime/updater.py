@@ -25,6 +25,14 @@ downloaded. Either way a `download` telemetry event says how (method, bytes, fal
 The plan's contract (keys, name rules, stages, states, baseline), the cohorts and the decision are the pure
 module `device_runtime.rollout_plan`, which the server's plan state machine builds on too.
 
+Shadow trials: when the decision names a ``shadow`` release (a shadow stage of the plan), `update` first
+brings the wanted release as above, then, with it active, asks the runtime to run the shadow release next to
+it: the active release itself needs nothing (self-shadow); a bundle already staged runs as it is; otherwise
+it is downloaded exactly like an install (TUF-pinned length and hash, the target's custom metadata checked
+against the plan, a delta from the active release when one is published) and `Runtime.stage_shadow` verifies
+and self-tests it and stages it in the inactive slot, never activating it. A decision without a shadow stops
+any shadow. `Outcome.shadow` says what happened; a shadow problem never changes the install outcome.
+
 Errors (each a `DeviceRuntimeError` with a stable `reason` code for telemetry)::
 
     UpdaterError
@@ -37,6 +45,7 @@ Errors (each a `DeviceRuntimeError` with a stable `reason` code for telemetry)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -244,6 +253,10 @@ class Outcome:
     bundle_id: str | None = None
     detail: str = ""
     transfer: Transfer | None = None
+    # The shadow trial: "" (none asked, none running), running (self-shadow or already staged), staged
+    # (downloaded, verified, staged and running), stopped, struck (this device gave it up), waiting (the
+    # wanted release is not active yet), refused-<reason>.
+    shadow: str = ""
 
 
 class _Installer(Protocol):
@@ -336,68 +349,126 @@ class Updater:
         return plan, decision
 
     def update(self, runtime: _Installer) -> Outcome:
-        """Check, then download the wanted bundle through TUF and install it unless it is already active.
+        """Check, then download the wanted bundle through TUF and install it unless it is already active;
+        then run the decision's shadow release, if any, next to it (`Outcome.shadow`).
 
         Never raises for a refused update: the outcome says why (`reason`) and the runtime keeps serving.
         """
         with self._lock:
-            decision: Decision | None = None
-            release: Release | None = None
+            sessions: list[_NgUpdater] = []
+            outcome = self._update(runtime, sessions)
+            if sessions and outcome.decision is not None and hasattr(runtime, "stage_shadow"):
+                shadow = self._update_shadow(sessions[0], outcome.decision, runtime)
+                outcome = dataclasses.replace(outcome, shadow=shadow)
+            return outcome
+
+    def _update(self, runtime: _Installer, sessions: list[_NgUpdater]) -> Outcome:
+        decision: Decision | None = None
+        release: Release | None = None
+        try:
+            session = self._session()
+            sessions.append(session)
+            _, decision = self._check(session)
+            release = decision.wanted
+            if release is None:
+                return Outcome("up-to-date", "no-baseline", decision, detail=decision.reason)
+            info = self._targetinfo(session, release.target_path)
+            if info is None:
+                raise MetadataError(
+                    f"the plan names {release.target_path}, which is not a target", "no-target"
+                )
+            bundle_id = self._check_target(info, release)
+            device = runtime.status()
+            active = device.get("active")
+            if active is not None and active.get("bundle_id") == bundle_id:
+                return Outcome("up-to-date", "active", decision, release, bundle_id)
+            previous = device.get("previous")
+            if previous is not None and previous.get("bundle_id") == bundle_id:
+                # A halted or rolled-back plan sends this device back to the release it ran before:
+                # revert to the verified previous slot. Installing it again would be refused by the
+                # release-counter floor once the newer release was committed, stranding the device.
+                why = f"rollout {decision.rollout_id} is {decision.state}: back to {release.version}"
+                if runtime.revert(why, mark_bad=False):
+                    return Outcome("installed", "reverted", decision, release, bundle_id)
+            if info.length > self._config.max_bundle_bytes:
+                raise TransportError(
+                    f"{release.target_path} is {info.length} bytes, above max_bundle_bytes "
+                    f"{self._config.max_bundle_bytes}",
+                    reason="too-large",
+                )
+            path, transfer = self._fetch(session, info, release, runtime, active)
+        except (UpdaterError, PlanError) as e:
+            # str(e): a log record must not keep the traceback (and this updater's lock) alive
+            logger.warning("update refused (%s): %s", e.reason, str(e))
+            return Outcome("refused", e.reason, decision, release, detail=str(e))
+        except Exception as e:  # never raise for a refused update: the device keeps its model
+            reason = "storage" if is_storage_error(e) else "internal"
+            logger.warning("update refused (%s): %s", reason, str(e), exc_info=reason == "internal")
+            return Outcome("refused", reason, decision, release, detail=f"{type(e).__name__}: {e}"[:300])
+        try:
+            result = runtime.install(path)
+        except (VerificationError, DeviceRuntimeError) as e:  # the runtime recorded its telemetry
+            reason = getattr(e, "reason", None) or _reason(e)
+            return Outcome("refused", f"install-{reason}", decision, release, bundle_id, str(e), transfer)
+        except Exception as e:  # an installer that raised untyped: refused all the same, logged
+            reason = "storage" if is_storage_error(e) else "internal"
+            logger.warning("install refused (%s): %s", reason, str(e), exc_info=reason == "internal")
+            detail = f"{type(e).__name__}: {e}"[:300]
+            return Outcome("refused", f"install-{reason}", decision, release, bundle_id, detail, transfer)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        status = "up-to-date" if getattr(result, "already_active", False) else "installed"
+        reason = "installed" if status == "installed" else "active"
+        return Outcome(status, reason, decision, release, bundle_id, transfer=transfer)
+
+    def _update_shadow(self, session: _NgUpdater, decision: Decision, runtime: Any) -> str:
+        """Run the decision's shadow release next to the active one (see the module docstring)."""
+        release, config = decision.shadow, decision.shadow_config
+        try:
+            if release is None or config is None:
+                running = (runtime.status().get("shadow") or {}).get("running")
+                runtime.stop_shadow()
+                return "stopped" if running else ""
+            device = runtime.status()
+            active = device.get("active")
+            wanted = decision.wanted
+            if active is None or wanted is None or active.get("bundle_id") != wanted.bundle_id:
+                runtime.stop_shadow()
+                return "waiting"  # a shadow runs next to the wanted release only
+            if release.bundle_id in (device.get("shadow") or {}).get("struck", ()):
+                runtime.stop_shadow()
+                return "struck"
+            if runtime.shadow(release.bundle_id, sample=config.sample, max_cpu=config.max_cpu):
+                return "running"
+            info = self._targetinfo(session, release.target_path)
+            if info is None:
+                raise MetadataError(
+                    f"the plan names {release.target_path}, which is not a target", "no-target"
+                )
+            self._check_target(info, release)
+            if info.length > self._config.max_bundle_bytes:
+                raise TransportError(
+                    f"{release.target_path} is {info.length} bytes, above max_bundle_bytes "
+                    f"{self._config.max_bundle_bytes}",
+                    reason="too-large",
+                )
+            path, _ = self._fetch(session, info, release, runtime, active)
             try:
-                session = self._session()
-                _, decision = self._check(session)
-                release = decision.wanted
-                if release is None:
-                    return Outcome("up-to-date", "no-baseline", decision, detail=decision.reason)
-                info = self._targetinfo(session, release.target_path)
-                if info is None:
-                    raise MetadataError(
-                        f"the plan names {release.target_path}, which is not a target", "no-target"
-                    )
-                bundle_id = self._check_target(info, release)
-                device = runtime.status()
-                active = device.get("active")
-                if active is not None and active.get("bundle_id") == bundle_id:
-                    return Outcome("up-to-date", "active", decision, release, bundle_id)
-                previous = device.get("previous")
-                if previous is not None and previous.get("bundle_id") == bundle_id:
-                    # A halted or rolled-back plan sends this device back to the release it ran before:
-                    # revert to the verified previous slot. Installing it again would be refused by the
-                    # release-counter floor once the newer release was committed, stranding the device.
-                    why = f"rollout {decision.rollout_id} is {decision.state}: back to {release.version}"
-                    if runtime.revert(why, mark_bad=False):
-                        return Outcome("installed", "reverted", decision, release, bundle_id)
-                if info.length > self._config.max_bundle_bytes:
-                    raise TransportError(
-                        f"{release.target_path} is {info.length} bytes, above max_bundle_bytes "
-                        f"{self._config.max_bundle_bytes}",
-                        reason="too-large",
-                    )
-                path, transfer = self._fetch(session, info, release, runtime, active)
-            except (UpdaterError, PlanError) as e:
-                # str(e): a log record must not keep the traceback (and this updater's lock) alive
-                logger.warning("update refused (%s): %s", e.reason, str(e))
-                return Outcome("refused", e.reason, decision, release, detail=str(e))
-            except Exception as e:  # never raise for a refused update: the device keeps its model
-                reason = "storage" if is_storage_error(e) else "internal"
-                logger.warning("update refused (%s): %s", reason, str(e), exc_info=reason == "internal")
-                return Outcome("refused", reason, decision, release, detail=f"{type(e).__name__}: {e}"[:300])
-            try:
-                result = runtime.install(path)
-            except (VerificationError, DeviceRuntimeError) as e:  # the runtime recorded its telemetry
-                reason = getattr(e, "reason", None) or _reason(e)
-                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, str(e), transfer)
-            except Exception as e:  # an installer that raised untyped: refused all the same, logged
-                reason = "storage" if is_storage_error(e) else "internal"
-                logger.warning("install refused (%s): %s", reason, str(e), exc_info=reason == "internal")
-                detail = f"{type(e).__name__}: {e}"[:300]
-                return Outcome("refused", f"install-{reason}", decision, release, bundle_id, detail, transfer)
+                runtime.stage_shadow(path, sample=config.sample, max_cpu=config.max_cpu)
             finally:
                 with contextlib.suppress(OSError):
                     path.unlink()
-            status = "up-to-date" if getattr(result, "already_active", False) else "installed"
-            reason = "installed" if status == "installed" else "active"
-            return Outcome(status, reason, decision, release, bundle_id, transfer=transfer)
+            return "staged"
+        except (UpdaterError, PlanError) as e:
+            logger.warning("shadow refused (%s): %s", e.reason, str(e))
+            return f"refused-{e.reason}"
+        except (VerificationError, DeviceRuntimeError) as e:  # the runtime recorded its telemetry
+            return f"refused-install-{getattr(e, 'reason', None) or _reason(e)}"
+        except Exception as e:  # a shadow never costs the update
+            reason = "storage" if is_storage_error(e) else "internal"
+            logger.warning("shadow refused (%s): %s", reason, str(e), exc_info=reason == "internal")
+            return f"refused-{reason}"
 
     # -- fetching: a delta from the active release when one is published, else the full bundle
     def _fetch(

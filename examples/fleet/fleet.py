@@ -188,7 +188,7 @@ def cmd_factory(args: argparse.Namespace) -> int:
 # visible when they are not (here 3 and 4 are frequent, 8 and 9 rare); and the gates must not mistake
 # device-to-device differences in mix for a shift (the arms hold different devices), which they can only
 # show on a fleet whose devices differ.
-FLEET_MIX = (0.07, 0.15, 0.10, 0.16, 0.16, 0.09, 0.08, 0.09, 0.05, 0.05)
+FLEET_MIX = (0.06, 0.14, 0.09, 0.20, 0.20, 0.08, 0.07, 0.10, 0.03, 0.03)
 
 
 def class_mix(device_id: str, classes: list[int], heterogeneity: float) -> dict[int, float]:

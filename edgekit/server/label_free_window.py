@@ -7,9 +7,9 @@ the shadow runs' agreement. This module collects them from the same window as ev
 
 - ``health`` events: `edgekit.server.model_health.health_devices` (treatment devices' sketches of the
   target, control devices' of the baseline);
-- ``shadow`` events: a treatment device counts its shadow runs of the target next to the served baseline,
-  a control device its self-shadow runs of the baseline (the plan's shadow stage); any other pairing is
-  not evidence for this rollout and is left out;
+- ``shadow`` events, in the plan's shadow stages only: a treatment device counts its shadow runs of the
+  target next to the served baseline, a control device its self-shadow runs of the baseline; any other
+  pairing is not evidence for this rollout and is left out;
 - reference profiles: `edgekit.server.model_health.reference_profile` of the target and the baseline.
 
 Every row is parsed with the telemetry contract before it counts; a row it refuses is skipped and counted
@@ -41,6 +41,10 @@ __all__ = ["label_free_evidence", "shadow_devices", "shadow_view"]
 def shadow_devices(db: Database, plan: RolloutPlan, until: float) -> tuple[list[DeviceShadow], int]:
     """Each device's summed shadow runs in the current stage window; and the rows skipped (refused by the
     contract on reading back, or a non-finite time)."""
+    if not plan.is_shadow_stage:
+        # Shadow runs are evidence only in the plan's shadow stages: a device still shadowing after the
+        # stage moved on (until its next update stops it) reports a last window that belongs to none.
+        return [], 0
     target, baseline = plan.target.bundle_id, plan.baseline.bundle_id
     rows = db.execute(
         "SELECT device_id, time, bundle_id, payload FROM events WHERE bundle_id IN (?, ?) "

@@ -262,6 +262,8 @@ class Device:
         stats[
             f"update {outcome.status}" + ("" if outcome.status != "refused" else f" ({outcome.reason})")
         ] += 1
+        if outcome.shadow:
+            stats[f"shadow {outcome.shadow}"] += 1
         decision = outcome.decision
         if (
             outcome.status == "refused"
@@ -309,6 +311,7 @@ class Device:
     def upload(self, stats: Counter[str]) -> None:
         """Flush the inference aggregate and the health sketches of this wake-up; drain the queue."""
         self.runtime.flush_health()  # one `health` event per wake-up: the label-free gates' evidence
+        self.runtime.flush_shadow()  # and one `shadow` event when it runs a shadow trial
         self.runtime.telemetry.flush()
         for _ in range(10):
             result = self.uploader.upload_once()

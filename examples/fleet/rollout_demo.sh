@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The rollout demo: a fleet of real device runtimes (processes) updates through TUF while the server's gates
-# promote a good release 1% -> 5% -> 25% -> 100% and roll a bad one back at 1%. See README.md here.
+# promote a good release 1% -> 5% -> 25% -> 100% and roll a bad one back at 1%, with no feedback labels (the
+# label-free gates decide; FLEET_FEEDBACK=1 sends labels too). See README.md here.
 # Usage: bash examples/fleet/rollout_demo.sh [BUILD_DIR]   (BUILD_DIR as left by examples/digits/run.sh;
 # edgekit must be on PATH). Writes BUILD_DIR/fleet/ (server data, logs); device stores go to /dev/shm.
 # Environment: FLEET_DEVICES (400), FLEET_PROCESSES (3), FLEET_SPEEDUP (simulated seconds per real second,
@@ -100,12 +101,12 @@ for ((i = 0; i < processes; i++)); do
 done
 run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version 1.0.0 --timeout 180
 
-rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until the fleet runs what it should
+rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPECTED, wait for the fleet
   local id attempt
   for attempt in 1 2 3 4 5 6 7 8; do
-    id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" --json \
+    id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" "${@:4}" --json \
       | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
-    echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group"
+    echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group ${*:4}"
     # A fleet this small can draw a 1% arm with fewer devices than the gates need (min_devices_per_arm):
     # that stage could only hold until its deadline. Abort and start again: a new rollout draws a new salt.
     "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 2 && break
@@ -120,11 +121,18 @@ rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until
   run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version "$want" --timeout 120
 }
 
-step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage"
-rollout 1.1.0 1.0.0 complete
+# Shadow stages: a 1% arm of this fleet holds about 4 devices, too few for the predicted-class histograms of
+# two arms to be told apart (or shown alike) with a statistic that stays valid while the server looks every
+# few minutes; a shadow run compares both models on the SAME inputs, device by device, which 4 devices can
+# settle. So the small stages shadow the release (the treatment keeps serving the baseline and runs the
+# release next to it on half of its inputs; the control runs the baseline next to itself), and from 25%
+# (about 100 devices per arm) the release serves and the class histograms, confidence and input drift judge it.
+shadow=(--shadow-sample 0.5 --shadow-max-cpu 1.0)
+step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage (shadow at 1% and 5%)"
+rollout 1.1.0 1.0.0 complete --shadow-stage 1 --shadow-stage 5 "${shadow[@]}"
 
 step "6. roll out 1.2.0 over 1.1.0 (label bug): a gate should roll it back at 1%$([ ${#feedback[@]} -gt 0 ] && echo ", with no feedback labels: a label-free one")"
-rollout 1.2.0 1.1.0 rolled_back
+rollout 1.2.0 1.1.0 rolled_back --shadow-stage 1 --shadow-stage 5 "${shadow[@]}"
 
 mapfile -t ids <"$demo/rollouts.txt"
 "${fleet[@]}" summary --server "$EDGEKIT_SERVER" --build "$build" --data "$demo/data" --fleet "$demo/status" \

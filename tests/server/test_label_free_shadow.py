@@ -147,6 +147,10 @@ def test_a_shadow_stage_rolls_back_a_label_swapped_release_before_it_serves_anyo
     assert result["stage_percent"] == 1
     assert _record(result, "shadow_agreement")["outcome"] == "rollback", _why(result)
     assert _record(result, "shadow_failures")["outcome"] != "rollback"  # none failed; too few runs to pass
+    # each treatment device's staging of the release (its download, then verify and self-test, never
+    # activated) is the stage's install attempt
+    installs = _record(result, "install_failures")
+    assert "no installs" not in installs["detail"] and installs["outcome"] != "rollback", installs
     for metric in ("class_shift", "confidence_shift", "input_drift"):  # both arms serve the baseline
         assert "not judged" in _record(result, metric)["detail"], _why(result)
     database = server.app.state.database

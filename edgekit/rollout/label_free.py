@@ -53,15 +53,21 @@ gate waits for `min_devices_per_arm` devices per arm beyond the K below. A devic
 within the window (more inferences each hour); the tests measure the false rollback rate on seeded fleets
 whose devices join over hours with heterogeneous class mixes and rates (tests/rollout/test_label_free*).
 
-Several classes or channels: Bonferroni. The class shift splits alpha over the C classes (each class's
-difference gets a radius r_c at alpha / C); the TVD bounds follow from the per-class bounds: lower
-1/2 sum max(0, |d_c| - r_c), upper 1/2 sum (|d_c| + r_c). Input drift splits alpha over every bin of
-every channel of both arms; each bin share then lies in its interval and PSI, convex in each share, is
-lowest at the reference share clipped into the intervals and highest at a corner: those are the PSI
-bounds per channel, and the gate takes the worst channel. The interval also takes care of PSI's
-small-sample bias (pure sampling noise inflates PSI by about (bins - 1) / n for n independent values;
-sum over bins of var / share in general): the lower bound stays below the unbiased value, and the detail
-reports PSI both as measured and less that bias.
+Several classes or channels: Bonferroni. For a rollback the class shift splits alpha over the C classes
+(each class's difference d_c gets a radius r_c at alpha / C) and the TVD's lower bound follows from the
+per-class bounds: 1/2 sum max(0, |d_c| - r_c). For a pass it uses that the TVD is also the largest
+difference in the share of any set of classes: with up to 10 classes it bounds the difference of each of
+the 2^(C-1) - 1 sets (a set and its complement differ alike) at alpha / (2^(C-1) - 1), the variance of a
+set's share taken from the devices' full covariance of class shares, and the TVD's upper bound is the
+largest |difference| + radius over the sets. Shares summing to 1 covary negatively, so this is about
+half the per-class upper bound 1/2 sum (|d_c| + r_c), which is what more classes fall back to.
+
+Input drift splits alpha over every bin of every channel of both arms; each bin share then lies in its
+interval and PSI, convex in each share, is lowest at the reference share clipped into the intervals and
+highest at a corner: those are the PSI bounds per channel, and the gate takes the worst channel. The
+intervals also take care of PSI's small-sample bias (pure sampling noise inflates PSI by about
+(bins - 1) / n for n independent values; the sum over bins of var / share in general): the lower bound
+stays below the unbiased value, and the detail reports PSI both as measured and less that bias.
 
 Decisions: rollback when the lower bound (at `label_free_alpha`) is above the threshold, pass when the
 upper bound (at `label_free_pass_alpha`) is within it, hold otherwise. Input drift rolls back when the
@@ -86,14 +92,28 @@ carry most of the variance (`edgekit.rollout._label_free_stats.robust_bound`). I
 set of K (a combinatorial search); the tests check that K devices per arm lying at the per-device caps
 neither roll back an A/A fleet nor pass a label-swapped one.
 
+Measured (tests/rollout/test_label_free_fleets.py; seeded fleets of 400 devices per arm joining over 10
+hourly looks, class mixes Dirichlet with concentration 3 around an uneven fleet mix, log-normal rates):
+with every threshold at zero, K = 0 and alpha = 0.05, 200 A/A fleets, the bounds excluded "no difference"
+at some look in 0.5% of fleets for confidence and for shadow agreement and never for the other gates,
+while a fixed-sample 95% interval on the same confidence difference did in 16% (hourly looks inflate it
+threefold past its 5%). With the defaults and K = 3, 100 such A/A fleets saw no label-free rollback at any
+look. Three devices per arm lying at the per-device caps toward a rollback (A/A) or toward a pass (a
+release with swapped labels, inverted inputs and 30% shadow disagreement) made every gate they lied to
+hold with K = 3; with K = 0 they rolled back the A/A fleet on four gates and passed the broken release's
+class shift and shadow agreement. A fleet of heterogeneous devices needs about 1,000 devices per arm for
+the class shift to pass (the A/A upper bound is about 0.07 there, 0.10 at 400).
+
 Defaults (`GateConfig`), and why:
 
 - ``label_free_alpha`` = 2e-4 per gate and stage: five gates over three compared stages is at most 0.3%
   by the union bound; with the SPRTs' 0.7% (`edgekit.rollout.gates`) a healthy release is falsely halted
   with probability <= 1.0%. Thresholds well away from zero make the real rate far lower.
 - ``label_free_pass_alpha`` = 0.05: a pass needs the 95% time-uniform upper bound inside the threshold. A
-  wrong pass is not the end (the next stage is judged again), a stalled stage is: a much stricter pass
-  bound would keep a 1% stage of 1,000 devices per arm from ever showing a class shift within 0.10.
+  wrong pass is not the end (the next stage is judged again), a stalled stage is: the devices are the
+  units, so at 1% of a fleet (about 1,000 per arm) the bounds stop shrinking once every device has
+  reported, and a much stricter pass bound would keep a heterogeneous fleet's class shift from ever
+  showing within 0.10 there.
 - ``max_class_shift`` = 0.10 TVD: a tenth of inputs changing class is a broken model, not a retrained one
   (a retrained model agreeing with its predecessor on 95% of inputs moves at most 0.05).
 - ``max_confidence_drop`` = 0.10: ten points of mean top-1 probability.
@@ -108,6 +128,7 @@ Defaults (`GateConfig`), and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,11 +136,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device_runtime.telemetry_contract import CONFIDENCE_BINS
+from edgekit.rollout._label_free_drift import input_drift
 from edgekit.rollout._label_free_gates import (
     Judge,
     class_shift,
     confidence_shift,
-    input_drift,
     rec,
     shadow_agreement,
     shadow_failures,
@@ -351,7 +372,8 @@ def label_free_checks(
 ) -> tuple[list[DecisionRecord], list[str]]:
     """The label-free records (in `LABEL_FREE_METRICS` order) and the alerts they raise for operators."""
     if evidence is None:
-        return [rec(m, "pass", "not judged: no health telemetry") for m in LABEL_FREE_METRICS], []
+        records = [rec(m, "pass", "not judged: no health telemetry") for m in LABEL_FREE_METRICS]
+        return [_with_threshold(r, config) for r in records], []
     judge = Judge(config, stage == 100)
     alerts: list[str] = []
     records = [
@@ -361,7 +383,21 @@ def label_free_checks(
         shadow_agreement(evidence, judge),
         shadow_failures(evidence, judge),
     ]
-    return records, alerts
+    return [_with_threshold(r, config) for r in records], alerts
+
+
+def _with_threshold(record: DecisionRecord, config: GateConfig) -> DecisionRecord:
+    """The record with its gate's threshold filled in where the gate did not get as far as a bound."""
+    if record.threshold is not None:
+        return record
+    threshold = {
+        "class_shift": config.max_class_shift,
+        "confidence_shift": config.max_confidence_drop,
+        "input_drift": config.psi_pass,
+        "shadow_agreement": config.max_shadow_disagreement_excess,
+        "shadow_failures": config.max_shadow_failure_share,
+    }[record.metric]
+    return dataclasses.replace(record, threshold=threshold)
 
 
 def label_free_records(

@@ -6,7 +6,8 @@
   previously reverted, engine version, golden self-test on this engine) and places it in the INACTIVE slot
   without activating it: the active model keeps serving, state.json does not name it, and a later install of
   the same release is the normal install (it replaces that slot). A verified previous model in that slot is
-  given up for it, as an install would. The staged slot is recorded in ``shadow.json``; a store whose
+  given up for it, as an install would, but never while the active model is still in trial (the previous
+  model is then its fallback). The staged slot is recorded in ``shadow.json``; a store whose
   state.json is lost drops the staged slot before rebuilding its state from the slots, so a shadow is never
   mistaken for a release to serve.
 - `shadow(bundle_id)` runs an already present bundle in shadow of the active one: the active bundle itself
@@ -23,26 +24,73 @@ Nothing here can stop the active model from serving: every failure is counted (`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from device_runtime._loading import Loaded, load_model
 from device_runtime.config import RuntimeConfig
 from device_runtime.errors import InstallError, NoModelError
-from device_runtime.state import SlotRecord, State
+from device_runtime.state import SlotRecord, State, atomic_write
 from device_runtime.telemetry import TelemetryQueue
 from signing.atomic import fsync_dir
 from signing.manifest import BundleManifest
 from signing.verify import VerifiedBundle
 
-__all__ = ["ShadowControl"]
+__all__ = ["ShadowControl", "ShadowRecord", "load_record", "save_record"]
 
 _DEFAULT_MIN_SQNR_DB = 30.0  # dB: the golden default, for a bundle whose tolerance cannot be read
+RECORD_SCHEMA = "edgekit.device-shadow/v1"
+MAX_STRIKES_REMEMBERED = 16  # bundles whose shadow strikes shadow.json keeps
+
+
+# ---- the persisted record (shadow.json): the staged bundle and the strikes per shadow bundle -----------
+@dataclass(frozen=True)
+class ShadowRecord:
+    """What ``shadow.json`` holds: the staged bundle (slot, bundle id, version) and strikes per bundle."""
+
+    staged: tuple[str, str, str] | None = None  # (slot, bundle_id, version) in the inactive slot
+    strikes: dict[str, int] = field(default_factory=dict)  # shadow bundle_id -> strikes on this device
+
+
+def load_record(path: Path) -> ShadowRecord:
+    """The record at `path`; an empty one when it is absent or unreadable (shadowing is never needed to
+    serve; the updater stages again)."""
+    try:
+        document = json.loads(path.read_bytes())
+        if document.get("schema") != RECORD_SCHEMA:
+            return ShadowRecord()
+        staged = document.get("staged")
+        strikes = {str(k): int(v) for k, v in document.get("strikes", {}).items()}
+        return ShadowRecord(
+            None if staged is None else (str(staged[0]), str(staged[1]), str(staged[2])),
+            dict(list(strikes.items())[-MAX_STRIKES_REMEMBERED:]),
+        )
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return ShadowRecord()
+
+
+def save_record(path: Path, record: ShadowRecord) -> None:
+    """Persist the record atomically.
+
+    Raises:
+        OSError: the store cannot be written.
+    """
+    strikes = dict(list(record.strikes.items())[-MAX_STRIKES_REMEMBERED:])
+    document = {
+        "schema": RECORD_SCHEMA,
+        "staged": record.staged,
+        "strikes": strikes,
+    }
+    atomic_write(path, json.dumps(document, sort_keys=True).encode() + b"\n")
+
+
+# ---- the runtime's methods -----------------------------------------------------------------------------
 
 
 class ShadowControl:
@@ -67,8 +115,6 @@ class ShadowControl:
 
     # -- state ---------------------------------------------------------------------------------------
     def _init_shadow(self) -> None:
-        from device_runtime.shadow import load_record
-
         self._shadow: Any = None  # the ShadowRunner while shadowing
         self._shadow_path = self._root / "shadow.json"
         self._shadow_record = load_record(self._shadow_path)
@@ -76,8 +122,6 @@ class ShadowControl:
         self._shadow_failures = 0  # hook, report or record-write failures (never raised to the app)
 
     def _save_shadow_record(self, record: Any) -> None:
-        from device_runtime.shadow import save_record
-
         with self._shadow_record_lock:
             self._shadow_record = record
             try:
@@ -135,7 +179,9 @@ class ShadowControl:
         Raises:
             VerificationError, InstallError: as `install` (recorded in telemetry); InstallError reason
                 "shadow-struck" when this device already gave up shadowing the bundle, "no-model" when
-                nothing is active to shadow. The active model keeps serving either way.
+                nothing is active to shadow, "in-trial" when the active model is still in trial and its
+                fallback holds the inactive slot (a trial failure must still find it). The active model
+                keeps serving either way.
         """
         from device_runtime.runtime import InstallResult
         from device_runtime.shadow import ShadowSettings
@@ -159,6 +205,14 @@ class ShadowControl:
                 self.shadow(bundle_id, sample=settings.sample, max_cpu=settings.max_cpu)
                 return InstallResult(manifest.name, manifest.version, bundle_id, active.slot, {}, True)
             target = "b" if active.slot == "a" else "a"
+            if self._state.trial is not None and self._state.previous is not None:
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise InstallError(
+                    f"{active.name} {active.version} is still in trial and its fallback, "
+                    f"{self._state.previous.version}, holds the inactive slot; stage the shadow after the "
+                    "trial commits",
+                    reason="in-trial",
+                )
             try:
                 self._release_shadow_slot(target)
                 if self._state.previous is not None and self._state.previous.slot == target:

@@ -12,7 +12,8 @@ measures the engine's own disagreement and puts the same load on both arms. `Sha
   result is never changed by it.
 - The CPU budget: a sampled input is skipped (counted ``skipped_cpu``) when the shadow's cumulative run time
   plus the expected cost of this run and of the runs already queued would exceed ``max_cpu`` x the served
-  model's cumulative engine time.
+  model's cumulative engine time. A shadow run's time is its whole job on the worker (marker, engine run,
+  comparison); the latency it reports is its engine run alone, comparable with the served latency.
 - One background worker thread runs the shadow engine (one intra-op thread) and compares per output role:
   classification = same top-1 class; detection = as many detections and each served box matched one to one
   by a shadow box of the same class with IoU >= 0.5 (both decoded by the device's own decoder, each bundle
@@ -26,9 +27,8 @@ measures the engine's own disagreement and puts the same load on both arms. `Sha
   (`device_runtime._recovery.died_in_shadow_run`), never to the served model.
 - Telemetry: one ``shadow`` event per reporting window (`due` / `drain`, like the health sketches).
 
-`ShadowRecord` is what the runtime persists about shadows (``shadow.json``): the bundle staged in the inactive
-slot and the strikes per shadow bundle (so a restart neither forgets a crash nor retries a bundle that used
-up its strikes).
+The comparison per role is `device_runtime._shadow_compare`; staging, persistence (``shadow.json``) and the
+runtime's side are `device_runtime._shadow_control`.
 """
 
 from __future__ import annotations
@@ -49,24 +49,18 @@ from typing import Any
 import numpy as np
 
 from device_runtime._recovery import SHADOW_MARKER_PREFIX as MARKER_PREFIX
-from device_runtime.state import atomic_write
-from device_runtime.telemetry_contract import LATENCY_BUCKETS_MS, MAX_HEALTH_OUTPUTS, MAX_WINDOW_S
+from device_runtime._shadow_compare import compare_outputs
+from device_runtime.telemetry_contract import LATENCY_BUCKETS_MS, MAX_WINDOW_S
 
 __all__ = [
     "MARKER_PREFIX",
-    "ShadowRecord",
     "ShadowRunner",
     "ShadowSettings",
     "compare_outputs",
-    "load_record",
     "sampled",
-    "save_record",
 ]
 
-RECORD_SCHEMA = "edgekit.device-shadow/v1"
 QUEUE_SIZE = 4  # sampled inputs waiting for the shadow worker, at most
-MATCH_IOU = 0.5  # detection boxes match at this IoU or above
-MAX_STRIKES_REMEMBERED = 16  # bundles whose shadow strikes shadow.json keeps
 _BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 _IDLE_CHECK_S = 0.5  # seconds an idle worker waits before checking whether it is still wanted
 
@@ -89,138 +83,6 @@ def sampled(counter: int, share: float) -> bool:
     """Whether inference number `counter` (1, 2, ...) is in the sampled `share`: exactly
     ``floor(n * share)`` of the first n inferences are, spread evenly, with no random state."""
     return math.floor(counter * share) > math.floor((counter - 1) * share)
-
-
-# ---- comparison -----------------------------------------------------------------------------------------
-def _top1_agree(served: np.ndarray, shadow: np.ndarray) -> bool:
-    if served.shape != shadow.shape or served.size == 0:
-        return False
-    rows = served.shape[0] if served.ndim > 1 else 1
-    return bool(np.array_equal(served.reshape(rows, -1).argmax(1), shadow.reshape(rows, -1).argmax(1)))
-
-
-def _detections_agree(served: list[dict[str, Any]], shadow: list[dict[str, Any]]) -> bool:
-    from device_runtime.decode import box_iou
-
-    if len(served) != len(shadow):
-        return False
-    if not served:
-        return True
-    iou = box_iou(np.array([d["box"] for d in served]), np.array([d["box"] for d in shadow]))
-    free = np.ones(len(shadow), dtype=bool)
-    for i, found in enumerate(served):  # by descending score: greedy one-to-one matching
-        candidates = [j for j in range(len(shadow)) if free[j] and shadow[j]["class"] == found["class"]]
-        best = max(candidates, key=lambda j: iou[i, j], default=None)
-        if best is None or iou[i, best] < MATCH_IOU:
-            return False
-        free[best] = False
-    return True
-
-
-def _within_tolerance(served: np.ndarray, shadow: np.ndarray, min_sqnr_db: float) -> bool:
-    from device_runtime.golden import sqnr_db
-
-    if served.shape != shadow.shape:
-        return False
-    if served.dtype.kind not in "iufb" or shadow.dtype.kind not in "iufb":
-        return bool(np.array_equal(served, shadow))
-    return sqnr_db(served.astype(np.float64), shadow.astype(np.float64)) >= min_sqnr_db
-
-
-def _detections(spec: Any, outputs: Mapping[str, Any], name: str, labels: Any) -> list[list[dict[str, Any]]]:
-    from device_runtime.preprocess import postprocess
-
-    paired = outputs.get(spec.scores) if spec.scores is not None else None
-    return [
-        (p.decoded or {}).get("detections", [])
-        for p in postprocess(spec, outputs[name], labels=labels, scores=paired)
-    ]
-
-
-def compare_outputs(
-    served_spec: Any,
-    shadow_spec: Any,
-    served: Mapping[str, Any],
-    shadow: Mapping[str, Any],
-    *,
-    min_sqnr_db: float,
-) -> list[tuple[str, str, bool]]:
-    """(output name, role, agreed) per compared output, the primary (first) output first.
-
-    The outputs are the served spec's declared outputs the served model produced (or, with none declared,
-    every served output as a "tensor", except a first ``[N, C]`` output: a classifier, as `predict` reads
-    it), at most `MAX_HEALTH_OUTPUTS`. An output the shadow lacks, or of
-    another shape, disagrees. Detection outputs are decoded with each bundle's own spec for that output.
-    """
-    declared = {o.name: o for o in served_spec.outputs if o.name in served}
-    names = list(declared) or list(served)
-    theirs = {o.name: o for o in shadow_spec.outputs}
-    # As `predict` reads it: with no role declared, a first output of shape [N, C] is a classifier.
-    first_shape: tuple[int, ...] = np.shape(served[names[0]]) if names else ()
-    implied = not declared and len(first_shape) == 2 and first_shape[0] >= 1 and first_shape[1] > 1
-    compared = []
-    for index, name in enumerate(names[:MAX_HEALTH_OUTPUTS]):
-        spec = declared.get(name)
-        role = spec.kind if spec is not None else ("classification" if implied and not index else "tensor")
-        if name not in shadow:
-            compared.append((name, role, False))
-            continue
-        mine, other = np.asarray(served[name]), np.asarray(shadow[name])
-        if role == "classification":
-            agreed = _top1_agree(mine, other)
-        elif role == "detection":
-            assert spec is not None
-            other_spec = theirs.get(name) if theirs.get(name, spec).kind == "detection" else spec
-            found = _detections(spec, served, name, None)
-            shadow_found = _detections(other_spec or spec, shadow, name, None)
-            agreed = len(found) == len(shadow_found) and all(
-                _detections_agree(a, b) for a, b in zip(found, shadow_found, strict=True)
-            )
-        else:
-            agreed = _within_tolerance(mine, other, min_sqnr_db)
-        compared.append((name, role, agreed))
-    return compared
-
-
-# ---- the persisted record -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShadowRecord:
-    """What ``shadow.json`` holds: the staged bundle (slot, bundle id, version) and strikes per bundle."""
-
-    staged: tuple[str, str, str] | None = None  # (slot, bundle_id, version) in the inactive slot
-    strikes: dict[str, int] = field(default_factory=dict)  # shadow bundle_id -> strikes on this device
-
-
-def load_record(path: Path) -> ShadowRecord:
-    """The record at `path`; an empty one when it is absent or unreadable (shadowing is never needed to
-    serve; the updater stages again)."""
-    try:
-        document = json.loads(path.read_bytes())
-        if document.get("schema") != RECORD_SCHEMA:
-            return ShadowRecord()
-        staged = document.get("staged")
-        strikes = {str(k): int(v) for k, v in document.get("strikes", {}).items()}
-        return ShadowRecord(
-            None if staged is None else (str(staged[0]), str(staged[1]), str(staged[2])),
-            dict(list(strikes.items())[-MAX_STRIKES_REMEMBERED:]),
-        )
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return ShadowRecord()
-
-
-def save_record(path: Path, record: ShadowRecord) -> None:
-    """Persist the record atomically.
-
-    Raises:
-        OSError: the store cannot be written.
-    """
-    strikes = dict(list(record.strikes.items())[-MAX_STRIKES_REMEMBERED:])
-    document = {
-        "schema": RECORD_SCHEMA,
-        "staged": record.staged,
-        "strikes": strikes,
-    }
-    atomic_write(path, json.dumps(document, sort_keys=True).encode() + b"\n")
 
 
 # ---- the runner -----------------------------------------------------------------------------------------
@@ -301,6 +163,7 @@ class ShadowRunner:
         self._clock = clock
         self._queue_size = queue_size
         self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
         self.strikes = strikes
         self.stopped = strikes >= max_strikes
         self._counter = 0  # served predictions offered
@@ -329,31 +192,42 @@ class ShadowRunner:
         self, feeds: Mapping[str, Any], outputs: Mapping[str, Any], served_spec: Any, latency_ms: float
     ) -> None:
         """One served prediction (its preprocessed feeds, raw outputs and engine time). Never blocks on the
-        shadow: a sampled input is copied and queued, or counted as skipped or dropped."""
-        self._check_deadline()
+        shadow: a sampled input is copied and queued, or counted as skipped or dropped.
+
+        Called from one thread at a time (`Runtime.predict` holds the runtime's lock), which alone adds to
+        the queue and owns the offer counters: an input that is not sampled takes no lock at all.
+        """
+        if self._running_since is not None:
+            self._check_deadline()
+        if self.stopped or self._closed:
+            return
+        self._counter += 1
+        self._active_ms += latency_ms
+        self._window.offered += 1
+        if not sampled(self._counter, self.settings.sample):
+            return
         with self._lock:
-            if self.stopped or self._closed:
-                return
-            self._counter += 1
-            self._active_ms += latency_ms
-            self._window.offered += 1
-            if not sampled(self._counter, self.settings.sample):
-                return
             estimate = self._shadow_ms / self._runs if self._runs else latency_ms
             if self._shadow_ms + (self._pending + 1) * estimate > self.settings.max_cpu * self._active_ms:
                 self._count("skipped_cpu")
                 return
-            job = _Job(
-                {k: np.array(v, copy=True) for k, v in feeds.items()},
-                {k: np.array(v, copy=True) for k, v in outputs.items()},
-                served_spec,
-            )
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
+            if self._queue.full():  # only this thread adds: still full when we would put
                 self._count("dropped")
                 return
             self._pending += 1
+            jobs = self._queue
+        # Copied outside the lock: the worker never waits for the hand-off.
+        job = _Job(
+            {k: np.array(v, copy=True) for k, v in feeds.items()},
+            {k: np.array(v, copy=True) for k, v in outputs.items()},
+            served_spec,
+        )
+        try:
+            jobs.put_nowait(job)
+        except queue.Full:  # the queue was replaced (a timeout) by a full one: not possible, but never raise
+            with self._lock:
+                self._pending = max(0, self._pending - 1)
+                self._count("dropped")
 
     def due(self, now: float, every: int, seconds: float) -> bool:
         """The reporting window is full (`every` offered predictions) or old (`seconds`), or the runner
@@ -478,12 +352,17 @@ class ShadowRunner:
                 if job is _IDLE:
                     continue
                 self._running_since = time.monotonic()
+            job_started = time.perf_counter()
             self._mark(marker)
             started = time.perf_counter()
             error: BaseException | None = None
             produced: dict[str, Any] = {}
             try:
-                produced = dict(self.engine.run(job.feeds))
+                # One run at a time on the engine, even after a timeout: an abandoned worker may still be
+                # inside it, and not every engine (LiteRT's interpreter) may be entered twice. A worker
+                # waiting here is still "running": if the engine never returns, it times out too.
+                with self._engine_lock:
+                    produced = dict(self.engine.run(job.feeds))
             except Exception as e:  # the shadow's failure, never the app's
                 error = e
             elapsed_ms = 1000.0 * (time.perf_counter() - started)
@@ -500,12 +379,16 @@ class ShadowRunner:
                     )
                 except Exception as e:  # outputs the shadow's own decoder cannot read: its failure
                     error = e
-            self._record(generation, elapsed_ms, error, compared)
+            # The CPU budget is charged the whole job (marker, run, comparison), not just the engine run:
+            # for a small model the bookkeeping costs as much as the model, and the bound must hold.
+            cost_ms = 1000.0 * (time.perf_counter() - job_started)
+            self._record(generation, elapsed_ms, cost_ms, error, compared)
 
     def _record(
         self,
         generation: int,
         elapsed_ms: float,
+        cost_ms: float,
         error: BaseException | None,
         compared: list[tuple[str, str, bool]],
     ) -> None:
@@ -514,7 +397,7 @@ class ShadowRunner:
             if generation != self._generation:
                 return
             self._pending = max(0, self._pending - 1)
-            self._shadow_ms += elapsed_ms
+            self._shadow_ms += cost_ms
             self._runs += 1
             window = self._window
             if error is not None or not compared:

@@ -441,6 +441,8 @@ class Updater:
                 return "struck"
             if runtime.shadow(release.bundle_id, sample=config.sample, max_cpu=config.max_cpu):
                 return "running"
+            if device.get("candidate") and device.get("previous") is not None:
+                return "waiting"  # the trial's fallback holds the inactive slot: the runtime would refuse
             info = self._targetinfo(session, release.target_path)
             if info is None:
                 raise MetadataError(

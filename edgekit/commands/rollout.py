@@ -136,9 +136,16 @@ def _print(entry: dict[str, Any], decisions: int) -> None:
     ladder = " -> ".join(
         f"[{s}%]" if i == plan["stage_index"] else f"{s}%" for i, s in enumerate(plan["stages"])
     )
+    shadow = plan.get("shadow")
     click.echo(
         f"{plan['rollout_id']}  {plan['model']} {plan['target']['version']} over "
         f"{plan['baseline']['version']}  {plan['state'].upper()}  {ladder}"
+        + (
+            f"  shadow at {', '.join(f'{s}%' for s in shadow['stages'])} (sample {shadow['sample']:g}, "
+            f"max_cpu {shadow['max_cpu']:g})"
+            if shadow
+            else ""
+        )
         + (f"  ({plan['reason']})" if plan.get("reason") else "")
     )
     for decision in entry["decisions"][-decisions:]:

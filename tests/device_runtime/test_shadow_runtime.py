@@ -203,6 +203,46 @@ def test_a_hanging_shadow_times_out_without_ever_blocking_predict(
     assert running(rt)["compared"] == 0
 
 
+def test_a_shadow_never_takes_the_fallback_of_a_model_in_trial(
+    make_runtime: Callable[..., Runtime], releases: Releases, shadow_bundles: dict[str, tuple[Path, str]]
+) -> None:
+    rt = make_runtime(trial_inferences=1)
+    rt.install(releases.bundles["1.0.0"])
+    rt.predict(INPUTS[0])  # committed
+    rt.close()
+    rt = make_runtime(trial_inferences=100_000)
+    rt.install(releases.bundles["1.1.0"])  # in trial; 1.0.0 in the other slot is its fallback
+    with pytest.raises(InstallError) as caught:
+        rt.stage_shadow(shadow_bundles[SWAPPED][0])
+    assert caught.value.reason == "in-trial"
+    status = rt.status()
+    assert (status["active"]["version"], status["previous"]["version"]) == ("1.1.0", "1.0.0")
+    assert status["shadow"]["staged"] is None and status["shadow"]["running"] is None
+    assert rt.stage_shadow(releases.bundles["1.1.0"]).already_active  # a self-shadow needs no slot
+    assert rt.revert("test") and rt.status()["active"]["version"] == "1.0.0"  # the fallback is intact
+
+
+def test_a_lost_state_never_makes_the_staged_shadow_the_served_model(
+    make_runtime: Callable[..., Runtime],
+    releases: Releases,
+    shadow_bundles: dict[str, tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    rt = make_runtime()
+    rt.install(releases.bundles["1.0.0"])
+    rt.stage_shadow(shadow_bundles[SWAPPED][0])  # counter 4: newer than the active 1.0.0
+    rt.close()
+    store = tmp_path / "store"
+    (store / "state.json").unlink()  # lost: the state is rebuilt from the slots that verify
+    again = make_runtime()
+    status = again.status()
+    assert status["active"]["version"] == "1.0.0" and status["shadow"]["staged"] is None
+    assert not (store / "slots" / "b").exists()
+    np.testing.assert_allclose(
+        again.predict(INPUTS[0]).outputs["logits"], expected_logits("1.0.0", INPUTS[0]), 1e-5
+    )
+
+
 def test_the_cpu_budget_bounds_the_shadow_share_and_counts_what_it_skips(
     make_runtime: Callable[..., Runtime], releases: Releases
 ) -> None:

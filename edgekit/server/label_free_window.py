@@ -29,7 +29,7 @@ import numpy as np
 from device_runtime.errors import ContractError
 from device_runtime.health import HealthProfile
 from device_runtime.telemetry_contract import ShadowPayload, parse_payload
-from edgekit.rollout.label_free import DeviceShadow, LabelFreeEvidence, arm_evidence
+from edgekit.rollout.label_free import ArmEvidence, DeviceShadow, LabelFreeEvidence, arm_evidence
 from edgekit.rollout.plan import RolloutPlan, arm
 from edgekit.server.aggregate import SETTLE_S
 from edgekit.server.model_health import health_devices, reference_profile
@@ -74,11 +74,7 @@ def shadow_devices(db: Database, plan: RolloutPlan, until: float) -> tuple[list[
         device = devices.get(device_id)
         if device is None:
             device = devices[device_id] = DeviceShadow(device_id, side)
-        device.first, device.last = min(device.first, float(time)), max(device.last, float(time))
-        device.compared += payload.compared
-        device.agreed += payload.agreed
-        device.failures += payload.failures
-        device.timeouts += payload.timeouts
+        device.add(float(time), payload.compared, payload.agreed, payload.failures, payload.timeouts)
     return list(devices.values()), skipped
 
 
@@ -87,6 +83,12 @@ def _expected(profile: HealthProfile | None) -> dict[str, np.ndarray]:
     if profile is None:
         return {}
     return {name: np.asarray(ref.expected, np.float64) for name, ref in profile.inputs.items()}
+
+
+def _or_nothing(arm: ArmEvidence) -> ArmEvidence:
+    """An arm without a single device as "nothing reported" (every signal None), never as arrays of zero
+    rows: the last stage has no control arm, and an arm's first reports may lag the other's."""
+    return arm if arm.weights.size else ArmEvidence(weights=np.zeros(0))
 
 
 def label_free_evidence(
@@ -105,8 +107,8 @@ def label_free_evidence(
     shadows, skipped_shadow = shadow_devices(db, plan, until)
     arms = arm_evidence(health, shadows, plan.stage_started_at, until)
     evidence = LabelFreeEvidence(
-        treatment=arms["treatment"],
-        control=arms["control"],
+        treatment=_or_nothing(arms["treatment"]),
+        control=_or_nothing(arms["control"]),
         reference_treatment=_expected(reference_profile(repo, plan.target.bundle_id)),
         reference_control=_expected(reference_profile(repo, plan.baseline.bundle_id)),
     )

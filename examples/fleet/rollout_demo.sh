@@ -121,18 +121,19 @@ rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPE
   run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version "$want" --timeout 120
 }
 
-# Shadow stages: a 1% arm of this fleet holds about 4 devices, too few for the predicted-class histograms of
-# two arms to be told apart (or shown alike) with a statistic that stays valid while the server looks every
-# few minutes; a shadow run compares both models on the SAME inputs, device by device, which 4 devices can
-# settle. So the small stages shadow the release (the treatment keeps serving the baseline and runs the
-# release next to it on half of its inputs; the control runs the baseline next to itself), and from 25%
-# (about 100 devices per arm) the release serves and the class histograms, confidence and input drift judge it.
-shadow=(--shadow-sample 0.5 --shadow-max-cpu 1.0)
-step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage (shadow at 1% and 5%)"
-rollout 1.1.0 1.0.0 complete --shadow-stage 1 --shadow-stage 5 "${shadow[@]}"
+# Shadow stages: a 1% arm of this fleet holds about 4 devices, a 25% arm about 100, each device a few dozen
+# predictions per stage: too few for the predicted-class histograms of two arms to be told apart or shown
+# alike with a statistic that stays valid while the server looks every few minutes. A shadow run compares
+# both models on the SAME inputs, device by device, which a few devices settle within hours. So every stage
+# below 100% shadows the release (the treatment keeps serving the baseline and runs the release next to it
+# on each input; the control runs the baseline next to itself), and at 100% the release serves everyone and
+# the input-drift gate checks its inputs against the bundle's signed reference profile.
+shadow=(--shadow-stage 1 --shadow-stage 5 --shadow-stage 25 --shadow-sample 1.0 --shadow-max-cpu 1.0)
+step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage (in shadow below 100%)"
+rollout 1.1.0 1.0.0 complete "${shadow[@]}"
 
 step "6. roll out 1.2.0 over 1.1.0 (label bug): a gate should roll it back at 1%$([ ${#feedback[@]} -gt 0 ] && echo ", with no feedback labels: a label-free one")"
-rollout 1.2.0 1.1.0 rolled_back --shadow-stage 1 --shadow-stage 5 "${shadow[@]}"
+rollout 1.2.0 1.1.0 rolled_back "${shadow[@]}"
 
 mapfile -t ids <"$demo/rollouts.txt"
 "${fleet[@]}" summary --server "$EDGEKIT_SERVER" --build "$build" --data "$demo/data" --fleet "$demo/status" \

@@ -95,3 +95,36 @@ def test_a_stored_download_row_the_contract_refuses_is_skipped_and_counted(fleet
     )
     downloads = _status(server, plan.rollout_id)["downloads"]
     assert downloads["skipped_rows"] == 1 and downloads["bundles"][plan.target.bundle_id]["devices"] == 0
+
+
+def _health(bundle_id: str, classes: list[int]) -> dict[str, Any]:
+    """A `health` payload of one window: predicted-class and confidence counts, no input sketches."""
+    from device_runtime.health import HealthSketch, OutputSketch
+    from device_runtime.telemetry_contract import CONFIDENCE_BINS
+
+    total = sum(classes)
+    confidence = [0] * CONFIDENCE_BINS
+    confidence[-1] = total
+    output = OutputSketch("classification", classes, confidence)
+    sketch = HealthSketch(total, 600.0, outputs={"logits": output})
+    return sketch.to_payload(bundle_id, None)
+
+
+def test_the_last_stage_judges_health_without_a_control_arm(fleet: Any) -> None:
+    """At 100% every device is treatment: the label-free evidence has no control arm, and the evaluation
+    still decides (class shift "not judged", no evaluation error)."""
+    server, clock, tokens = fleet
+    plan = start_rollout(server, "1.1.0", "1.0.0", [100])
+    for device_id in sorted(tokens)[:12]:
+        payload = _health(plan.target.bundle_id, [20, 15, 15, 10])
+        send(server, device_id, tokens[device_id], [("health", clock.now + 60, payload)])
+    clock.now += 3 * HOUR
+    status, body = server.http.request("POST", "/v1/admin/evaluate", token=ADMIN_TOKEN)
+    assert status == 200 and len(body) == 1, body
+    decision = body[0]["decision"]
+    assert decision["outcome"] != "error", decision
+    records = {r["metric"]: r for r in decision["records"]}
+    assert records["class_shift"]["outcome"] == "pass", records["class_shift"]
+    assert "no control arm" in records["class_shift"]["detail"]
+    health = _status(server, plan.rollout_id)["health"]
+    assert health["treatment"]["devices"] == 12 and health["control"]["devices"] == 0

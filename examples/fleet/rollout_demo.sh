@@ -96,7 +96,8 @@ for ((i = 0; i < processes; i++)); do
   "${fleet[@]}" devices --server "$EDGEKIT_SERVER" --root "$demo/data/repo/metadata/1.root.json" \
     --key "$build/keys/release.pub" --factory "$stores/factory" --images "$build/images/eval" \
     --stores "$stores" --status "$demo/status/fleet-$i.json" --first "$first" --count "$count" --seed "$i" \
-    --period-minutes "$period" --t0 "$t0" --speedup "$speedup" "${feedback[@]}" >"$demo/fleet-$i.log" 2>&1 &
+    --period-minutes "$period" --t0 "$t0" --speedup "$speedup" --trial-hours 4 "${feedback[@]}" \
+    >"$demo/fleet-$i.log" 2>&1 &
   pids+=($!)
 done
 run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version 1.0.0 --timeout 180
@@ -126,9 +127,11 @@ rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPE
 # alike with a statistic that stays valid while the server looks every few minutes. A shadow run compares
 # both models on the SAME inputs, device by device, which a few devices settle within hours. So every stage
 # below 100% shadows the release (the treatment keeps serving the baseline and runs the release next to it
-# on each input; the control runs the baseline next to itself), and at 100% the release serves everyone and
+# on half of its inputs; the control runs the baseline next to itself), and at 100% the release serves everyone and
 # the input-drift gate checks its inputs against the bundle's signed reference profile.
-shadow=(--shadow-stage 1 --shadow-stage 5 --shadow-stage 25 --shadow-sample 1.0 --shadow-max-cpu 1.0)
+# Half of the inputs, within the served model's own CPU time: at sample 1.0 a shadow as costly as the served
+# model is skipped by its CPU budget on most inputs (counted `skipped_cpu`), and the stage learns little.
+shadow=(--shadow-stage 1 --shadow-stage 5 --shadow-stage 25 --shadow-sample 0.5 --shadow-max-cpu 1.0)
 step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage (in shadow below 100%)"
 rollout 1.1.0 1.0.0 complete "${shadow[@]}"
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.rollout._label_free_gates import Judge, decide, rec, robust
+from edgekit.rollout._label_free_gates import Judge, rec, verdict
 from edgekit.rollout._label_free_stats import ArmSample, Bound, Moments, robust_bound
 from edgekit.rollout._types import DecisionRecord
 from edgekit.rollout.health_sketches import PSI_FLOOR
@@ -26,6 +26,22 @@ def _psi_terms(o: np.ndarray, e: np.ndarray) -> np.ndarray:
     """Per-bin PSI terms (o - e) ln(o / e), shares floored like `population_stability`."""
     o, e = np.maximum(o, PSI_FLOOR), np.maximum(e, PSI_FLOOR)
     return (o - e) * np.log(o / e)
+
+
+def _between(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-bin PSI terms between two share vectors, (x - y) ln(x / y), floored like `_psi_terms`; jointly
+    convex in (x, y), so over a box of shares it is largest at one of its corners."""
+    x, y = np.maximum(x, PSI_FLOOR), np.maximum(y, PSI_FLOOR)
+    return (x - y) * np.log(x / y)
+
+
+def _same_bins(ev: LabelFreeEvidence, names: list[str]) -> bool:
+    """Both profiles' bin edges are known and equal for every input of `names`."""
+    for name in names:
+        a, b = ev.edges_treatment.get(name), ev.edges_control.get(name)
+        if a is None or b is None or np.shape(a) != np.shape(b) or not np.allclose(a, b):
+            return False
+    return bool(names)
 
 
 @dataclass(frozen=True)
@@ -129,12 +145,18 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
     if not ok:
         return judge.need(metric, least, cfg.psi_pass)
     psi_t, fair_t = _psi_point(t_all)
-    worst = int(np.argmax(fair_t))
+    psi_c, fair_c = _psi_point(c_pair) if c_pair is not None else (np.zeros(0), np.zeros(0))
+    paired_at = {} if c_pair is None else {ch: i for i, ch in enumerate(c_pair.names)}
+    # The channel the detail names: the largest excess over the control (bias removed on both sides).
+    excess = [
+        fair_t[i] - (fair_c[paired_at[ch]] if ch in paired_at else 0.0) for i, ch in enumerate(t_all.names)
+    ]
+    worst = int(np.argmax(excess))
     name = t_all.names[worst]
     what = (
         f"input {name}: PSI {psi_t[worst]:.3f} against the target's reference ({fair_t[worst]:.3f} less bias)"
     )
-    lows, highs, control_psi = [], [], None
+    lows, highs, control_psi, what_between = [], [], None, ""
     if t_pair is not None and c_pair is not None:
         columns = t_pair.sample.y.shape[1] + c_pair.sample.y.shape[1]
 
@@ -149,10 +171,35 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
 
             return bound
 
-        low, high = robust(t_pair.sample, c_pair.sample, make, judge)
+        same = _same_bins(ev, paired)
+        pass_alpha = cfg.label_free_pass_alpha / (2 if same else 1)  # split when passing two ways
+        low = robust_bound(t_pair.sample, c_pair.sample, make(cfg.label_free_alpha, True), judge.k, "min")
+        high = robust_bound(t_pair.sample, c_pair.sample, make(pass_alpha, False), judge.k, "max")
+        if same:
+            # Both arms bin alike: the arms' inputs may also be compared directly. Under a drifting world
+            # the excess of two PSIs against the references is loose (each PSI's bounds widen as it grows);
+            # PSI between the arms stays near 0 when the release changes nothing.
+            def direct(a: Moments, b: Moments | None) -> np.ndarray:
+                assert b is not None and t_pair is not None
+                per_bin = pass_alpha / columns
+                rt, rc = (
+                    judge.radius(a[1], a[2][..., None], per_bin),
+                    judge.radius(b[1], b[2][..., None], per_bin),
+                )
+                corners = [
+                    _between(np.clip(x, 0.0, 1.0), np.clip(y, 0.0, 1.0))
+                    for x in (a[0] - rt, a[0] + rt)
+                    for y in (b[0] - rc, b[0] + rc)
+                ]
+                terms = np.maximum.reduce(corners)
+                return np.max(np.add.reduceat(terms, t_pair.starts, axis=-1), axis=-1)
+
+            between = robust_bound(t_pair.sample, c_pair.sample, direct, judge.k, "max")
+            if between < high:
+                high = between
+                what_between = f" (the arms' inputs differ by PSI at most {between:.3f})"
         lows.append(low)
         highs.append(high)
-        psi_c, fair_c = _psi_point(c_pair)
         drifting = _psi_bounds(
             c_pair,
             *c_pair.sample.moments(),
@@ -166,8 +213,8 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
                 f"(PSI {', '.join(moved)}; lower bounds > {cfg.psi_rollback:g}): the inputs changed, "
                 "not only the release"
             )
-        if name in c_pair.names:
-            j = c_pair.names.index(name)
+        if name in paired_at:
+            j = paired_at[name]
             control_psi = float(psi_c[j])
             what += f", control {psi_c[j]:.3f} against the baseline's ({fair_c[j]:.3f} less bias): excess"
     if lone:
@@ -195,9 +242,11 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
             )
         if not paired:
             what += f" ({why}: judged alone, never rolled back):"
+    if what_between:
+        what = what.removesuffix(": excess") + what_between + ": excess"
     value = float(psi_t[worst] - (control_psi or 0.0))
     low = max(lows) if lows else -np.inf
-    return decide(
+    return verdict(
         metric,
         what,
         value,

@@ -1,5 +1,5 @@
 """Four of the label-free gates, one function each: class shift, confidence shift, shadow agreement and
-shadow failures, and what every gate shares (`Judge`, `decide`, `robust`); input drift has its own
+shadow failures, and what every gate shares (`Judge`, `verdict`, `robust`); input drift has its own
 module, `edgekit.rollout._label_free_drift`. `edgekit.rollout.label_free` explains the statistics and
 thresholds in plain words and is the public entry point; this module turns evidence into records.
 """
@@ -30,12 +30,12 @@ __all__ = [
     "Judge",
     "class_shift",
     "confidence_shift",
-    "decide",
     "presence",
     "rec",
     "robust",
     "shadow_agreement",
     "shadow_failures",
+    "verdict",
 ]
 
 
@@ -98,7 +98,7 @@ def presence(
     return None
 
 
-def decide(
+def verdict(
     metric: str,
     what: str,
     value: float,
@@ -219,7 +219,7 @@ def class_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
         f"treatment predicts class {top} on {100 * mt[top]:.1f}% of inputs vs {100 * mc[top]:.1f}% in "
         f"control ({t.devices} vs {c.devices} devices): total variation over {width} classes"
     )
-    return decide(metric, what, shift, (low, high), limit, judge, n=t.devices + c.devices)
+    return verdict(metric, what, shift, (low, high), limit, judge, n=t.devices + c.devices)
 
 
 # ---- confidence shift ----------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def confidence_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
     mt, mc = float(_mean(t)[0]), float(_mean(c)[0])
     what = f"mean confidence treatment {mt:.3f} vs control {mc:.3f}: drop"
     bounds = robust(c, t, _difference(judge), judge)  # control first: the bound is on control - treatment
-    return decide(metric, what, mc - mt, bounds, limit, judge, n=t.devices + c.devices, t=mt, c=mc)
+    return verdict(metric, what, mc - mt, bounds, limit, judge, n=t.devices + c.devices, t=mt, c=mc)
 
 
 # ---- shadow ------------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def shadow_agreement(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
         f"with itself on {100 * dc:.2f}%: excess disagreement"
     )
     bounds = robust(t, c, _difference(judge), judge)
-    return decide(metric, what, dt - dc, bounds, limit, judge, n=t.devices + c.devices, t=dt, c=dc)
+    return verdict(metric, what, dt - dc, bounds, limit, judge, n=t.devices + c.devices, t=dt, c=dc)
 
 
 def shadow_failures(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
@@ -304,4 +304,4 @@ def shadow_failures(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
     if fc is not None:
         what += f" (the control's self-shadow runs {100 * fc:.2f}%)"
     what += ": failure share"
-    return decide(metric, what, ft, robust(t, None, make, judge), limit, judge, n=t.devices, t=ft, c=fc)
+    return verdict(metric, what, ft, robust(t, None, make, judge), limit, judge, n=t.devices, t=ft, c=fc)

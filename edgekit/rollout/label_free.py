@@ -72,7 +72,14 @@ stays below the unbiased value, and the detail reports PSI both as measured and 
 Decisions: rollback when the lower bound (at `label_free_alpha`) is above the threshold, pass when the
 upper bound (at `label_free_pass_alpha`) is within it, hold otherwise. Input drift rolls back when the
 lower bound of the excess PSI (treatment's lowest minus control's highest, on the same channel) is above
-`psi_rollback`, and passes when its upper bound is within `psi_pass`. When the control arm's own PSI is
+`psi_rollback`, and passes when its upper bound is within `psi_pass`. The excess of two PSIs is loose when
+the world itself has drifted (each PSI's bounds widen as it grows: with both arms at PSI 0.5 against their
+references, 1,000 devices per arm leave the excess's upper bound near 0.12). So when both profiles' bin
+edges are known and equal (`LabelFreeEvidence.edges_*`: both arms bin alike), the gate may also pass on
+the PSI between the arms' own shares, (t - c) ln(t / c) summed over bins, whose upper bound is the
+largest over the corners of the bins' intervals (it is jointly convex): it stays near 0 when the release
+changes nothing, however far the world moved (0.01 in that example). The pass alpha is then split
+between the two ways of passing. When the control arm's own PSI is
 above `psi_rollback` the decision carries an alert: the inputs changed for everybody.
 
 Missing evidence is never a pass by accident: evidence None (no health telemetry at all) or a gate with no
@@ -203,12 +210,17 @@ class LabelFreeEvidence:
         treatment, control: the arms (control is ignored at the last stage, 100%).
         reference_treatment: input name -> [channels, bins] expected shares (the target's ``health.json``).
         reference_control: the baseline's (may be empty: an old bundle without a profile).
+        edges_treatment, edges_control: input name -> [channels, edges] the profiles' bin edges (optional).
+            Where both are given and equal for an input, both arms bin its values alike, and the drift gate
+            may also pass on the arms' inputs being alike (see the module docstring).
     """
 
     treatment: ArmEvidence
     control: ArmEvidence
     reference_treatment: Mapping[str, np.ndarray] = field(default_factory=dict)
     reference_control: Mapping[str, np.ndarray] = field(default_factory=dict)
+    edges_treatment: Mapping[str, np.ndarray] = field(default_factory=dict)
+    edges_control: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -312,13 +324,14 @@ def arm_evidence(
         out = d.sketch.outputs.get(name) if name is not None else None
         if out is not None:
             width = max(width, len(out.counts))
-    channels: dict[str, tuple[int, int]] = {}
-    for d in ordered:
-        for input_name, sketches in d.sketch.inputs.items():
-            if sketches and sketches[0].bins:
-                channels.setdefault(input_name, (len(sketches), len(sketches[0].bins)))
     arms: dict[str, ArmEvidence] = {}
     for arm in ("treatment", "control"):
+        # Each arm bins by its own release's profile: the shape of an input's bins is per arm.
+        channels: dict[str, tuple[int, int]] = {}
+        for d in ordered:
+            for input_name, sketches in d.sketch.inputs.items():
+                if d.arm == arm and sketches and sketches[0].bins:
+                    channels.setdefault(input_name, (len(sketches), len(sketches[0].bins)))
         ids = sorted({i for a, i in health if a == arm} | {i for a, i in shadow if a == arm})
         n = len(ids)
         weights = np.zeros(n)

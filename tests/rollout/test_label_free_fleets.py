@@ -71,8 +71,10 @@ def fleet(
     release: Release = Release(),
     world: World = World(),
     shadow: bool = True,
+    same_bins: bool = False,
 ) -> Iterator[tuple[int, LabelFreeEvidence]]:
-    """Hourly `LabelFreeEvidence` of a stage with `devices` per arm (treatment runs `release`)."""
+    """Hourly `LabelFreeEvidence` of a stage with `devices` per arm (treatment runs `release`); with
+    `same_bins` the evidence carries both profiles' (equal) bin edges."""
     rng = np.random.default_rng(seed)
     arms = {}
     for arm in ("treatment", "control"):
@@ -127,11 +129,11 @@ def fleet(
                 shadow_agreed=a["agreed"].copy() if shadow else None,
                 shadow_failures=a["failures"].copy() if shadow else None,
             )
+        edges = {"image": np.tile(EDGES, (CHANNELS, 1))} if same_bins else {}
+        references = {"image": REFERENCE}
         yield (
             hour,
-            LabelFreeEvidence(
-                found["treatment"], found["control"], {"image": REFERENCE}, {"image": REFERENCE}
-            ),
+            LabelFreeEvidence(found["treatment"], found["control"], references, references, edges, edges),
         )
 
 
@@ -254,7 +256,8 @@ def test_k_liars_per_arm_cannot_roll_back_an_aa_fleet(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_k_liars_per_arm_cannot_pass_a_broken_release(seed: int) -> None:
     broken = Release(swap=(0, 1), inputs=INVERTED, disagreement=0.3)
-    lied = _toward_pass(last_look(200 + seed, devices=1000, hours=HOURS, release=broken))
+    honest = last_look(200 + seed, devices=1000, hours=HOURS, release=broken, same_bins=seed % 2 == 0)
+    lied = _toward_pass(honest)
     judged = ("class_shift", "input_drift", "shadow_agreement")
     outcomes = {r.metric: r.outcome for r in label_free_records(1, lied, LOOSE)}
     assert all(outcomes[m] != "pass" for m in judged), outcomes
@@ -296,7 +299,10 @@ def test_k_liars_per_arm_with_random_claims_neither_roll_back_aa_nor_pass_a_brok
     rng = np.random.default_rng(7)
     healthy = [last_look(300 + seed, hours=HOURS) for seed in range(2)]
     broken_release = Release(swap=(0, 1), inputs=INVERTED, disagreement=0.3, confidence_drop=0.3)
-    broken = [last_look(400 + seed, devices=1000, hours=HOURS, release=broken_release) for seed in range(2)]
+    broken = [
+        last_look(400 + seed, devices=1000, hours=HOURS, release=broken_release, same_bins=seed == 1)
+        for seed in range(2)
+    ]
     judged = set(LABEL_FREE_METRICS) - {"shadow_failures"}  # the broken release's shadow runs do not fail
     for trial in range(40):
         aa = healthy[trial % 2]

@@ -85,6 +85,13 @@ def _expected(profile: HealthProfile | None) -> dict[str, np.ndarray]:
     return {name: np.asarray(ref.expected, np.float64) for name, ref in profile.inputs.items()}
 
 
+def _edges(profile: HealthProfile | None) -> dict[str, np.ndarray]:
+    """input name -> [channels, edges] bin edges of a reference profile ({} without one)."""
+    if profile is None:
+        return {}
+    return {name: np.asarray(ref.edges, np.float64) for name, ref in profile.inputs.items()}
+
+
 def _or_nothing(arm: ArmEvidence) -> ArmEvidence:
     """An arm without a single device as "nothing reported" (every signal None), never as arrays of zero
     rows: the last stage has no control arm, and an arm's first reports may lag the other's."""
@@ -106,11 +113,15 @@ def label_free_evidence(
         health = []
     shadows, skipped_shadow = shadow_devices(db, plan, until)
     arms = arm_evidence(health, shadows, plan.stage_started_at, until)
+    target = reference_profile(repo, plan.target.bundle_id)
+    baseline = reference_profile(repo, plan.baseline.bundle_id)
     evidence = LabelFreeEvidence(
         treatment=_or_nothing(arms["treatment"]),
         control=_or_nothing(arms["control"]),
-        reference_treatment=_expected(reference_profile(repo, plan.target.bundle_id)),
-        reference_control=_expected(reference_profile(repo, plan.baseline.bundle_id)),
+        reference_treatment=_expected(target),
+        reference_control=_expected(baseline),
+        edges_treatment=_edges(target),  # both arms bin alike where the edges are equal
+        edges_control=_edges(baseline),
     )
     return evidence, skipped_health + skipped_shadow
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -283,3 +284,22 @@ def _dashboard_draws_the_label_free_charts(server: LiveServer, tmp_path: Path) -
     assert 'aria-label="top-1: predicted class shares"' in page, page[-3000:]
     assert "drift (PSI) per channel" in page and "roll back above" in page
     assert "bytes saved by delta updates" in page
+    assert re.search(
+        r'<td class="rollback">rollback</td><td>(class_shift|confidence_shift|input_drift)</td>', page
+    ), "the deciding record"
+    shot = Path(os.environ.get("EDGEKIT_LABEL_FREE_PNG", tmp_path / "label-free.png"))
+    picture = subprocess.run(
+        [
+            chromium,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile-shot'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,2200",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert picture.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture.stderr[-2000:]

@@ -110,7 +110,9 @@ function rolloutCard(r) {
       "why", "anomalies"].map(t => el("th", {}, t))));
   for (const d of (r.decisions || []).slice().reverse()) {
     const records = Array.isArray(d.records) ? d.records : [];
-    const worst = records.filter(x => x.outcome !== "pass")[0] || records[0] || {};
+    // the record that decided (a rollback's rollback record), else the first one holding
+    const worst = records.find(x => x.outcome === d.outcome && x.outcome !== "pass")
+      || records.filter(x => x.outcome !== "pass")[0] || records[0] || {};
     const noted = [anomalies(d.anomalies), ...records.map(x => anomalies(x.anomalies))].filter(Boolean);
     log.append(el("tr", {},
       el("td", {}, when(d.time)), el("td", {}, `${stages[d.stage_index] ?? "?"}%`),
@@ -206,7 +208,9 @@ function pct(v) { return num(v) ? `${(100 * v).toFixed(1)}%` : "-"; }
 
 function shadowTable(s, thresholds) {
   const both = arms(s);
-  if (!both) return el("div", {}, el("i", {}, "shadow: no shadow reports in this stage"));
+  if (!both || !both.some(a => num(a.devices) && a.devices > 0)) {
+    return el("div", {}, el("i", {}, "shadow: no shadow runs in this stage (shadow stages only)"));
+  }
   const th = thresholds || {};
   const row = (label, f) => el("tr", {}, el("td", {}, label), el("td", {}, f(both[0])), el("td", {}, f(both[1])));
   return el("table", {class: "health"},

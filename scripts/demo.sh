@@ -2,7 +2,8 @@
 # Fresh machine -> the main job: install edgekit (conversion and server extras) into .venv, then run the
 # whole loop on the embedded defaults (SQLite, local files): train the digits model, convert, quantize
 # behind the parity gate, bundle and sign, then serve it over TUF to a fleet of real device runtimes and
-# roll out a good release (promoted 1% -> 5% -> 25% -> 100%) and a bad one (rolled back at 1%).
+# roll out a good release (promoted 1% -> 5% -> 25% -> 100%) and a bad one (rolled back at 1%), with no
+# feedback labels from the devices: the label-free gates decide, and the summary names the one that did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh convert,server

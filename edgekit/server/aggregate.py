@@ -114,15 +114,27 @@ def _fold(rows: Iterable[Sequence[Any]], plan: RolloutPlan) -> Window:
     found: dict[str, _Device] = {}
     window = Window()
     target, baseline = plan.target.bundle_id, plan.baseline.bundle_id
+    # In a shadow stage the treatment serves the baseline and runs the target next to it, in shadow: what
+    # it serves (inferences, crashes, latency, with the shadow's load on them) is the baseline's, compared
+    # with a control that carries the same load (its self-shadow); the shadow runs' own evidence is the
+    # `shadow` events (edgekit.server.label_free_window).
+    # The target's install attempts there are its stagings: the device downloads it (a `download` event),
+    # verifies and self-tests it like any install but never activates it, so a success records no `install`
+    # event; a failure does. So a shadow stage counts one attempt per download of the target and one
+    # failure per failed `install` event (every count stays a sum over events: the rollups and a replay
+    # from the raw events agree however the rows are split).
+    shadowing = plan.is_shadow_stage
+    served = baseline if shadowing else target
     for device_id, kind, time, bundle_id, payload_text in rows:
         side = sides.get(device_id)
         if side is None:
             side = sides[device_id] = arm(plan, device_id)
         if side not in ("treatment", "control"):
             continue
-        wanted = target if side == "treatment" else baseline
+        wanted = served if side == "treatment" else baseline
         is_install = kind == "install" and side == "treatment" and bundle_id in (target, None)
-        if bundle_id != wanted and not is_install:
+        is_staging = shadowing and kind == "download" and side == "treatment" and bundle_id == target
+        if bundle_id != wanted and not is_install and not is_staging:
             continue
         try:
             if not isinstance(time, int | float) or not math.isfinite(time):
@@ -138,10 +150,13 @@ def _fold(rows: Iterable[Sequence[Any]], plan: RolloutPlan) -> Window:
         counts = device.counts
         if isinstance(parsed, InstallPayload):
             if is_install:
-                counts["installs"] += 1
+                counts["installs"] += 0 if shadowing else 1  # a shadow stage counts its downloads
                 counts["install_failures"] += 0 if parsed.outcome == "activated" else 1
             if bundle_id != wanted:
                 continue
+        if is_staging:
+            counts["installs"] += 1
+            continue
         device.reported = True
         device.first, device.last = min(device.first, time), max(device.last, time)
         if kind == "crash":

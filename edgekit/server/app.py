@@ -360,21 +360,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         return {"device_id": device.device_id, "token": token}
 
     def describe(plan: Any, limit: int = 50) -> dict[str, Any]:
+        from edgekit.server.dashboard import label_free_status  # health, shadow, thresholds, downloads
+
         return {
             "plan": plan.to_dict(),
             "stage_percent": plan.stage_percent,
             "decisions": service.decisions(plan.rollout_id, limit),
-            "health": _health(plan),
+            **label_free_status(db, service, plan, config.clock()),
         }
-
-    def _health(plan: Any) -> dict[str, Any] | None:
-        """Label-free health per arm for the status; a failure to read it never fails the status."""
-        from edgekit.server.model_health import health_view
-
-        try:
-            return health_view(db, plan, config.clock(), repo)
-        except Exception:  # the status stays available; the gates read the same rows on their own
-            return None
 
     @app.get("/v1/admin/rollouts")  # admin: BearerTokens
     def rollouts() -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from edgekit.errors import PlanError, RolloutConflictError, RolloutError, Unknow
 from edgekit.rollout.gates import DecisionRecord, GateConfig, StageDecision, decide
 from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict, shadow_from_dict
 from edgekit.server.aggregate import Window, current_devices, window_devices
+from edgekit.server.label_free_window import label_free_evidence
 from edgekit.server.storage import Database, dumps
 from edgekit.server.tuf_repo import TufRepository
 
@@ -98,14 +99,19 @@ class RolloutService:
         return replayed
 
     def _decide(self, plan: RolloutPlan, window: Window, now: float) -> StageDecision:
+        """The gates on the stage window at `now`: the telemetry `window` plus the label-free evidence
+        (health sketches, shadow runs, reference profiles) of the same window, read from the same stored
+        rows whether live or in a replay. Rows either part skips are counted in the decision."""
+        evidence, skipped = label_free_evidence(self.db, plan, now, self.repo)
         return decide(
             plan.stage_percent,
             window.devices.values(),
             self.gates,
             now,
             plan.stage_started_at,
-            skipped_rows=window.skipped,
+            skipped_rows=window.skipped + skipped,
             skipped_example=window.first_problem,
+            label_free=evidence,
         )
 
     def releases(self, model: str) -> dict[str, Release]:

@@ -38,5 +38,5 @@ step "9. verify it the way a device will (one streaming pass, pinned key)" \
 printf '\ndone: models, parity reports (JSON, HTML) and the signed bundle are in %s\n' "$build"
 # The whole loop: the signed bundle rolled out over TUF to a fleet of device runtimes behind statistical gates
 # (examples/fleet/README.md). DIGITS_SKIP_FLEET=1 stops here.
-[ "${DIGITS_SKIP_FLEET:-0}" = 1 ] || step "10. roll out to a fleet of real device runtimes: a good release promoted, a bad one rolled back" \
+[ "${DIGITS_SKIP_FLEET:-0}" = 1 ] || step "10. roll out to a fleet of real device runtimes (no feedback labels): a good release promoted, a bad one rolled back" \
   bash "$here/../fleet/rollout_demo.sh" "$build"

@@ -181,6 +181,32 @@ def cmd_factory(args: argparse.Namespace) -> int:
 
 
 # ---- devices -------------------------------------------------------------------------------------------
+# What the fleet's cameras see, per digit class. Real fleets never see a uniform mix: digits on meters,
+# house numbers and forms follow their own frequencies (a leading 1 is far more common than a 9), and each
+# device sees its own place's mix around the fleet's. Both matter to the label-free gates: a label-order bug
+# that swaps two classes is invisible in the predicted-class histogram when the two are equally common, and
+# visible when they are not (here 3 and 4 are frequent, 8 and 9 rare); and the gates must not mistake
+# device-to-device differences in mix for a shift (the arms hold different devices), which they can only
+# show on a fleet whose devices differ.
+FLEET_MIX = (0.06, 0.14, 0.09, 0.20, 0.20, 0.08, 0.07, 0.10, 0.03, 0.03)
+
+
+def class_mix(device_id: str, classes: list[int], heterogeneity: float) -> dict[int, float]:
+    """This device's share of each class: a Dirichlet draw around `FLEET_MIX` whose spread grows with
+    `heterogeneity` (concentration 1 / heterogeneity), seeded by the device id (the same every run)."""
+    import hashlib
+
+    import numpy as np
+
+    weights = np.array([FLEET_MIX[c % len(FLEET_MIX)] for c in classes], np.float64)
+    weights /= weights.sum()
+    if heterogeneity <= 0:
+        return dict(zip(classes, weights.tolist(), strict=True))
+    seed = int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:8], "big")
+    drawn = np.random.default_rng(seed).dirichlet(weights / heterogeneity)
+    return dict(zip(classes, np.maximum(drawn, 1e-6).tolist(), strict=True))
+
+
 class Device:
     """One simulated device: its own store, runtime, TUF updater, telemetry uploader and token."""
 
@@ -224,6 +250,7 @@ class Device:
             clock=clock,
         )
         self.version = self._version()
+        self.mix = class_mix(device_id, shared["classes"], shared["heterogeneity"])
 
     def _version(self) -> str:
         active = self.runtime.status()["active"]
@@ -235,6 +262,8 @@ class Device:
         stats[
             f"update {outcome.status}" + ("" if outcome.status != "refused" else f" ({outcome.reason})")
         ] += 1
+        if outcome.shadow:
+            stats[f"shadow {outcome.shadow}"] += 1
         decision = outcome.decision
         if (
             outcome.status == "refused"
@@ -253,24 +282,36 @@ class Device:
         self.version = self._version()
 
     def use(
-        self, images: list[tuple[bytes, int]], count: int, rng: random.Random, stats: Counter[str]
+        self,
+        images: dict[int, list[bytes]],
+        count: int,
+        rng: random.Random,
+        stats: Counter[str],
+        *,
+        feedback: bool = True,
     ) -> None:
-        """Classify `count` images and report the true class of each (the app's ground truth)."""
+        """Classify `count` images drawn from this device's class mix; with `feedback`, report the true
+        class of each (the app's ground truth; a fleet without it sends no label at all)."""
         from device_runtime.errors import DeviceRuntimeError
 
-        for _ in range(count):
-            image, label = images[rng.randrange(len(images))]
+        classes = sorted(images)
+        for label in rng.choices(classes, weights=[self.mix[c] for c in classes], k=count):
+            image = images[label][rng.randrange(len(images[label]))]
             try:
                 result = self.runtime.predict(image)
             except DeviceRuntimeError as e:
                 stats[f"predict error {type(e).__name__}"] += 1
                 continue
-            self.runtime.feedback(result.prediction_id, label)
+            if feedback:
+                self.runtime.feedback(result.prediction_id, label)
+                stats["feedback"] += 1
             stats["predictions"] += 1
         self.version = self._version()
 
     def upload(self, stats: Counter[str]) -> None:
-        """Flush the inference aggregate and drain the queue to the server."""
+        """Flush the inference aggregate and the health sketches of this wake-up; drain the queue."""
+        self.runtime.flush_health()  # one `health` event per wake-up: the label-free gates' evidence
+        self.runtime.flush_shadow()  # and one `shadow` event when it runs a shadow trial
         self.runtime.telemetry.flush()
         for _ in range(10):
             result = self.uploader.upload_once()
@@ -330,10 +371,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
         "trial_inferences": args.trial_inferences,
         "trial_seconds": args.trial_hours * 3600,
     }
-    images = [
-        (path.read_bytes(), int(path.stem.rsplit("digit", 1)[1]))
-        for path in sorted(Path(args.images).glob("*_digit*.png"))
-    ]
+    images: dict[int, list[bytes]] = {}
+    for path in sorted(Path(args.images).glob("*_digit*.png")):
+        images.setdefault(int(path.stem.rsplit("digit", 1)[1]), []).append(path.read_bytes())
+    shared["classes"] = sorted(images)
+    shared["heterogeneity"] = args.heterogeneity
     if not images:
         print(f"no *_digitN.png images in {args.images}", file=sys.stderr)
         return 1
@@ -366,7 +408,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
             device = devices[index]
             lag = now - due
             device.update(stats)  # TUF: the signed plan says which release this device runs
-            device.use(images, args.predictions, rng, stats)  # the app classifies, the user confirms
+            device.use(images, args.predictions, rng, stats, feedback=not args.no_feedback)
             device.upload(stats)  # telemetry: inferences, latency, feedback, installs, trials
             stats["wake-ups"] += 1
         if time.monotonic() - last_status > 1.0:
@@ -445,7 +487,29 @@ def short(record: dict[str, Any]) -> str:
         return (
             f"{metric} bound {_num(stat)} vs max {_num(limit)}" if stat is not None else f"{metric}: {detail}"
         )
+    if metric in LABEL_FREE and stat is not None:
+        return f"{metric} {_num(stat)} vs {_num(limit)}"
     return f"{metric}: {detail.split(';')[0]}"
+
+
+# The gates, in plain words (the summary names the gate that decided).
+GATE_WORDS = {
+    "class_shift": "the class-shift gate (the release predicts another mix of classes than the control "
+    "group does; no labels needed)",
+    "confidence_shift": "the confidence gate (the release is less sure of its answers than the baseline; "
+    "no labels needed)",
+    "input_drift": "the input-drift gate (the release's inputs no longer look like its reference data; "
+    "no labels needed)",
+    "shadow_agreement": "the shadow gate (run side by side on the same inputs, the release disagrees with "
+    "the baseline more than the baseline disagrees with itself; no labels needed)",
+    "shadow_failures": "the shadow-failure gate (the release crashed or hung in shadow runs)",
+    "accuracy": "the accuracy gate (from feedback labels)",
+    "crash_rate": "the crash-rate gate",
+    "error_rate": "the error-rate gate",
+    "latency_p95": "the latency gate",
+    "install_failures": "the install-failure gate",
+}
+LABEL_FREE = ("class_shift", "confidence_shift", "input_drift", "shadow_agreement", "shadow_failures")
 
 
 def describe_decision(decision: dict[str, Any]) -> str:
@@ -454,7 +518,7 @@ def describe_decision(decision: dict[str, Any]) -> str:
     if decision["outcome"] == "rollback":
         return "; ".join(short(r) for r in records if r["outcome"] == "rollback")
     if decision["outcome"] == "promote":
-        wanted = ("exposure", "accuracy", "crash_guardrail", "latency_p95", "duration")
+        wanted = ("exposure", "accuracy", "crash_guardrail", "latency_p95", "duration", *LABEL_FREE)
         return "; ".join(short(r) for r in records if r["metric"] in wanted)
     return "waiting on " + "; ".join(short(r) for r in records if r["outcome"] == "hold")
 
@@ -601,8 +665,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
                     "crash_rate",
                     "error_rate",
                     "latency_p95",
+                    *LABEL_FREE,
                 ) and (decision["outcome"] != "rollback" or record["outcome"] == "rollback"):
-                    print(f"      {record['metric']:<12} {record['outcome']:<8} {_stat(record)}")
+                    print(f"      {record['metric']:<16} {record['outcome']:<8} {_stat(record)}")
+            if decision["outcome"] == "rollback":
+                deciding = [r for r in decision["records"] if r["outcome"] == "rollback"]
+                for record in deciding:
+                    words = GATE_WORDS.get(record["metric"], f"the {record['metric']} gate")
+                    print(f"  rolled back by {words}:\n      {record['detail']}")
     status = fleet_status(Path(args.fleet))
     stats = status["stats"]
     print(f"fleet: {sum(status['versions'].values())} devices, running {_versions(status)}")
@@ -613,7 +683,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"  {stats.get('predictions', 0)} predictions, "
+        f"  {stats.get('predictions', 0)} predictions, {stats.get('feedback', 0)} feedback labels sent, "
         f"{stats.get('events uploaded', 0)} telemetry events uploaded"
     )
     return 0
@@ -673,7 +743,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--period-minutes", type=float, default=60.0, help="Simulated minutes between wake-ups.")
-    p.add_argument("--predictions", type=int, default=8, help="Predictions per wake-up (with ground truth).")
+    p.add_argument("--predictions", type=int, default=8, help="Predictions per wake-up.")
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="Send no feedback labels at all (real devices rarely learn the truth): only label-free gates "
+        "can judge a release's predictions.",
+    )
+    p.add_argument(
+        "--heterogeneity",
+        type=float,
+        default=0.02,
+        help="Spread of each device's class mix around the fleet's (1 / Dirichlet concentration; 0: every "
+        "device sees the fleet's mix).",
+    )
     p.add_argument("--trial-inferences", type=int, default=20)
     p.add_argument("--trial-hours", type=float, default=12.0, help="Simulated hours a new model is on trial.")
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The rollout demo: a fleet of real device runtimes (processes) updates through TUF while the server's gates
-# promote a good release 1% -> 5% -> 25% -> 100% and roll a bad one back at 1%. See README.md here.
+# promote a good release 1% -> 5% -> 25% -> 100% and roll a bad one back at 1%, with no feedback labels (the
+# label-free gates decide; FLEET_FEEDBACK=1 sends labels too). See README.md here.
 # Usage: bash examples/fleet/rollout_demo.sh [BUILD_DIR]   (BUILD_DIR as left by examples/digits/run.sh;
 # edgekit must be on PATH). Writes BUILD_DIR/fleet/ (server data, logs); device stores go to /dev/shm.
 # Environment: FLEET_DEVICES (400), FLEET_PROCESSES (3), FLEET_SPEEDUP (simulated seconds per real second,
@@ -16,6 +17,10 @@ period="${FLEET_PERIOD:-120}"
 timeout="${FLEET_TIMEOUT:-300}"
 demo="$build/fleet"
 fleet=(python "$here/fleet.py")
+# Real devices rarely learn the truth: by default the fleet sends no feedback labels at all, so only the
+# label-free gates (class histograms, confidence, input drift, shadow runs) can judge what a release predicts.
+# FLEET_FEEDBACK=1 has every device report the true digit of each image too (the accuracy gate then judges).
+feedback=(--no-feedback); [ "${FLEET_FEEDBACK:-0}" = 1 ] && feedback=()
 step() { printf '\n\033[1m== %s\033[0m\n' "$1"; }
 for needed in digits.int8.onnx digits.int8.parity.json preprocess.json labels.txt digits-1.0.0.ekb \
   keys/release.key keys/release.pub images/eval; do
@@ -82,7 +87,7 @@ else:
 EOF
 head -n 1 "$demo/server.log"
 
-step "4. $devices devices in $processes processes: flashed with 1.0.0, registered, on TUF, reporting telemetry"
+step "4. $devices devices in $processes processes: flashed with 1.0.0, registered, on TUF, reporting telemetry ($([ ${#feedback[@]} -gt 0 ] && echo "no feedback labels" || echo "with feedback labels"); each device sees its own mix of digits)"
 "${fleet[@]}" factory --bundle "$build/digits-1.0.0.ekb" --key "$build/keys/release.pub" --out "$stores/factory" \
   --image "$(printf '%s\n' "$build"/images/eval/*.png | sed -n 1p)"
 per=$(( (devices + processes - 1) / processes ))
@@ -91,17 +96,18 @@ for ((i = 0; i < processes; i++)); do
   "${fleet[@]}" devices --server "$EDGEKIT_SERVER" --root "$demo/data/repo/metadata/1.root.json" \
     --key "$build/keys/release.pub" --factory "$stores/factory" --images "$build/images/eval" \
     --stores "$stores" --status "$demo/status/fleet-$i.json" --first "$first" --count "$count" --seed "$i" \
-    --period-minutes "$period" --t0 "$t0" --speedup "$speedup" >"$demo/fleet-$i.log" 2>&1 &
+    --period-minutes "$period" --t0 "$t0" --speedup "$speedup" --trial-hours 4 "${feedback[@]}" \
+    >"$demo/fleet-$i.log" 2>&1 &
   pids+=($!)
 done
 run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version 1.0.0 --timeout 180
 
-rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until the fleet runs what it should
+rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPECTED, wait for the fleet
   local id attempt
   for attempt in 1 2 3 4 5 6 7 8; do
-    id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" --json \
+    id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" "${@:4}" --json \
       | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
-    echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group"
+    echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group ${*:4}"
     # A fleet this small can draw a 1% arm with fewer devices than the gates need (min_devices_per_arm):
     # that stage could only hold until its deadline. Abort and start again: a new rollout draws a new salt.
     "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 2 && break
@@ -116,11 +122,21 @@ rollout() {  # TARGET BASELINE EXPECTED: start, watch until EXPECTED, wait until
   run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version "$want" --timeout 120
 }
 
-step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage"
-rollout 1.1.0 1.0.0 complete
+# Shadow stages: a 1% arm of this fleet holds about 4 devices, a 25% arm about 100, each device a few dozen
+# predictions per stage: too few for the predicted-class histograms of two arms to be told apart or shown
+# alike with a statistic that stays valid while the server looks every few minutes. A shadow run compares
+# both models on the SAME inputs, device by device, which a few devices settle within hours. So every stage
+# below 100% shadows the release (the treatment keeps serving the baseline and runs the release next to it
+# on half of its inputs; the control runs the baseline next to itself), and at 100% the release serves everyone and
+# the input-drift gate checks its inputs against the bundle's signed reference profile.
+# Half of the inputs, within the served model's own CPU time: at sample 1.0 a shadow as costly as the served
+# model is skipped by its CPU budget on most inputs (counted `skipped_cpu`), and the stage learns little.
+shadow=(--shadow-stage 1 --shadow-stage 5 --shadow-stage 25 --shadow-sample 0.5 --shadow-max-cpu 1.0)
+step "5. roll out 1.1.0 over 1.0.0 (healthy): the gates should promote it stage by stage (in shadow below 100%)"
+rollout 1.1.0 1.0.0 complete "${shadow[@]}"
 
-step "6. roll out 1.2.0 over 1.1.0 (label bug): the accuracy gate should roll it back at 1%"
-rollout 1.2.0 1.1.0 rolled_back
+step "6. roll out 1.2.0 over 1.1.0 (label bug): a gate should roll it back at 1%$([ ${#feedback[@]} -gt 0 ] && echo ", with no feedback labels: a label-free one")"
+rollout 1.2.0 1.1.0 rolled_back "${shadow[@]}"
 
 mapfile -t ids <"$demo/rollouts.txt"
 "${fleet[@]}" summary --server "$EDGEKIT_SERVER" --build "$build" --data "$demo/data" --fleet "$demo/status" \

@@ -110,7 +110,9 @@ function rolloutCard(r) {
       "why", "anomalies"].map(t => el("th", {}, t))));
   for (const d of (r.decisions || []).slice().reverse()) {
     const records = Array.isArray(d.records) ? d.records : [];
-    const worst = records.filter(x => x.outcome !== "pass")[0] || records[0] || {};
+    // the record that decided (a rollback's rollback record), else the first one holding
+    const worst = records.find(x => x.outcome === d.outcome && x.outcome !== "pass")
+      || records.filter(x => x.outcome !== "pass")[0] || records[0] || {};
     const noted = [anomalies(d.anomalies), ...records.map(x => anomalies(x.anomalies))].filter(Boolean);
     log.append(el("tr", {},
       el("td", {}, when(d.time)), el("td", {}, `${stages[d.stage_index] ?? "?"}%`),
@@ -127,7 +129,115 @@ function rolloutCard(r) {
     el("div", {}, `channel ${p.channel}, rollout ${p.rollout_id}`, p.reason ? ` - ${p.reason}` : ""),
     ladder,
     el("div", {class: "legend"}, el("span", {class: "t"}, "treatment"), el("span", {class: "c"}, "control")),
-    charts, el("h3", {}, "decision log"), log, el("h3", {}, "label-free health (treatment vs control)"), health);
+    charts, el("h3", {}, "decision log"), log,
+    el("h3", {}, "label-free health (treatment vs control, this stage)"),
+    el("div", {class: "charts"}, ...classCharts(r.health), ...driftCharts(r.health, r.thresholds)),
+    shadowTable(r.shadow, r.thresholds), health,
+    el("h3", {}, "bytes saved by delta updates"), downloadsTable(r.downloads, target, baseline));
+}
+
+// Bars per class, treatment and control side by side: the predicted-class histogram of each arm's release.
+function bars(name, groups, opts) {
+  // groups: [{label, t, c}] with values in [0, max]; opts: {max, lines: [{value, label}], unit}
+  const w = Math.max(300, 24 + groups.length * 26), h = 150, pad = 26;
+  const vals = groups.flatMap(g => [g.t, g.c]).filter(num);
+  if (!vals.length) return null;
+  const lines = (opts.lines || []).filter(l => num(l.value));
+  const top = Math.max(opts.max || 0, ...vals, ...lines.map(l => l.value)) || 1;
+  const Y = v => h - pad - (h - 2 * pad) * (Math.max(0, v) / top);
+  const step = (w - 2 * pad) / groups.length, bw = Math.max(3, step / 2 - 2);
+  const picture = svg("svg", {width: w, height: h, role: "img", "aria-label": name},
+    svg("line", {x1: pad, y1: h - pad, x2: w - pad, y2: h - pad, stroke: "#a0aec0"}),
+    svg("text", {x: 2, y: pad + 4, "font-size": 10}, fmt(top)), svg("text", {x: 2, y: h - pad + 4, "font-size": 10}, "0"));
+  groups.forEach((g, i) => {
+    const x = pad + i * step + 1;
+    for (const [key, dx, color] of [["t", 0, "#dd6b20"], ["c", bw + 1, "#3182ce"]]) {
+      if (!num(g[key])) continue;
+      picture.append(svg("rect", {x: x + dx, y: Y(g[key]), width: bw, height: Math.max(0, h - pad - Y(g[key])), fill: color},
+        svg("title", {}, `${key === "t" ? "treatment" : "control"} ${g.label}: ${fmt(g[key])}${opts.unit || ""}`)));
+    }
+    picture.append(svg("text", {x: x + bw / 2, y: h - pad + 12, "font-size": 10}, g.label));
+  });
+  for (const l of lines) {
+    picture.append(svg("line", {x1: pad, y1: Y(l.value), x2: w - pad, y2: Y(l.value), stroke: "#c53030", "stroke-dasharray": "4 3"}));
+    picture.append(svg("text", {x: w - pad - 70, y: Y(l.value) - 2, "font-size": 9, fill: "#c53030"}, `${l.label} ${fmt(l.value)}`));
+  }
+  return el("div", {class: "chart"}, el("b", {}, name), picture);
+}
+
+function arms(h) {
+  return h && typeof h.treatment === "object" && h.treatment && typeof h.control === "object" && h.control
+    ? [h.treatment, h.control] : null;
+}
+
+function classCharts(h) {
+  const both = arms(h);
+  if (!both) return [];
+  const [t, c] = both, drawn = [];
+  for (const name of Object.keys(t.outputs || {})) {
+    const to = t.outputs[name] || {}, co = (c.outputs || {})[name] || {};
+    const detection = to.role === "detection";
+    const key = detection ? "detections_shares" : "class_shares";
+    const ts = Array.isArray(to[key]) ? to[key] : [], cs = Array.isArray(co[key]) ? co[key] : [];
+    const n = Math.min(64, Math.max(ts.length, cs.length));
+    const groups = Array.from({length: n}, (_, i) => ({label: String(i), t: ts[i], c: cs[i]}));
+    const chart = bars(`${name}: ${detection ? "detections per input" : "predicted class"} shares`, groups, {max: 0});
+    if (chart) drawn.push(chart);
+  }
+  return drawn;
+}
+
+// PSI per input channel against the release's signed reference profile, with the gate's thresholds.
+function driftCharts(h, thresholds) {
+  const both = arms(h);
+  if (!both) return [];
+  const [t, c] = both, th = thresholds || {}, drawn = [];
+  for (const name of Object.keys(t.inputs || {})) {
+    const tp = Array.isArray((t.inputs[name] || {}).psi) ? t.inputs[name].psi : [];
+    const cp = Array.isArray(((c.inputs || {})[name] || {}).psi) ? c.inputs[name].psi : [];
+    const n = Math.min(64, Math.max(tp.length, cp.length));
+    const groups = Array.from({length: n}, (_, i) => ({label: `ch${i}`, t: tp[i], c: cp[i]}));
+    const chart = bars(`input ${name}: drift (PSI) per channel`, groups,
+      {lines: [{value: th.psi_pass, label: "pass below"}, {value: th.psi_rollback, label: "roll back above"}]});
+    if (chart) drawn.push(chart);
+  }
+  return drawn;
+}
+
+function pct(v) { return num(v) ? `${(100 * v).toFixed(1)}%` : "-"; }
+
+function shadowTable(s, thresholds) {
+  const both = arms(s);
+  if (!both || !both.some(a => num(a.devices) && a.devices > 0)) {
+    return el("div", {}, el("i", {}, "shadow: no shadow runs in this stage (shadow stages only)"));
+  }
+  const th = thresholds || {};
+  const row = (label, f) => el("tr", {}, el("td", {}, label), el("td", {}, f(both[0])), el("td", {}, f(both[1])));
+  return el("table", {class: "health"},
+    el("tr", {}, ...["shadow run (candidate next to the served model)", "treatment", "control (self-shadow)"].map(x => el("th", {}, x))),
+    row("devices", a => fmt(a.devices)),
+    row("agreement (primary output)", a => `${pct(a.agreement)} of ${fmt(a.compared)}`),
+    row("failures + timeouts", a => `${fmt(a.failures)} + ${fmt(a.timeouts)}`),
+    el("tr", {}, el("td", {}, "gate"), el("td", {colspan: 2},
+      num(th.shadow_disagreement) ? `rolls back when treatment disagrees more than control by over ${pct(th.shadow_disagreement)}` : "")));
+}
+
+function downloadsTable(d, target, baseline) {
+  const bundles = d && typeof d.bundles === "object" && d.bundles ? d.bundles : {};
+  const names = {[target.bundle_id]: `target ${target.version}`, [baseline.bundle_id]: `baseline ${baseline.version}`};
+  const table = el("table", {class: "health"}, el("tr", {}, ...["bundle", "devices", "by delta", "in full",
+    "bytes moved", "full bytes", "saved", "fallbacks"].map(x => el("th", {}, x))));
+  let rows = 0;
+  for (const [id, b] of Object.entries(bundles)) {
+    if (!b || !num(b.devices) || b.devices === 0) continue;
+    rows += 1;
+    const fallbacks = b.fallbacks && typeof b.fallbacks === "object"
+      ? Object.entries(b.fallbacks).map(([k, v]) => `${k}: ${fmt(v)}`).join(", ") : "";
+    table.append(el("tr", {}, el("td", {}, names[id] || String(id).slice(0, 12)), el("td", {}, fmt(b.devices)),
+      el("td", {}, fmt(b.delta)), el("td", {}, fmt(b.full)), el("td", {}, fmt(b.bytes)), el("td", {}, fmt(b.full_bytes)),
+      el("td", {}, `${fmt(b.saved_bytes)} (${pct(b.saved_share)})`), el("td", {}, fallbacks)));
+  }
+  return rows ? table : el("i", {}, "no downloads reported yet");
 }
 
 // Label-free health per arm: input drift (PSI per channel against the release's reference profile) and

@@ -56,7 +56,9 @@ from edgekit.rollout._replay import (
     MAX_INFERENCES_PER_DEVICE_HOUR,
     MAX_INSTALLS_PER_DEVICE_HOUR,
 )
+from edgekit.rollout._sim_label_free import LabelFreeFleet
 from edgekit.rollout._sim_types import (
+    LABEL_FREE_KINDS,
     REGRESSION_KINDS,
     EvaluationRow,
     FleetModel,
@@ -70,6 +72,7 @@ from edgekit.rollout.gates import ArmMetrics, GateConfig, evaluate
 from edgekit.rollout.plan import Release, RolloutPlan
 
 __all__ = [
+    "LABEL_FREE_KINDS",
     "REGRESSION_KINDS",
     "EvaluationRow",
     "FleetModel",
@@ -325,6 +328,26 @@ def _plan() -> RolloutPlan:
     return RolloutPlan("simulated", "stable", "simulation", "salt", release("2", 2), release("1", 1))
 
 
+def _check_label_free(
+    model: FleetModel, regression: Regression | None, stages: Sequence[int], shadow_stages: Sequence[int]
+) -> None:
+    for s in shadow_stages:
+        if s not in stages or s == 100:
+            raise SimulationError(
+                f"shadow stage {s!r} must be one of the plan's stages below 100 "
+                f"({', '.join(map(str, stages))})"
+            )
+    if shadow_stages and not model.health_telemetry:
+        raise SimulationError(
+            "shadow stages need FleetModel(health_telemetry=True): shadow results are health telemetry"
+        )
+    if regression is not None and regression.kind in LABEL_FREE_KINDS and not model.health_telemetry:
+        raise SimulationError(
+            f"a {regression.kind} regression shows only in health telemetry: "
+            "use FleetModel(health_telemetry=True)"
+        )
+
+
 def simulate_run(
     model: FleetModel,
     regression: Regression | None,
@@ -332,6 +355,7 @@ def simulate_run(
     rng: np.random.Generator,
     *,
     stages: Sequence[int] = (1, 5, 25, 100),
+    shadow_stages: Sequence[int] = (),
 ) -> RunResult:
     """Simulate one rollout of the fleet through `stages`, evaluating the gates every `eval_every_hours`.
 
@@ -341,12 +365,19 @@ def simulate_run(
         gates: the gate configuration the server would use.
         rng: the only source of randomness.
         stages: stage percentages, as in a rollout plan.
+        shadow_stages: stage percents in which the treatment runs the target in shadow instead of
+            serving it (and the control shadows its own baseline), as a plan's `shadow` key asks.
 
     Raises:
         PlanError: invalid stages (as `RolloutPlan` checks them).
+        SimulationError: a shadow stage that is not one of `stages` below 100, or a label-free regression
+            on a fleet without `health_telemetry`.
     """
     plan = dataclasses.replace(_plan(), stages=tuple(stages), stage_deadline_hours=gates.stage_deadline_hours)
+    _check_label_free(model, regression, stages, shadow_stages)
     target, baseline = _releases(model, regression)
+    # The label-free signals draw from their own stream (spawned, so the other draws stay as they were).
+    health = LabelFreeFleet(model, regression, rng.spawn(1)[0]) if model.health_telemetry else None
     kernel = _delay_kernel(model)
     # Devices as arrays sorted by cohort position u, so every arm is a slice [lo, hi). Sorted uniforms are
     # drawn directly (normalised sums of exponential spacings), which is O(n) where sorting is not.
@@ -380,6 +411,9 @@ def simulate_run(
         t_active = np.sort(active_at[:t_hi])
         c_joined = np.sort(join[t_hi:c_hi])
         running_before = int(np.searchsorted(t_active, start, "right"))
+        shadow = stage in shadow_stages
+        if health is not None:  # at 100% the control arm is empty (input drift and shadow failures apply)
+            health.start_stage(t_hi, c_hi, start, shadow=shadow)
         # In-flight telemetry per arm as ring buffers: slot (hour + d) % size arrives d hours from now.
         size = len(kernel)
         pending = {a: (np.zeros(size), np.zeros((size, _N_INT), dtype=np.int64)) for a in "tc"}
@@ -396,7 +430,8 @@ def simulate_run(
             running = int(np.searchsorted(t_active, hour, "right"))
             mid_t = int(np.searchsorted(t_active, hour - 0.5, "right"))
             mid_c = int(np.searchsorted(c_joined, hour - 0.5, "right"))
-            arms = {"t": (target, float(mid_t), running - installed)}
+            # In a shadow stage the treatment serves the baseline and runs the target only in shadow.
+            arms = {"t": (baseline if shadow else target, float(mid_t), running - installed)}
             if stage < 100:
                 arms["c"] = (baseline, float(mid_c), 0)
             installed = running
@@ -411,6 +446,14 @@ def simulate_run(
                 totals[a] = (total_h + hours_q[now], total_c + counts_q[now])
                 hours_q[now] = 0
                 counts_q[now] = 0
+            if health is not None:
+                health.hour(
+                    hour,
+                    np.maximum(active_at[:t_hi], start),
+                    np.maximum(join[t_hi:c_hi], start),
+                    skew_keep,
+                    (target.crash_hazard, baseline.crash_hazard),
+                )
             if (hour - start) % model.eval_every_hours:
                 continue
             # Hostile devices lie toward the wrong decision: a rollback of a healthy release, the
@@ -433,7 +476,14 @@ def simulate_run(
                     control=True,
                 )
             )
-            decision = evaluate(stage, treatment, control, gates, hour * 3600.0, start * 3600.0)
+            label_free = (
+                health.evidence(hour, (t_lie, c_lie) if model.hostile_devices else None)
+                if health is not None
+                else None
+            )
+            decision = evaluate(
+                stage, treatment, control, gates, hour * 3600.0, start * 3600.0, label_free=label_free
+            )
             evaluations.append(
                 EvaluationRow(
                     hour,
@@ -477,6 +527,7 @@ def simulate(
     gates: GateConfig | None = None,
     *,
     stages: Sequence[int] = (1, 5, 25, 100),
+    shadow_stages: Sequence[int] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Summary, list[RunResult]]:
     """Simulate `runs` independent rollouts and summarise them.
@@ -490,24 +541,31 @@ def simulate(
         seed: the seed (an integer >= 0).
         gates: the gate configuration (default `GateConfig()`).
         stages: stage percentages.
+        shadow_stages: stage percents run in shadow (see `simulate_run`).
         progress: called as progress(done, runs) after each run.
 
     Raises:
-        SimulationError: runs < 1 or a negative seed.
+        SimulationError: runs < 1, a negative seed, or shadow stages / a label-free regression the fleet
+            model cannot show (see `simulate_run`).
     """
     if not isinstance(runs, int) or runs < 1:
         raise SimulationError(f"runs must be an integer >= 1, got {runs!r}")
     if not isinstance(seed, int) or seed < 0:
         raise SimulationError(f"seed must be an integer >= 0, got {seed!r}")
+    _check_label_free(model, regression, stages, shadow_stages)
     gates = gates or GateConfig()
     began = time.perf_counter()
     results = []
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(runs)):
-        results.append(simulate_run(model, regression, gates, np.random.default_rng(child), stages=stages))
+        rng = np.random.default_rng(child)
+        results.append(
+            simulate_run(model, regression, gates, rng, stages=stages, shadow_stages=shadow_stages)
+        )
         if progress is not None:
             progress(i + 1, runs)
     seconds = time.perf_counter() - began
-    return summarise(model, regression, gates, results, seed, stages, seconds), results
+    summary = summarise(model, regression, gates, results, seed, stages, seconds)
+    return dataclasses.replace(summary, shadow_stages=tuple(shadow_stages)), results
 
 
 def summarise(

@@ -30,7 +30,7 @@ import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgekit.rollout._types import (
     HISTOGRAM_SIZE,
@@ -40,6 +40,9 @@ from edgekit.rollout._types import (
     GateConfigError,
     StageDecision,
 )
+
+if TYPE_CHECKING:
+    from edgekit.rollout.label_free import LabelFreeEvidence
 
 __all__ = [
     "MAX_CRASHES_PER_DEVICE_HOUR",
@@ -230,12 +233,14 @@ def decide(
     *,
     skipped_rows: int = 0,
     skipped_example: str | None = None,
+    label_free: LabelFreeEvidence | None = None,
 ) -> StageDecision:
     """The gate decision of a stage at `now` from its devices' telemetry since `stage_started_at`.
 
     `skipped_rows` stored rows of the window could not be aggregated (`skipped_example` says why for
     one): the decision records them and alerts, without changing its outcome (left out, they cannot
-    sway it; holding on them would let one device hold every rollout).
+    sway it; holding on them would let one device hold every rollout). `label_free` is the stage
+    window's label-free evidence (`edgekit.rollout.label_free.arm_evidence`), or None.
     """
     from edgekit.rollout.gates import evaluate  # gates re-exports this module: import at call time
 
@@ -243,7 +248,7 @@ def decide(
         devices, stage_started_at=stage_started_at, until=now, robust_devices=config.robust_devices
     )
     control = None if stage == 100 else arms["control"]
-    decision = evaluate(stage, arms["treatment"], control, config, now, stage_started_at)
+    decision = evaluate(stage, arms["treatment"], control, config, now, stage_started_at, label_free)
     if not skipped_rows:
         return decision
     why = f"{skipped_rows} stored telemetry row(s) could not be aggregated and were skipped"

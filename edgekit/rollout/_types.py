@@ -188,6 +188,16 @@ class GateConfig:
     stage_min_hours: tuple[tuple[int, float], ...] = ((1, 36.0), (5, 12.0), (25, 4.0), (100, 6.0))  # hours
     default_stage_min_hours: float = 12.0  # hours, for stages not in stage_min_hours
     robust_devices: int = 3  # devices per arm (K) whose removal every non-hold decision must survive
+    # Label-free gates (`edgekit.rollout.label_free` explains each default).
+    label_free_alpha: float = 2e-4  # probability: time-uniform false rollback bound, per gate and stage
+    label_free_pass_alpha: float = 0.05  # probability, time-uniform miss bound of the bound a pass must clear
+    label_free_tuned_devices: float = 1000.0  # devices per arm where the confidence sequences are tightest
+    max_class_shift: float = 0.10  # total variation distance between the arms' predicted-class shares
+    max_confidence_drop: float = 0.10  # mean top-1 confidence (or detection score), control minus treatment
+    psi_pass: float = 0.10  # population stability per input channel (excess over control) that passes
+    psi_rollback: float = 0.25  # PSI excess over control's own above which the release rolls back
+    max_shadow_disagreement_excess: float = 0.05  # share of shadowed inputs above self-disagreement
+    max_shadow_failure_share: float = 0.02  # failed or timed-out shadow runs / shadow runs
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -214,6 +224,19 @@ class GateConfig:
             isinstance(self.robust_devices, int) and 0 <= self.robust_devices <= 100,
             f"robust_devices must be an integer in [0, 100] (devices), got {self.robust_devices!r}",
         )
+        need(
+            0 < self.label_free_alpha < 0.5 and 0 < self.label_free_pass_alpha < 0.5,
+            "label_free_alpha and label_free_pass_alpha must lie in (0, 0.5)",
+        )
+        need(self.label_free_tuned_devices >= 1, "label_free_tuned_devices must be >= 1 (devices)")
+        for name in (
+            "max_class_shift",
+            "max_confidence_drop",
+            "max_shadow_disagreement_excess",
+            "max_shadow_failure_share",
+        ):
+            need(0 < getattr(self, name) < 1, f"{name} must lie in (0, 1), got {getattr(self, name)!r}")
+        need(0 < self.psi_pass <= self.psi_rollback, "need 0 < psi_pass <= psi_rollback")
         for name in (
             "min_devices_per_arm",
             "min_device_hours_per_arm",

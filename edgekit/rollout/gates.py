@@ -116,6 +116,7 @@ from edgekit.rollout._types import (
     Outcome,
     StageDecision,
 )
+from edgekit.rollout.label_free import LabelFreeEvidence, label_free_checks
 
 __all__ = [
     "HISTOGRAM_SIZE",
@@ -433,6 +434,7 @@ def evaluate(
     config: GateConfig,
     now: float,
     stage_started_at: float,
+    label_free: LabelFreeEvidence | None = None,
 ) -> StageDecision:
     """Decide whether a stage promotes, holds or rolls back.
 
@@ -443,6 +445,8 @@ def evaluate(
         config: thresholds.
         now: evaluation time (seconds since the Unix epoch).
         stage_started_at: when the stage started (seconds since the Unix epoch).
+        label_free: the arms' health sketches and shadow runs for the label-free gates
+            (`edgekit.rollout.label_free`); None records them as "not judged: no health telemetry" (pass).
 
     Returns:
         The decision with one record per check. Missing, NaN, negative or inconsistent telemetry, a
@@ -544,6 +548,11 @@ def evaluate(
         records.append(_skipped("latency_p95", bad) if bad else _latency(t, c, rt, rc, config))
         bad = broken("feedback_total", "feedback_correct")
         records.append(_skipped("accuracy", bad) if bad else _accuracy(t, c, rt, rc, config))
+
+    # (6b) label-free gates (class and confidence shift, input drift, shadow agreement and failures).
+    label_free_found, label_free_alerts = label_free_checks(stage, label_free, config)
+    records.extend(label_free_found)
+    alerts.extend(label_free_alerts)
 
     # (7) minimum duration.
     elapsed = (

@@ -25,6 +25,7 @@ from edgekit.rollout.gates import (
     sprt_llr,
 )
 from edgekit.rollout.gates import decide as decide_devices
+from edgekit.rollout.label_free import LABEL_FREE_METRICS
 
 CONFIG = GateConfig()
 START = 1_700_000_000.0
@@ -266,7 +267,7 @@ def test_last_stage_checks_guardrails_only_and_completes_after_its_minimum() -> 
     done = decide(fleet, None, 6, stage=100)
     assert done.outcome == "promote"
     metrics = ("telemetry", "exposure", "crash_guardrail", "error_guardrail", "install_failures")
-    assert [r.metric for r in done.records] == [*metrics, "duration", "deadline"]
+    assert [r.metric for r in done.records] == [*metrics, *LABEL_FREE_METRICS, "duration", "deadline"]
     assert decide(fleet, None, 5, stage=100).outcome == "hold"
     assert decide(arm_metrics(6, 10_000, devices=100_000), None, 6, stage=100).outcome == "rollback"
 

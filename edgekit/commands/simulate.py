@@ -132,6 +132,11 @@ class _Progress:
     help="Zipf exponent of the fleet's class mix (0: equally frequent classes).",
 )
 @click.option(
+    "--stop-at-stage",
+    type=click.IntRange(1, 100),
+    help="Stop each run when it reaches this stage percent (quick figures about the earlier stages).",
+)
+@click.option(
     "--max-days", type=click.FloatRange(min=1 / 24), default=10.0, show_default=True, help="Simulated days."
 )
 @click.option(
@@ -156,6 +161,7 @@ def simulate(
     shadow_sample: float,
     classes: int,
     class_skew: float,
+    stop_at_stage: int | None,
     max_days: float,
     plot_path: Path | None,
     as_json: bool,
@@ -193,6 +199,7 @@ def simulate(
             seed,
             GateConfig(),
             shadow_stages=tuple(sorted(set(shadow_stages))),
+            stop_at_stage=stop_at_stage,
             progress=_Progress(quiet),
         )
     except SimulationError as e:
@@ -212,7 +219,7 @@ def simulate(
         signals.append(f"shadow at {', '.join(f'{s}%' for s in summary.shadow_stages)}")
     click.echo(f"{devices:,} devices, {scenario}, {runs} runs, seed {seed} ({'; '.join(signals)})")
     rows: list[tuple[str, str]] = []
-    for k in range(2, len(summary.stages) + 1):
+    for k in summary.halted_before_stage:
         rows.append(
             (f"halted before stage {k} ({summary.stages[k - 1]}%)", f"{data[f'halted_before_stage_{k}']:.2%}")
         )
@@ -245,6 +252,8 @@ def simulate(
     click.echo("targets (informational):")
     for key, what, sign, limit in _TARGETS[scenario_key]:
         value = _lookup(data, key)
+        if value is None and key.startswith("halted") and stop_at_stage is not None:
+            continue  # a stage the runs stopped before
         ok = value is not None and (value >= limit if sign == ">=" else value <= limit)
         shown = (
             "-"

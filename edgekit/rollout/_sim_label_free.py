@@ -15,8 +15,9 @@ devices is what their bounds must absorb:
 - inputs: values of each input channel follow Beta(2, 5) (darkish images) in the reference data and in
   the fleet; the reference profile's bins are that distribution's deciles (as `edgekit bundle --golden`
   makes them, so the reference shares are 0.1 each); each device's bin mix is drawn from
-  Dirichlet(input_concentration x fleet shares), and its bin counts are Poisson around the elements it
-  samples (`device_runtime.health.SAMPLED` a call over all channels);
+  Dirichlet(input_concentration x fleet shares), and its bin counts are Poisson (normal approximation:
+  hundreds of elements per bin and hour) around the elements it samples (`device_runtime.health.SAMPLED`
+  a call over all channels);
 - shadow (in shadow stages only): a share `shadow_sample` of a device's inferences is run twice, and a
   comparison disagrees with probability `engine_nondeterminism` in the control arm (self-shadow), plus
   `target_disagreement` in the treatment for a healthy target (another model, not the same one), plus
@@ -255,8 +256,11 @@ class _Window:
         noise = rng.standard_normal(idx.size) * m.confidence_noise * np.sqrt(n)
         inc[:, self.conf] = np.clip(n * self.confidence[idx] + noise, 0.0, n)
         per_channel = SAMPLED / m.input_channels  # elements of each channel sampled per inference
-        shares = self.bin_shares[idx]
-        inc[:, self.bins] = rng.poisson((n * per_channel)[:, None, None] * shares).reshape(idx.size, -1)
+        mean = ((n * per_channel)[:, None, None] * self.bin_shares[idx]).reshape(idx.size, -1)
+        # Poisson counts in the normal approximation: a bin holds hundreds of elements an hour, where the
+        # two agree, and normal draws cost a third of Poisson ones.
+        noise = rng.standard_normal(mean.shape) * np.sqrt(mean)
+        inc[:, self.bins] = np.maximum(mean + noise, 0.0)
         if self.disagree is not None:
             compared = rng.binomial(n.astype(np.int64), m.shadow_sample)
             inc[:, self.sh] = compared
@@ -275,6 +279,8 @@ class _Window:
         from edgekit.rollout.label_free import ArmEvidence
 
         m = self.fleet.model
+        if self.since.size == 0:  # no arm (the control at 100%): evidence of nothing, as the server has
+            return ArmEvidence(weights=np.zeros(0))
         rows = np.flatnonzero(self.delivered[:, 0] > 0)
         d = self.delivered[rows]
         n = d[:, 0]

@@ -38,7 +38,7 @@ REGRESSION_KINDS: tuple[str, ...] = (
 )
 LABEL_FREE_KINDS: tuple[str, ...] = ("label_swap", "input_shift", "confidence_drop")
 SWAP_PAIRS: tuple[str, ...] = ("random", "extreme")
-Outcome = Literal["rolled_back", "complete", "stuck"]
+Outcome = Literal["rolled_back", "complete", "stuck", "stopped"]
 
 
 class SimulationError(RolloutError):
@@ -245,7 +245,8 @@ class RunResult:
     """One simulated rollout.
 
     Attributes:
-        outcome: rolled_back, complete, or stuck (still undecided after `max_hours`).
+        outcome: rolled_back, complete, stuck (still undecided after `max_hours`), or stopped (reached
+            the `stop_at_stage` it was asked to stop at).
         last_stage: the stage percent the run ended in.
         end_hour: hour of the rollback or completion (`max_hours` when stuck).
         stage_starts: (stage percent, hour it started) in order.
@@ -287,6 +288,7 @@ class Summary:
     seconds: float  # wall-clock seconds of the whole simulation
     runs_per_second: float
     shadow_stages: tuple[int, ...] = ()  # stage percents in which the treatment ran the target in shadow
+    stop_at_stage: int | None = None  # runs stopped when they reached this stage percent (None: never)
 
     @property
     def false_halt_rate(self) -> float | None:
@@ -315,6 +317,7 @@ class Summary:
             "health_telemetry": self.model.health_telemetry,
             "feedback_share": self.model.feedback_share,
             "shadow_stages": list(self.shadow_stages),
+            "stop_at_stage": self.stop_at_stage,
             "mean_exposed_devices": self.mean_exposed_devices,
             "mean_exposed_devices_all": self.mean_exposed_devices_all,
             "hours_to_full": self.hours_to_full,

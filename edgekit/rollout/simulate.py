@@ -356,6 +356,7 @@ def simulate_run(
     *,
     stages: Sequence[int] = (1, 5, 25, 100),
     shadow_stages: Sequence[int] = (),
+    stop_at_stage: int | None = None,
 ) -> RunResult:
     """Simulate one rollout of the fleet through `stages`, evaluating the gates every `eval_every_hours`.
 
@@ -367,6 +368,8 @@ def simulate_run(
         stages: stage percentages, as in a rollout plan.
         shadow_stages: stage percents in which the treatment runs the target in shadow instead of
             serving it (and the control shadows its own baseline), as a plan's `shadow` key asks.
+        stop_at_stage: stop the run (outcome `stopped`) when it reaches this stage percent: figures about
+            the earlier stages (a regression halted in the first stage) without simulating the rest.
 
     Raises:
         PlanError: invalid stages (as `RolloutPlan` checks them).
@@ -400,6 +403,9 @@ def simulate_run(
     while True:
         stage, start = plan.stage_percent, hour
         starts.append((stage, start))
+        if stop_at_stage is not None and stage >= stop_at_stage:
+            outcome = "stopped"
+            break
         if stage == 100:
             hours_to_full = start
         p = stage / 100
@@ -528,6 +534,7 @@ def simulate(
     *,
     stages: Sequence[int] = (1, 5, 25, 100),
     shadow_stages: Sequence[int] = (),
+    stop_at_stage: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Summary, list[RunResult]]:
     """Simulate `runs` independent rollouts and summarise them.
@@ -542,6 +549,8 @@ def simulate(
         gates: the gate configuration (default `GateConfig()`).
         stages: stage percentages.
         shadow_stages: stage percents run in shadow (see `simulate_run`).
+        stop_at_stage: stop every run when it reaches this stage (see `simulate_run`); the summary then
+            gives only the figures of the stages before it.
         progress: called as progress(done, runs) after each run.
 
     Raises:
@@ -559,12 +568,20 @@ def simulate(
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(runs)):
         rng = np.random.default_rng(child)
         results.append(
-            simulate_run(model, regression, gates, rng, stages=stages, shadow_stages=shadow_stages)
+            simulate_run(
+                model,
+                regression,
+                gates,
+                rng,
+                stages=stages,
+                shadow_stages=shadow_stages,
+                stop_at_stage=stop_at_stage,
+            )
         )
         if progress is not None:
             progress(i + 1, runs)
     seconds = time.perf_counter() - began
-    summary = summarise(model, regression, gates, results, seed, stages, seconds)
+    summary = summarise(model, regression, gates, results, seed, stages, seconds, stop_at_stage)
     return dataclasses.replace(summary, shadow_stages=tuple(shadow_stages)), results
 
 
@@ -576,12 +593,15 @@ def summarise(
     seed: int,
     stages: Sequence[int],
     seconds: float,
+    stop_at_stage: int | None = None,
 ) -> Summary:
-    """The `Summary` of finished runs."""
+    """The `Summary` of finished runs (of stages below `stop_at_stage` only, when runs stopped there)."""
     runs = len(results)
     halted: dict[int, float] = {}
     rolled: dict[int, float] = {}
     for k in range(2, len(stages) + 1):  # never left stages[0 .. k-2]
+        if stop_at_stage is not None and stages[k - 1] > stop_at_stage:
+            break  # unknown: runs stopped before they could leave it
         earlier = set(stages[: k - 1])
         never_left = [r for r in results if r.outcome != "complete" and r.last_stage in earlier]
         halted[k] = len(never_left) / runs
@@ -616,6 +636,7 @@ def summarise(
         rollback_metrics=metrics,
         seconds=seconds,
         runs_per_second=runs / seconds if seconds > 0 else math.inf,
+        stop_at_stage=stop_at_stage,
     )
 
 

@@ -53,16 +53,16 @@ def test_a_confidence_drop_is_rolled_back_by_the_confidence_gate() -> None:
     assert summary.rollback_metrics.get("confidence_shift") == 3, summary.rollback_metrics
 
 
-def test_a_healthy_release_passes_every_label_free_gate() -> None:
-    fleet = FleetModel(devices=20_000, max_hours=120, health_telemetry=True)
-    summary, results = simulate(fleet, None, 3, 5, shadow_stages=(1,))
+def test_a_healthy_release_passes_every_label_free_gate_at_1_percent() -> None:
+    # 1,000 devices per arm for 40 hours: the 1% stage of the 100k fleet, where the arms are smallest.
+    fleet = FleetModel(max_hours=40, health_telemetry=True, feedback_share=0.0)
+    summary, results = simulate(fleet, None, 2, 5, shadow_stages=(1,))
     assert summary.rolled_back == 0.0
-    assert summary.complete == 1.0, [r.outcome for r in results]
-    judged = [e for e in results[0].evaluations if e.stage < 100][-1].statistics  # the last with a control
-    for metric in ("class_shift", "confidence_shift", "input_drift"):
-        assert judged[metric][0] == "pass", (metric, judged[metric])
-    first = results[0].evaluations[0].statistics
-    assert "shadow_agreement" in first and "shadow_failures" in first
+    for result in results:
+        judged = result.evaluations[-1].statistics
+        for metric in ("class_shift", "confidence_shift", "input_drift", "shadow_agreement"):
+            assert judged[metric][0] == "pass", (metric, judged[metric])
+        assert result.evaluations[0].statistics["class_shift"][0] == "hold"  # one hour cannot tell yet
 
 
 def test_label_free_signals_leave_the_other_telemetry_of_a_run_unchanged() -> None:

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.rollout._label_free_stats import ArmSample, Bound, Moments, cs_radius, robust_bound
+from edgekit.rollout._label_free_stats import (
+    MAX_SET_CLASSES,
+    ArmSample,
+    Bound,
+    Moments,
+    SetSample,
+    cs_radius,
+    robust_bound,
+)
 from edgekit.rollout._types import DecisionRecord, GateConfig, MetricOutcome
 from edgekit.rollout.health_sketches import PSI_FLOOR
 
@@ -118,7 +126,7 @@ def _decide(
 
 
 def _mean(arm: ArmSample) -> np.ndarray:
-    return arm.moments(np.ones(arm.devices, bool))[0][0]
+    return arm.moments()[0][0]
 
 
 def _robust(
@@ -180,6 +188,28 @@ def class_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
 
         return bound
 
+    def by_sets(alpha: float, lower: bool) -> Bound:
+        # TVD = the largest |difference| of the share of any set of classes; Bonferroni across the sets.
+        def bound(a: Moments, b: Moments | None) -> np.ndarray:
+            assert b is not None and not lower
+            d = np.abs(a[0] - b[0])
+            r = judge.radius(a[1] + b[1], np.minimum(a[2], b[2])[..., None], alpha / d.shape[-1])
+            return np.max(d + r, axis=-1)
+
+        return bound
+
+    cfg = judge.config
+    low = robust_bound(t, c, make(cfg.label_free_alpha, True), judge.k, "min")
+    if 2 <= width <= MAX_SET_CLASSES:
+        high = robust_bound(
+            SetSample(t.y, t.w),
+            SetSample(c.y, c.w),
+            by_sets(cfg.label_free_pass_alpha, False),
+            judge.k,
+            "max",
+        )
+    else:
+        high = robust_bound(t, c, make(cfg.label_free_pass_alpha, False), judge.k, "max")
     mt, mc = _mean(t), _mean(c)
     shift = 0.5 * float(np.abs(mt - mc).sum())
     top = int(np.argmax(np.abs(mt - mc)))
@@ -187,7 +217,7 @@ def class_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
         f"treatment predicts class {top} on {100 * mt[top]:.1f}% of inputs vs {100 * mc[top]:.1f}% in "
         f"control ({t.devices} vs {c.devices} devices): total variation over {width} classes"
     )
-    return _decide(metric, what, shift, _robust(t, c, make, judge), limit, judge, n=t.devices + c.devices)
+    return _decide(metric, what, shift, (low, high), limit, judge, n=t.devices + c.devices)
 
 
 # ---- confidence shift ----------------------------------------------------------------------------------
@@ -329,7 +359,7 @@ def _psi_point(arm: _Channels) -> tuple[np.ndarray, np.ndarray]:
     """Per channel: PSI of the arm's weighted shares, and the same less its small-sample bias (the
     sum over bins of var(share) / share, the expected PSI of pure sampling noise; (bins - 1) / n for
     n independent elements)."""
-    m, v, _ = arm.sample.moments(np.ones(arm.sample.devices, bool))
+    m, v, _ = arm.sample.moments()
     psi = np.add.reduceat(_psi_terms(m[0], arm.expected), arm.starts)
     bias = np.add.reduceat(v[0] / np.maximum(m[0], PSI_FLOOR), arm.starts)
     return psi, psi - bias
@@ -409,15 +439,16 @@ def input_drift(ev: LabelFreeEvidence, judge: Judge, alerts: list[str]) -> Decis
         psi_c, fair_c = _psi_point(c_pair)
         drifting = _psi_bounds(
             c_pair,
-            *c_pair.sample.moments(np.ones(c_pair.sample.devices, bool)),
+            *c_pair.sample.moments(),
             cfg.label_free_alpha / columns,
             judge,
         )[0][0]
-        for i in np.flatnonzero(drifting > cfg.psi_rollback):
+        moved = [f"{c_pair.names[i]} {psi_c[i]:.3f}" for i in np.flatnonzero(drifting > cfg.psi_rollback)]
+        if moved:
             alerts.append(
-                f"input drift in both arms: {c_pair.names[i]} has PSI {psi_c[i]:.3f} against the baseline's "
-                f"reference in the control arm too (lower bound {drifting[i]:.3f} > {cfg.psi_rollback:g}); "
-                "the inputs changed, not only the release"
+                f"input drift in both arms: the control's inputs moved from the baseline's reference too "
+                f"(PSI {', '.join(moved)}; lower bounds > {cfg.psi_rollback:g}): the inputs changed, "
+                "not only the release"
             )
         if name in c_pair.names:
             j = c_pair.names.index(name)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["ArmSample", "Bound", "cs_radius", "robust_bound"]
+__all__ = ["MAX_SET_CLASSES", "SHORTLIST", "ArmSample", "Bound", "SetSample", "cs_radius", "robust_bound"]
+
+MAX_SET_CLASSES = 10  # classes up to which the class shift's pass bound looks at every set of classes
+
+SHORTLIST = 32  # devices per arm and criterion tried at each greedy removal step (see leave_one_out)
 
 # A bound over a batch of candidate arms: (treatment means [b, m], variances [b, m], devices [b]) and the
 # control's likewise (None for one-arm statistics) -> one bound per batch row [b].
@@ -68,41 +73,40 @@ class ArmSample:
     def devices(self) -> int:
         return int(self.w.size)
 
-    def _sums(self, keep: np.ndarray) -> tuple[np.ndarray, ...]:
-        w, y = self.w[keep], self.y[keep]
+    @cached_property
+    def terms(self) -> tuple[np.ndarray, ...]:
+        """Each device's share of the sums behind the moments: w, w y, w^2 y^2, w^2 y, w^2, 1."""
+        w, y = self.w, self.y
         w2 = w * w
-        return (
-            np.array(w.sum()),
-            w @ y,
-            w2 @ (y * y),
-            w2 @ y,
-            np.array(w2.sum()),
-            np.array(float(keep.sum())),
-        )
+        return w, w[:, None] * y, w2[:, None] * y * y, w2[:, None] * y, w2, np.ones_like(w)
 
-    def moments(self, keep: np.ndarray) -> Moments:
-        """(mean [1, m], variance of the mean [1, m], devices [1]) of the kept devices."""
-        sums = self._sums(keep)
-        mean, var, n = self._from_sums(*(s[None, ...] for s in sums))
-        return mean, var, n
+    @cached_property
+    def sums(self) -> tuple[np.ndarray, ...]:
+        """The sums over every device (see `terms`)."""
+        return tuple(np.asarray(t.sum(axis=0)) for t in self.terms)
 
-    def leave_one_out(self, keep: np.ndarray) -> tuple[np.ndarray, Moments]:
-        """For each kept device: the moments without it (indices [b], moments over a batch of b)."""
-        idx = np.flatnonzero(keep)
-        w, y = self.w[idx], self.y[idx]
-        big_w, a, b, c, d, n = self._sums(keep)
-        w2 = (w * w)[:, None]
-        sums = (
-            big_w - w,
-            a[None, :] - w[:, None] * y,
-            b[None, :] - w2 * y * y,
-            c[None, :] - w2 * y,
-            d - w * w,
-            n - np.ones_like(w),
-        )
-        return idx, self._from_sums(*sums)
+    def moments(self, sums: tuple[np.ndarray, ...] | None = None) -> Moments:
+        """(mean [1, m], variance of the mean [1, m], devices [1]) from `sums` (default: every device)."""
+        return self.from_sums(*(s[None, ...] for s in (self.sums if sums is None else sums)))
 
-    def _from_sums(
+    def shortlist(self, size: int) -> np.ndarray:
+        """Indices of the devices most able to move the arm: the `size` that move the mean most (weight x
+        distance from the mean, summed over columns) and the `size` that carry most of the variance
+        (weight^2 x that distance squared). Removing any other device moves the mean and the variance
+        less, so the greedy removal only tries these."""
+        if self.devices <= 2 * size:
+            return np.arange(self.devices)
+        dev = np.abs(self.y - self.sums[1] / self.sums[0]).sum(axis=1)
+        pull, spread = self.w * dev, self.w * self.w * dev * dev
+        return np.union1d(np.argpartition(-pull, size)[:size], np.argpartition(-spread, size)[:size])
+
+    def leave_one_out(self, sums: tuple[np.ndarray, ...], idx: np.ndarray) -> Moments:
+        """The moments without each device of `idx` in turn (a batch of len(idx)), from the `sums` of
+        the devices still counted."""
+        loo = tuple(total[None, ...] - term[idx] for total, term in zip(sums, self.terms, strict=True))
+        return self.from_sums(*loo)
+
+    def from_sums(
         self, big_w: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, n: np.ndarray
     ) -> Moments:
         """Weighted mean and its cluster-robust (sandwich) variance, devices as clusters, with the
@@ -118,6 +122,51 @@ class ArmSample:
         return mean, var, n.astype(np.float64)
 
 
+@dataclass(frozen=True)
+class SetSample(ArmSample):
+    """Class shares seen through every set of classes A: its moments are those of each set's share (the
+    nonempty subsets of all classes but the last; a set and its complement carry the same difference),
+    the variance of a set's share taken from the devices' full cluster-robust covariance of the classes,
+    so the negative covariance of shares that sum to 1 is not lost. At most `MAX_SET_CLASSES` classes."""
+
+    @cached_property
+    def sets(self) -> np.ndarray:
+        """[C, M] indicators: column j is the set of classes whose bits are set in j + 1."""
+        classes = self.y.shape[1]
+        codes = np.arange(1, 2 ** (classes - 1))
+        return ((codes[None, :] >> np.arange(classes)[:, None]) & 1).astype(np.float64)
+
+    @cached_property
+    def terms(self) -> tuple[np.ndarray, ...]:
+        """As `ArmSample.terms`, with w^2 y y' (flattened [C * C]) for the covariance."""
+        w, y = self.w, self.y
+        w2 = w * w
+        outer = (w2[:, None, None] * y[:, :, None] * y[:, None, :]).reshape(w.size, -1)
+        return w, w[:, None] * y, outer, w2[:, None] * y, w2, np.ones_like(w)
+
+    def from_sums(
+        self, big_w: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, n: np.ndarray
+    ) -> Moments:
+        safe_w = np.where(big_w > 0, big_w, 1.0)[..., None]
+        mean = a / safe_w
+        k = mean.shape[-1]
+        outer = b.reshape(*b.shape[:-1], k, k)
+        mc = mean[..., :, None] * c[..., None, :]
+        cov = (
+            outer
+            - mc
+            - np.swapaxes(mc, -1, -2)
+            + d[..., None, None] * mean[..., :, None] * mean[..., None, :]
+        )
+        nn = n[..., None, None]
+        cov = cov / (safe_w[..., None] ** 2) * nn / np.maximum(nn - 1.0, 1.0)
+        sets = self.sets
+        set_mean = mean @ sets
+        set_var = ((cov @ sets) * sets).sum(axis=-2)
+        smooth = (set_mean * safe_w + 0.5) / (safe_w + 1.0)
+        return set_mean, np.maximum(set_var, smooth * (1.0 - smooth) / safe_w), n.astype(np.float64)
+
+
 def robust_bound(
     treatment: ArmSample,
     control: ArmSample | None,
@@ -131,24 +180,26 @@ def robust_bound(
     Greedy, one device at a time and arm after arm: not the exact worst set of K (a combinatorial
     search), but each step is the exact worst single removal given the previous ones.
     """
-    keeps = [np.ones(treatment.devices, bool), None if control is None else np.ones(control.devices, bool)]
     arms = [treatment, control]
+    sums = [None if arm is None else arm.sums for arm in arms]
+    now = [None if arm is None else arm.moments() for arm in arms]  # the moments of the devices left
+    candidates = [None if arm is None else list(arm.shortlist(SHORTLIST)) for arm in arms]
     pick = np.argmin if worst == "min" else np.argmax
-
-    def current() -> tuple[Moments, Moments | None]:
-        t = treatment.moments(keeps[0])  # type: ignore[arg-type]
-        c = None if control is None else control.moments(keeps[1])  # type: ignore[arg-type]
-        return t, c
-
     for _ in range(removals):
         for side in (0, 1):
-            arm, keep = arms[side], keeps[side]
-            if arm is None or keep is None or keep.sum() <= 2:
+            arm, total, live = arms[side], sums[side], candidates[side]
+            if arm is None or total is None or not live or total[5] <= 2:
                 continue
-            idx, loo = arm.leave_one_out(keep)
-            t, c = current()
-            values = bound(loo, c) if side == 0 else bound(t, loo)
+            idx = np.array(live)
+            loo = arm.leave_one_out(total, idx)
+            t = now[0]
+            assert t is not None
+            values = bound(loo, now[1]) if side == 0 else bound(t, loo)
             values = np.where(np.isnan(values), np.inf if worst == "min" else -np.inf, values)
-            keep[idx[int(pick(values))]] = False
-    t, c = current()
-    return float(bound(t, c)[0])
+            gone = int(idx[int(pick(values))])
+            live.remove(gone)
+            sums[side] = total = tuple(s - term[gone] for s, term in zip(total, arm.terms, strict=True))
+            now[side] = arm.moments(total)
+    t = now[0]
+    assert t is not None
+    return float(bound(t, now[1])[0])

@@ -1,8 +1,117 @@
 """Label-free stage gates: notice a bad release from what devices predict and see, with no ground truth.
 
-Five gates, each one `DecisionRecord` (metric names are stable): ``class_shift``, ``confidence_shift``,
-``input_drift``, ``shadow_agreement``, ``shadow_failures``. The statistics, their assumptions and the
-defaults are explained below (in progress: see `edgekit.rollout._label_free_gates`).
+Devices rarely learn the truth, so these gates compare what the treatment's devices predict and see with
+what the control's devices predict and see in the same stage window, and, where the plan runs the
+candidate in shadow, the candidate's outputs with the served model's on the same inputs. Five gates, one
+`DecisionRecord` each, in this order (the metric names are stable):
+
+- ``class_shift``: the total variation distance (TVD) between the arms' predicted-class shares, half the
+  sum over classes of |treatment share - control share|: the share of inputs that would have to change
+  class to turn one arm's mix into the other's. Swapping the labels of two classes seen on 20% and 5% of
+  inputs moves 15% of them: TVD 0.15. (Swapping two equally frequent classes leaves the histogram as it
+  was; no histogram test can see that, the shadow gate can.)
+- ``confidence_shift``: the drop of the mean top-1 confidence (detectors: mean detection score), control
+  minus treatment. A model fed the wrong preprocessing or a corrupted weight file usually gets less sure.
+- ``input_drift``: the population stability index per input channel, PSI = sum over the reference bins of
+  (o - e) ln(o / e), o the share of the arm's input values in a bin and e the reference profile's (signed
+  into the bundle, computed from its calibration or golden data). The treatment's PSI against the
+  target's profile, in excess of the control's PSI against the baseline's: a release that inverts images
+  drifts only the treatment; a world that changes (night falls, a new camera) drifts both arms, which
+  alerts but does not blame the release.
+- ``shadow_agreement``: the share of shadowed inputs on which the candidate disagrees with the served
+  baseline (treatment devices), minus the share on which the baseline disagrees with itself when run again
+  on the same inputs (control devices: engine nondeterminism, the disagreement that means nothing).
+- ``shadow_failures``: a guardrail on the candidate alone: failed plus timed-out shadow runs per shadow
+  run (the control's self-shadow share is shown for comparison).
+
+The device is the unit of evidence. A fleet's devices differ in what they see (a kitchen camera and a
+street camera predict different class mixes; one phone is used at night). Treating inferences as
+independent would count 10,000 inferences of one kitchen as 10,000 pieces of evidence, and A/A rollouts
+would be halted whenever the arms' busiest devices happen to differ. So each device is one row: its class
+shares, mean confidence, bin shares or shadow disagreement, weighted by the inferences it may claim
+(capped per device-hour of exposure like every other gate metric, `arm_evidence`; shadow statistics by
+its capped shadow runs). An arm's value is the weighted mean of its rows, and its variance the
+cluster-robust (sandwich) variance sum(w_i^2 (y_i - m)^2) / (sum w_i)^2 x n / (n - 1): it measures how
+much devices differ from each other, not how many inferences they ran. For shares it is floored at the
+binomial p (1 - p) / sum(w), so an arm whose devices all report the same share (no failures at all) is
+not taken as exact.
+
+Anytime-valid bounds. The server evaluates every hour. A fixed-sample 95% interval looked at hourly for
+three days excludes the truth in far more than 5% of rollouts; a confidence sequence holds at every look
+at once, however often one looks. Each bound here is Robbins' normal-mixture confidence sequence in its
+asymptotic form (Waudby-Smith, Arbour, Sinha, Kennedy and Ramdas, "Time-uniform central limit theory and
+asymptotic confidence sequences", 2021): for t units and variance V of the mean, the half-width is
+sqrt(V x 2 (t r + 1) / (t r) x log(sqrt(t r + 1) / alpha)), the mixture precision r chosen so it is
+tightest near `label_free_tuned_devices` units (`edgekit.rollout._label_free_stats.cs_radius`). The units
+are devices: t is the number of devices (for a difference of two arms, the smaller arm's). In standard
+errors, at alpha = 2e-4 the half-width is 5.2 (100 devices), 4.6 (1,000) and 4.8 (25,000), where a
+fixed-sample two-sided interval would use 3.7; at alpha = 0.05 it is 3.9, 3.0 and 3.4 instead of 1.96.
+That margin is the price of looking every hour. The assumption, plainly: devices are exchangeable units
+(arms assigned at random by device), each device's row has finite variance, and enough devices report
+for a central limit approximation to hold; the guarantee is asymptotic in the number of devices, so every
+gate waits for `min_devices_per_arm` devices per arm beyond the K below. A device's row also matures
+within the window (more inferences each hour); the tests measure the false rollback rate on seeded fleets
+whose devices join over hours with heterogeneous class mixes and rates (tests/rollout/test_label_free*).
+
+Several classes or channels: Bonferroni. For a rollback the class shift splits alpha over the C classes
+(each class's difference d_c gets a radius r_c at alpha / C) and the TVD's lower bound follows from the
+per-class bounds: 1/2 sum max(0, |d_c| - r_c). For a pass it uses that the TVD is also the largest
+difference in the share of any set of classes: with up to 10 classes it bounds the difference of each of
+the 2^(C-1) - 1 sets (a set and its complement differ alike) at alpha / (2^(C-1) - 1), the variance of a
+set's share taken from the devices' full covariance of class shares, and the TVD's upper bound is the
+largest |difference| + radius over the sets. Shares summing to 1 covary negatively, so this is about
+half the per-class upper bound 1/2 sum (|d_c| + r_c), which is what more classes fall back to.
+
+Input drift splits alpha over every bin of every channel of both arms; each bin share then lies in its
+interval and PSI, convex in each share, is lowest at the reference share clipped into the intervals and
+highest at a corner: those are the PSI bounds per channel, and the gate takes the worst channel. The
+intervals also take care of PSI's small-sample bias (pure sampling noise inflates PSI by about
+(bins - 1) / n for n independent values; the sum over bins of var / share in general): the lower bound
+stays below the unbiased value, and the detail reports PSI both as measured and less that bias.
+
+Decisions: rollback when the lower bound (at `label_free_alpha`) is above the threshold, pass when the
+upper bound (at `label_free_pass_alpha`) is within it, hold otherwise. Input drift rolls back when the
+lower bound of the excess PSI (treatment's lowest minus control's highest, on the same channel) is above
+`psi_rollback`, and passes when its upper bound is within `psi_pass`. When the control arm's own PSI is
+above `psi_rollback` the decision carries an alert: the inputs changed for everybody.
+
+Missing evidence is never a pass by accident: evidence None (no health telemetry at all) or a gate with no
+data of its kind in either arm is recorded as "not judged: ..." and passes (so fleets without health
+telemetry or without a shadow stage are not stuck); data present in one arm and missing in the other
+holds (fail closed). At the last stage (100%) there is no control: class shift, confidence shift and
+shadow agreement are not judged; input drift is judged against the target's reference alone and shadow
+failures as always. Alone, drift cannot tell the release from the world, so it passes within `psi_pass`,
+holds and alerts above `psi_rollback`, and never rolls back; the same holds for inputs of a baseline
+whose bundle carries no reference profile.
+
+No few devices decide. Before a rollback, each gate removes the K = `robust_devices` devices per arm whose
+removal most weakens the case for it; before a pass, the K that most weaken the pass; the decision must
+survive. The removal is greedy: one device at a time, arm after arm, each the single removal that moves
+the bound most, tried among a shortlist per arm of the 32 devices that move the mean most and the 32 that
+carry most of the variance (`edgekit.rollout._label_free_stats.robust_bound`). It is not the exact worst
+set of K (a combinatorial search); the tests check that K devices per arm lying at the per-device caps
+neither roll back an A/A fleet nor pass a label-swapped one.
+
+Defaults (`GateConfig`), and why:
+
+- ``label_free_alpha`` = 2e-4 per gate and stage: five gates over three compared stages is at most 0.3%
+  by the union bound; with the SPRTs' 0.7% (`edgekit.rollout.gates`) a healthy release is falsely halted
+  with probability <= 1.0%. Thresholds well away from zero make the real rate far lower.
+- ``label_free_pass_alpha`` = 0.05: a pass needs the 95% time-uniform upper bound inside the threshold. A
+  wrong pass is not the end (the next stage is judged again), a stalled stage is: the devices are the
+  units, so at 1% of a fleet (about 1,000 per arm) the bounds stop shrinking once every device has
+  reported, and a much stricter pass bound would keep a heterogeneous fleet's class shift from ever
+  showing within 0.10 there.
+- ``max_class_shift`` = 0.10 TVD: a tenth of inputs changing class is a broken model, not a retrained one
+  (a retrained model agreeing with its predecessor on 95% of inputs moves at most 0.05).
+- ``max_confidence_drop`` = 0.10: ten points of mean top-1 probability.
+- ``psi_pass`` = 0.10 and ``psi_rollback`` = 0.25: the usual reading of PSI (below 0.1 no real change,
+  above 0.25 a major shift), as an excess over the control's own drift.
+- ``max_shadow_disagreement_excess`` = 0.05: a candidate that changes the top-1 answer on 5% more inputs
+  than the engine's own nondeterminism is not the same model.
+- ``max_shadow_failure_share`` = 0.02: as for installs; a shadow crash or hang is a strike against the
+  candidate (the device stops shadowing it after three), never against the app.
+- ``label_free_tuned_devices`` = 1,000: devices per arm at the 1% stage of a 100,000-device fleet.
 """
 
 from __future__ import annotations

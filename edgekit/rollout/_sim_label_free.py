@@ -136,7 +136,7 @@ class LabelFreeFleet:
                 a, b = rng.choice(model.classes, 2, replace=False)
                 self.swap = (int(min(a, b)), int(max(a, b)))
         self.traits: _Traits | None = None
-        self.shadow, self.start = False, 0
+        self.shadow, self.start, self.final = False, 0, False
         self.arms: dict[str, _Window] = {}
 
     # ---- devices -------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class LabelFreeFleet:
         """A new stage at hour `start`: treatment devices [0, t_hi), control [t_hi, c_hi) (none at 100%);
         empty windows."""
         traits = self._ensure(c_hi)
-        self.shadow, self.start = shadow, start
+        self.shadow, self.start, self.final = shadow, start, c_hi <= t_hi
         self.arms = {
             "t": _Window(self, _slice(traits, 0, t_hi), treatment=True),
             "c": _Window(self, _slice(traits, t_hi, c_hi), treatment=False),
@@ -244,19 +244,24 @@ class _Window:
         m, rng = self.fleet.model, self.fleet.rng
         self.since = np.minimum(self.since, since)
         active = since <= hour - 0.5  # running for the larger part of the hour
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
+        size = active.size
+        if size == 0 or not active.any():
             return
-        lam = self.traits.rate[idx]
-        inc = np.zeros((idx.size, self.delivered.shape[1]))
-        counts = rng.poisson(lam[:, None] * self.mix[idx])
-        n = counts.sum(axis=1).astype(np.float64)
+        # Whole-arm arrays (an inactive device draws zero events): cheaper than gathering the active rows.
+        lam = self.traits.rate * active
+        inc = np.zeros_like(self.delivered)
+        if self.fleet.final:
+            # The last stage compares no classes or confidence (no control arm): only the count is drawn.
+            n = rng.poisson(lam).astype(np.float64)
+        else:
+            counts = rng.poisson(lam[:, None] * self.mix)
+            n = counts.sum(axis=1).astype(np.float64)
+            inc[:, self.cls] = counts
+            noise = rng.standard_normal(size) * m.confidence_noise * np.sqrt(n)
+            inc[:, self.conf] = np.clip(n * self.confidence + noise, 0.0, n)
         inc[:, 0] = n
-        inc[:, self.cls] = counts
-        noise = rng.standard_normal(idx.size) * m.confidence_noise * np.sqrt(n)
-        inc[:, self.conf] = np.clip(n * self.confidence[idx] + noise, 0.0, n)
         per_channel = SAMPLED / m.input_channels  # elements of each channel sampled per inference
-        mean = ((n * per_channel)[:, None, None] * self.bin_shares[idx]).reshape(idx.size, -1)
+        mean = ((n * per_channel)[:, None, None] * self.bin_shares).reshape(size, -1)
         # Poisson counts in the normal approximation: a bin holds hundreds of elements an hour, where the
         # two agree, and normal draws cost a third of Poisson ones.
         noise = rng.standard_normal(mean.shape) * np.sqrt(mean)
@@ -264,16 +269,14 @@ class _Window:
         if self.disagree is not None:
             compared = rng.binomial(n.astype(np.int64), m.shadow_sample)
             inc[:, self.sh] = compared
-            inc[:, self.sh + 1] = compared - rng.binomial(compared, self.disagree[idx])
-            inc[:, self.sh + 2] = rng.poisson(hazard * m.shadow_sample, idx.size)
+            inc[:, self.sh + 1] = compared - rng.binomial(compared, self.disagree)
+            inc[:, self.sh + 2] = rng.poisson(hazard * m.shadow_sample * active)
         # Lost reports, then the share stamped before the stage start (clock skew).
-        inc *= (rng.random(idx.size) >= m.telemetry_loss)[:, None] * keep
-        online = rng.random(idx.size) >= m.offline_share
+        inc *= ((rng.random(size) >= m.telemetry_loss) * keep)[:, None]
+        online = (rng.random(size) >= m.offline_share)[:, None]
         late = m.report_interval_hours / 2  # the last half report interval waits for the next upload
-        up, down = idx[online], idx[~online]
-        self.delivered[up] += self.pending[up] + (1 - late) * inc[online]
-        self.pending[up] = late * inc[online]
-        self.pending[down] += inc[~online]
+        self.delivered += np.where(online, self.pending + (1 - late) * inc, 0.0)
+        self.pending = np.where(online, late * inc, self.pending + inc)
 
     def evidence(self, hour: int, lie: str | None) -> ArmEvidence:
         from edgekit.rollout.label_free import ArmEvidence
@@ -289,8 +292,9 @@ class _Window:
         hours = np.maximum(hour - self.since[rows], 0.0) + m.report_interval_hours
         cap = MAX_INFERENCES_PER_DEVICE_HOUR * hours
         weights = np.minimum(n, cap)
-        classes = d[:, self.cls] / n[:, None]
-        confidence = d[:, self.conf] / n
+        final = self.fleet.final  # classes and confidence were not drawn (see `hour`)
+        classes = None if final else d[:, self.cls] / n[:, None]
+        confidence = None if final else d[:, self.conf] / n
         bins = d[:, self.bins].reshape(rows.size, m.input_channels, BINS)
         drift = bins / np.maximum(bins.sum(axis=2, keepdims=True), 1e-300)
         compared = agreed = failures = None
@@ -302,8 +306,9 @@ class _Window:
         if lie is not None and m.hostile_devices and self.since.size:  # (no liars in an arm that is absent)
             liars = self._liars(lie, float(hour - self.fleet.start))
             weights = np.concatenate([weights, liars["weights"]])
-            classes = np.concatenate([classes, liars["classes"]])
-            confidence = np.concatenate([confidence, liars["confidence"]])
+            if classes is not None and confidence is not None:
+                classes = np.concatenate([classes, liars["classes"]])
+                confidence = np.concatenate([confidence, liars["confidence"]])
             drift = np.concatenate([drift, liars["drift"]])
             if compared is not None and agreed is not None and failures is not None:
                 compared = np.concatenate([compared, liars["compared"]])

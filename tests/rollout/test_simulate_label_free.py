@@ -62,7 +62,6 @@ def test_a_healthy_release_passes_every_label_free_gate_at_1_percent() -> None:
         judged = result.evaluations[-1].statistics
         for metric in ("class_shift", "confidence_shift", "input_drift", "shadow_agreement"):
             assert judged[metric][0] == "pass", (metric, judged[metric])
-        assert result.evaluations[0].statistics["class_shift"][0] == "hold"  # one hour cannot tell yet
 
 
 def test_label_free_signals_leave_the_other_telemetry_of_a_run_unchanged() -> None:

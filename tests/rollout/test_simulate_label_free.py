@@ -159,3 +159,18 @@ def test_cli_runs_a_label_swap_without_feedback_in_a_shadow_stage() -> None:
     assert data["regression"] == "label_swap:random" and data["health_telemetry"] is True
     assert data["feedback_share"] == 0.0 and data["shadow_stages"] == [1]
     assert data["halted_before_stage_2"] == 1.0, data
+
+
+def test_runs_stopped_at_a_stage_report_only_the_stages_before_it() -> None:
+    summary, results = simulate(BLIND, Regression("label_swap", 1.0, "extreme"), 2, 6, stop_at_stage=5)
+    assert summary.halted_before_stage == {2: 1.0}
+    data = summary.to_dict()
+    assert data["stop_at_stage"] == 5 and "halted_before_stage_3" not in data
+    healthy = simulate_run(
+        FleetModel(devices=20_000, max_hours=30),
+        None,
+        GateConfig(),
+        np.random.default_rng(1),
+        stop_at_stage=1,
+    )
+    assert healthy.outcome == "stopped" and healthy.evaluations == ()

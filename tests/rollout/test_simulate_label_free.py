@@ -162,7 +162,7 @@ def test_cli_runs_a_label_swap_without_feedback_in_a_shadow_stage() -> None:
 
 
 def test_runs_stopped_at_a_stage_report_only_the_stages_before_it() -> None:
-    summary, results = simulate(BLIND, Regression("label_swap", 1.0, "extreme"), 2, 6, stop_at_stage=5)
+    summary, _ = simulate(BLIND, Regression("label_swap", 1.0, "extreme"), 2, 6, stop_at_stage=5)
     assert summary.halted_before_stage == {2: 1.0}
     data = summary.to_dict()
     assert data["stop_at_stage"] == 5 and "halted_before_stage_3" not in data

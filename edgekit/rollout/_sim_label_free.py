@@ -29,7 +29,8 @@ histogram moves by |p_a - p_b| in total variation and the shadow disagrees on a 
 device's inputs); `input_shift` inverts a share `amount` of the inputs (values v -> 1 - v: the bins see
 Beta(5, 2) in the reference's decile bins); `confidence_drop` lowers every device's mean top-1 confidence
 by `amount`. In a shadow stage the treatment serves the baseline, so its served histograms are the
-baseline's and only the shadow comparisons see the target.
+baseline's and only the shadow comparisons see the target. At 100% (no control arm) classes and
+confidence are not drawn: the gates compare them only against a control.
 
 Telemetry path per device-hour (floats, like the server's capped counts): lost with `telemetry_loss`,
 thinned in a stage's first hours by clock skew, then held in the device's queue while it is offline (each
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from edgekit.rollout._sim_types import FleetModel, Regression
     from edgekit.rollout.label_free import ArmEvidence, LabelFreeEvidence
 
-__all__ = ["INPUT_NAME", "LabelFreeFleet", "fleet_signals"]
+__all__ = ["BINS", "INPUT_NAME", "LabelFreeFleet", "zipf_mix"]
 
 INPUT_NAME = "input"  # the simulated model's one input
 BINS = 10  # the reference profile's bins per channel (deciles, device_runtime.health.QUANTILES)
@@ -171,7 +172,9 @@ class LabelFreeFleet:
             "c": _Window(self, _slice(traits, t_hi, c_hi), treatment=False),
         }
 
-    def hour(self, hour: int, since_t: np.ndarray, since_c: np.ndarray, keep: float, hazards: tuple) -> None:
+    def hour(
+        self, hour: int, since_t: np.ndarray, since_c: np.ndarray, keep: float, hazards: tuple[float, float]
+    ) -> None:
         """One hour of both arms. `since_*`: hour each device started running its arm's release in this
         stage (inf = not yet); `keep`: share surviving clock skew; hazards: (target, baseline) crashes per
         device-hour."""
@@ -356,16 +359,3 @@ class _Window:
             "agreed": np.full(k, agreed),
             "failures": np.full(k, failures),
         }
-
-
-def fleet_signals(
-    model: FleetModel, regression: Regression | None, rng: np.random.Generator
-) -> LabelFreeFleet:
-    """The label-free signals of one run (see `LabelFreeFleet`)."""
-    return LabelFreeFleet(model, regression, rng)
-
-
-def expected_swap_shift(model: FleetModel, pair: tuple[int, int]) -> float:
-    """Total variation between the fleet's class mix and the mix with `pair` swapped: |p_a - p_b|."""
-    mix = zipf_mix(model.classes, model.class_skew)
-    return float(abs(mix[pair[0]] - mix[pair[1]]))

@@ -183,6 +183,8 @@ def robust_bound(
     arms = [treatment, control]
     sums = [None if arm is None else arm.sums for arm in arms]
     now = [None if arm is None else arm.moments() for arm in arms]  # the moments of the devices left
+    if removals <= 0:
+        return float(bound(treatment.moments(), None if control is None else control.moments())[0])
     candidates = [None if arm is None else list(arm.shortlist(SHORTLIST)) for arm in arms]
     pick = np.argmin if worst == "min" else np.argmax
     for _ in range(removals):

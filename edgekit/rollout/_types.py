@@ -159,7 +159,8 @@ class ArmMetrics:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Gate thresholds. The `edgekit.rollout.gates` docstring explains why the defaults are what they are.
+    """Gate thresholds. The `edgekit.rollout.gates` docstring explains why the defaults are what they are,
+    and `edgekit.rollout.label_free` those of the label-free gates.
 
     Raises:
         GateConfigError: on any out-of-range value (checked at construction).

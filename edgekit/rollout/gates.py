@@ -18,10 +18,15 @@ Checks, each giving one `DecisionRecord` (pass, hold or rollback):
    above `rollback_latency_p95_ratio` ×.
 6. accuracy from feedback: a non-inferiority bound on the drop in percentage points (skipped, and
    recorded as such, when neither arm has feedback).
+6b. label-free gates, from the devices' health sketches and shadow runs (`evaluate(label_free=...)`):
+   class shift, confidence shift, input drift, shadow agreement and shadow failures, each on anytime-valid
+   device-level bounds (`edgekit.rollout.label_free` explains them); recorded as not judged, and passing,
+   when no such evidence exists.
 7. minimum stage duration; 8. stage deadline: past it, a stage without a decision holds and alerts.
 
 Outcome: rollback if any record says rollback; promote only if every record passes; hold otherwise. At
-the last stage (100%, no control) only the guardrails, exposure and duration apply and promote means
+the last stage (100%, no control) only the guardrails, exposure, duration and the label-free checks that
+need no control (input drift against the reference profile, shadow failures) apply, and promote means
 complete.
 
 No few devices decide a stage. Each arm carries, per field, what its K = `robust_devices` most

@@ -75,13 +75,16 @@ def test_inverted_inputs_are_rolled_back_by_input_drift() -> None:
     assert drift.threshold == 0.25 and "PSI" in drift.detail and "excess" in drift.detail
 
 
-def test_a_world_drifting_for_both_arms_alerts_without_rolling_back() -> None:
-    decision = _evaluate(last_look(3, world=World(inputs=BRIGHTER)))
+@pytest.mark.parametrize("same_bins", [False, True])
+def test_a_world_drifting_for_both_arms_alerts_without_rolling_back(same_bins: bool) -> None:
+    decision = _evaluate(last_look(3, world=World(inputs=BRIGHTER), same_bins=same_bins))
     drift = _record(decision, "input_drift")
     assert drift.treatment_value is not None and drift.treatment_value > 1.0  # PSI of the brighter world
     assert drift.control_value is not None and drift.control_value > 1.0
     assert drift.outcome != "rollback" and decision.outcome != "rollback"
     assert decision.alert is not None and "input drift in both arms" in decision.alert
+    if same_bins:  # both profiles bin alike: the arms' inputs are compared directly, and alike they pass
+        assert drift.outcome == "pass" and "the arms' inputs differ by PSI at most" in drift.detail
 
 
 def test_a_release_drifting_more_than_the_world_is_still_rolled_back() -> None:
@@ -150,6 +153,7 @@ def test_without_health_telemetry_every_label_free_gate_is_not_judged_and_passes
     for metric in LABEL_FREE_METRICS:
         record = _record(decision, metric)
         assert record.outcome == "pass" and record.detail == "not judged: no health telemetry"
+        assert record.threshold is not None and record.threshold > 0
     assert label_free_checks(1, None, CONFIG) == (label_free_records(1, None, CONFIG), [])
 
 
@@ -284,3 +288,14 @@ def test_arm_evidence_merges_fragments_of_one_device() -> None:
     assert control.shadow_compared is not None and control.shadow_compared[0] == 20
     assert control.shadow_agreed is not None and control.shadow_agreed[0] == 19
     assert control.drift["image"].shape == (1, 1, 10) and REFERENCE.shape == (3, 10)
+
+
+def test_arm_evidence_keeps_each_arms_own_bins() -> None:
+    treatment, control = DeviceHealth("t", "treatment"), DeviceHealth("c", "control")
+    treatment.add(HOUR, _sketch([5, 5]))  # ten bins
+    sketch = _sketch([5, 5])
+    sketch.inputs["image"][0].bins = sketch.inputs["image"][0].bins[:8]  # a baseline profile of eight
+    control.add(HOUR, sketch)
+    arms = arm_evidence([treatment, control], [], 0.0, 2 * HOUR)
+    assert arms["treatment"].drift["image"].shape == (1, 1, 10)
+    assert arms["control"].drift["image"].shape == (1, 1, 8)

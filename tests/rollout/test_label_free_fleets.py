@@ -14,6 +14,7 @@ every look sees more devices and more mature rows, as the server's hourly evalua
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import pytest
 from device_runtime.health import bin_counts
 from edgekit.rollout._label_free_stats import ArmSample
 from edgekit.rollout.gates import GateConfig
-from edgekit.rollout.label_free import ArmEvidence, LabelFreeEvidence, label_free_records
+from edgekit.rollout.label_free import LABEL_FREE_METRICS, ArmEvidence, LabelFreeEvidence, label_free_records
 
 # The fleet's class mix: unequal on purpose (class 0 is common, class 1 rare).
 CLASS_MIX = np.array([0.30, 0.05, 0.10, 0.10, 0.08, 0.07, 0.10, 0.10, 0.05, 0.05])
@@ -70,8 +71,10 @@ def fleet(
     release: Release = Release(),
     world: World = World(),
     shadow: bool = True,
+    same_bins: bool = False,
 ) -> Iterator[tuple[int, LabelFreeEvidence]]:
-    """Hourly `LabelFreeEvidence` of a stage with `devices` per arm (treatment runs `release`)."""
+    """Hourly `LabelFreeEvidence` of a stage with `devices` per arm (treatment runs `release`); with
+    `same_bins` the evidence carries both profiles' (equal) bin edges."""
     rng = np.random.default_rng(seed)
     arms = {}
     for arm in ("treatment", "control"):
@@ -126,11 +129,11 @@ def fleet(
                 shadow_agreed=a["agreed"].copy() if shadow else None,
                 shadow_failures=a["failures"].copy() if shadow else None,
             )
+        edges = {"image": np.tile(EDGES, (CHANNELS, 1))} if same_bins else {}
+        references = {"image": REFERENCE}
         yield (
             hour,
-            LabelFreeEvidence(
-                found["treatment"], found["control"], {"image": REFERENCE}, {"image": REFERENCE}
-            ),
+            LabelFreeEvidence(found["treatment"], found["control"], references, references, edges, edges),
         )
 
 
@@ -193,3 +196,123 @@ def test_aa_fleets_are_not_rolled_back_by_the_default_label_free_gates() -> None
     label-free rollback (the bound: 5 gates x 2e-4 = 0.1% per fleet and stage)."""
     falsely = [seed for seed in range(100) for _, ev in fleet(seed) if _rollbacks(ev, LOOSE)]
     assert falsely == []
+
+
+# ---- K devices per arm lying at the per-device caps --------------------------------------------------------
+LIARS = 3
+HOURS = 10
+
+
+def _lie(
+    arm: ArmEvidence, classes: np.ndarray, confidence: float, inputs: np.ndarray, agree: bool
+) -> ArmEvidence:
+    """`arm` plus LIARS devices claiming the most a device may (the inference cap for every hour of the
+    window, shadow comparisons likewise, 60 failures an hour) with the given values."""
+    k = LIARS
+    weight = np.full(k, 360_000.0 * HOURS)
+    runs = np.full(k, 36_000.0 * HOURS)
+
+    def add(rows: np.ndarray | None, extra: np.ndarray) -> np.ndarray | None:
+        return None if rows is None else np.concatenate([rows, extra])
+
+    assert arm.classes is not None and arm.confidence is not None
+    return ArmEvidence(
+        weights=np.concatenate([arm.weights, weight]),
+        classes=add(arm.classes, np.tile(classes, (k, 1))),
+        confidence=add(arm.confidence, np.full(k, confidence)),
+        drift={"image": np.concatenate([arm.drift["image"], np.tile(inputs, (k, 1, 1))])},
+        shadow_compared=add(arm.shadow_compared, runs),
+        shadow_agreed=add(arm.shadow_agreed, runs if agree else np.zeros(k)),
+        shadow_failures=add(arm.shadow_failures, np.zeros(k) if agree else np.full(k, 60.0 * HOURS)),
+    )
+
+
+def _toward_rollback(evidence: LabelFreeEvidence) -> LabelFreeEvidence:
+    """Treatment liars report everything a broken release would; control liars a perfect baseline."""
+    rare, common = np.eye(CLASS_MIX.size)[1], np.eye(CLASS_MIX.size)[0]
+    treatment = _lie(evidence.treatment, rare, 0.0, INVERTED, agree=False)
+    control = _lie(evidence.control, common, 1.0, REFERENCE, agree=True)
+    return dataclasses.replace(evidence, treatment=treatment, control=control)
+
+
+def _toward_pass(evidence: LabelFreeEvidence) -> LabelFreeEvidence:
+    """The liars of both arms report a healthy model, outweighing the honest devices of their arms."""
+    treatment = _lie(evidence.treatment, CLASS_MIX, 0.8, REFERENCE, agree=True)
+    control = _lie(evidence.control, CLASS_MIX, 0.8, REFERENCE, agree=True)
+    return dataclasses.replace(evidence, treatment=treatment, control=control)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_k_liars_per_arm_cannot_roll_back_an_aa_fleet(seed: int) -> None:
+    honest = last_look(100 + seed, hours=HOURS)
+    lied = _toward_rollback(honest)
+    assert _rollbacks(lied, LOOSE) == set()
+    # Without the protection (K = 0) the same liars roll back every gate they lie to (their failures
+    # are too few against their own claimed shadow runs to sway the failure guardrail).
+    trusting = dataclasses.replace(LOOSE, robust_devices=0)
+    assert _rollbacks(lied, trusting) == set(LABEL_FREE_METRICS) - {"shadow_failures"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_k_liars_per_arm_cannot_pass_a_broken_release(seed: int) -> None:
+    broken = Release(swap=(0, 1), inputs=INVERTED, disagreement=0.3)
+    honest = last_look(200 + seed, devices=1000, hours=HOURS, release=broken, same_bins=seed % 2 == 0)
+    lied = _toward_pass(honest)
+    judged = ("class_shift", "input_drift", "shadow_agreement")
+    outcomes = {r.metric: r.outcome for r in label_free_records(1, lied, LOOSE)}
+    assert all(outcomes[m] != "pass" for m in judged), outcomes
+    trusting = dataclasses.replace(LOOSE, robust_devices=0)
+    naive = {r.metric: r.outcome for r in label_free_records(1, lied, trusting)}
+    # What the liars get without K: the rollbacks the honest devices show are hidden, two gates pass.
+    assert all(naive[m] != "rollback" for m in judged), naive
+    assert naive["class_shift"] == naive["shadow_agreement"] == "pass", naive
+
+
+def _random_liars(arm: ArmEvidence, rng: np.random.Generator) -> ArmEvidence:
+    """`arm` plus LIARS devices with random values and random weights up to the caps."""
+    k, size = LIARS, CLASS_MIX.size
+    compared = rng.uniform(0.0, 1.0, k) * 36_000.0 * HOURS
+    assert arm.classes is not None and arm.confidence is not None and arm.shadow_compared is not None
+    assert arm.shadow_agreed is not None and arm.shadow_failures is not None
+    return ArmEvidence(
+        weights=np.concatenate(
+            [arm.weights, rng.uniform(0.0, 1.0, k) ** rng.uniform(0.1, 3.0) * 360_000.0 * HOURS]
+        ),
+        classes=np.concatenate([arm.classes, rng.dirichlet(np.full(size, rng.uniform(0.05, 5.0)), size=k)]),
+        confidence=np.concatenate([arm.confidence, rng.uniform(0.0, 1.0, k)]),
+        drift={
+            "image": np.concatenate(
+                [arm.drift["image"], rng.dirichlet(np.full(10, rng.uniform(0.05, 5.0)), size=(k, CHANNELS))]
+            )
+        },
+        shadow_compared=np.concatenate([arm.shadow_compared, compared]),
+        shadow_agreed=np.concatenate(
+            [arm.shadow_agreed, compared * rng.uniform(0.0, 1.0, k) * (rng.uniform() < 0.5)]
+        ),
+        shadow_failures=np.concatenate(
+            [arm.shadow_failures, rng.uniform(0.0, 600.0, k) * (rng.uniform() < 0.5)]
+        ),
+    )
+
+
+def test_k_liars_per_arm_with_random_claims_neither_roll_back_aa_nor_pass_a_broken_release() -> None:
+    rng = np.random.default_rng(7)
+    healthy = [last_look(300 + seed, hours=HOURS) for seed in range(2)]
+    broken_release = Release(swap=(0, 1), inputs=INVERTED, disagreement=0.3, confidence_drop=0.3)
+    broken = [
+        last_look(400 + seed, devices=1000, hours=HOURS, release=broken_release, same_bins=seed == 1)
+        for seed in range(2)
+    ]
+    judged = set(LABEL_FREE_METRICS) - {"shadow_failures"}  # the broken release's shadow runs do not fail
+    for trial in range(40):
+        aa = healthy[trial % 2]
+        lied = dataclasses.replace(
+            aa, treatment=_random_liars(aa.treatment, rng), control=_random_liars(aa.control, rng)
+        )
+        assert _rollbacks(lied, LOOSE) == set(), trial
+        bad = broken[trial % 2]
+        lied = dataclasses.replace(
+            bad, treatment=_random_liars(bad.treatment, rng), control=_random_liars(bad.control, rng)
+        )
+        passed = {r.metric for r in label_free_records(1, lied, LOOSE) if r.outcome == "pass"}
+        assert not passed & judged, (trial, passed)

@@ -72,15 +72,15 @@ def _beta_cdf(a: float, b: float, x: np.ndarray) -> np.ndarray:
     return np.interp(x, grid, cdf / cdf[-1])
 
 
-def _reference_bins() -> tuple[np.ndarray, np.ndarray]:
-    """(reference shares, shares of inverted inputs) per decile bin of Beta(2, 5)."""
+def _reference_bins() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reference shares, shares of inverted inputs, the decile edges) per bin of Beta(2, 5)."""
     grid = np.linspace(0.0, 1.0, _GRID)
     cdf = _beta_cdf(2.0, 5.0, grid)
     edges = np.interp(np.arange(1, BINS) / BINS, cdf, grid)  # the reference's deciles
     bounds = np.concatenate([[0.0], edges, [1.0]])
     reference = np.diff(_beta_cdf(2.0, 5.0, bounds))
     inverted = np.diff(_beta_cdf(5.0, 2.0, bounds))  # 1 - v for v ~ Beta(2, 5)
-    return reference / reference.sum(), inverted / inverted.sum()
+    return reference / reference.sum(), inverted / inverted.sum(), edges
 
 
 def zipf_mix(classes: int, skew: float) -> np.ndarray:
@@ -122,9 +122,10 @@ class LabelFreeFleet:
         self.model = model
         self.rng = rng
         self.mix = zipf_mix(model.classes, model.class_skew)
-        reference, inverted = _reference_bins()
+        reference, inverted, edges = _reference_bins()
         channels = model.input_channels
         self.reference = np.tile(reference, (channels, 1))  # [channels, BINS]
+        self.edges = np.tile(edges, (channels, 1))  # [channels, BINS - 1]: both releases' profiles
         self.inverted_ratio = np.tile(inverted / reference, (channels, 1))
         self.kind = regression.kind if regression is not None else None
         self.amount = regression.amount if regression is not None else 0.0
@@ -192,6 +193,8 @@ class LabelFreeFleet:
             control=self.arms["c"].evidence(hour, None if lies is None else lies[1]),
             reference_treatment=reference,
             reference_control=reference,
+            edges_treatment={INPUT_NAME: self.edges},
+            edges_control={INPUT_NAME: self.edges},
         )
 
 

@@ -15,6 +15,7 @@ _TARGETS: dict[str, tuple[tuple[str, str, str, float], ...]] = {
         ("halted_before_stage_2", "halted before leaving the first stage", ">=", 0.90),
         ("halted_before_stage_3", "halted before the third stage", ">=", 0.999),
     ),
+    "label_swap": (("halted_before_stage_2", "label swap halted in the first stage", ">=", 0.95),),
     "healthy": (
         ("false_halt_rate", "false halts (A/A)", "<=", 0.01),
         ("hours_to_full.share_within_96h", "at 100% within 96 h", ">=", 0.95),
@@ -62,7 +63,9 @@ class _Progress:
     "--regression",
     callback=_parse_regression,
     metavar="KIND:AMOUNT",
-    help="crash:2.0, errors:1.5, latency:1.5 (factors) or accuracy:-2 (pp); omit for a healthy release.",
+    help="crash:2.0, errors:1.5, latency:1.5 (factors), accuracy:-2 (pp), or label-free: label_swap:random, "
+    "label_swap:extreme (the most and least frequent classes), input_shift:1 (share of inputs inverted), "
+    "confidence_drop:0.15; omit for a healthy release.",
 )
 @click.option(
     "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Rollouts to simulate."
@@ -105,6 +108,43 @@ class _Progress:
     help="Devices per arm that lie at the per-device caps in the worst direction every hour.",
 )
 @click.option(
+    "--label-free",
+    is_flag=True,
+    help="Devices report health sketches, so the label-free gates judge (implied by a label-free "
+    "regression or --shadow-stage).",
+)
+@click.option("--no-feedback", is_flag=True, help="No ground-truth feedback at all (feedback share 0).")
+@click.option(
+    "--shadow-stage",
+    "shadow_stages",
+    type=click.IntRange(1, 99),
+    multiple=True,
+    help="A stage percent in which the treatment runs the target in shadow instead of serving it "
+    "(repeatable).",
+)
+@click.option(
+    "--shadow-sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of inferences also run in shadow.",
+)
+@click.option(
+    "--classes", type=click.IntRange(2, 1000), default=10, show_default=True, help="Classes of the output."
+)
+@click.option(
+    "--class-skew",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Zipf exponent of the fleet's class mix (0: equally frequent classes).",
+)
+@click.option(
+    "--stop-at-stage",
+    type=click.IntRange(1, 100),
+    help="Stop each run when it reaches this stage percent (quick figures about the earlier stages).",
+)
+@click.option(
     "--max-days", type=click.FloatRange(min=1 / 24), default=10.0, show_default=True, help="Simulated days."
 )
 @click.option(
@@ -123,6 +163,13 @@ def simulate(
     clock_skew: float,
     join_rate: float,
     hostile_devices: int,
+    label_free: bool,
+    no_feedback: bool,
+    shadow_stages: tuple[int, ...],
+    shadow_sample: float,
+    classes: int,
+    class_skew: float,
+    stop_at_stage: int | None,
     max_days: float,
     plot_path: Path | None,
     as_json: bool,
@@ -130,10 +177,13 @@ def simulate(
 ) -> None:
     """Simulate phased rollouts of a fleet through the real gate engine and report how they end."""
     from edgekit.rollout.gates import GateConfig
-    from edgekit.rollout.simulate import FleetModel, SimulationError
+    from edgekit.rollout.simulate import LABEL_FREE_KINDS, FleetModel, SimulationError
     from edgekit.rollout.simulate import plot as write_plot
     from edgekit.rollout.simulate import simulate as run_simulation
 
+    health = (
+        label_free or bool(shadow_stages) or (regression is not None and regression.kind in LABEL_FREE_KINDS)
+    )
     try:
         model = FleetModel(
             devices=devices,
@@ -144,9 +194,21 @@ def simulate(
             join_rate=join_rate,
             hostile_devices=hostile_devices,
             max_hours=max(1, round(max_days * 24)),
+            health_telemetry=health,
+            feedback_share=0.0 if no_feedback else FleetModel.feedback_share,
+            shadow_sample=shadow_sample,
+            classes=classes,
+            class_skew=class_skew,
         )
         summary, results = run_simulation(
-            model, regression, runs, seed, GateConfig(), progress=_Progress(quiet)
+            model,
+            regression,
+            runs,
+            seed,
+            GateConfig(),
+            shadow_stages=tuple(sorted(set(shadow_stages))),
+            stop_at_stage=stop_at_stage,
+            progress=_Progress(quiet),
         )
     except SimulationError as e:
         raise click.ClickException(str(e)) from None
@@ -157,9 +219,15 @@ def simulate(
         emit_result(data)
         return
     scenario = "healthy release (A/A)" if regression is None else f"regression {regression}"
-    click.echo(f"{devices:,} devices, {scenario}, {runs} runs, seed {seed}")
+    signals = [
+        "label-free signals" if health else "no health telemetry",
+        "no feedback" if no_feedback else "feedback",
+    ]
+    if shadow_stages:
+        signals.append(f"shadow at {', '.join(f'{s}%' for s in summary.shadow_stages)}")
+    click.echo(f"{devices:,} devices, {scenario}, {runs} runs, seed {seed} ({'; '.join(signals)})")
     rows: list[tuple[str, str]] = []
-    for k in range(2, len(summary.stages) + 1):
+    for k in summary.halted_before_stage:
         rows.append(
             (f"halted before stage {k} ({summary.stages[k - 1]}%)", f"{data[f'halted_before_stage_{k}']:.2%}")
         )
@@ -186,11 +254,14 @@ def simulate(
         click.echo(f"  {name:<{width}}  {value}")
     if plot_path is not None:
         click.echo(f"plot: {plot_path}")
-    if regression is not None and regression.kind != "crash":
-        return  # the targets are stated for crash regressions and healthy releases
+    if regression is not None and regression.kind not in ("crash", "label_swap"):
+        return  # the targets are stated for crash regressions, label swaps and healthy releases
+    scenario_key = "healthy" if regression is None else regression.kind.replace("crash", "regression")
     click.echo("targets (informational):")
-    for key, what, sign, limit in _TARGETS["healthy" if regression is None else "regression"]:
+    for key, what, sign, limit in _TARGETS[scenario_key]:
         value = _lookup(data, key)
+        if value is None and key.startswith("halted") and stop_at_stage is not None:
+            continue  # a stage the runs stopped before
         ok = value is not None and (value >= limit if sign == ">=" else value <= limit)
         shown = (
             "-"

@@ -11,7 +11,9 @@ from edgekit.rollout.gates import GateConfig
 from edgekit.rollout.plan import RolloutError
 
 __all__ = [
+    "LABEL_FREE_KINDS",
     "REGRESSION_KINDS",
+    "SWAP_PAIRS",
     "EvaluationRow",
     "FleetModel",
     "Outcome",
@@ -22,9 +24,21 @@ __all__ = [
     "Summary",
 ]
 
-RegressionKind = Literal["crash", "errors", "accuracy", "latency"]
-REGRESSION_KINDS: tuple[str, ...] = ("crash", "errors", "accuracy", "latency")
-Outcome = Literal["rolled_back", "complete", "stuck"]
+RegressionKind = Literal[
+    "crash", "errors", "accuracy", "latency", "label_swap", "input_shift", "confidence_drop"
+]
+REGRESSION_KINDS: tuple[str, ...] = (
+    "crash",
+    "errors",
+    "accuracy",
+    "latency",
+    "label_swap",
+    "input_shift",
+    "confidence_drop",
+)
+LABEL_FREE_KINDS: tuple[str, ...] = ("label_swap", "input_shift", "confidence_drop")
+SWAP_PAIRS: tuple[str, ...] = ("random", "extreme")
+Outcome = Literal["rolled_back", "complete", "stuck", "stopped"]
 
 
 class SimulationError(RolloutError):
@@ -57,6 +71,20 @@ class FleetModel:
     eval_every_hours: int = 1  # hours between gate evaluations
     max_hours: int = 240  # hours simulated at most; a run still undecided then is "stuck"
     hostile_devices: int = 0  # devices per arm that lie in the worst direction every hour (see simulate)
+    # Label-free signals (edgekit.rollout._sim_label_free): off, the label-free gates are not judged.
+    health_telemetry: bool = False  # devices report health sketches (and shadow results in shadow stages)
+    classes: int = 10  # classes of the primary output
+    class_skew: float = 1.0  # Zipf exponent of the fleet's class mix (0: equally frequent classes)
+    class_concentration: float = 20.0  # a device's mix ~ Dirichlet(this x fleet mix): lower, more diverse
+    confidence_mean: float = 0.85  # mean top-1 confidence of the baseline, over devices
+    confidence_spread: float = 0.05  # standard deviation of devices' mean top-1 confidence
+    confidence_noise: float = 0.15  # standard deviation of one inference's top-1 confidence
+    inference_rate_spread: float = 0.7  # coefficient of variation of devices' inference rates (0: equal)
+    input_channels: int = 1  # channels of the input the health sketches bin
+    input_concentration: float = 50.0  # a device's input bins ~ Dirichlet(this x fleet shares)
+    shadow_sample: float = 0.1  # share of inferences also run in shadow, in shadow stages
+    engine_nondeterminism: float = 0.001  # share of self-shadow comparisons that disagree
+    target_disagreement: float = 0.02  # share a healthy target disagrees with the baseline on, over that
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -64,6 +92,9 @@ class FleetModel:
                 raise SimulationError(f"FleetModel: {what}")
 
         for name, value in dataclasses.asdict(self).items():
+            if name == "health_telemetry":
+                need(isinstance(value, bool), f"health_telemetry must be a bool, got {value!r}")
+                continue
             need(
                 isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
                 f"{name} must be a finite number, got {value!r}",
@@ -83,6 +114,22 @@ class FleetModel:
         for name in ("telemetry_loss", "offline_share"):
             need(0 <= getattr(self, name) < 1, f"{name} must lie in [0, 1)")
         need(0 < self.report_interval_hours <= 1, "report_interval_hours must lie in (0, 1]")
+        need(
+            isinstance(self.classes, int) and 2 <= self.classes <= 1000,
+            "classes must be an integer in [2, 1000]",
+        )
+        need(
+            isinstance(self.input_channels, int) and 1 <= self.input_channels <= 16,
+            "input_channels must be an integer in [1, 16]",
+        )
+        for name in ("class_concentration", "input_concentration"):
+            need(getattr(self, name) > 0, f"{name} must be > 0")
+        for name in ("class_skew", "confidence_spread", "confidence_noise", "inference_rate_spread"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0")
+        need(0 < self.confidence_mean <= 1, "confidence_mean must lie in (0, 1]")
+        need(0 < self.shadow_sample <= 1, "shadow_sample must lie in (0, 1]")
+        for name in ("engine_nondeterminism", "target_disagreement"):
+            need(0 <= getattr(self, name) < 1, f"{name} must lie in [0, 1)")
         need(self.latency_median_ms > 0 and self.latency_sigma > 0, "latency median and sigma must be > 0")
         for name in (
             "crash_hazard_per_hour",
@@ -99,13 +146,20 @@ class Regression:
     """How the target release is worse than the baseline.
 
     Attributes:
-        kind: crash (hazard x amount), errors (error rate x amount), latency (latency x amount) or accuracy
-            (amount percentage points added to accuracy: -2 is a 2 pp drop).
-        amount: the factor (crash, errors, latency; > 0) or percentage points (accuracy).
+        kind: crash (hazard x amount), errors (error rate x amount), latency (latency x amount), accuracy
+            (amount percentage points added to accuracy: -2 is a 2 pp drop), or a label-free kind (needs
+            `FleetModel.health_telemetry`): label_swap (two classes' labels swapped on a share `amount` of
+            their predictions, 1 = all), input_shift (a share `amount` of the inputs inverted, v -> 1 - v),
+            confidence_drop (mean top-1 confidence lower by `amount`).
+        amount: the factor (crash, errors, latency; > 0), percentage points (accuracy) or share (0, 1]
+            (label-free kinds).
+        pair: label_swap only: which two classes, `random` (uniform over the C (C - 1) / 2 pairs, drawn
+            per run) or `extreme` (the most and the least frequent class).
     """
 
     kind: RegressionKind
     amount: float
+    pair: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in REGRESSION_KINDS:
@@ -114,6 +168,17 @@ class Regression:
             )
         if not isinstance(self.amount, int | float) or not math.isfinite(self.amount):
             raise SimulationError(f"regression amount must be a finite number, got {self.amount!r}")
+        if self.kind == "label_swap":
+            if self.pair is None:
+                object.__setattr__(self, "pair", "random")
+            if self.pair not in SWAP_PAIRS:
+                raise SimulationError(
+                    f"a label_swap pair is one of {', '.join(SWAP_PAIRS)}, got {self.pair!r}"
+                )
+        elif self.pair is not None:
+            raise SimulationError(f"only a label_swap names a pair, not {self.kind}")
+        if self.kind in LABEL_FREE_KINDS and not 0 < self.amount <= 1:
+            raise SimulationError(f"a {self.kind} amount is a share in (0, 1], got {self.amount!r}")
         if self.kind != "accuracy" and self.amount <= 0:
             raise SimulationError(f"a {self.kind} regression is a factor > 0, got {self.amount!r}")
         if self.kind == "accuracy" and not -100 <= self.amount <= 100:
@@ -123,12 +188,20 @@ class Regression:
 
     @classmethod
     def parse(cls, text: str) -> Regression:
-        """Parse `KIND:AMOUNT`, for example `crash:2.0`, `errors:1.5`, `latency:1.5` or `accuracy:-2`.
+        """Parse `KIND:AMOUNT`, for example `crash:2.0`, `errors:1.5`, `latency:1.5`, `accuracy:-2`,
+        `input_shift:1`, `confidence_drop:0.15`, or `label_swap:PAIR[:SHARE]` (PAIR `random` or
+        `extreme`; SHARE of the two classes' predictions swapped, default 1).
 
         Raises:
             SimulationError: not of that form, unknown kind or invalid amount.
         """
         kind, sep, amount = text.partition(":")
+        pair, _, share = amount.strip().partition(":")
+        if kind.strip() == "label_swap" and pair in SWAP_PAIRS:
+            try:
+                return cls("label_swap", float(share) if share else 1.0, pair)
+            except ValueError:
+                pass  # an unreadable share: the message below
         try:
             value = float(amount)
         except ValueError:
@@ -136,11 +209,15 @@ class Regression:
         if not sep or not math.isfinite(value):
             raise SimulationError(
                 f"regression {text!r}: expected KIND:AMOUNT with KIND one of {', '.join(REGRESSION_KINDS)}, "
-                "for example crash:2.0 or accuracy:-2"
+                "for example crash:2.0, accuracy:-2 or label_swap:random"
             )
         return cls(kind.strip(), value)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
+        if self.kind == "label_swap" and self.amount == 1:
+            return f"label_swap:{self.pair}"
+        if self.kind == "label_swap":
+            return f"label_swap:{self.pair}:{self.amount:g}"
         return f"{self.kind}:{self.amount:g}"
 
 
@@ -168,7 +245,8 @@ class RunResult:
     """One simulated rollout.
 
     Attributes:
-        outcome: rolled_back, complete, or stuck (still undecided after `max_hours`).
+        outcome: rolled_back, complete, stuck (still undecided after `max_hours`), or stopped (reached
+            the `stop_at_stage` it was asked to stop at).
         last_stage: the stage percent the run ended in.
         end_hour: hour of the rollback or completion (`max_hours` when stuck).
         stage_starts: (stage percent, hour it started) in order.
@@ -209,6 +287,8 @@ class Summary:
     rollback_metrics: dict[str, int]  # check -> runs it rolled back
     seconds: float  # wall-clock seconds of the whole simulation
     runs_per_second: float
+    shadow_stages: tuple[int, ...] = ()  # stage percents in which the treatment ran the target in shadow
+    stop_at_stage: int | None = None  # runs stopped when they reached this stage percent (None: never)
 
     @property
     def false_halt_rate(self) -> float | None:
@@ -234,6 +314,10 @@ class Summary:
             "false_halt_rate": self.false_halt_rate,
             "false_promote_rate": self.false_promote_rate,
             "hostile_devices": self.model.hostile_devices,
+            "health_telemetry": self.model.health_telemetry,
+            "feedback_share": self.model.feedback_share,
+            "shadow_stages": list(self.shadow_stages),
+            "stop_at_stage": self.stop_at_stage,
             "mean_exposed_devices": self.mean_exposed_devices,
             "mean_exposed_devices_all": self.mean_exposed_devices_all,
             "hours_to_full": self.hours_to_full,

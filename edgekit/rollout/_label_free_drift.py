@@ -103,6 +103,8 @@ def _has(arm: ArmEvidence, reference: Mapping[str, np.ndarray], name: str) -> bo
     ref = reference.get(name)
     if shares is None or ref is None or np.asarray(shares).shape[1:] != np.asarray(ref).shape:
         return False
+    if len(shares) == 0:
+        return False
     return ArmSample.of(np.asarray(shares).reshape(len(shares), -1), arm.weights) is not None
 
 

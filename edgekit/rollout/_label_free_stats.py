@@ -62,6 +62,8 @@ class ArmSample:
         if y is None or w is None:
             return None
         values = np.asarray(y, np.float64)
+        if values.ndim == 0 or values.shape[0] == 0:  # an arm without a device: nothing reported
+            return None
         values = values.reshape(values.shape[0], -1)
         weights = np.asarray(w, np.float64).reshape(-1)
         keep = np.isfinite(weights) & (weights > 0) & np.all(np.isfinite(values), axis=1)

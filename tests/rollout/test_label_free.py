@@ -169,6 +169,26 @@ def test_the_last_stage_judges_only_input_drift_alone_and_shadow_failures() -> N
     assert outcomes["shadow_failures"].outcome == "rollback" and decision.outcome == "rollback"
 
 
+def test_an_arm_of_zero_devices_is_nothing_reported_not_an_error() -> None:
+    # What arm_evidence gives for an arm without a device (the last stage's control, say): arrays of 0 rows.
+    evidence = last_look(9, release=Release())
+    empty = ArmEvidence(
+        weights=np.zeros(0),
+        classes=np.zeros((0, 10)),
+        confidence=np.zeros(0),
+        drift={
+            name: np.zeros((0, *np.asarray(ref).shape)) for name, ref in evidence.reference_control.items()
+        },
+        shadow_compared=np.zeros(0),
+        shadow_agreed=np.zeros(0),
+        shadow_failures=np.zeros(0),
+    )
+    decision = _evaluate(dataclasses.replace(evidence, control=empty), stage=1)
+    for metric in ("class_shift", "confidence_shift", "shadow_agreement"):
+        assert _record(decision, metric).outcome == "hold"  # present in one arm only: fail closed
+    assert _evaluate(dataclasses.replace(evidence, control=empty), stage=100).outcome != "rollback"
+
+
 def test_a_baseline_without_a_reference_profile_leaves_drift_judged_against_the_target_alone() -> None:
     evidence = last_look(10)
     evidence = dataclasses.replace(

@@ -359,18 +359,27 @@ def _tolerance(value: Any) -> GoldenTolerance:
     return GoldenTolerance(**checked)
 
 
-def _open(root: Path, preprocess: Any) -> _Golden:
+def _golden_document(root: Path) -> Any:
+    """The parsed ``golden/golden.json`` of an extracted bundle (strict JSON, bounded).
+
+    Raises:
+        SpecError: unreadable or not strict JSON within the bound.
+    """
     from signing.errors import FormatError
     from signing.strict_json import parse_strict
 
     try:
         with open(root / GOLDEN_DIR / "golden.json", "rb") as handle:
             data = handle.read(_MAX_GOLDEN_JSON_BYTES + 1)
-        document = parse_strict(data, what="golden/golden.json", max_bytes=_MAX_GOLDEN_JSON_BYTES)
+        return parse_strict(data, what="golden/golden.json", max_bytes=_MAX_GOLDEN_JSON_BYTES)
     except OSError as e:
         raise SpecError(f"golden/golden.json: unreadable ({e})") from e
     except FormatError as e:
         raise SpecError(str(e)) from e
+
+
+def _open(root: Path, preprocess: Any) -> _Golden:
+    document = _golden_document(root)
     if not isinstance(document, dict) or document.get("schema") not in (
         GOLDEN_SCHEMA,
         GOLDEN_SCHEMA_SELECTIONS,
@@ -416,17 +425,7 @@ def golden_tolerance(bundle_dir: str | Path) -> GoldenTolerance:
     Raises:
         SpecError: golden.json is missing or malformed.
     """
-    from signing.errors import FormatError
-    from signing.strict_json import parse_strict
-
-    try:
-        with open(Path(bundle_dir) / GOLDEN_DIR / "golden.json", "rb") as handle:
-            data = handle.read(_MAX_GOLDEN_JSON_BYTES + 1)
-        document = parse_strict(data, what="golden/golden.json", max_bytes=_MAX_GOLDEN_JSON_BYTES)
-    except OSError as e:
-        raise SpecError(f"golden/golden.json: unreadable ({e})") from e
-    except FormatError as e:
-        raise SpecError(str(e)) from e
+    document = _golden_document(Path(bundle_dir))
     if not isinstance(document, dict):
         raise SpecError("golden/golden.json must be a JSON object")
     return _tolerance(document.get("tolerance", {}))

@@ -21,7 +21,7 @@ from edgekit.rollout._label_free_stats import (
     cs_radius,
     robust_bound,
 )
-from edgekit.rollout._types import DecisionRecord, GateConfig, MetricOutcome
+from edgekit.rollout._types import DecisionRecord, GateConfig
 
 if TYPE_CHECKING:
     from edgekit.rollout.label_free import ArmEvidence, LabelFreeEvidence
@@ -39,19 +39,7 @@ __all__ = [
 ]
 
 
-def rec(
-    metric: str,
-    outcome: MetricOutcome,
-    detail: str,
-    *,
-    t: float | None = None,
-    c: float | None = None,
-    n: float = 0,
-    stat: float | None = None,
-    threshold: float | None = None,
-) -> DecisionRecord:
-    """A record; non-finite values stay as they are (`StageDecision.to_dict` turns them into null)."""
-    return DecisionRecord(metric, t, c, int(n), stat, threshold, outcome, detail)
+rec = DecisionRecord.of  # every label-free check builds its record the way the other gates do
 
 
 @dataclass(frozen=True)

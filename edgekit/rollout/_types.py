@@ -292,6 +292,23 @@ class DecisionRecord:
     outcome: MetricOutcome
     detail: str
 
+    @classmethod
+    def of(
+        cls,
+        metric: str,
+        outcome: MetricOutcome,
+        detail: str,
+        *,
+        t: float | None = None,
+        c: float | None = None,
+        n: float = 0,
+        stat: float | None = None,
+        threshold: float | None = None,
+    ) -> DecisionRecord:
+        """A record from a check's short names; non-finite values stay as they are (`StageDecision.to_dict`
+        turns them into null)."""
+        return cls(metric, t, c, int(n), stat, threshold, outcome, detail)
+
 
 @dataclass(frozen=True)
 class StageDecision:

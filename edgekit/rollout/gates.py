@@ -145,18 +145,7 @@ __all__ = [
 # -- checks ----------------------------------------------------------------------------------------------
 
 
-def _rec(
-    metric: str,
-    outcome: MetricOutcome,
-    detail: str,
-    *,
-    t: float | None = None,
-    c: float | None = None,
-    n: float = 0,
-    stat: float | None = None,
-    threshold: float | None = None,
-) -> DecisionRecord:
-    return DecisionRecord(metric, t, c, int(n), stat, threshold, outcome, detail)
+_rec = DecisionRecord.of
 
 
 def _guardrail(

@@ -25,7 +25,7 @@ from edgekit.rollout.plan import RolloutPlan, arm
 from tests.device_runtime.runtime_fixtures import HARDWARE, config, expected_logits, sample
 from tests.server.conftest import ADMIN_TOKEN, LiveServer, deployment, start_server
 
-SERVER_FIXTURES = (deployment, start_server)  # the live server and its published repository, as tests/server
+SERVER_FIXTURES = (deployment, start_server)  # the live server and its published repository
 
 
 class Device:

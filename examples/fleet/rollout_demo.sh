@@ -104,14 +104,16 @@ run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --versi
 
 rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPECTED, wait for the fleet
   local id attempt
-  for attempt in 1 2 3 4 5 6 7 8; do
+  for attempt in $(seq 60); do
     id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" "${@:4}" --json \
       | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
     echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group ${*:4}"
-    # A fleet this small can draw a 1% arm with fewer devices than the gates need (min_devices_per_arm):
-    # that stage could only hold until its deadline. Abort and start again: a new rollout draws a new salt.
-    "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 2 && break
-    echo "  an arm has fewer than 2 devices: aborting and starting again (a new rollout draws a new salt)"
+    # A fleet this small can draw a 1% arm with fewer devices than the gates need (min_devices_per_arm, 4):
+    # that stage could only hold until its deadline (two or three devices per arm cannot show a shadow
+    # disagreement beyond doubt when they differ from each other). Abort and start again: a new rollout
+    # draws a new salt (at 400 devices about one start in three has 4 or more devices in both 1% arms).
+    "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 4 && break
+    echo "  an arm has fewer than 4 devices: aborting and starting again (a new rollout draws a new salt)"
     edgekit rollout abort "$id"
   done
   echo "$id" >>"$demo/rollouts.txt"

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgekit.rollout.gates import GateConfig, decide
+from edgekit.rollout.gates import GateConfig
 from edgekit.rollout.plan import Release, RolloutPlan, arm
 from edgekit.server.aggregate import SETTLE_S, window_devices
 from edgekit.server.rollouts import RolloutService
@@ -128,7 +128,8 @@ def measure(db: Database, stored: int, devices: int, new: int, rounds: int = 3) 
         # The baseline, once (it is the slow one): and it must agree with the rollups, record for record.
         began = time.perf_counter()
         window = window_devices(db, plan, clock[0])
-        again = decide(plan.stage_percent, window.devices.values(), GATES, clock[0], plan.stage_started_at)
+        # The same decision path as the live evaluation (label-free evidence included), on the raw events.
+        again = service._decide(plan, window, clock[0])
         recount.append(time.perf_counter() - began)
         if again.records != result[1].records or again.skipped_rows:
             raise SystemExit("bench.evaluate: the rollups and the recount disagree, or rows were skipped")

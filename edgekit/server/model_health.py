@@ -72,7 +72,10 @@ def arm_health(db: Database, plan: RolloutPlan, until: float) -> dict[str, ArmHe
 
 
 def reference_profile(repo: Any, bundle_id: str) -> HealthProfile | None:
-    """The reference profile signed into a published bundle (None: no such bundle or no profile)."""
+    """The reference profile signed into a published bundle (None: no repository, no such bundle or no
+    profile)."""
+    if repo is None:
+        return None
     if bundle_id in _PROFILES:
         _PROFILES.move_to_end(bundle_id)
         return _PROFILES[bundle_id]

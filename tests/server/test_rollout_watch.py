@@ -22,6 +22,10 @@ from tests.server.fleet import HOUR, evaluate, fleet_telemetry, start_rollout
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watcher:
     """`edgekit rollout watch` in its own process; its lines arrive on a queue (no blocking reads)."""
 
@@ -50,6 +54,9 @@ class Watcher:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As from a terminal: a job started in the background by a non-interactive shell (CI runners
+            # often are) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()

@@ -142,7 +142,9 @@ ATTACKS = {
 def test_one_lying_device_cannot_decide_a_stage(fleet: Any, attack: str, route: str) -> None:
     server, clock, tokens = fleet
     honest, side, lie, truth, won_before = ATTACKS[attack]
-    plan = start_rollout(server, "1.1.0", "1.0.0", [10, 50, 100])
+    # Half the fleet per arm: a 10% stage's arms of 240 devices are sometimes small enough (12 devices)
+    # that the honest data itself only holds (install-failure bound 0.23 > 0.2), and the test is about lies.
+    plan = start_rollout(server, "1.1.0", "1.0.0", [50, 100])
     start = clock.now
     liar = next(d for d in sorted(tokens) if arm(plan, d) == side)
     devices = [d for d in sorted(tokens) if d != liar]
@@ -177,7 +179,7 @@ BAD_PAYLOADS = [  # each refused by the telemetry contract (and by ingest today)
 
 def test_a_row_that_cannot_be_summed_is_skipped_counted_and_every_rollout_still_evaluated(fleet: Any) -> None:
     server, clock, tokens = fleet
-    first = start_rollout(server, "1.1.0", "1.0.0", [10, 50, 100])
+    first = start_rollout(server, "1.1.0", "1.0.0", [50, 100])  # arms large enough that honest data promotes
     status, body = server.http.request(
         "POST",
         "/v1/admin/rollouts",

@@ -113,6 +113,8 @@ def test_a_shadow_never_changes_a_served_prediction_even_when_it_disagrees_every
     assert totals["compared"] + totals["dropped"] + totals["skipped_cpu"] == len(INPUTS)
     for x in INPUTS[:5]:  # still serving 1.0.0's own numbers
         np.testing.assert_allclose(shadowed.predict(x).outputs["logits"], expected_logits("1.0.0", x), 1e-5)
+    # Those predictions were offered to the shadow too: let its runs finish before the windows are counted.
+    wait_for(lambda: running(shadowed)["pending"] == 0, "the shadow worker drained its queue again")
     events = shadow_events(shadowed)
     assert events and {e.bundle_id for e in events} == {swapped_id}
     assert {e.served_bundle_id for e in events} == {releases.bundle_ids["1.0.0"]}

@@ -21,7 +21,9 @@ def test_a_healthy_release_promotes_stage_by_stage_to_everyone(
     fleet: Any, deployment: Any, tmp_path: Path
 ) -> None:
     server, clock, tokens = fleet
-    plan = start_rollout(server, "1.1.0", "1.0.0", [10, 50, 100])
+    # A 20% first stage: a 10% arm of 240 devices is sometimes small enough (12 devices) that a healthy
+    # release is only held on the install-failure bound, which is the right decision but not this test's.
+    plan = start_rollout(server, "1.1.0", "1.0.0", [20, 50, 100])
     seen = []
     for _ in range(3):
         counts = fleet_telemetry(server, plan, tokens, clock.now)

@@ -232,6 +232,8 @@ server {{
         tcp_nopush on;
         types {{ application/json json; }}
         default_type application/octet-stream;
+        # Devices ask for the next root (N+1.root.json) on every refresh: a 404 is normal, not an error.
+        log_not_found off;
         # Temporaries of atomic writes (.name.random.tmp, .incoming-*) are never served.
         location ~ /\\. {{
             return 404;

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import cli
@@ -385,3 +386,46 @@ def test_nginx_in_front_of_two_servers_loses_nothing_when_one_is_killed_mid_roll
             nginx.stop()
         for server in servers:
             server.kill()
+
+
+def test_nginx_config_refuses_a_data_dir_without_a_repository(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["deploy", "nginx-config", "--data", str(tmp_path / "empty"), "--json"])
+    document = json.loads(result.stdout)
+    assert result.exit_code == 1 and document["error"]["code"] == "NoRepository"
+    assert "edgekit repo init" in document["error"]["hint"]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param(["--upstream", "localhost"], id="upstream-without-port"),
+        pytest.param(["--upstream", "10.0.0.1:70000"], id="upstream-port-out-of-range"),
+        pytest.param(["--listen", "0.0.0.0:"], id="listen-without-port"),
+        pytest.param(["--metrics-allow", "everyone"], id="metrics-allow-not-an-address"),
+        pytest.param(["--server-name", "a b"], id="server-name-with-a-space"),
+    ],
+)
+def test_nginx_config_refuses_malformed_options(deployment: Any, option: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["deploy", "nginx-config", "--data", str(deployment.data_dir), *option])
+    assert result.exit_code == 1 and option[0] in result.output and "Traceback" not in result.output
+
+
+def test_nginx_config_caps_bodies_as_the_server_does_and_restricts_metrics(deployment: Any) -> None:
+    from edgekit.server.app import MAX_ADMIN_BODY
+    from edgekit.server.ingest import MAX_BATCH_BYTES
+
+    result = CliRunner().invoke(
+        cli,
+        ["deploy", "nginx-config", "--data", str(deployment.data_dir), "--metrics-allow", "10.0.0.0/8",
+         "--header-timeout", "5", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    text = document["config"]
+    assert document["upstreams"] == ["127.0.0.1:8080"] and document["path"] is None
+    assert f"client_max_body_size {MAX_ADMIN_BODY};" in text
+    assert f"client_max_body_size {MAX_BATCH_BYTES};" in text
+    assert "client_header_timeout 5s;" in text and "client_body_timeout 60s;" in text
+    metrics = text.split("location = /metrics {")[1].split("}")[0]
+    assert "allow 127.0.0.1;" in metrics and "allow 10.0.0.0/8;" in metrics and "deny all;" in metrics
+    assert f"root {deployment.data_dir.resolve()};" in text

@@ -323,13 +323,13 @@ def test_nginx_in_front_of_two_servers_loses_nothing_when_one_is_killed_mid_roll
         installed: set[tuple[str, int]] = set()
         killed_after: int | None = None  # decisions stored before the kill
         plan, decisions = current_plan(http, rollout_id)
-        for _ in range(ROUNDS):
+        for round_index in range(ROUNDS):
             if plan.state != "running":
                 break
             threads = fleet_round(http, ledger, plan, tokens, clock, installed)
-            if killed_after is None and len(decisions) >= 2:  # the start, and at least one evaluation
+            if round_index == 1:  # the fleet has reported once; its second round is in flight
                 killed_after = len(decisions)
-                servers[0].kill()  # while the round's batches are in flight
+                servers[0].kill()
             for thread in threads:
                 thread.join(timeout=120)
             for device in devices:
@@ -342,8 +342,8 @@ def test_nginx_in_front_of_two_servers_loses_nothing_when_one_is_killed_mid_roll
         # The surviving process went on evaluating to the end: decisions after the kill, up to completion.
         outcomes = [d["outcome"] for d in sorted(decisions, key=lambda d: d["seq"])]
         assert plan.state == "complete", (plan.state, outcomes[-3:], decisions[0])
-        assert len(decisions) > killed_after and "promote" in outcomes[killed_after:], outcomes
         assert outcomes.count("promote") == 2, outcomes  # 25% -> 100% -> complete
+        assert outcomes[killed_after:].count("promote") >= 1, (killed_after, outcomes)
 
         # Every device follows the finished rollout (TUF through nginx) and drains its queue.
         assert {device.step() for device in devices} == {"1.1.0"}

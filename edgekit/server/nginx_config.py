@@ -41,6 +41,7 @@ MUTABLE_METADATA = r"^/repo/metadata/(timestamp|root)\.json$"
 IMMUTABLE_METADATA = r"^/repo/metadata/[0-9]+\.[a-z][a-z0-9_-]*\.json$"
 IMMUTABLE_TARGET = r"^/repo/targets/.+/[0-9a-f]{64}\.[^/]+$"
 IMMUTABLE_MAX_AGE_S = 365 * 86_400  # seconds: one year, the longest lifetime HTTP caches honour
+_UNSAFE_PATH = frozenset('"\\$;{}')  # an nginx string cannot hold them safely ($ expands a variable)
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _SERVER_NAME = re.compile(r"[A-Za-z0-9*_~^\\.-][A-Za-z0-9*_~^\\.()|$+?{}\[\]-]{0,252}")
 
@@ -83,6 +84,12 @@ class NginxSettings:
     def __post_init__(self) -> None:
         if not self.repo_dir.is_absolute():
             raise NginxConfigError(f"repo_dir {self.repo_dir}: nginx needs an absolute path")
+        unsafe = sorted({c for c in str(self.repo_dir) if c in _UNSAFE_PATH or not c.isprintable()})
+        if unsafe:  # the path is written into the configuration, quoted: these would change its meaning
+            raise NginxConfigError(
+                f"--data {self.repo_dir.parent}: the path holds {unsafe!r}, which an nginx configuration "
+                "cannot quote; move the data directory to a plainer path"
+            )
         if not self.upstreams:
             raise NginxConfigError("no upstream: give --upstream HOST:PORT once per edgekit serve process")
         for upstream in self.upstreams:
@@ -227,7 +234,7 @@ server {{
 
     # ---- the TUF repository: static files ----------------------------------------------------------
     location ^~ /repo/ {{
-        root {repo_root};
+        root "{repo_root}";
         sendfile on;
         tcp_nopush on;
         types {{ application/json json; }}

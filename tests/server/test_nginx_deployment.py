@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -428,4 +431,56 @@ def test_nginx_config_caps_bodies_as_the_server_does_and_restricts_metrics(deplo
     assert "client_header_timeout 5s;" in text and "client_body_timeout 60s;" in text
     metrics = text.split("location = /metrics {")[1].split("}")[0]
     assert "allow 127.0.0.1;" in metrics and "allow 10.0.0.0/8;" in metrics and "deny all;" in metrics
-    assert f"root {deployment.data_dir.resolve()};" in text
+    assert f'root "{deployment.data_dir.resolve()}";' in text
+
+
+def test_nginx_config_refuses_a_data_path_nginx_cannot_quote(deployment: Any, tmp_path: Path) -> None:
+    odd = tmp_path / "data$home"
+    shutil.copytree(deployment.data_dir / "repo", odd / "repo", symlinks=True)
+    result = CliRunner().invoke(cli, ["deploy", "nginx-config", "--data", str(odd), "--json"])
+    document = json.loads(result.stdout)
+    assert result.exit_code == 1 and "--data" in document["error"]["message"], document
+
+
+def test_nginx_serves_the_repository_alone_with_each_files_cache_lifetime(
+    deployment: Any, tmp_path: Path
+) -> None:
+    """No server process at all: nginx answers every repository file, with the lifetime its name allows."""
+    find_nginx()
+    data_dir = tmp_path / "data"
+    shutil.copytree(deployment.data_dir / "repo", data_dir / "repo", symlinks=True)
+    port, site, nowhere = free_port(), tmp_path / "edgekit.conf", f"127.0.0.1:{free_port()}"
+    written = CliRunner().invoke(
+        cli,
+        ["deploy", "nginx-config", "--data", str(data_dir), "--upstream", nowhere, "--listen",
+         f"127.0.0.1:{port}", "-o", str(site)],
+    )  # fmt: skip
+    assert written.exit_code == 0, written.output
+    repo = data_dir / "repo"
+    bundle = next((repo / "targets" / "bundles").rglob("*.ekb"))
+    (repo / "metadata" / ".timestamp.json.0123.tmp").write_bytes(b"{}")  # an atomic write's temporary
+    nginx = NginxProcess(site, tmp_path / "nginx", port)
+    try:
+        nginx.wait_ready("/repo/metadata/timestamp.json")
+
+        def get(path: str) -> tuple[int, str | None, bytes]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                    return answer.status, answer.headers["Cache-Control"], answer.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers["Cache-Control"], b""
+
+        immutable = "public, max-age=31536000, immutable"
+        assert get("/repo/metadata/timestamp.json")[:2] == (200, "no-cache")
+        assert get("/repo/metadata/root.json")[:2] == (200, "no-cache")
+        assert get("/repo/metadata/1.root.json")[:2] == (200, immutable)
+        assert get("/repo/metadata/1.snapshot.json")[:2] == (200, immutable)
+        status, cache, body = get("/repo/" + bundle.relative_to(repo).as_posix())
+        assert (status, cache, body) == (200, immutable, bundle.read_bytes())
+        assert get("/repo/metadata/99.root.json")[:2] == (404, "no-store"), (
+            "the next root's 404 is not cached"
+        )
+        assert get("/repo/metadata/.timestamp.json.0123.tmp")[0] == 404
+        assert get("/healthz")[0] == 502  # the API needs a server; the repository does not
+    finally:
+        nginx.stop()

@@ -353,7 +353,7 @@ def test_nginx_in_front_of_two_servers_loses_nothing_when_one_is_killed_mid_roll
 
         # Nothing lost, nothing doubled: every batch sent is stored once with each of its events once. No
         # device saw the dead server: nginx sent what it refused (or dropped mid-request) to the other.
-        assert 500 not in ledger.answers and 502 not in ledger.answers, sorted(set(ledger.answers))
+        assert set(ledger.answers) <= {200, 409}, sorted(set(ledger.answers))
         log = (tmp_path / "nginx" / "error.log").read_text(errors="replace")
         assert f'upstream: "http://127.0.0.1:{servers[0].port}/' in log, "no request met the dead server"
         from edgekit.server.storage import open_database

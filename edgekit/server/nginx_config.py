@@ -206,8 +206,9 @@ map $status $edgekit_immutable {{
     default "no-store";
 }}
 map $status $edgekit_revalidate {{
-    default "no-cache";
-    404 "no-store";
+    200 "no-cache";
+    304 "no-cache";
+    default "no-store";
 }}
 
 server {{

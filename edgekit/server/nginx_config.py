@@ -43,7 +43,7 @@ IMMUTABLE_TARGET = r"^/repo/targets/.+/[0-9a-f]{64}\.[^/]+$"
 IMMUTABLE_MAX_AGE_S = 365 * 86_400  # seconds: one year, the longest lifetime HTTP caches honour
 _UNSAFE_PATH = frozenset('"\\$;{}')  # an nginx string cannot hold them safely ($ expands a variable)
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
-_SERVER_NAME = re.compile(r"[A-Za-z0-9*_~^\\.-][A-Za-z0-9*_~^\\.()|$+?{}\[\]-]{0,252}")
+_SERVER_NAME = re.compile(r"[A-Za-z0-9*_.-]{1,253}")  # one name, `*.example.org` or `_`
 
 
 class NginxConfigError(EdgekitError):

@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bundle": ("edgekit.commands.bundle", "bundle", "Build, sign and write a deterministic .ekb bundle."),
     "sign": ("edgekit.commands.bundle", "sign", "Add a signature to a bundle (k-of-n)."),
     "verify": ("edgekit.commands.bundle", "verify", "Verify a bundle against pinned public keys."),
+    "deploy": (
+        "edgekit.commands.deploy",
+        "deploy",
+        "Production deployment files: nginx-config (nginx in front of edgekit serve).",
+    ),
     "inspect": ("edgekit.commands.bundle", "inspect", "Show a bundle's manifest, files, runtime and parity."),
     "preprocess": (
         "edgekit.commands.preprocess",

@@ -9,6 +9,7 @@ same pure `edgekit.rollout.gates.evaluate` gives the same decisions.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import secrets
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from device_runtime.rollout_plan import parse_plan
 from edgekit.errors import PlanError, RolloutConflictError, RolloutError, UnknownRolloutError
 from edgekit.rollout.gates import DecisionRecord, GateConfig, StageDecision, decide
 from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict, shadow_from_dict
@@ -273,6 +275,7 @@ class RolloutService:
                 return results  # another replica is the evaluator
             try:
                 now = self.clock()
+                self._republish_lagging()
                 for plan in self._running():
                     try:
                         results.append(self._evaluate_one(plan, now))
@@ -281,6 +284,27 @@ class RolloutService:
             finally:
                 self.db.release_evaluator_lock()
         return results
+
+    def _republish_lagging(self) -> None:
+        """Publish each model and channel's newest stored plan where the repository shows another.
+
+        A plan change is stored, then published; a process that dies between the two (or a repository
+        write that failed) leaves devices on the old plan. The evaluator repairs that on its next run, so a
+        replica killed mid-decision loses nothing. A plan the repository refuses is left for the operator.
+        """
+        newest: dict[tuple[str, str], RolloutPlan] = {}
+        rows = self.db.execute("SELECT plan FROM rollouts ORDER BY updated_at DESC, created_at DESC")
+        for (text,) in rows:
+            try:
+                plan = RolloutPlan.from_json(text)
+            except Exception:  # a corrupt row is skipped here as in _running
+                continue
+            newest.setdefault((plan.model, plan.channel), plan)
+        for (model, channel), plan in newest.items():
+            with contextlib.suppress(Exception):
+                canonical = parse_plan(plan.to_dict(), model=model, channel=channel).to_bytes()
+                if self.repo.published_plan_sha256(model, channel) != hashlib.sha256(canonical).hexdigest():
+                    self.repo.set_plan(model, channel, plan.to_dict())
 
     def _running(self) -> list[RolloutPlan]:
         """Running rollouts; a stored plan that no longer parses is left out rather than stopping all."""

@@ -487,6 +487,13 @@ class TufRepository:
             self._commit(now)
             return PublishedTarget(path, info.length, info.hashes["sha256"], {}, role=ROLLOUTS)
 
+    def published_plan_sha256(self, model: str, channel: str) -> str | None:
+        """SHA-256 of the plan published for `model` on `channel` (its canonical bytes); None if none."""
+        from device_runtime.rollout_plan import plan_target_path
+
+        info = self._load(ROLLOUTS).signed.targets.get(plan_target_path(model, channel))
+        return None if info is None else str(info.hashes["sha256"])
+
     def refresh_timestamp(self, *, force_snapshot: bool = False) -> dict[str, int]:
         """Re-sign timestamp (always), and rollouts and snapshot when near expiry. Returns role -> version.
 

@@ -16,6 +16,7 @@ from edgekit.commands._common import (
     signature_options,
     write_json,
 )
+from edgekit.commands._role_option import role_option
 
 
 def gate_options(function: Any) -> Any:
@@ -44,15 +45,10 @@ def gate_options(function: Any) -> Any:
         ),
     ]
     options.append(
-        click.option(
-            "--role",
-            "roles",
-            multiple=True,
-            metavar="OUTPUT=ROLE[,key=value...]",
-            help="Declare an output's role (classification, detection, segmentation, regression, embedding, "
-            "sequence, tensor) and its decoding, e.g. output0=detection,score=0.25,iou=0.5 (keys: score, "
-            "iou, max, format, scores, top_k, activation, axis, blank). Repeatable; overrides the "
-            "--preprocess spec's outputs; undeclared outputs are inferred from their shape.",
+        role_option(
+            "Declare an output's role and its decoding.",
+            example="output0=detection,score=0.25,iou=0.5",
+            tail="Overrides the --preprocess spec's outputs; the others are inferred from their shape.",
         )
     )
     for option in reversed(options):

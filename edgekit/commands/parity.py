@@ -12,6 +12,7 @@ from edgekit.commands._common import (
     CommandError,
     emit_result,
     handle_errors,
+    json_flag,
     parse_signature,
     signature_options,
     write_json,
@@ -140,7 +141,7 @@ def _role_line(output: dict[str, Any]) -> str:
 @target_option
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_flag("the parity report")
 @handle_errors
 def parity(
     reference: Path,

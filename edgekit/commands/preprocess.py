@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import CommandError, emit_result, handle_errors, json_option, write_json
+from edgekit.commands._common import CommandError, emit_result, handle_errors, json_flag, write_json
 from edgekit.commands._role_option import role_option
 
 HF_CONFIG_NAME = "preprocessor_config.json"
@@ -54,7 +54,7 @@ def _read_source(source: Path) -> tuple[Path, bytes]:
     default=None,
     help="Processor class to emulate, overriding the file's image_processor_type.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the spec and notes as JSON.")
+@json_flag("the spec and notes")
 @handle_errors
 def import_(
     source: Path,
@@ -157,7 +157,7 @@ def _choice(*values: str) -> click.Choice:
     tail="With --from-model, outputs not given are labelled by role where their shape makes it clear.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
-@json_option
+@json_flag("the spec and notes")
 @handle_errors
 def init(
     output: Path,

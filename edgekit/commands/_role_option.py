@@ -1,9 +1,9 @@
 """The `--role OUTPUT=ROLE[,key=value...]` option of `parity`, `quantize` and `preprocess init`.
 
 One help text for the three commands, naming the roles a device knows (`OUTPUT_KINDS`, defined once in
-the device's spec parser) and the keys `converters.roles.parse_role_option` reads. The keys are listed
-here rather than imported: `converters.roles` loads numpy, and `--help` stays light (a test pins the two
-lists equal).
+`device_runtime._roles`, which imports nothing) and the keys `converters.roles.parse_role_option` reads.
+The keys are listed here rather than imported: `converters.roles` loads numpy, and `--help` stays light
+(a test pins the two lists equal).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import click
 
-from device_runtime._spec import OUTPUT_KINDS
+from device_runtime._roles import OUTPUT_KINDS
 
 __all__ = ["ROLE_KEY_NAMES", "ROLE_METAVAR", "ROLE_NAMES", "role_option"]
 

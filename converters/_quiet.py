@@ -3,51 +3,50 @@
 TensorFlow Lite, its converter and onnxruntime's quantizer write to the process's file descriptors from C++
 (`INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`, `fully_quantize: 0, inference_type: 6, ...`)
 and to Python's streams and logging (`WARNING:root:Please consider to run pre-processing ...`). `captured()`
-takes all three for the duration of one call: file descriptors 1 and 2 are pointed at a temporary file
-(C-level writes), `sys.stdout`/`sys.stderr` at a buffer (Python-level writes, e.g. under a test runner),
-and a handler on the root logger (and on any `loggers` asked for) collects log records. Afterwards
-everything is restored; lines that are known noise are dropped, and every other line is written back to
-the original stderr, so an engine's explanation of a failure is never lost.
+takes all three for the duration of one call: file descriptors 1 and 2 through the device library's
+capture (`device_runtime._quiet_fd`, the one implementation, which the device's engine loader also uses),
+`sys.stdout`/`sys.stderr` into a buffer (Python-level writes, e.g. under a test runner), and a handler on
+the root logger (and on any `loggers` asked for) collects log records. Afterwards everything is restored;
+lines that are known noise are dropped, and every other line is written back to the original stderr, so
+an engine's explanation of a failure is never lost.
 
-Thread safety: file descriptors are process-wide. One lock serializes captures; while one is open, what
-any other thread writes to fd 1 or 2 lands in it too and is written back afterwards (delayed, not lost).
-Keep the captured call short (one conversion, one engine load).
+Thread safety: file descriptors are process-wide. One lock (the device capture's) serializes captures;
+while one is open, what any other thread writes to fd 1 or 2 lands in it too and is written back
+afterwards (delayed, not lost). Keep the captured call short (one conversion, one engine load).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import logging
-import os
 import re
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from device_runtime._quiet_fd import ENGINE_NOISE, LOCK, Printed, is_noise, write_back
+from device_runtime._quiet_fd import descriptors as capture_descriptors
+from device_runtime.engines import load_engine
 
 __all__ = ["NOISE", "Captured", "captured", "fp16_clipping_summary", "load_engine", "quiet_import"]
 
-# Lines third-party code prints in normal operation, which say nothing a user can act on.
+# Lines third-party code prints in normal operation, which say nothing a user can act on: the engine's
+# (the device library's list) and the converters'.
 NOISE: tuple[re.Pattern[str], ...] = (
-    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
+    *ENGINE_NOISE,
     re.compile(r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: .*$"),
     re.compile(r"^(WARNING:root:)?Please consider to run pre-processing before quantization\..*$"),
     re.compile(r"^(DEBUG:[\w.]+:)?the float32 number \S+ will be truncated to \S+$"),
     re.compile(r"^.*UserWarning: the float32 number \S+ will be truncated to \S+$"),
     re.compile(r"^\s*warnings\.warn\($"),
-    re.compile(r"^$"),
     # TensorFlow's start-up banners (absl, printed even with TF_CPP_MIN_LOG_LEVEL=3).
     re.compile(r"^I\d{4} [\d:. ]+\s+\d+ port\.cc:\d+\] oneDNN custom operations are on\..*$"),
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
     re.compile(r"^.*\|\s*\d+/\d+ \[[^\]]*\]\s*$"),  # a progress bar's frame drawn meanwhile (tqdm)
 )
 _TRUNCATED = re.compile(r"the float32 number (\S+) will be truncated to (\S+)")
-_LOCK = threading.RLock()
 
 
 @dataclass
@@ -65,7 +64,7 @@ class Captured:
 
     def unrecognized(self) -> list[str]:
         """The visible lines that are not known noise (written back to stderr when the capture ends)."""
-        return [line for line in self.visible if not any(p.match(line) for p in NOISE)]
+        return [line for line in self.visible if not is_noise(line, NOISE)]
 
 
 class _Records(logging.Handler):
@@ -86,41 +85,6 @@ class _Records(logging.Handler):
                 self.visible.append(line)
 
 
-def _flush_c_streams() -> None:
-    """fflush(NULL): C stdio buffers go to their descriptors before those are swapped."""
-    with contextlib.suppress(OSError, AttributeError):  # no libc symbols (unusual platforms): skip
-        ctypes.CDLL(None).fflush(None)
-
-
-def _flush_python_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            stream.flush()
-
-
-@contextlib.contextmanager
-def _descriptors(sink: Any) -> Iterator[bool]:
-    """Point fds 1 and 2 at `sink` for the duration; yields False (and does nothing) if they cannot be."""
-    try:
-        saved = (os.dup(1), os.dup(2))
-    except OSError:
-        yield False
-        return
-    _flush_python_streams()
-    _flush_c_streams()
-    os.dup2(sink.fileno(), 1)
-    os.dup2(sink.fileno(), 2)
-    try:
-        yield True
-    finally:
-        _flush_python_streams()
-        _flush_c_streams()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 @contextlib.contextmanager
 def captured(*, loggers: Sequence[str] = (), descriptors: bool = True) -> Iterator[Captured]:
     """Capture fds 1/2, Python's stdout/stderr and log records of one third-party call (see the module doc).
@@ -131,7 +95,8 @@ def captured(*, loggers: Sequence[str] = (), descriptors: bool = True) -> Iterat
     Unrecognized lines are written back to the original stderr when the block ends, also on an error.
     """
     result = Captured()
-    with _LOCK, tempfile.TemporaryFile() as sink:
+    fd_printed = Printed()  # stays empty if the capture cannot start
+    with LOCK:
         buffer = io.StringIO()
         records = _Records()
         root = logging.getLogger()
@@ -145,7 +110,7 @@ def captured(*, loggers: Sequence[str] = (), descriptors: bool = True) -> Iterat
             logger.setLevel(logging.DEBUG)
         try:
             with (
-                _descriptors(sink) if descriptors else contextlib.nullcontext(False),
+                capture_descriptors(NOISE, fds=(1, 2) if descriptors else ()) as fd_printed,
                 contextlib.redirect_stdout(buffer),
                 contextlib.redirect_stderr(buffer),
             ):
@@ -155,15 +120,11 @@ def captured(*, loggers: Sequence[str] = (), descriptors: bool = True) -> Iterat
             for logger, level in zip(named, levels, strict=True):
                 logger.removeHandler(records)
                 logger.setLevel(level)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace") + buffer.getvalue()
-            streams = [line.rstrip() for line in text.splitlines()]
-            result.lines = streams + records.lines
-            result.visible = streams + records.visible
-            kept = result.unrecognized()
-            if kept:
-                with contextlib.suppress(OSError):
-                    os.write(2, ("\n".join(kept) + "\n").encode("utf-8", errors="replace"))
+            # The descriptors' own capture has written back its unrecognized lines already.
+            streams = [line.rstrip() for line in buffer.getvalue().splitlines()]
+            result.lines = fd_printed.lines + streams + records.lines
+            result.visible = fd_printed.lines + streams + records.visible
+            write_back([line for line in streams + records.visible if not is_noise(line, NOISE)])
 
 
 def fp16_clipping_summary(result: Captured) -> str | None:
@@ -183,14 +144,6 @@ def fp16_clipping_summary(result: Captured) -> str | None:
     if small:
         parts.append(f"{small} closer to zero than 5.96e-08 raised to it")
     return f"fp16: {len(found)} extreme weight value(s) outside float16's range: " + "; ".join(parts)
-
-
-def load_engine(model: str | Path | bytes, **kwargs: Any) -> Any:
-    """`device_runtime.engines.load_engine` with the engine's start-up banner captured (host code only)."""
-    from device_runtime.engines import load_engine as load
-
-    with captured():
-        return load(model, **kwargs)
 
 
 def quiet_import(name: str) -> Any:

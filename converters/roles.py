@@ -19,7 +19,7 @@ from typing import Any
 
 from converters.errors import DataError
 from device_runtime.errors import SpecError
-from device_runtime.preprocess import OutputSpec, load_spec
+from device_runtime.preprocess import OUTPUT_KINDS, OutputSpec, load_spec
 from device_runtime.preprocess import parse_output as _parse_output
 
 __all__ = ["ROLE_KEYS", "infer_role", "load_roles", "parse_role_option", "resolve_roles"]
@@ -92,7 +92,8 @@ def parse_role_option(text: str) -> OutputSpec:
     name, eq, kind = head.partition("=")
     if not eq or not name or not kind:
         raise DataError(
-            f"--role {text!r}: expected OUTPUT=ROLE[,key=value...], e.g. output0=detection,iou=0.5"
+            f"--role {text!r}: expected OUTPUT=ROLE[,key=value...] with ROLE one of "
+            f"{', '.join(OUTPUT_KINDS)}, e.g. output0=detection,iou=0.5"
         )
     doc: dict[str, Any] = {"name": name, "kind": kind}
     for item in filter(None, rest.split(",")):

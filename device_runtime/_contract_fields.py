@@ -11,6 +11,7 @@ import math
 import re
 from typing import Any
 
+from device_runtime._roles import OUTPUT_KINDS
 from device_runtime.errors import ContractError
 
 SCHEMA = "edgekit.telemetry/v1"
@@ -56,16 +57,7 @@ CONFIDENCE_BINS = 10  # top-1 confidence or detection score bins over [0, 1], ea
 DETECTION_COUNT_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100)  # detections per input: bin i holds <= edge i
 MAX_DETECTIONS_PER_INPUT = 1000  # detections one input may produce (the last bin's upper bound)
 MAX_ABS_MOMENT = 1e38  # a channel's mean (float32 inputs stay below it)
-# shadow trials: the output roles of a bundle spec (device_runtime._spec.OUTPUT_KINDS; a test pins equality)
-SHADOW_ROLES = (
-    "classification",
-    "detection",
-    "segmentation",
-    "regression",
-    "embedding",
-    "sequence",
-    "tensor",
-)
+SHADOW_ROLES = OUTPUT_KINDS  # shadow trials compare outputs by the role their bundle's spec gives them
 
 REASONS = (
     "not-object",

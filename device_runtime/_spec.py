@@ -57,6 +57,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar, NoReturn, TypeAlias
 
+from device_runtime._roles import OUTPUT_KINDS
 from device_runtime.errors import SpecError
 from signing.errors import FormatError
 from signing.strict_json import canonical_bytes, parse_strict
@@ -362,15 +363,6 @@ _IMAGE_KEYS = (
     "mean",
     "std",
     "quantization",
-)
-OUTPUT_KINDS = (
-    "classification",
-    "detection",
-    "segmentation",
-    "regression",
-    "embedding",
-    "sequence",
-    "tensor",
 )
 _OUTPUT_KINDS = OUTPUT_KINDS
 DETECTION_FORMATS = ("yolo", "yolo_transposed", "boxes")

@@ -257,12 +257,17 @@ class _LiteRTEngine:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:  # pragma: no cover - depends on the install
             raise EngineError("ai-edge-litert is not installed: pip install 'edgekit[tflite]'") from e
+        from device_runtime._quiet_fd import descriptors
+
         try:
-            if isinstance(model, bytes):
-                self._interpreter = Interpreter(model_content=model, num_threads=threads)
-            else:
-                self._interpreter = Interpreter(model_path=str(model), num_threads=threads)
-            self._interpreter.allocate_tensors()
+            # The first allocation in a process prints the XNNPACK delegate's banner from C++ to fd 2:
+            # captured and dropped; anything else LiteRT prints meanwhile is written back.
+            with descriptors():
+                if isinstance(model, bytes):
+                    self._interpreter = Interpreter(model_content=model, num_threads=threads)
+                else:
+                    self._interpreter = Interpreter(model_path=str(model), num_threads=threads)
+                self._interpreter.allocate_tensors()
         except Exception as e:
             raise EngineError(f"LiteRT cannot load {_describe(model)}: {_first_line(e)}") from e
         self._input_details, self._output_details = _litert_details(self._interpreter)

@@ -30,6 +30,7 @@ import numpy as np
 from device_runtime._image import list_images, to_pixels
 from device_runtime._spec import (
     _INT_RANGE,
+    OUTPUT_KINDS,
     SCHEMA,
     ImageInputSpec,
     InputSpec,
@@ -45,6 +46,7 @@ from device_runtime._spec import (
 from device_runtime.errors import InputError, SpecError
 
 __all__ = [
+    "OUTPUT_KINDS",
     "SCHEMA",
     "ImageInputSpec",
     "InputSpec",

@@ -29,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "JSON_HELP",
+    "JSON_SHAPE",
     "ClickProgress",
     "CommandError",
     "command_options",
@@ -36,6 +37,8 @@ __all__ = [
     "emit_result",
     "error_document",
     "handle_errors",
+    "json_flag",
+    "json_help",
     "json_option",
     "json_safe",
     "parse_input_shapes",
@@ -45,12 +48,30 @@ __all__ = [
 ]
 
 
-JSON_HELP = 'Print the result as one JSON object on stdout ({"ok": ..., "command": ...}); errors too.'
+JSON_SHAPE = '{"ok": ..., "command": ...}'
+
+
+def json_help(what: str = "the result", *, per_line: bool = False) -> str:
+    """The help of every `--json` flag: what the command prints, and the shared shape (module doc).
+
+    `what`: the command's result in a few words ("the report"); `per_line`: a long-running command that
+    prints one object per line (`what` then says when, e.g. "the rollout's state at each poll").
+    """
+    how = "as JSON on stdout, one object per line" if per_line else "as one JSON object on stdout"
+    return f"Print {what} {how} ({JSON_SHAPE}); errors too."
+
+
+JSON_HELP = json_help()
+
+
+def json_flag(what: str = "the result", *, per_line: bool = False) -> Callable[[F], F]:
+    """The `--json` flag (stored as `as_json`) with its help from `json_help`."""
+    return click.option("--json", "as_json", is_flag=True, help=json_help(what, per_line=per_line))
 
 
 def json_option(function: F) -> F:
-    """The `--json` flag, with the same help on every command."""
-    return click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(function)  # type: ignore[return-value]
+    """The `--json` flag with the plain help (`JSON_HELP`): `@json_option`."""
+    return json_flag()(function)
 
 
 class CommandError(click.ClickException):

@@ -1,7 +1,9 @@
 """Build an `edgekit.preprocess/v1` document from flags and, optionally, a model's inputs (`preprocess init`).
 
 Pure: takes the model's tensor descriptions (`device_runtime.engines.TensorInfo`) and the flags, returns
-the document and notes for the user; the command validates it with `parse_spec` and writes it.
+the document and notes for the user; the command validates it with `parse_spec` and writes it. Outputs
+come from `--role` options, and with a model also from the shapes of the outputs not given, where the
+shape makes the role unambiguous (`converters.roles.infer_role`, the rule the parity gate applies).
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ImageFlags", "image_input", "parse_floats", "parse_size", "spec_document"]
+__all__ = [
+    "ImageFlags",
+    "image_input",
+    "output_document",
+    "output_roles",
+    "parse_floats",
+    "parse_size",
+    "spec_document",
+]
 
 IMAGE_DTYPES = ("float32", "uint8", "int8")
 
@@ -117,6 +127,50 @@ def image_input(name: str, flags: ImageFlags, model: Any = None) -> tuple[dict[s
     return doc, notes
 
 
+def output_document(role: Any) -> dict[str, Any]:
+    """An output role (`device_runtime.preprocess.OutputSpec`) as its spec object, every key written."""
+    from device_runtime.preprocess import SCHEMA, PreprocessSpec
+
+    document: dict[str, Any] = PreprocessSpec(schema=SCHEMA, inputs=(), outputs=(role,)).to_dict()
+    return dict(document["outputs"][0])
+
+
+def output_roles(
+    output_shapes: Mapping[str, Sequence[int | None]], declared: Sequence[Mapping[str, Any]] = ()
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The OUTPUT objects: the `declared` ones, then each output in `output_shapes` (name: shape, batch
+    axis first, None for a dynamic size) not declared whose shape makes its role unambiguous (a classifier
+    [N, C], a YOLO head); notes say which were labelled and which were left out (judged as plain tensors
+    unless declared)."""
+    from converters.roles import infer_role
+    from edgekit.commands._role_option import ROLE_NAMES
+
+    outputs = [dict(o) for o in declared]
+    given = {str(o.get("name")) for o in declared}
+    notes: list[str] = []
+    unclear: list[str] = []
+    for name, shape in output_shapes.items():
+        if name in given:
+            continue
+        dims = [1 if axis == 0 and d is None else d for axis, d in enumerate(shape)]
+        role = None if None in dims else infer_role(name, [int(d) for d in dims if d is not None])
+        shown = f"{name!r} ({'x'.join('N' if d is None else str(d) for d in shape) or 'scalar'})"
+        if role is not None and role.kind != "tensor":
+            outputs.append(output_document(role))
+            notes.append(
+                f"output {shown}: labelled {role.kind} from its shape; --role {name}=ROLE changes it"
+            )
+        else:
+            unclear.append(shown)
+    if unclear:
+        notes.append(
+            f"output{'s' if len(unclear) > 1 else ''} {', '.join(unclear)}: no role is clear from the shape, "
+            "so the spec leaves them out and they are judged as plain tensors; declare one with "
+            f"--role OUTPUT=ROLE (ROLE: {ROLE_NAMES})"
+        )
+    return outputs, notes
+
+
 def spec_document(
     *,
     model_inputs: Sequence[Any] = (),
@@ -129,7 +183,8 @@ def spec_document(
 
     Without `model_inputs`: one image input named `image_names[0]` (else `default_name`) from the flags.
     With them: the inputs named in `image_names` (default: every rank-4 input with 1 or 3 channels) become
-    image inputs, the others tensor inputs passed through with their dtype and shape.
+    image inputs, the others tensor inputs passed through with their dtype and shape. `outputs`: the
+    OUTPUT objects, as given (`output_roles` adds the model's others).
 
     Raises:
         ValueError: a named input the model lacks, or an image whose size is unknown.

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import emit_result, handle_errors, json_option
+from edgekit.commands._common import emit_result, handle_errors, json_flag, json_option
 
 PASSPHRASE_HELP = (
     "Name of an environment variable holding the key's passphrase (never pass it as an argument)."
@@ -114,7 +114,7 @@ def keygen(directory: Path, name: str, passphrase_env: str | None, as_json: bool
     help="Samples of the --golden data the signed reference health profile (health.json) is computed "
     "from; the label-free rollout gates compare devices against it. 0: no profile.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as one JSON object.")
+@json_flag("the bundle summary")
 @handle_errors
 def bundle(
     model: Path,

@@ -9,6 +9,7 @@ import click
 from edgekit.commands._common import (
     emit_result,
     handle_errors,
+    json_flag,
     parse_input_shapes,
     parse_signature,
     signature_options,
@@ -46,7 +47,7 @@ from edgekit.commands._common import (
     help="Real inputs (.npy/.npz) for the parity check instead of random ones.",
 )
 @signature_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_flag("the conversion result")
 @handle_errors
 def convert(
     source: Path,

@@ -12,10 +12,12 @@ from edgekit.commands._common import (
     CommandError,
     emit_result,
     handle_errors,
+    json_flag,
     parse_signature,
     signature_options,
     write_json,
 )
+from edgekit.commands._role_option import role_option
 
 
 def gate_options(function: Any) -> Any:
@@ -44,15 +46,10 @@ def gate_options(function: Any) -> Any:
         ),
     ]
     options.append(
-        click.option(
-            "--role",
-            "roles",
-            multiple=True,
-            metavar="OUTPUT=ROLE[,key=value...]",
-            help="Declare an output's role (classification, detection, segmentation, regression, embedding, "
-            "sequence, tensor) and its decoding, e.g. output0=detection,score=0.25,iou=0.5 (keys: score, "
-            "iou, max, format, scores, top_k, activation, axis, blank). Repeatable; overrides the "
-            "--preprocess spec's outputs; undeclared outputs are inferred from their shape.",
+        role_option(
+            "Declare an output's role and its decoding.",
+            example="output0=detection,score=0.25,iou=0.5",
+            tail="Overrides the --preprocess spec's outputs; the others are inferred from their shape.",
         )
     )
     for option in reversed(options):
@@ -144,7 +141,7 @@ def _role_line(output: dict[str, Any]) -> str:
 @target_option
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_flag("the parity report")
 @handle_errors
 def parity(
     reference: Path,

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import CommandError, emit_result, handle_errors, json_option, write_json
+from edgekit.commands._common import CommandError, emit_result, handle_errors, json_flag, write_json
+from edgekit.commands._role_option import role_option
 
 HF_CONFIG_NAME = "preprocessor_config.json"
 
@@ -53,7 +54,7 @@ def _read_source(source: Path) -> tuple[Path, bytes]:
     default=None,
     help="Processor class to emulate, overriding the file's image_processor_type.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the spec and notes as JSON.")
+@json_flag("the spec and notes")
 @handle_errors
 def import_(
     source: Path,
@@ -89,7 +90,7 @@ def import_(
         emit_result({"source": str(path), "spec_path": str(output), "notes": notes, "spec": document})
         return
     click.echo(f"wrote {output} from {path}")
-    _print_inputs(spec)
+    _print_spec(spec)
     for note in notes:
         click.echo(f"note: {note}", err=True)
 
@@ -150,16 +151,13 @@ def _choice(*values: str) -> click.Choice:
 @click.option(
     "--std", help="Standard deviation per channel after rescaling, e.g. 0.229,0.224,0.225 [default: 1]."
 )
-@click.option(
-    "--role",
-    "roles",
-    multiple=True,
-    metavar="OUTPUT=ROLE[,key=value...]",
-    help="Describe an output (repeatable), as for `quantize --role`, e.g. "
-    "logits=classification,activation=softmax.",
+@role_option(
+    "Describe an output: how the parity gate judges it and the device decodes it.",
+    example="logits=classification,activation=softmax",
+    tail="With --from-model, outputs not given are labelled by role where their shape makes it clear.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
-@json_option
+@json_flag("the spec and notes")
 @handle_errors
 def init(
     output: Path,
@@ -186,7 +184,14 @@ def init(
     from converters.roles import parse_role_option
     from device_runtime.errors import SpecError
     from device_runtime.preprocess import parse_spec
-    from edgekit.commands._spec_init import ImageFlags, parse_floats, parse_size, spec_document
+    from edgekit.commands._spec_init import (
+        ImageFlags,
+        output_document,
+        output_roles,
+        parse_floats,
+        parse_size,
+        spec_document,
+    )
 
     if output.exists() and not force:
         raise CommandError(f"{output} exists", code="OutputExists", hint="pass --force to replace it")
@@ -210,16 +215,21 @@ def init(
         from converters._quiet import load_engine
 
         engine = load_engine(model)
-    model_inputs = tuple(engine.inputs) if engine is not None else ()
-    outputs = [_output_dict(parse_role_option(text)) for text in roles]
+    outputs = [output_document(parse_role_option(text)) for text in roles]
     try:
         document, notes = spec_document(
-            model_inputs=model_inputs, image_names=input_names, flags=flags, outputs=outputs
+            model_inputs=tuple(engine.inputs) if engine is not None else (),
+            image_names=input_names,
+            flags=flags,
+            outputs=outputs,
         )
         spec = parse_spec(document)
         if engine is not None:  # what bundle would refuse is refused now, before anything is written
             from device_runtime.preprocess import check_against_model
 
+            document["outputs"], more = output_roles(_output_shapes(engine, spec), outputs)
+            notes += more
+            spec = parse_spec(document)
             check_against_model(
                 spec,
                 {t.name: (t.shape, t.dtype) for t in engine.inputs},
@@ -243,20 +253,38 @@ def init(
         )
         return
     click.echo(f"wrote {output}" + (f" from the inputs of {model}" if model is not None else ""))
-    _print_inputs(spec)
+    _print_spec(spec)
     for note in notes:
         click.echo(f"note: {note}", err=True)
 
 
-def _output_dict(role: Any) -> dict[str, Any]:
-    """An output role as its spec object (the same form the spec file holds)."""
-    from device_runtime.preprocess import SCHEMA, PreprocessSpec
+def _output_shapes(engine: Any, spec: Any) -> dict[str, tuple[int | None, ...]]:
+    """The model's output shapes, as the model declares them or, where a size there is dynamic (a
+    detector's anchor count follows the image size), as one run on a blank input of the spec's size gives
+    them. The declared shapes when the run cannot be made (a dynamic input the spec does not size)."""
+    import numpy as np
 
-    document: dict[str, Any] = PreprocessSpec(schema=SCHEMA, inputs=(), outputs=(role,)).to_dict()
-    return dict(document["outputs"][0])
+    from device_runtime.preprocess import ImageInputSpec
+
+    declared = {t.name: tuple(t.shape) for t in engine.outputs}
+    if all(d is not None for shape in declared.values() for d in shape[1:]):
+        return declared
+    feeds = {}
+    for item in spec.inputs:
+        shape = (1, *item.shape[1:])
+        if not isinstance(item, ImageInputSpec) and (not item.shape or None in shape):
+            return declared  # a scalar (its meaning unknown: zero may be refused) or an unsized axis
+        feeds[item.name] = np.zeros(shape, dtype=item.dtype)
+    try:
+        ran = engine.run(feeds)
+    except Exception:  # the model refuses a blank input: fall back to what it declares
+        return declared
+    return {
+        name: (None, *np.shape(ran[name])[1:]) if name in ran else shape for name, shape in declared.items()
+    }
 
 
-def _print_inputs(spec: Any) -> None:
+def _print_spec(spec: Any) -> None:
     from device_runtime.preprocess import ImageInputSpec
 
     for item in spec.inputs:
@@ -264,5 +292,7 @@ def _print_inputs(spec: Any) -> None:
             described = f"image {item.dtype} {item.size[0]}x{item.size[1]} {item.layout} {item.color}"
         else:
             shape = "x".join("N" if d is None else str(d) for d in item.shape)
-            described = f"tensor {item.dtype} {shape}"
+            described = f"tensor {item.dtype} {shape or 'scalar'}"
         click.echo(f"  input {item.name!r}: {described}")
+    for output in spec.outputs:
+        click.echo(f"  output {output.name!r}: {output.kind}")

@@ -11,6 +11,7 @@ from edgekit.commands._common import (
     ClickProgress,
     emit_result,
     handle_errors,
+    json_flag,
     parse_signature,
     signature_options,
     write_json,
@@ -103,7 +104,7 @@ from edgekit.commands.parity import gate_options, print_summary, target_option
 @click.option("--skip-latency", is_flag=True, help="Do not measure latency (no speed check).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_flag("the parity report")
 @handle_errors
 def quantize(
     model: Path,

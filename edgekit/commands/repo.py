@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edgekit.commands._common import CommandError, emit_result, handle_errors, json_option
+from edgekit.commands._common import CommandError, emit_result, handle_errors, json_flag, json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,7 +122,7 @@ def init(
     type=click.IntRange(0),
     help="Also publish deltas from this many earlier releases of the model (0: none).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the published target as JSON.")
+@json_flag("the published target")
 @_repository_errors
 def publish(bundle: Path, data_dir: Path, offline_keys: Path, deltas: int, as_json: bool) -> None:
     """Verify BUNDLE against the release keys and publish it as a TUF target (with deltas)."""
@@ -187,7 +187,7 @@ def rotate_root(data_dir: Path, offline_keys: Path, new_keys: Path, threshold: i
 
 @repo.command("status")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@json_flag("the roles, targets and plans")
 @_repository_errors
 def status(data_dir: Path, as_json: bool) -> None:
     """Roles with versions and expiries, targets and rollout plans."""

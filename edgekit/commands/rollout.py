@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import CommandError, emit_result, json_option
+from edgekit.commands._common import CommandError, emit_result, json_flag, json_option
 
 
 def _token(ctx: click.Context) -> str:
@@ -259,12 +259,7 @@ def evaluate(ctx: click.Context, as_json: bool) -> None:
     help="Seconds between polls of the status API.",
 )
 @click.option("--once", is_flag=True, help="Print the rollout's state once and exit (for scripts).")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help='Print one JSON object per poll, one per line ({"ok": true, ...}).',
-)
+@json_flag("the rollout's state at each poll", per_line=True)
 @click.pass_context
 def watch(ctx: click.Context, rollout_id: str, interval: float, once: bool, as_json: bool) -> None:
     """Follow ROLLOUT_ID live: one plain-words line whenever its stage, devices, gates or decision change.

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import CommandError, emit_result, handle_errors
+from edgekit.commands._common import CommandError, emit_result, handle_errors, json_flag
 
 
 def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
@@ -118,13 +118,7 @@ def _token(data_dir: Path, env: str, name: str) -> tuple[str, str]:
     type=click.IntRange(1, 64),
     help="Server processes sharing the port (telemetry ingest scales with them; gates evaluate in one).",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help='Print one JSON line on stdout once the server listens ({"ok": true, "command": "serve", '
-    '"address": ..., "data_dir": ...}) instead of the banner; errors as JSON too.',
-)
+@json_flag("the address and data directory once the server listens (instead of the banner)")
 @handle_errors
 def serve(
     data_dir: Path,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.commands._common import emit_result
+from edgekit.commands._common import emit_result, json_flag
 
 # (JSON key, what, comparison, target): informational, printed next to the figures.
 _TARGETS: dict[str, tuple[tuple[str, str, str, float], ...]] = {
@@ -150,7 +150,7 @@ class _Progress:
 @click.option(
     "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of the runs."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@json_flag("the figures")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def simulate(
     devices: int,

@@ -61,6 +61,26 @@ class Judge:
         least = min(a.devices for a in arms) - self.k
         return least >= self.config.min_devices_per_arm, least
 
+    def unready(
+        self,
+        metric: str,
+        what: str,
+        t: ArmSample | None,
+        c: ArmSample | None,
+        limit: float,
+        *,
+        needs_control: bool = True,
+    ) -> DecisionRecord | None:
+        """The record of a gate that cannot be judged (`presence`) or not yet (too few devices per arm:
+        the treatment's alone when the gate `needs_control` not), else None: then `t` (and, when it
+        `needs_control`, `c`) is not None."""
+        absent = presence(metric, what, t, c, needs_control, self.final)
+        if absent is not None:
+            return absent
+        assert t is not None and (c is not None or not needs_control)
+        ok, least = self.enough(t, c) if needs_control and c is not None else self.enough(t)
+        return None if ok else self.need(metric, least, limit)
+
     def need(self, metric: str, least: int, threshold: float) -> DecisionRecord:
         detail = (
             f"{max(least, 0)} devices per arm report it{self.k_words()}, "
@@ -157,15 +177,12 @@ def class_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
     metric, limit = "class_shift", judge.config.max_class_shift
     t = ArmSample.of(ev.treatment.classes, ev.treatment.weights)
     c = ArmSample.of(ev.control.classes, ev.control.weights)
-    absent = presence(metric, "predicted classes", t, c, True, judge.final)
-    if absent is not None:
-        return absent
+    unready = judge.unready(metric, "predicted classes", t, c, limit)
+    if unready is not None:
+        return unready
     assert t is not None and c is not None
     width = max(t.y.shape[1], c.y.shape[1])
-    t, c = _pad(t, width), _pad(c, width)
-    ok, least = judge.enough(t, c)
-    if not ok:
-        return judge.need(metric, least, limit)
+    t, c = _pad(t, width), _pad(c, width)  # padding adds classes, not devices
 
     def make(alpha: float, lower: bool) -> Bound:
         per_class = alpha / width  # Bonferroni across classes
@@ -213,20 +230,42 @@ def class_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
 # ---- confidence shift ----------------------------------------------------------------------------------
 def confidence_shift(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
     """Drop of the mean top-1 confidence (or detection score): control minus treatment."""
-    metric, limit = "confidence_shift", judge.config.max_confidence_drop
     t = ArmSample.of(ev.treatment.confidence, ev.treatment.weights, share=False)
     c = ArmSample.of(ev.control.confidence, ev.control.weights, share=False)
-    absent = presence(metric, "confidence", t, c, True, judge.final)
-    if absent is not None:
-        return absent
+    return _mean_shift(
+        "confidence_shift",
+        "confidence",
+        t,
+        c,
+        judge.config.max_confidence_drop,
+        judge,
+        lambda mt, mc: f"mean confidence treatment {mt:.3f} vs control {mc:.3f}: drop",
+        drop=True,
+    )
+
+
+def _mean_shift(
+    metric: str,
+    reported: str,
+    t: ArmSample | None,
+    c: ArmSample | None,
+    limit: float,
+    judge: Judge,
+    words: Callable[[float, float], str],
+    *,
+    drop: bool,
+) -> DecisionRecord:
+    """A gate on the difference of the arms' means of one value: treatment minus control, or control
+    minus treatment when it watches a `drop`. `words(treatment mean, control mean)` names the value."""
+    unready = judge.unready(metric, reported, t, c, limit)
+    if unready is not None:
+        return unready
     assert t is not None and c is not None
-    ok, least = judge.enough(t, c)
-    if not ok:
-        return judge.need(metric, least, limit)
     mt, mc = float(_mean(t)[0]), float(_mean(c)[0])
-    what = f"mean confidence treatment {mt:.3f} vs control {mc:.3f}: drop"
-    bounds = robust(c, t, _difference(judge), judge)  # control first: the bound is on control - treatment
-    return verdict(metric, what, mc - mt, bounds, limit, judge, n=t.devices + c.devices, t=mt, c=mc)
+    first, second = (c, t) if drop else (t, c)  # the bounds are on first minus second
+    bounds = robust(first, second, _difference(judge), judge)
+    value = mc - mt if drop else mt - mc
+    return verdict(metric, words(mt, mc), value, bounds, limit, judge, n=t.devices + c.devices, t=mt, c=mc)
 
 
 # ---- shadow ------------------------------------------------------------------------------------------
@@ -249,35 +288,29 @@ def _failures(arm: ArmEvidence) -> ArmSample | None:
 
 def shadow_agreement(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
     """The candidate's disagreement with the served baseline, in excess of the baseline's own."""
-    metric, limit = "shadow_agreement", judge.config.max_shadow_disagreement_excess
-    t, c = _disagreement(ev.treatment), _disagreement(ev.control)
-    absent = presence(metric, "shadow comparisons", t, c, True, judge.final)
-    if absent is not None:
-        return absent
-    assert t is not None and c is not None
-    ok, least = judge.enough(t, c)
-    if not ok:
-        return judge.need(metric, least, limit)
-    dt, dc = float(_mean(t)[0]), float(_mean(c)[0])
-    what = (
-        f"the candidate disagrees with the served model on {100 * dt:.2f}% of shadowed inputs, the baseline "
-        f"with itself on {100 * dc:.2f}%: excess disagreement"
+    return _mean_shift(
+        "shadow_agreement",
+        "shadow comparisons",
+        _disagreement(ev.treatment),
+        _disagreement(ev.control),
+        judge.config.max_shadow_disagreement_excess,
+        judge,
+        lambda dt, dc: (
+            f"the candidate disagrees with the served model on {100 * dt:.2f}% of shadowed inputs, the "
+            f"baseline with itself on {100 * dc:.2f}%: excess disagreement"
+        ),
+        drop=False,
     )
-    bounds = robust(t, c, _difference(judge), judge)
-    return verdict(metric, what, dt - dc, bounds, limit, judge, n=t.devices + c.devices, t=dt, c=dc)
 
 
 def shadow_failures(ev: LabelFreeEvidence, judge: Judge) -> DecisionRecord:
     """Guardrail on the treatment alone: the share of shadow runs that failed or timed out."""
     metric, limit = "shadow_failures", judge.config.max_shadow_failure_share
     t, c = _failures(ev.treatment), _failures(ev.control)
-    absent = presence(metric, "shadow runs", t, c, False, judge.final)
-    if absent is not None:
-        return absent
+    unready = judge.unready(metric, "shadow runs", t, c, limit, needs_control=False)
+    if unready is not None:
+        return unready
     assert t is not None
-    ok, least = judge.enough(t)
-    if not ok:
-        return judge.need(metric, least, limit)
 
     def make(alpha: float, lower: bool) -> Bound:
         def bound(a: Moments, b: Moments | None) -> np.ndarray:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from edgekit.rollout._types import (
+    EVENT_COUNTS,
     HISTOGRAM_SIZE,
     ArmMetrics,
     DecisionRecord,
@@ -64,15 +65,6 @@ MAX_INFERENCES_PER_DEVICE_HOUR = 360_000.0  # inferences per device-hour (100/s)
 MAX_CRASHES_PER_DEVICE_HOUR = 60.0  # crashes per device-hour (one a minute: a crash loop)
 MAX_FEEDBACK_PER_DEVICE_HOUR = 3_600.0  # feedback events per device-hour (one a second)
 MAX_INSTALLS_PER_DEVICE_HOUR = 6.0  # install attempts per hour of the window (one per update poll)
-_COUNTS = (
-    "crashes",
-    "inferences",
-    "inference_errors",
-    "installs",
-    "install_failures",
-    "feedback_total",
-    "feedback_correct",
-)
 Arm = Literal["treatment", "control"]
 
 
@@ -106,7 +98,7 @@ class DeviceTelemetry:
 
     def plus(self, other: DeviceTelemetry) -> DeviceTelemetry:
         """The same device's telemetry over both windows (counts add, spans merge)."""
-        values: dict[str, Any] = {name: getattr(self, name) + getattr(other, name) for name in _COUNTS}
+        values: dict[str, Any] = {name: getattr(self, name) + getattr(other, name) for name in EVENT_COUNTS}
         return DeviceTelemetry(
             device_id=self.device_id,
             arm=self.arm,
@@ -121,7 +113,7 @@ class DeviceTelemetry:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (infinite span ends become None)."""
-        data: dict[str, Any] = {name: getattr(self, name) for name in _COUNTS}
+        data: dict[str, Any] = {name: getattr(self, name) for name in EVENT_COUNTS}
         data.update(
             device_id=self.device_id,
             arm=self.arm,
@@ -142,7 +134,7 @@ class DeviceTelemetry:
             first=math.inf if data["first"] is None else float(data["first"]),
             last=-math.inf if data["last"] is None else float(data["last"]),
             latency_histogram=tuple(int(c) for c in data["latency_histogram"]),
-            **{name: int(data[name]) for name in _COUNTS},
+            **{name: int(data[name]) for name in EVENT_COUNTS},
         )
 
 
@@ -182,7 +174,7 @@ def _capped(device: DeviceTelemetry, stage_started_at: float, until: float) -> d
 
 def _arm(parts: list[dict[str, Any]], k: int) -> ArmMetrics:
     """Bounded device contributions -> the arm's metrics, with its K most influential devices' share."""
-    names = ("devices", "device_hours", *_COUNTS)
+    names = ("devices", "device_hours", *EVENT_COUNTS)
     totals = {name: float(math.fsum(p[name] for p in parts)) for name in names}
     top = {name: float(math.fsum(heapq.nlargest(k, (p[name] for p in parts)))) for name in names}
     # Latency: every device's histogram weighs the same (the arm's samples spread evenly over them), so

@@ -18,6 +18,7 @@ from device_runtime.telemetry import LATENCY_BUCKETS_MS
 from edgekit.rollout.plan import RolloutError
 
 __all__ = [
+    "EVENT_COUNTS",
     "HISTOGRAM_SIZE",
     "ArmMetrics",
     "DecisionRecord",
@@ -31,9 +32,8 @@ __all__ = [
 Outcome = Literal["promote", "hold", "rollback"]
 MetricOutcome = Literal["pass", "hold", "rollback"]
 HISTOGRAM_SIZE = len(LATENCY_BUCKETS_MS) + 1  # fixed buckets plus one overflow bucket (> 5000 ms)
-_SCALARS = (
-    "devices",
-    "device_hours",
+# The event counts a device's telemetry sums (per device in a replay, per arm in `ArmMetrics`).
+EVENT_COUNTS = (
     "crashes",
     "inferences",
     "inference_errors",
@@ -41,8 +41,8 @@ _SCALARS = (
     "install_failures",
     "feedback_total",
     "feedback_correct",
-    "latency_devices",
 )
+_SCALARS = ("devices", "device_hours", *EVENT_COUNTS, "latency_devices")
 
 
 class GateConfigError(RolloutError):

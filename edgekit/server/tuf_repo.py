@@ -25,21 +25,19 @@ interleave. Errors: `RepositoryError` (with `BundleRefusedError` for bundles tha
 from __future__ import annotations
 
 import contextlib
-import json
+import datetime
 import os
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
-    DelegatedRole,
-    Delegations,
     Metadata,
     MetaFile,
     Role,
@@ -59,9 +57,10 @@ from edgekit.server._tuf_files import (
     fsync_dir,
     generate_key,
     load_signer,
-    signers_in,
     utc,
 )
+from edgekit.server._tuf_root import create_repository, read_public_pem
+from edgekit.server._tuf_root import rotate_root as rotate_root_keys
 from signing.errors import FormatError
 from signing.strict_json import parse_strict
 
@@ -103,6 +102,10 @@ class ExpiryPolicy:
     def days(self, role: str) -> float:
         """Lifetime of `role` in days."""
         return float(getattr(self, f"{role}_days"))
+
+    def expires(self, role: str, now: float) -> datetime.datetime:
+        """When `role` metadata signed at `now` (seconds since the epoch) expires (UTC, whole seconds)."""
+        return utc(now + self.days(role) * _DAY)
 
     def __post_init__(self) -> None:
         for role in ("root", "targets", "rollouts", "snapshot", "timestamp"):
@@ -194,65 +197,17 @@ class TufRepository:
         Raises:
             RepositoryError: already initialised, offline keys inside the data directory, bad arguments.
         """
-        data_dir, offline = Path(data_dir), Path(offline_keys_dir)
-        expiry = expiry or ExpiryPolicy()
-        count = root_keys if root_keys is not None else root_threshold
-        if not 1 <= root_threshold <= count:
-            raise RepositoryError(f"root threshold {root_threshold} needs 1..{count} root keys")
-        if offline.resolve().is_relative_to(data_dir.resolve()):
-            raise RepositoryError(
-                f"offline keys dir {offline} is inside the data dir {data_dir}; keep root and targets keys "
-                "offline (choose a folder outside it)"
-            )
-        if (data_dir / CONFIG_FILE).exists() or (data_dir / "repo" / "metadata").exists():
-            raise RepositoryError(f"{data_dir} already holds a TUF repository")
-        existing = sorted(p.name for p in offline.glob("*.key")) if offline.is_dir() else []
-        if existing:
-            raise RepositoryError(f"{offline} already holds keys {existing}; use an empty folder")
-        pems = [_read_public_pem(k) for k in release_keys]
-        if release_keys and not 1 <= release_threshold <= len(pems):
-            raise RepositoryError(f"release threshold must be in 1..{len(pems)}")
-        data_dir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "expiry": asdict(expiry),
-            "release_keys": pems,
-            "release_threshold": release_threshold,
-        }
-        repo_lock = FileLock(data_dir / LOCK_FILE)
-        with repo_lock:
-            now = clock()
-            roots = [generate_key(offline / f"root-{i + 1}.key") for i in range(count)]
-            targets_key = generate_key(offline / "targets.key")
-            online = {
-                role: generate_key(data_dir / "keys" / f"{role}.key")
-                for role in ("snapshot", "timestamp", ROLLOUTS)
-            }
-            os.chmod(data_dir / "keys", 0o700)
-
-            root = Root(expires=utc(now + expiry.root_days * _DAY), consistent_snapshot=True)
-            for signer in roots:
-                root.add_key(signer.public_key, Root.type)
-            root.roles[Root.type].threshold = root_threshold
-            root.add_key(targets_key.public_key, Targets.type)
-            root.add_key(online["snapshot"].public_key, Snapshot.type)
-            root.add_key(online["timestamp"].public_key, Timestamp.type)
-            targets = Targets(expires=utc(now + expiry.targets_days * _DAY))
-            targets.delegations = Delegations(
-                keys={},
-                roles={ROLLOUTS: DelegatedRole(ROLLOUTS, [], 1, terminating=True, paths=[f"{ROLLOUTS}/*/*"])},
-            )
-            targets.add_key(online[ROLLOUTS].public_key, ROLLOUTS)
-            rollouts = Targets(expires=utc(now + expiry.rollouts_days * _DAY))
-
-            atomic_write(
-                data_dir / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-            )
-            repo = cls(data_dir, clock=clock)
-            repo._write_root(Metadata(root), roots)
-            repo._write(Metadata(targets), Targets.type, [targets_key])
-            repo._write(Metadata(rollouts), ROLLOUTS, [online[ROLLOUTS]])
-            repo._commit(now, force_snapshot=True)
-        return repo
+        return create_repository(
+            cls,
+            data_dir,
+            offline_keys_dir=offline_keys_dir,
+            release_keys=release_keys,
+            release_threshold=release_threshold,
+            expiry=expiry,
+            root_threshold=root_threshold,
+            root_keys=root_keys,
+            clock=clock,
+        )
 
     # -- reading
     def _latest_version(self, role: str) -> int:
@@ -296,7 +251,7 @@ class TufRepository:
     def _bump(self, md: Metadata[Any], role: str, now: float, *, fresh: bool = False) -> None:
         if not fresh:
             md.signed.version += 1
-        md.signed.expires = utc(now + self.expiry.days(role) * _DAY)
+        md.signed.expires = self.expiry.expires(role, now)
 
     def _near_expiry(self, md: Metadata[Any], role: str, now: float) -> bool:
         left = md.signed.expires.timestamp() - now
@@ -372,7 +327,7 @@ class TufRepository:
         from signing.keys import load_public_key
         from signing.verify import VerifyPolicy, verify_ekb
 
-        pems = [_read_public_pem(k).encode() for k in release_keys] if release_keys else self.release_keys
+        pems = [read_public_pem(k).encode() for k in release_keys] if release_keys else self.release_keys
         keys = [load_public_key(pem) for pem in pems]
         if not keys:
             raise RepositoryError("no release keys configured: give --release-key to `edgekit repo init`")
@@ -527,42 +482,13 @@ class TufRepository:
         Raises:
             RepositoryError: too few old root keys for the current threshold, or bad threshold.
         """
-        old_dir, new_dir = Path(old_offline_keys_dir), Path(new_root_keys_dir)
-        if new_dir.resolve().is_relative_to(self.data_dir.resolve()):
-            raise RepositoryError(f"{new_dir} is inside the data dir; keep root keys offline")
-        with self._lock():
-            now = self._clock()
-            current: Metadata[Root] = self._load(Root.type)
-            role = current.signed.roles[Root.type]
-            old = [s for s in signers_in(old_dir, "root-*.key") if s.public_key.keyid in role.keyids]
-            if len(old) < role.threshold:
-                raise RepositoryError(
-                    f"{old_dir} holds {len(old)} of the current root keys; "
-                    f"{role.threshold} are needed to sign"
-                )
-            new = signers_in(new_dir, "root-*.key") if new_dir.is_dir() else []
-            if not new:
-                count = key_count if key_count is not None else threshold
-                new = [generate_key(new_dir / f"root-{i + 1}.key") for i in range(count)]
-            if not 1 <= threshold <= len(new):
-                raise RepositoryError(f"threshold {threshold} needs 1..{len(new)} new root keys")
-            if not (new_dir / "targets.key").exists():
-                source = old_dir / "targets.key"
-                load_signer(source)  # refuse to copy something that is not a private key
-                fd = os.open(new_dir / "targets.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(source.read_bytes())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            root = current.signed
-            for keyid in list(role.keyids):
-                root.revoke_key(keyid, Root.type)
-            for signer in new:
-                root.add_key(signer.public_key, Root.type)
-            root.roles[Root.type].threshold = threshold
-            self._bump(current, Root.type, now)
-            self._write_root(current, [*old, *new])
-            return root.version
+        return rotate_root_keys(
+            self,
+            new_root_keys_dir,
+            old_offline_keys_dir=old_offline_keys_dir,
+            threshold=threshold,
+            key_count=key_count,
+        )
 
     # -- status
     def status(self) -> dict[str, Any]:
@@ -610,14 +536,3 @@ class TufRepository:
                 "plans": describe(documents[ROLLOUTS]),
                 "warnings": warnings,
             }
-
-
-def _read_public_pem(source: str | Path | bytes) -> str:
-    from signing.errors import KeyFileError
-    from signing.keys import load_public_key, public_pem
-
-    try:
-        key = load_public_key(source if isinstance(source, bytes) else Path(source))
-    except KeyFileError as e:
-        raise RepositoryError(str(e)) from e
-    return public_pem(key.key).decode()

@@ -95,9 +95,9 @@ def test_the_summary_counts_large_and_small_values_apart() -> None:
     assert summary is not None and "2 extreme" in summary and "1 above" in summary and "7e+04" in summary
 
 
-def test_loading_a_tflite_model_on_the_host_prints_no_delegate_banner(tmp_path: Path) -> None:
-    """A fresh process each (LiteRT prints the banner once per process): the device's loader prints it,
-    the host's quiet loader does not."""
+def test_loading_a_tflite_model_prints_no_delegate_banner_on_host_or_device(tmp_path: Path) -> None:
+    """A fresh process each (LiteRT prints the banner once per process): neither the device's loader nor
+    the host's name for it prints the banner (tests/device_runtime/test_engine_quiet.py: the device side)."""
     from tests.zoo.conftest import fetched
 
     model = fetched("mediapipe-face-detection-short")
@@ -111,8 +111,7 @@ def test_loading_a_tflite_model_on_the_host_prints_no_delegate_banner(tmp_path: 
         for module in ("device_runtime.engines", "converters._quiet")
     }  # fmt: skip
     assert all(r.returncode == 0 for r in runs.values()), {m: r.stderr for m, r in runs.items()}
-    assert XNNPACK in runs["device_runtime.engines"].stderr
-    assert XNNPACK not in runs["converters._quiet"].stderr
+    assert all(XNNPACK not in r.stderr for r in runs.values()), {m: r.stderr for m, r in runs.items()}
 
 
 SCRIPT = """

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import COMMANDS, cli
+from edgekit.commands._common import JSON_SHAPE, json_help
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +66,20 @@ def test_the_tree_holds_every_command_the_issue_names() -> None:
 def test_every_command_that_produces_a_result_takes_json(path: tuple[str, ...]) -> None:
     options = {o for p in resolve(path).params if isinstance(p, click.Option) for o in p.opts}
     assert "--json" in options
+
+
+# Every --json help is `json_help(what, per_line=...)`: the template with the one varying part as a wildcard.
+_TEMPLATES = [json_help("\0", per_line=lines) for lines in (False, True)]
+JSON_HELP_PATTERN = re.compile("|".join(re.escape(t).replace("\0", ".+") for t in _TEMPLATES))
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])
+def test_every_json_help_names_the_shared_shape_in_one_wording(path: tuple[str, ...]) -> None:
+    (flag,) = [p for p in resolve(path).params if isinstance(p, click.Option) and "--json" in p.opts]
+    assert JSON_HELP_PATTERN.fullmatch(flag.help or ""), (
+        f"{' '.join(path)} --json: {flag.help!r}; use json_option or json_flag() of edgekit.commands._common"
+    )
+    assert JSON_SHAPE in (flag.help or "") and (flag.help or "").endswith("errors too.")
 
 
 @pytest.mark.parametrize("path", [(), *PATHS], ids=["edgekit", *(" ".join(p) for p in PATHS)])

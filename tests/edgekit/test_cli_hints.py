@@ -8,8 +8,10 @@ every CliRunner invocation in the suite.
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -50,6 +52,11 @@ def _options(names: tuple[str, ...]) -> list[set[str]]:
 
 def _strings(tree: ast.AST) -> list[tuple[int, str, bool]]:
     """(line, text, is_hint) for every string literal; f-strings joined; `with_hints` dicts marked."""
+    return [(line, text, is_hint) for _node, line, text, is_hint in _string_nodes(tree)]
+
+
+def _string_nodes(tree: ast.AST) -> list[tuple[ast.AST, int, str, bool]]:
+    """(node, line, text, is_hint) for every string literal (see `_strings`)."""
     hint_nodes: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
@@ -76,7 +83,7 @@ def _strings(tree: ast.AST) -> list[tuple[int, str, bool]]:
             text = "".join(
                 v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
             )
-            found.append((node.lineno, text, id(node) in hint_nodes))
+            found.append((node, node.lineno, text, id(node) in hint_nodes))
             hint_nodes |= {id(v) for v in node.values}
             continue
     for node in ast.walk(tree):
@@ -86,7 +93,7 @@ def _strings(tree: ast.AST) -> list[tuple[int, str, bool]]:
             and id(node) not in docstrings  # documentation, not a message
             and not _inside_joined(node, tree)
         ):
-            found.append((node.lineno, node.value, id(node) in hint_nodes))
+            found.append((node, node.lineno, node.value, id(node) in hint_nodes))
     return found
 
 
@@ -133,6 +140,70 @@ def test_message_strings_name_only_options_of_the_commands_that_print_them(
                 ok = all(option in options for options in per_command)
             if not ok:
                 problems.append(f"{path}:{line}: {option} in {text.strip()[:80]!r} (printed by {printers})")
+    assert not problems, "\n".join(problems)
+
+
+def _callback_options() -> dict[tuple[str, str], set[str]]:
+    """(module, qualified name) of each command's function -> the options usable with that command: its
+    own and its parent groups' (`rollout --server URL status`). A function behind several commands (a
+    factory's, an alias) gets the options they all have."""
+    found: dict[tuple[str, str], set[str]] = {}
+
+    def visit(command: click.Command, context: click.Context, inherited: set[str]) -> None:
+        own = {"--help"} | {
+            o for p in command.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)
+        }
+        if command.callback is not None:
+            function = inspect.unwrap(command.callback)
+            key = (function.__module__, function.__qualname__)
+            found[key] = found[key] & (own | inherited) if key in found else own | inherited
+        if isinstance(command, click.Group):
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                if sub is not None:
+                    visit(sub, click.Context(sub, parent=context, info_name=name), own | inherited)
+
+    visit(cli, click.Context(cli, info_name="edgekit"), set())
+    return found
+
+
+def _functions(tree: ast.Module) -> list[tuple[str, ast.AST]]:
+    """(qualified name, node) of every function in a module, outer functions before inner ones."""
+    found: list[tuple[str, ast.AST]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}{child.name}"
+                found.append((name, child))
+                visit(child, f"{name}.<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(_command_modules()), ids=sorted(_command_modules()))
+def test_a_commands_own_messages_name_only_options_of_that_command(path: str) -> None:
+    """Stricter than the module-wide scan above: a string inside a command's function (its body and its
+    option decorators) may name only that command's options (and its parent groups')."""
+    module = path.removesuffix(".py").replace("/", ".")
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    options = _callback_options()
+    owner: dict[int, str] = {}  # string node -> the innermost command function holding it
+    for name, function in _functions(tree):
+        if (module, name) in options:
+            owner.update({id(n): name for n in ast.walk(function)})
+    assert set(owner.values()), f"{path}: no command function found; the scan would check nothing"
+    problems = []
+    for node, line, text, is_hint in _string_nodes(tree):
+        command = owner.get(id(node))
+        if command is None or is_hint:  # helpers and runtime-filtered hints: the module-wide scan
+            continue
+        for option in sorted(mentioned_options(text)):
+            if option not in options[(module, command)] and not text.lstrip().startswith(option):
+                problems.append(f"{path}:{line}: {command}() names {option} in {text.strip()[:80]!r}")
     assert not problems, "\n".join(problems)
 
 

@@ -95,3 +95,47 @@ def test_inputs_that_are_not_images_are_passed_through_as_tensors(tmp_path: Path
     inputs = {i.name: i for i in load_spec(spec_path).inputs}
     assert {i.kind for i in inputs.values()} == {"tensor"}
     assert inputs["sr"].dtype == "int64" and inputs["input"].dtype == "float32"  # type: ignore[union-attr]
+
+
+def test_the_role_option_names_every_role_a_device_knows_in_help_and_errors(tmp_path: Path) -> None:
+    from converters.roles import ROLE_KEYS
+    from device_runtime.preprocess import OUTPUT_KINDS
+    from edgekit.commands._role_option import ROLE_KEY_NAMES
+
+    assert tuple(ROLE_KEYS) == ROLE_KEY_NAMES, "the help lists the keys parse_role_option reads"
+    help_text = " ".join(CliRunner().invoke(cli, ["preprocess", "init", "--help"]).output.split())
+    spec_path = tmp_path / "spec.json"
+    malformed = run("-o", str(spec_path), "--size", "32", "--role", "logits")
+    unknown = run("-o", str(spec_path), "--size", "32", "--role", "logits=classifier")
+    for text in (help_text, malformed.output, unknown.output):  # type: ignore[attr-defined]
+        assert all(kind in text for kind in OUTPUT_KINDS), text
+    assert malformed.exit_code == unknown.exit_code == 1  # type: ignore[attr-defined]
+    assert "Traceback" not in malformed.output + unknown.output  # type: ignore[attr-defined]
+    assert not spec_path.exists()
+
+
+def test_a_models_outputs_are_labelled_by_role_where_their_shape_is_clear(tmp_path: Path) -> None:
+    detector = fetched("yolov8n-nudenet")  # output0 [1, 22, anchors]: the anchor count follows --size
+    made = run("-o", str(tmp_path / "det.json"), "--from-model", str(detector), "--size", "320", "--json")
+    assert made.exit_code == 0, made.output  # type: ignore[attr-defined]
+    (output,) = load_spec(tmp_path / "det.json").outputs
+    assert (output.name, output.kind, output.effective_format) == ("output0", "detection", "yolo")
+    notes = json.loads(made.stdout)["notes"]  # type: ignore[attr-defined]
+    assert any("'output0' (Nx22x2100): labelled detection" in note for note in notes), notes
+
+
+def test_outputs_whose_role_is_unclear_are_left_out_and_a_given_role_wins(tmp_path: Path) -> None:
+    face = fetched("mediapipe-face-detection-short")  # regressors [1, 896, 16], classificators [1, 896, 1]
+    unclear = run("-o", str(tmp_path / "a.json"), "--from-model", str(face))
+    assert unclear.exit_code == 0, unclear.output  # type: ignore[attr-defined]
+    assert load_spec(tmp_path / "a.json").outputs == ()
+    assert "'regressors' (Nx896x16), 'classificators' (Nx896x1): no role is clear" in unclear.output  # type: ignore[attr-defined]
+    declared = run(
+        "-o", str(tmp_path / "b.json"), "--from-model", str(face), "--role", "regressors=regression"
+    )  # fmt: skip
+    assert declared.exit_code == 0, declared.output  # type: ignore[attr-defined]
+    assert [(o.name, o.kind) for o in load_spec(tmp_path / "b.json").outputs] == [
+        ("regressors", "regression")
+    ]
+    output = declared.output  # type: ignore[attr-defined]
+    assert "output 'classificators' (Nx896x1): no role is clear" in output and "(Nx896x16)" not in output

@@ -481,10 +481,14 @@ def _finish(
                     "try another --preset or --mode",
                     report,
                 )
+            why = (
+                "float16 runs fast only where the CPU or accelerator has float16 arithmetic"
+                if options.mode == "fp16"
+                else "int8 speed depends on the CPU's dot-product instructions"
+            )
             progress.note(
                 f"warning: the quantized model is slower than float on this host ({words}); the device "
-                "may differ (int8 speed depends on the CPU's dot-product instructions) — measure there, "
-                "or pass --require-speedup to refuse such a model"
+                f"may differ ({why}) — measure there, or pass --require-speedup to refuse such a model"
             )
     with atomic_output(output) as tmp:
         shutil.copyfile(candidate, tmp)

@@ -203,8 +203,21 @@ def quantize(
         return
     print_summary(report)
     _print_extras(report)
-    size = report["candidate"]["size_bytes"]
-    click.echo(f"wrote {output} ({size:,} bytes, {report['reference']['size_bytes'] / size:.2f}x smaller)")
+    size, reference_size = report["candidate"]["size_bytes"], report["reference"]["size_bytes"]
+    ratio = (
+        f"{reference_size / size:.2f}x smaller"
+        if size <= reference_size
+        else f"{size / reference_size:.2f}x larger"
+    )
+    click.echo(f"wrote {output} ({size:,} bytes, {ratio})")
+    chosen: dict[str, Any] = next(
+        (row for row in report.get("quantization", {}).get("strategies") or [] if row.get("chosen")), {}
+    )
+    if chosen.get("nodes_quantized") == 0 and mode != "fp16":
+        click.echo(
+            f"note: no node of {model.name} could be quantized, so {output.name} is a float model; "
+            f"bundle {model.name} itself"
+        )
 
 
 def _write_reports(

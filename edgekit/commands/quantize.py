@@ -254,7 +254,16 @@ def _print_extras(report: dict[str, Any]) -> None:
         for name in excluded:
             click.echo(f"  float: {name}")
         before, after = repair["before"], repair.get("after", {})
-        click.echo(f"  SQNR {before['sqnr_db']:.2f} -> {after.get('sqnr_db', float('nan')):.2f} dB")
+        if excluded:
+            click.echo(f"  SQNR {before['sqnr_db']:.2f} -> {after.get('sqnr_db', float('nan')):.2f} dB")
+        else:  # no passing set: the best one tried says how far float nodes went, not "x -> x"
+            tried = [c for c in repair.get("candidates") or [] if c.get("sqnr_db") is not None]
+            best = max(tried, key=lambda c: c["sqnr_db"], default=None)
+            if best is not None:
+                click.echo(
+                    f"  SQNR {before['sqnr_db']:.2f} dB before the repair; at best "
+                    f"{best['sqnr_db']:.2f} dB, with {best.get('excluded', 0)} node(s) in float"
+                )
     latency = report.get("latency")
     if latency:
         from converters.quantize import speed_words

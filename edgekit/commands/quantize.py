@@ -186,16 +186,18 @@ def quantize(
         report = result.report
     except QuantizationError as e:
         if e.report is not None:  # no candidate could be built: the report lists the strategies tried
-            _write_reports(e.report, report_path, None, write_html)
+            written = _write_reports(e.report, report_path, None, write_html)
             if not as_json:
                 _print_extras(e.report)
+                _note_reports(written)
         raise
     except GateError as e:
         if e.report is not None:
-            _write_reports(e.report, report_path, html_path, write_html)
+            written = _write_reports(e.report, report_path, html_path, write_html)
             if not as_json:
                 print_summary(e.report)
                 _print_extras(e.report)
+                _note_reports(written)
         raise
     _write_reports(report, report_path, html_path, write_html)
     if as_json:
@@ -216,17 +218,30 @@ def quantize(
     if chosen.get("nodes_quantized") == 0 and mode != "fp16":
         click.echo(
             f"note: no node of {model.name} could be quantized, so {output.name} is a float model; "
-            f"bundle {model.name} itself"
+            f"bundle {model.name} itself",
+            err=True,
         )
 
 
 def _write_reports(
     report: dict[str, Any], report_path: Path | None, html_path: Path | None, write_html: Any
-) -> None:
+) -> list[Path]:
+    written = []
     if report_path is not None:
         write_json(report, report_path)
+        written.append(report_path)
     if html_path is not None:
         write_html(report, html_path)
+        written.append(html_path)
+    return written
+
+
+def _note_reports(written: list[Path]) -> None:
+    """The error ends "Nothing was written": true of the model; say where the reports of the run went."""
+    if written:
+        click.echo(
+            f"note: no model was written; this run's report is in {' and '.join(map(str, written))}", err=True
+        )
 
 
 def _print_extras(report: dict[str, Any]) -> None:

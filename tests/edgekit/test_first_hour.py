@@ -164,5 +164,5 @@ def test_a_linear_pipeline_has_nothing_to_quantize_and_edgekit_says_to_bundle_th
     done = runner.invoke(cli, [*args, "--calibration", str(tmp_path / "calib.npy"), "--skip-latency"])
     assert done.exit_code == 0, done.output
     assert "ai.onnx.ml.LinearClassifier" in done.stderr
-    assert "no node of model.onnx could be quantized, so model.int8.onnx is a float model" in done.stdout
+    assert "no node of model.onnx could be quantized, so model.int8.onnx is a float model" in done.stderr
     assert re.search(r"^wrote .*model\.int8\.onnx \([\d,]+ bytes, [\d.]+x larger\)$", done.stdout, re.M)

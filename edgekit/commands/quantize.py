@@ -259,12 +259,12 @@ def _print_extras(report: dict[str, Any]) -> None:
         if excluded:
             click.echo(
                 f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
-                f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+                f"after {_count(repair['evaluations'], 'evaluation')} ({repair['stopped_because']})"
             )
         else:  # nothing passed: say what was tried, not "0 kept"
             click.echo(
                 f"repair: no set of nodes kept in float passed, of {repair['quantizable_nodes']} quantized "
-                f"nodes, after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+                f"nodes, after {_count(repair['evaluations'], 'evaluation')} ({repair['stopped_because']})"
             )
         for name in excluded:
             click.echo(f"  float: {name}")
@@ -272,12 +272,13 @@ def _print_extras(report: dict[str, Any]) -> None:
         if excluded:
             click.echo(f"  SQNR {before['sqnr_db']:.2f} -> {after.get('sqnr_db', float('nan')):.2f} dB")
         else:  # no passing set: the best one tried says how far float nodes went, not "x -> x"
-            tried = [c for c in repair.get("candidates") or [] if c.get("sqnr_db") is not None]
+            candidates = repair.get("candidates") or []
+            tried = [c for c in candidates if c.get("excluded") and c.get("sqnr_db") is not None]
             best = max(tried, key=lambda c: c["sqnr_db"], default=None)
             if best is not None:
                 click.echo(
-                    f"  SQNR {before['sqnr_db']:.2f} dB before the repair; at best "
-                    f"{best['sqnr_db']:.2f} dB, with {best.get('excluded', 0)} node(s) in float"
+                    f"  SQNR {before['sqnr_db']:.2f} dB before the repair; the best set tried, "
+                    f"{best['excluded']} node(s) in float, reached {best['sqnr_db']:.2f} dB"
                 )
     latency = report.get("latency")
     if latency:
@@ -310,3 +311,7 @@ def _strategy_line(row: dict[str, Any]) -> str:
         figures.append(f"{row['nodes_quantized']} int8 nodes")
     verdict = "pass" if row.get("passed") else "fail"
     return f"{mark} {row['name']:<13} {verdict}: {', '.join(figures)}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")

@@ -166,3 +166,46 @@ def test_a_linear_pipeline_has_nothing_to_quantize_and_edgekit_says_to_bundle_th
     assert "ai.onnx.ml.LinearClassifier" in done.stderr
     assert "no node of model.onnx could be quantized, so model.int8.onnx is a float model" in done.stderr
     assert re.search(r"^wrote .*model\.int8\.onnx \([\d,]+ bytes, [\d.]+x larger\)$", done.stdout, re.M)
+
+
+def test_a_failed_quantize_says_where_its_report_went_and_what_the_repair_reached(tmp_path: Path) -> None:
+    """A gate the model cannot pass: the reports are written, the note says so, the repair line gives the
+    best set it tried (not "x -> x"), and the hints name only options of `edgekit quantize`."""
+    import json
+    import pickle
+
+    import numpy as np
+    from click.testing import CliRunner
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from edgekit.cli import cli
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    model = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=300, random_state=0))
+    model.fit(x[:1500], y[:1500])
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "calib.npy", x[:200])
+    runner = CliRunner()
+    done = runner.invoke(cli, ["convert", str(tmp_path / "model.pkl"), "-o", str(tmp_path / "model.onnx")])
+    assert done.exit_code == 0, done.output
+    report = tmp_path / "parity.json"
+    args = ["quantize", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "model.int8.onnx")]
+    args += ["--calibration", str(tmp_path / "calib.npy"), "--role", "probabilities=classification"]
+    done = runner.invoke(cli, [*args, "--min-sqnr", "90", "--skip-latency", "--report", str(report)])
+    assert done.exit_code == 1, done.output
+    assert not (tmp_path / "model.int8.onnx").exists()
+    assert json.loads(report.read_text())["passed"] is False
+    assert f"note: no model was written; this run's report is in {report}" in done.stderr
+    repair = [line for line in done.stdout.splitlines() if line.startswith("repair: ")]
+    assert len(repair) == 1 and re.search(r"after (1 evaluation|\d+ evaluations) \(", repair[0]), done.stdout
+    assert re.search(r"^  SQNR [\d.]+ dB before the repair; the best set tried, \d+ node", done.stdout, re.M)
+    options = set(re.findall(r"--[a-z][a-z-]+", done.stderr.split("Error: ", 1)[1]))
+    import click
+
+    command = cli.get_command(click.Context(cli), "quantize")
+    assert command is not None
+    assert options <= {opt for param in command.params for opt in param.opts}, options

@@ -489,6 +489,10 @@ def _float_only_words(model: Path) -> str:
     except Exception:  # the words are a courtesy: the warning stands without them
         return ""
     ops = sorted({f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in graph.node})
+    control = sorted(set(ops) & {"If", "Loop", "Scan"})
+    if control:  # silero VAD: its layers sit in If branches
+        bodies = "/".join(control)
+        return f"; its layers are inside {bodies} bodies, which onnxruntime's quantizer does not enter"
     if not ops or len(ops) > 6:
         return ""
     return f"; its operators {', '.join(ops)} have no int8 form in onnxruntime"

@@ -425,9 +425,16 @@ def _read_image_folder(
         images = list_images(path)
         image_inputs = [s for s in spec.inputs if isinstance(s, ImageInputSpec)]
         if len(image_inputs) != 1 or len(inputs) != 1:
+            names = ", ".join(repr(i.name) for i in inputs)
+            fix = (
+                "this model takes tensors: pass its data as .npy (one input) or .npz (one array per input)"
+                if not image_inputs
+                else "pass an .npz with one array per input name"
+            )
             raise DataError(
-                f"{path}: a folder of images feeds a model with exactly one image input; "
-                f"the model has {len(inputs)} inputs and the spec {len(image_inputs)} image inputs"
+                f"{path}: a folder of images feeds a model with exactly one image input; the model has "
+                f"{len(inputs)} input(s) ({names}) and the spec {preprocess} has {len(image_inputs)} image "
+                f"input(s); {fix}"
             )
         return {inputs[0].name: preprocess_images(image_inputs[0], images)}
     except DeviceRuntimeError as e:

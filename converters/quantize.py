@@ -219,13 +219,16 @@ def _quantize_onnx(
     section["strategies"] = attempt_rows(outcome)
     section["choice"] = outcome.reason
     best = outcome.best()
+    # a larger --max-evaluations helps only when the budget, not the repair's limit, ended the search
+    repair_words = (outcome.repair or {}).get("stopped_because", "")
+    budget_spent = "budget" in outcome.reason or "budget" in repair_words
     if best is None or best.report is None or best.path is None:
         failures = [f"{a.strategy.name}: {a.error}" for a in outcome.attempts]
         raise QuantizationError(
             f"no {_mode_words(options.mode)} candidate could be built or loaded; every strategy failed: "
             + "; ".join(failures)
             + ". Nothing was written. "
-            + _alternatives(options.mode),
+            + _alternatives(options.mode, budget_spent=budget_spent),
             # what --report receives: no candidate ran, so no per-output parity, only what was tried
             {"schema": "edgekit.parity/v1", "passed": False, "failures": failures, "quantization": section},
         )
@@ -251,7 +254,7 @@ def _quantize_onnx(
             f"parity gate: {'; '.join(report['failures'])}. Tried ({outcome.reason}): "
             + "; ".join(_attempt_words(row) for row in section["strategies"])
             + ". Nothing was written. "
-            + _alternatives(options.mode),
+            + _alternatives(options.mode, budget_spent=budget_spent),
             _decorate(report, section, outcome.repair, per_tensor, model, best.path, output),
         )
     return _finish(
@@ -292,7 +295,7 @@ def _attempt_words(row: dict[str, Any]) -> str:
     return f"{row['name']}: {', '.join(parts)}"
 
 
-def _alternatives(mode: str, *, tflite: bool = False) -> str:
+def _alternatives(mode: str, *, tflite: bool = False, budget_spent: bool = True) -> str:
     """Options that exist on `edgekit quantize` and modes this run did not just try.
 
     ONNX output: auto = the static int8 ladder (+ dynamic int8 of the MatMuls, + repair), static = the
@@ -315,13 +318,14 @@ def _alternatives(mode: str, *, tflite: bool = False) -> str:
         if mode == "static":
             options.append("--mode auto (adds dynamic int8 for MatMul-heavy models)")
         if mode in ("auto", "static"):
-            options.append("--mode dynamic (dynamic int8 of every op)")
+            options.append("--mode dynamic (dynamic int8 of every op, not only of the MatMuls)")
         if mode == "dynamic":
             options.append("--mode auto (static int8 strategies and the repair)")
         if mode != "fp16":
             options.append("--mode fp16")
         if mode in ("auto", "static"):
-            options.append("a larger --max-evaluations")
+            if budget_spent:
+                options.append("a larger --max-evaluations")
             options.append("more or more representative --calibration data")
     options.append("a relaxed gate (--min-agreement, --max-drop, --min-sqnr) if the figures are acceptable")
     if mode == "fp16":
@@ -481,10 +485,14 @@ def _finish(
                     "try another --preset or --mode",
                     report,
                 )
+            why = (
+                "float16 runs fast only where the CPU or accelerator has float16 arithmetic"
+                if options.mode == "fp16"
+                else "int8 speed depends on the CPU's dot-product instructions"
+            )
             progress.note(
                 f"warning: the quantized model is slower than float on this host ({words}); the device "
-                "may differ (int8 speed depends on the CPU's dot-product instructions) — measure there, "
-                "or pass --require-speedup to refuse such a model"
+                f"may differ ({why}) — measure there, or pass --require-speedup to refuse such a model"
             )
     with atomic_output(output) as tmp:
         shutil.copyfile(candidate, tmp)

@@ -161,7 +161,10 @@ def preprocess_for_quantization(
         try:
             _run_pre_process(source, destination, optimize=optimize, symbolic=symbolic, cwd=scratch)
             if not symbolic:
-                progress.note("symbolic shape inference failed; pre-processed without it")
+                progress.note(
+                    "onnxruntime's symbolic shape inference failed on this graph; pre-processed with ONNX's "
+                    "own shape inference instead (usually harmless)"
+                )
             return destination
         except ImportError as e:
             raise QuantizationError(

@@ -65,6 +65,7 @@ def export_sklearn(
         raise UnsupportedModelError(
             f"skl2onnx cannot convert {type(estimator).__name__}: {explain(e)}"
         ) from e
+    _dedupe_opsets(onnx_model)
     path.write_bytes(onnx_model.SerializeToString())
     check_onnx_file(path)
     output_names = [o.name for o in onnx_model.graph.output]
@@ -78,3 +79,20 @@ def export_sklearn(
         return {output_names[0]: np.asarray(estimator.predict(x), dtype=np.float32).reshape(len(x), -1)}
 
     return (TensorInfo(INPUT_NAME, (None, features), "float32"),), predict
+
+
+def _dedupe_opsets(model: Any) -> None:
+    """Keep one opset import per domain (the highest version).
+
+    skl2onnx lists the default domain twice for a Pipeline; onnxruntime runs such a model, but its
+    quantizer refuses it ("Failed to find proper ai.onnx domain"), so `edgekit quantize` could not take it.
+    """
+    versions: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        versions[domain] = max(versions.get(domain, 0), int(entry.version))
+    if len(versions) == len(model.opset_import):
+        return
+    del model.opset_import[:]
+    for domain, version in sorted(versions.items()):
+        model.opset_import.add(domain=domain, version=version)

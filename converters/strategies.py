@@ -237,7 +237,8 @@ class _Ladder:
                 # onnxruntime leaves control-flow bodies (silero's If branches) alone: say so, and let the
                 # gate judge the result rather than hide it.
                 self.progress.note(
-                    f"warning: strategy {strategy.name} quantized no node (the candidate is still float)"
+                    f"warning: strategy {strategy.name} quantized no node (the candidate is still float"
+                    f"{_float_only_words(self.model)})"
                 )
             attempt.report = self.evaluate(output)
         except ConverterError as e:
@@ -441,6 +442,8 @@ def _why_chosen(outcome: LadderOutcome) -> str:
             f"exclusion passed{earlier}: the smallest passing set of nodes kept in float "
             f"({len(chosen.strategy.exclude)}) found by bisection"
         )
+    if len(outcome.attempts) == 1 and chosen.strategy.kind == "fp16":
+        return "fp16 passed (--mode fp16 tries only float16)"
     return (
         f"{chosen.strategy.name} passed{earlier}; it is the first passing rung, ordered by the expected "
         "speed and size of the result, so later rungs (less int8, or slower kernels) were not needed"
@@ -475,3 +478,21 @@ def attempt_rows(outcome: LadderOutcome) -> list[dict[str, Any]]:
 
 def config_of(attempt: Attempt) -> dict[str, Any] | None:
     return asdict(attempt.config_used) if attempt.config_used else None
+
+
+def _float_only_words(model: Path) -> str:
+    """Name the operators of a model with nothing to quantize (a scikit-learn linear model, say)."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # the words are a courtesy: the warning stands without them
+        return ""
+    ops = sorted({f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in graph.node})
+    control = sorted(set(ops) & {"If", "Loop", "Scan"})
+    if control:  # silero VAD: its layers sit in If branches
+        bodies = "/".join(control)
+        return f"; its layers are inside {bodies} bodies, which onnxruntime's quantizer does not enter"
+    if not ops or len(ops) > 6:
+        return ""
+    return f"; its operators {', '.join(ops)} have no int8 form in onnxruntime"

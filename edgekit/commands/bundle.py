@@ -182,9 +182,10 @@ def bundle(
     _print_golden(result.golden)
     if result.health:
         health = result.health
+        outputs = ", ".join(health["outputs"]) or "none (no output has a role in the spec, so only inputs)"
         click.echo(
-            f"health profile: {health['samples']} sample(s); inputs {', '.join(health['inputs']) or '-'}; "
-            f"outputs {', '.join(health['outputs']) or '-'}"
+            f"health profile: {health['samples']} sample(s); inputs {', '.join(health['inputs']) or 'none'}; "
+            f"outputs {outputs}"
         )
     for note in result.notes:
         click.echo(f"note: {note}")

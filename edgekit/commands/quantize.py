@@ -187,16 +187,18 @@ def quantize(
         report = result.report
     except QuantizationError as e:
         if e.report is not None:  # no candidate could be built: the report lists the strategies tried
-            _write_reports(e.report, report_path, None, write_html)
+            written = _write_reports(e.report, report_path, None, write_html)
             if not as_json:
                 _print_extras(e.report)
+                _note_reports(written)
         raise
     except GateError as e:
         if e.report is not None:
-            _write_reports(e.report, report_path, html_path, write_html)
+            written = _write_reports(e.report, report_path, html_path, write_html)
             if not as_json:
                 print_summary(e.report)
                 _print_extras(e.report)
+                _note_reports(written)
         raise
     _write_reports(report, report_path, html_path, write_html)
     if as_json:
@@ -204,17 +206,43 @@ def quantize(
         return
     print_summary(report)
     _print_extras(report)
-    size = report["candidate"]["size_bytes"]
-    click.echo(f"wrote {output} ({size:,} bytes, {report['reference']['size_bytes'] / size:.2f}x smaller)")
+    size, reference_size = report["candidate"]["size_bytes"], report["reference"]["size_bytes"]
+    ratio = (
+        f"{reference_size / size:.2f}x smaller"
+        if size <= reference_size
+        else f"{size / reference_size:.2f}x larger"
+    )
+    click.echo(f"wrote {output} ({size:,} bytes, {ratio})")
+    chosen: dict[str, Any] = next(
+        (row for row in report.get("quantization", {}).get("strategies") or [] if row.get("chosen")), {}
+    )
+    if chosen.get("nodes_quantized") == 0 and mode != "fp16":
+        click.echo(
+            f"note: no node of {model.name} could be quantized, so {output.name} is a float model; "
+            f"bundle {model.name} itself",
+            err=True,
+        )
 
 
 def _write_reports(
     report: dict[str, Any], report_path: Path | None, html_path: Path | None, write_html: Any
-) -> None:
+) -> list[Path]:
+    written = []
     if report_path is not None:
         write_json(report, report_path)
+        written.append(report_path)
     if html_path is not None:
         write_html(report, html_path)
+        written.append(html_path)
+    return written
+
+
+def _note_reports(written: list[Path]) -> None:
+    """The error ends "Nothing was written": true of the model; say where the reports of the run went."""
+    if written:
+        click.echo(
+            f"note: no model was written; this run's report is in {' and '.join(map(str, written))}", err=True
+        )
 
 
 def _print_extras(report: dict[str, Any]) -> None:
@@ -232,17 +260,27 @@ def _print_extras(report: dict[str, Any]) -> None:
         if excluded:
             click.echo(
                 f"repair: {len(excluded)} of {repair['quantizable_nodes']} quantized nodes kept in float "
-                f"after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+                f"after {_count(repair['evaluations'], 'evaluation')} ({repair['stopped_because']})"
             )
         else:  # nothing passed: say what was tried, not "0 kept"
             click.echo(
                 f"repair: no set of nodes kept in float passed, of {repair['quantizable_nodes']} quantized "
-                f"nodes, after {repair['evaluations']} evaluations ({repair['stopped_because']})"
+                f"nodes, after {_count(repair['evaluations'], 'evaluation')} ({repair['stopped_because']})"
             )
         for name in excluded:
             click.echo(f"  float: {name}")
         before, after = repair["before"], repair.get("after", {})
-        click.echo(f"  SQNR {before['sqnr_db']:.2f} -> {after.get('sqnr_db', float('nan')):.2f} dB")
+        if excluded:
+            click.echo(f"  SQNR {before['sqnr_db']:.2f} -> {after.get('sqnr_db', float('nan')):.2f} dB")
+        else:  # no passing set: the best one tried says how far float nodes went, not "x -> x"
+            candidates = repair.get("candidates") or []
+            tried = [c for c in candidates if c.get("excluded") and c.get("sqnr_db") is not None]
+            best = max(tried, key=lambda c: c["sqnr_db"], default=None)
+            if best is not None:
+                click.echo(
+                    f"  SQNR {before['sqnr_db']:.2f} dB before the repair; the best set tried, "
+                    f"{best['excluded']} node(s) in float, reached {best['sqnr_db']:.2f} dB"
+                )
     latency = report.get("latency")
     if latency:
         from converters.quantize import speed_words
@@ -274,3 +312,7 @@ def _strategy_line(row: dict[str, Any]) -> str:
         figures.append(f"{row['nodes_quantized']} int8 nodes")
     verdict = "pass" if row.get("passed") else "fail"
     return f"{mark} {row['name']:<13} {verdict}: {', '.join(figures)}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")

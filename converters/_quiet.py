@@ -30,7 +30,15 @@ from device_runtime._quiet_fd import ENGINE_NOISE, LOCK, Printed, is_noise, writ
 from device_runtime._quiet_fd import descriptors as capture_descriptors
 from device_runtime.engines import load_engine
 
-__all__ = ["NOISE", "Captured", "captured", "fp16_clipping_summary", "load_engine", "quiet_import"]
+__all__ = [
+    "NOISE",
+    "Captured",
+    "captured",
+    "fp16_clipping_summary",
+    "load_engine",
+    "onnxruntime_warnings_off",
+    "quiet_import",
+]
 
 # Lines third-party code prints in normal operation, which say nothing a user can act on: the engine's
 # (the device library's list) and the converters'.
@@ -44,6 +52,12 @@ NOISE: tuple[re.Pattern[str], ...] = (
     # TensorFlow's start-up banners (absl, printed even with TF_CPP_MIN_LOG_LEVEL=3).
     re.compile(r"^I\d{4} [\d:. ]+\s+\d+ port\.cc:\d+\] oneDNN custom operations are on\..*$"),
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+    re.compile(r"^I\d{4} [\d:. ]+\s+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized .*$"),
+    re.compile(r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler"),
+    # torch.onnx's exporter: optional torchvision ops it cannot register, and a deprecation inside torch.
+    re.compile(r"^.*torchvision is not installed\. Skipping torchvision::\w+$"),
+    re.compile(r"^.*FutureWarning: `isinstance\(treespec, LeafSpec\)` is deprecated.*$"),
+    re.compile(r"^\s*return cls\.__new__\(cls, \*args\)$"),
     re.compile(r"^.*\|\s*\d+/\d+ \[[^\]]*\]\s*$"),  # a progress bar's frame drawn meanwhile (tqdm)
 )
 _TRUNCATED = re.compile(r"the float32 number (\S+) will be truncated to (\S+)")
@@ -83,6 +97,24 @@ class _Records(logging.Handler):
             self.lines.append(line)
             if record.levelno >= logging.WARNING:
                 self.visible.append(line)
+
+
+@contextlib.contextmanager
+def onnxruntime_warnings_off() -> Iterator[None]:
+    """onnxruntime's own C++ log at ERROR and above for one call (sessions that library code creates).
+
+    `quantize_static` builds sessions edgekit cannot configure, and their graph clean-up warnings (`Removing
+    initializer ... It is not used by any node`) are colored lines on the terminal that need no action.
+    Errors still reach the log, and failures still raise. onnxruntime has no getter for the level, so it is
+    set back to onnxruntime's default (2, warnings) afterwards.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from converters._quiet import captured
+from converters._quiet import captured, onnxruntime_warnings_off
 from converters.data import Dataset
 from converters.errors import QuantizationError, explain
 from converters.progress import NullProgress, Progress
@@ -314,7 +314,7 @@ def quantize_static_onnx(
         try:
             # onnxruntime's histogram calibrators print to stdout, which would corrupt `--json` output, and
             # it logs a pre-processing advice on the root logger (edgekit runs quant_pre_process itself).
-            with captured(descriptors=False):
+            with captured(descriptors=False), onnxruntime_warnings_off():
                 quantize_static(
                     str(model),
                     str(output),
@@ -350,7 +350,8 @@ def quantize_dynamic_onnx(model: Path, output: Path, *, op_types: tuple[str, ...
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        with captured(descriptors=False):  # the same pre-processing advice as quantize_static
+        # the same pre-processing advice as quantize_static, and the same session warnings
+        with captured(descriptors=False), onnxruntime_warnings_off():
             quantize_dynamic(
                 str(model),
                 str(output),

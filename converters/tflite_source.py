@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from converters._quiet import load_engine, quiet_import
+from converters._quiet import captured, load_engine, quiet_import
 from converters.errors import ConversionError, ModelInputError, UnsupportedModelError, explain
 from device_runtime.engines import Engine
 from device_runtime.errors import EngineError
@@ -92,8 +92,9 @@ def tflite_to_onnx(source: Path, output: Path, reference: Engine, *, opset: int)
     for logger, _ in quiet:
         logger.setLevel(logging.CRITICAL)  # tf2onnx logs unsupported ops; we report them ourselves
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf2onnx runs tf.lite.Interpreter, which warns it is deprecated
+        # tf2onnx runs tf.lite.Interpreter, which warns it is deprecated and prints the XNNPACK banner.
+        with warnings.catch_warnings(), captured():
+            warnings.simplefilter("ignore")
             model, _ = tf2onnx.convert.from_tflite(str(source), opset=opset)
     except Exception as e:
         raise ConversionError(f"tf2onnx cannot convert {source.name}: {explain(e)}") from e

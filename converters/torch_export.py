@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from converters._files import atomic_output
-from converters._quiet import load_engine
+from converters._quiet import captured, load_engine
 from converters.errors import ConversionError, ModelInputError, explain
 from converters.export import ExportResult, prove_parity, sample_inputs
 from converters.onnx_model import check_onnx_file
@@ -72,18 +72,19 @@ def export_torch(
     with tempfile.TemporaryDirectory(prefix="edgekit-torch-") as tmp, atomic_output(path) as out:
         staging = Path(tmp) / "model.onnx"
         try:
-            torch.onnx.export(
-                module,
-                examples,
-                str(staging),
-                dynamo=True,
-                opset_version=opset,
-                input_names=names,
-                output_names=out_names,
-                dynamic_shapes=dynamic,
-                external_data=False,
-                verbose=False,
-            )
+            with captured():  # the exporter logs optional ops it skips and warns about torch internals
+                torch.onnx.export(
+                    module,
+                    examples,
+                    str(staging),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=names,
+                    output_names=out_names,
+                    dynamic_shapes=dynamic,
+                    external_data=False,
+                    verbose=False,
+                )
         except Exception as e:
             text = explain(e)
             raise ConversionError(f"torch.onnx.export failed: {text}") from e

@@ -143,3 +143,51 @@ def test_tensorflow_and_its_int8_converter_print_no_banners(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.strip()) > 0
     assert "fully_quantize" not in result.stderr and "oneDNN" not in result.stderr, result.stderr[-2000:]
+
+
+TORCH_SCRIPT = """
+import sys
+import torch
+from converters.torch_export import export_torch
+torch.manual_seed(0)
+layers = [torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 2)]
+module = torch.nn.Sequential(*layers)
+print(export_torch(module, [torch.zeros(1, 3, 8, 8)], sys.argv[1]).parity["passed"])
+"""
+
+
+@pytest.mark.slow
+def test_a_torch_export_in_a_fresh_process_prints_nothing_on_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    # The exporter registers its optional torchvision ops once per process (first export only).
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_SCRIPT, str(tmp_path / "model.onnx")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"
+    assert result.stderr == "", result.stderr[-2000:]
+
+
+def test_onnxruntime_warnings_are_off_only_for_the_call(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime as ort
+
+    from converters._quiet import onnxruntime_warnings_off
+
+    # A model with an initializer no node uses: onnxruntime warns that it removes it.
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones(3, np.float32), "unused")],
+    )
+    path = tmp_path / "unused.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    with onnxruntime_warnings_off():
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert "Removing initializer" not in capfd.readouterr().err
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert "Removing initializer 'unused'" in capfd.readouterr().err  # back to onnxruntime's default

@@ -134,7 +134,7 @@ def _check_tensor(spec: TensorInputSpec, value: object) -> np.ndarray:
         name = os.fsdecode(value) if isinstance(value, bytes | os.PathLike) else value
         raise InputError(
             f"input {spec.name!r} takes a tensor, but got the file name {os.path.basename(name)!r} (read as "
-            "an image only by image inputs): pass a .npy file (or an .npz of input name to array)"
+            "an image only by image inputs): pass the array itself (numpy.load(path) for a .npy file)"
         )
     array = np.asarray(value)
     if isinstance(value, (bool, int, float)) and array.ndim == 0:

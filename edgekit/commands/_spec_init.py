@@ -9,7 +9,7 @@ shape makes the role unambiguous (`converters.roles.infer_role`, the rule the pa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = [
@@ -39,6 +39,10 @@ class ImageFlags:
     rescale: float | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+
+    def given(self) -> bool:
+        """At least one image flag was passed."""
+        return any(getattr(self, f.name) is not None for f in fields(self))
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:
@@ -212,6 +216,6 @@ def spec_document(
                 f"input {tensor.name!r}: not an image ({tensor.dtype} {list(tensor.shape)}); passed through "
                 "as a tensor"
             )
-    if not chosen:
+    if not chosen and flags.given():
         notes.append("the model has no image-shaped input; the image flags were not used")
     return {"schema": "edgekit.preprocess/v1", "inputs": inputs, "outputs": list(outputs)}, notes

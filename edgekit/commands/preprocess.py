@@ -239,7 +239,9 @@ def init(
     except ValueError as e:
         raise CommandError(str(e), code="SpecError") from None
     except SpecError as e:
-        raise SpecError(f"{output}: " + str(e).replace("; fix the spec", "; fix the options")) from e
+        # The spec was built from this command's options: say which one to change, not "fix the spec".
+        fix = "; fix --role OUTPUT=ROLE" if str(e).startswith("outputs[") else "; fix the options"
+        raise SpecError(f"{output}: " + str(e).replace("; fix the spec", fix)) from e
     written = spec.to_dict()
     write_json(written, output)
     if as_json:

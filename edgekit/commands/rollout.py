@@ -58,7 +58,10 @@ def _call(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
         raise CommandError(
             f"cannot reach {server}: {getattr(e, 'reason', e)}",
             code="Unreachable",
-            hint="check that `edgekit serve` runs there, or pass --server (or set $EDGEKIT_SERVER)",
+            hint=(
+                "check that `edgekit serve` runs there, or give its address: `edgekit rollout --server URL "
+                "...` (before the subcommand) or $EDGEKIT_SERVER"
+            ),
         ) from None
 
 

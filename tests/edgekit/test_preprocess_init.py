@@ -139,3 +139,16 @@ def test_outputs_whose_role_is_unclear_are_left_out_and_a_given_role_wins(tmp_pa
     ]
     output = declared.output  # type: ignore[attr-defined]
     assert "output 'classificators' (Nx896x1): no role is clear" in output and "(Nx896x16)" not in output
+
+
+def test_a_role_for_an_output_the_model_lacks_names_the_option_to_fix_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    model = fetched("silero-vad")  # outputs: output, stateN
+    spec_path = tmp_path / "vad.json"
+    refused = run("-o", str(spec_path), "--from-model", str(model), "--role", "logits=classification")
+    assert refused.exit_code == 1  # type: ignore[attr-defined]
+    assert '"logits" is not allowed' in refused.output and "fix --role OUTPUT=ROLE" in refused.output  # type: ignore[attr-defined]
+    assert not spec_path.exists()
+    plain = run("-o", str(spec_path), "--from-model", str(model))
+    assert "image flags" not in plain.output  # type: ignore[attr-defined]  # none were given

@@ -220,4 +220,6 @@ def make_golden(data: Path | None, engine: Engine, spec: Any, *, samples: int, b
         storage={k: figures[k] for k in ("samples_offered", "budget_bytes", "bytes", "inputs", "outputs")},
         runs=runs,
     )
+    # Reported: the members as stored, golden.json's storage block included (what `edgekit inspect` sums).
+    figures["bytes"] = sum(len(v) for v in files.values())
     return Golden(files, figures, notes)

@@ -145,11 +145,11 @@ def publish(bundle: Path, data_dir: Path, offline_keys: Path, deltas: int, as_js
         )
         return
     verb = "already published" if published.already_published else "published"
-    click.echo(f"{verb} {published.path} ({published.length} bytes, sha256 {published.sha256})")
+    click.echo(f"{verb} {published.path} ({published.length:,} bytes, sha256 {published.sha256})")
     for delta in published.deltas:
         share = 100 * delta.length / published.length
         base = delta.custom["delta"].get("base_version")
-        click.echo(f"  delta from {base}: {delta.path} ({delta.length} bytes, {share:.1f}% of the bundle)")
+        click.echo(f"  delta from {base}: {delta.path} ({delta.length:,} bytes, {share:.1f}% of the bundle)")
 
 
 repo.add_command(publish)
@@ -207,7 +207,7 @@ def status(data_dir: Path, as_json: bool) -> None:
         )
     click.echo(f"targets ({len(report['targets'])}):")
     for target in report["targets"]:
-        click.echo(f"  {target['path']}  {target['length']} bytes")
+        click.echo(f"  {target['path']}  {target['length']:,} bytes")
     click.echo(f"rollout plans ({len(report['plans'])}):")
     for plan in report["plans"]:
         click.echo(f"  {plan['path']}")

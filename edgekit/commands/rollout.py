@@ -161,6 +161,8 @@ def start(
 
 
 def _print(entry: dict[str, Any], decisions: int) -> None:
+    from edgekit.commands._rollout_words import decision_lines, record_words
+
     plan = entry["plan"]
     ladder = " -> ".join(
         f"[{s}%]" if i == plan["stage_index"] else f"{s}%" for i, s in enumerate(plan["stages"])
@@ -183,11 +185,15 @@ def _print(entry: dict[str, Any], decisions: int) -> None:
             f"  {when}  stage {plan['stages'][decision['stage_index']]}%  {decision['outcome']}"
             + (f"  alert: {decision['alert']}" if decision.get("alert") else "")
         )
-        for record in decision["records"]:
-            if record.get("outcome") != "pass" or decision is entry["decisions"][-1]:
-                # The record's detail says it in words with the statistic and its threshold; the raw
-                # numbers are in --json.
-                click.echo(f"      {record['metric']:<18} {record['outcome']:<8} {record.get('detail', '')}")
+        # In words (the same as `rollout watch` and the demo), the raw numbers are in --json: the latest
+        # decision says every check, earlier ones what held or failed.
+        if decision is entry["decisions"][-1]:
+            lines = decision_lines(decision)
+        else:
+            exposure = next((r for r in decision["records"] if r["metric"] == "exposure"), None)
+            lines = [record_words(r, exposure) for r in decision["records"] if r.get("outcome") != "pass"]
+        for line in lines:
+            click.echo(f"      {line}")
 
 
 @rollout.command()

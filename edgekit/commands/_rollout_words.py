@@ -288,9 +288,14 @@ def record_words(record: dict[str, Any], exposure: dict[str, Any] | None = None)
     if why is not None:
         return f"{name}: not judged ({why})"
     if detail.startswith("not judged: invalid telemetry"):
-        return f"{name}: on hold, {detail.removeprefix('not judged: ')}"
+        fields = detail.removeprefix("not judged: ").replace("_", " ")
+        return f"{name}: on hold, {fields}"
     if metric == "telemetry":
-        return "telemetry: present and consistent" if outcome == "pass" else f"telemetry: {detail}"
+        return (
+            "telemetry: present and consistent"
+            if outcome == "pass"
+            else f"telemetry: {detail.replace('_', ' ')}"
+        )
     if metric == "exposure":
         devices, hours, minimum = record.get("n"), record.get("statistic"), record.get("threshold")
         need = _need(detail)

@@ -52,8 +52,8 @@ NAMES = {
     "crash_guardrail": "crashes",
     "error_guardrail": "inference errors",
     "install_failures": "failed installs",
-    "crash_rate": "crash rate against the control",
-    "error_rate": "error rate against the control",
+    "crash_rate": "crash rate",
+    "error_rate": "error rate",
     "latency_p95": "p95 latency",
     "accuracy": "accuracy",
     "class_shift": "predicted classes",
@@ -146,7 +146,7 @@ def _guardrail(record: dict[str, Any], name: str) -> str:
     if outcome == "pass":
         return f"{name}: {so_far} on the update, at most {show(bound)} (limit {show(limit)})"
     rule_out = f"{show(bound)} {unit} (limit {show(limit)})"
-    return f"{name}: {so_far} so far, too little exposure yet to rule out {rule_out}"
+    return f"{name}: {so_far} so far, but it could still be up to {rule_out}"
 
 
 def _sprt(record: dict[str, Any], name: str, exposure: dict[str, Any] | None) -> str:
@@ -159,9 +159,9 @@ def _sprt(record: dict[str, Any], name: str, exposure: dict[str, Any] | None) ->
 
     t, c = record.get("treatment_value"), record.get("control_value")
     if detail.startswith("no "):
-        return f"{name}: nothing reported by one group yet"
+        return f"{name}: nothing reported by one of the groups yet"
     if "minimum exposure not reached" in detail:
-        return f"{name}: not enough exposure yet{_exposure_gap(exposure)}"
+        return f"{name}: not enough exposure yet to compare with the control{_exposure_gap(exposure)}"
     compared = (
         f"no {noun} in either group"
         if t == 0 and c == 0
@@ -364,12 +364,32 @@ def evaluation_line(decision: dict[str, Any], stages: list[int]) -> str:
         chosen = [r for r in records if r.get("outcome") == "hold" and r.get("metric") != "exposure"]
         if exposure is not None:
             treatment, control = exposure.get("treatment_value"), exposure.get("control_value")
-            have = f"{number(treatment)} devices have the update" + (
+            verb = "device has" if treatment == 1 else "devices have"
+            have = f"{number(treatment)} {verb} the update" + (
                 f", {number(control)} in the control" if control is not None else ""
             )
             chosen = [{"words": have}, *chosen]
     clauses = [r["words"] if "words" in r else record_words(r, exposure) for r in chosen]
-    return f"stage {stage}%: {head}" + (" - " + "; ".join(clauses) if clauses else "")
+    return f"stage {stage}%: {head}" + (" - " + "; ".join(_merged(clauses)) if clauses else "")
+
+
+def _merged(clauses: list[str]) -> list[str]:
+    """Checks that say the same thing share one clause: `crashes and inference errors: nothing reported
+    yet` (the order of first appearance is kept)."""
+    said: dict[str, list[str]] = {}
+    for clause in clauses:
+        name, _, rest = clause.partition(": ")
+        key = rest if rest else clause
+        said.setdefault(key, []).append(name if rest else "")
+    merged = []
+    for rest, names in said.items():
+        named = [n for n in names if n]
+        if not named:
+            merged.append(rest)
+            continue
+        who = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+        merged.append(f"{who}: {rest}")
+    return merged
 
 
 def decision_lines(decision: dict[str, Any], *, skipped_line: bool = True) -> list[str]:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -183,7 +182,7 @@ def cmd_factory(args: argparse.Namespace) -> int:
     (out / "telemetry.db").unlink()  # each device starts its own queue
     for leftover in out.glob("telemetry.db-*"):
         leftover.unlink()
-    print(f"factory image {out}: {result.name} {result.version} (self-test {result.self_test})")
+    print(f"factory image {out}: {result.name} {result.version}, verified and self-tested")
     return 0
 
 
@@ -475,6 +474,9 @@ GATE_WORDS = {
 }
 
 
+LABEL_FREE = ("class_shift", "confidence_shift", "input_drift", "shadow_agreement", "shadow_failures")
+
+
 def cohorts(plan: dict[str, Any], device_ids: list[str]) -> Counter[str]:
     """How many of these devices fall in each arm at the plan's current stage (the devices' own rule)."""
     from device_runtime.rollout_plan import decide, parse_plan
@@ -510,9 +512,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         fleet = _versions(fleet_status(fleet_dir))
         for decision in fresh:
             line = evaluation_line(decision, plan["stages"])
-            # The figures of a hold change every evaluation; its words (what it waits on) less often.
-            kind = line if decision["outcome"] != "hold" else re.sub(r"[\d.,]+", "#", line)
-            if kind != last_line or fleet != last_fleet or time.monotonic() - last_print > args.every:
+            # The figures of a hold change every evaluation; what it waits on less often.
+            waiting = tuple(r["metric"] for r in decision["records"] if r["outcome"] == "hold")
+            kind = line if decision["outcome"] != "hold" else f"{decision['stage_index']} {waiting}"
+            if kind != last_line or time.monotonic() - last_print > args.every:
                 when = sim_label(decision["time"] - (begin or decision["time"]))
                 print(
                     f"  [{when}] {line}" + (f"  (fleet: {fleet})" if fleet != last_fleet else ""), flush=True
@@ -559,9 +562,10 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     plan = api(args.server, "GET", f"/v1/admin/rollouts/{args.rollout}")["plan"]
     arms = cohorts(plan, [f"{args.prefix}-{i:05d}" for i in range(args.devices)])
     stage = plan["stages"][plan["stage_index"]]
+    treatment = f"{arms['treatment']} device{'s' if arms['treatment'] != 1 else ''}"
     drew = (
-        f"  the {stage}% stage drew {arms['treatment']} devices for the update and {arms['control']} for "
-        f"the control group, of {args.devices}"
+        f"  the {stage}% stage drew {treatment} for the update and {arms['control']} for the control "
+        f"group, of {args.devices}"
     )
     if min(arms["treatment"], arms["control"]) >= args.min:
         print(f"{drew}: rollout {args.rollout} is running")
@@ -597,7 +601,7 @@ def fleet_words(stats: dict[str, int]) -> list[str]:
 
 def _rollout_summary(server: str, rollout_id: str) -> None:
     """One rollout: its outcome, then each promotion or rollback with every judged check in words."""
-    from edgekit.commands._rollout_words import NAMES, decision_lines, not_judged
+    from edgekit.commands._rollout_words import NAMES, not_judged, record_words
 
     entry = api(server, "GET", f"/v1/admin/rollouts/{rollout_id}")
     plan = entry["plan"]
@@ -610,6 +614,7 @@ def _rollout_summary(server: str, rollout_id: str) -> None:
     )
     print(f"rollout {plan['target']['version']} over {plan['baseline']['version']} ({rollout_id}): {state}")
     skipped: dict[str, str] = {}
+    judged: set[str] = set()
     for decision in decisions:
         if decision["outcome"] in ("start", "hold"):
             continue
@@ -621,20 +626,25 @@ def _rollout_summary(server: str, rollout_id: str) -> None:
             f"  {sim_span(decision['time'] - begin)} of simulated time: {verb} stage {stage}% "
             f"(after {holds.get(stage, 0)} evaluations that held)"
         )
-        lines = decision_lines(decision)
-        for line in lines:
-            if not line.startswith("not judged"):
-                print(f"      {line}")
+        # A rollback with every check; a promotion with what it rests on here: exposure and the label-free
+        # checks that had data (the watch lines above have every check of every evaluation).
+        exposure = next(r for r in decision["records"] if r["metric"] == "exposure")
         for record in decision["records"]:
             why = not_judged(record)
             if why is not None:
-                skipped.setdefault(NAMES.get(record["metric"], record["metric"]), why)
+                skipped.setdefault(record["metric"], why)
+                continue
+            judged.add(record["metric"])
+            shown = record["metric"] in ("exposure", *LABEL_FREE) or decision["outcome"] == "rollback"
+            if shown and record["metric"] not in ("telemetry", "deadline"):
+                print(f"      {record_words(record, exposure)}")
         if decision["outcome"] == "rollback":
             for record in decision["records"]:
                 if record["outcome"] == "rollback":
                     print(f"  rolled back by {GATE_WORDS.get(record['metric'], record['metric'])}")
-    if skipped:
-        listed = ", ".join(f"{name} ({why})" for name, why in skipped.items())
+    never = {NAMES.get(metric, metric): why for metric, why in skipped.items() if metric not in judged}
+    if never:
+        listed = ", ".join(f"{name} ({why})" for name, why in never.items())
         print(f"  not judged (no data of that kind): {listed}")
 
 

@@ -212,9 +212,10 @@ def test_a_rollback_names_the_statistic_and_the_threshold_in_words() -> None:
 
 def test_a_hold_says_what_it_waits_for_and_how_much_exposure_is_missing() -> None:
     line = evaluation_line(decisions()["early"], [1, 5, 25, 100])
-    assert line.startswith("stage 1%: holding - 1 devices have the update, 1 in the control; ")
+    assert line.startswith("stage 1%: holding - 1 device has the update, 1 in the control; ")
     assert (
-        "crash rate against the control: not enough exposure yet, about 1.8 more device-hours needed" in line
+        "crash rate and error rate: not enough exposure yet to compare with the control, about 1.8 more "
+        "device-hours needed" in line
     )
     assert "p95 latency: 8 timings in the smaller group, 60 needed" in line
 

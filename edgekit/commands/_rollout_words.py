@@ -123,7 +123,8 @@ def _exposure_gap(exposure: dict[str, Any] | None) -> str:
     if not exposure or exposure.get("statistic") is None or exposure.get("threshold") is None:
         return ""
     more = exposure["threshold"] - exposure["statistic"]
-    return f", about {number(more)} more device-hours needed" if more > 0 else ""
+    unit = "device-hour" if number(more) == "1" else "device-hours"
+    return f", about {number(more)} more {unit} needed" if more > 0 else ""
 
 
 def _guardrail(record: dict[str, Any], name: str) -> str:
@@ -248,7 +249,8 @@ def _label_free(record: dict[str, Any], name: str) -> str:
         need = _need(detail)
         if need:
             have = record.get("n") or 0
-            return f"{name}: {have} device{'s' if have != 1 else ''} per group report them, {need} needed"
+            who = f"{have} device per group reports" if have == 1 else f"{have} devices per group report"
+            return f"{name}: {who} them, {need} needed"
         return f"{name}: not judged ({detail.removeprefix('not judged: ')})"
     what, show = _LABEL_FREE[metric]
     if metric == "shadow_agreement":

@@ -3,13 +3,13 @@
 #
 # "Changed" means: pyproject.toml, the extras asked for or the venv's Python differ from the last install
 # (a stamp in .venv holds their hash). An editable install already sees every source edit, so only those
-# three need a reinstall; delete .venv/.edgekit-install to force one.
+# three need a reinstall; delete .venv/.edgekit-install-* to force one.
 extra="${1:?extra}"
 python_bin="${PYTHON:-python3}"
 "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
   echo "edgekit needs Python >= 3.11 (found $("$python_bin" --version)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
-stamp_file=.venv/.edgekit-install
+stamp_file=".venv/.edgekit-install-${extra//,/+}"  # one per set of extras: demo.sh and test.sh alternate freely
 stamp="$(.venv/bin/python - "$extra" <<'EOF'
 import hashlib, sys
 from pathlib import Path
@@ -19,7 +19,7 @@ print(digest.hexdigest())
 EOF
 )"
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
-  if [ -f "$stamp_file" ]; then echo "updating edgekit[$extra] in .venv (pyproject.toml, the extras or Python changed)"
+  if [ -f "$stamp_file" ]; then echo "updating edgekit[$extra] in .venv (pyproject.toml or Python changed)"
   else echo "installing edgekit[$extra] into .venv (first run: a few minutes)"; fi
   # pip's notes about local package mirrors are noise here; real errors still reach stderr. setuptools'
   # "Editable installation" banner (a BuildBackendWarning printed by the build backend on every editable

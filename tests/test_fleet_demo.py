@@ -140,6 +140,8 @@ def test_the_rollout_demo_promotes_a_good_release_and_rolls_back_a_bad_one(build
         "FLEET_PROCESSES": "2",
         "FLEET_TIMEOUT": "200",
         "FLEET_NO_WAIT": "1",  # a script must not wait for Ctrl-C at the end (nor would it without a tty)
+        # this checkout's code, also when the venv's editable install points at another checkout
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     env.pop("EDGEKIT_ADMIN_TOKEN", None)
     shm_before = set(Path("/dev/shm").glob("edgekit-fleet.*")) if Path("/dev/shm").is_dir() else set()

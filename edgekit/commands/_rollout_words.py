@@ -301,7 +301,8 @@ def record_words(record: dict[str, Any], exposure: dict[str, Any] | None = None)
     if metric == "exposure":
         devices, hours, minimum = record.get("n"), record.get("statistic"), record.get("threshold")
         need = _need(detail)
-        arms = f"{number(record.get('treatment_value'))} devices on the update" + (
+        treated = record.get("treatment_value")
+        arms = f"{number(treated)} device{'' if treated == 1 else 's'} on the update" + (
             f", {number(record.get('control_value'))} in the control"
             if record.get("control_value") is not None
             else ""
@@ -458,8 +459,9 @@ def state_line(entry: dict[str, Any]) -> str:
     plan = entry["plan"]
     stages = plan["stages"]
     state = _STATE_WORDS.get(plan["state"], plan["state"])
-    if plan.get("reason") and plan["state"] not in ("running", "rolled_back"):
-        state += f": {plan['reason']}"
+    reason = plan.get("reason") or ""
+    if reason and plan["state"] != "running" and not reason.startswith("rollback: "):
+        state += f": {reason}"  # an operator's or a halt's reason; a gate's rollback is said in the checks
     parts = [
         f"{plan['model']} {plan['target']['version']} over {plan['baseline']['version']}: stage "
         f"{stages[plan['stage_index']]}% ({plan['stage_index'] + 1} of {len(stages)}), {state}"

@@ -177,13 +177,21 @@ def _print(entry: dict[str, Any], decisions: int) -> None:
             if shadow
             else ""
         )
-        + (f"  ({plan['reason']})" if plan.get("reason") else "")
+        # A gate's rollback reason is its check's raw detail: the decision's lines below say it in words.
+        + (
+            f"  ({plan['reason']})"
+            if plan.get("reason") and not plan["reason"].startswith("rollback: ")
+            else ""
+        )
     )
     for decision in entry["decisions"][-decisions:]:
         when = datetime.fromtimestamp(decision["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        alerts = [
+            a for a in (decision.get("alert") or "").splitlines() if a and not a.startswith("rollback: ")
+        ]
         click.echo(
             f"  {when}  stage {plan['stages'][decision['stage_index']]}%  {decision['outcome']}"
-            + (f"  alert: {decision['alert']}" if decision.get("alert") else "")
+            + (f"  alert: {'; '.join(alerts)}" if alerts else "")
         )
         # In words (the same as `rollout watch` and the demo), the raw numbers are in --json: the latest
         # decision says every check, earlier ones what held or failed.

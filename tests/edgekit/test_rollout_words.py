@@ -295,3 +295,8 @@ def test_watch_says_which_check_failed_without_the_raw_reason() -> None:
     assert "rolled back;" in line and "crash_guardrail" not in line
     assert "FAILED: crashes: 1.5 per device-hour on the update; at least " in line
     assert line.endswith("decision: roll back")
+
+
+def test_an_operators_reason_is_kept() -> None:
+    line = state_line(status("rolled_back", "hold", [], reason="aborted by operator"))
+    assert "rolled back: aborted by operator;" in line, line

@@ -164,6 +164,8 @@ def start(
 
 
 def _print(entry: dict[str, Any], decisions: int) -> None:
+    from edgekit.commands._rollout_words import decision_lines, record_words
+
     plan = entry["plan"]
     ladder = " -> ".join(
         f"[{s}%]" if i == plan["stage_index"] else f"{s}%" for i, s in enumerate(plan["stages"])
@@ -178,19 +180,31 @@ def _print(entry: dict[str, Any], decisions: int) -> None:
             if shadow
             else ""
         )
-        + (f"  ({plan['reason']})" if plan.get("reason") else "")
+        # A gate's rollback reason is its check's raw detail: the decision's lines below say it in words.
+        + (
+            f"  ({plan['reason']})"
+            if plan.get("reason") and not plan["reason"].startswith("rollback: ")
+            else ""
+        )
     )
     for decision in entry["decisions"][-decisions:]:
         when = datetime.fromtimestamp(decision["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        alerts = [
+            a for a in (decision.get("alert") or "").splitlines() if a and not a.startswith("rollback: ")
+        ]
         click.echo(
             f"  {when}  stage {plan['stages'][decision['stage_index']]}%  {decision['outcome']}"
-            + (f"  alert: {decision['alert']}" if decision.get("alert") else "")
+            + (f"  alert: {'; '.join(alerts)}" if alerts else "")
         )
-        for record in decision["records"]:
-            if record.get("outcome") != "pass" or decision is entry["decisions"][-1]:
-                # The record's detail says it in words with the statistic and its threshold; the raw
-                # numbers are in --json.
-                click.echo(f"      {record['metric']:<18} {record['outcome']:<8} {record.get('detail', '')}")
+        # In words (the same as `rollout watch` and the demo), the raw numbers are in --json: the latest
+        # decision says every check, earlier ones what held or failed.
+        if decision is entry["decisions"][-1]:
+            lines = decision_lines(decision)
+        else:
+            exposure = next((r for r in decision["records"] if r["metric"] == "exposure"), None)
+            lines = [record_words(r, exposure) for r in decision["records"] if r.get("outcome") != "pass"]
+        for line in lines:
+            click.echo(f"      {line}")
 
 
 @rollout.command()

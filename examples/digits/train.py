@@ -126,7 +126,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "build")
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
-    figures = train(args.out, epochs=args.epochs)
+    from converters._quiet import captured
+
+    # TensorFlow's start-up lines (absl's "All log messages before absl::InitializeLog()", oneDNN's notice)
+    # are printed from C++ even with TF_CPP_MIN_LOG_LEVEL=3: the project's capture drops known noise and
+    # writes anything else back to stderr when training ends.
+    with captured():
+        figures = train(args.out, epochs=args.epochs)
     print(
         f"trained digits CNN in {figures['train_seconds']:.0f} s on {figures['train_samples']} images: "
         f"held-out accuracy {100 * figures['eval_accuracy']:.1f}% ({figures['eval_samples']} images)"

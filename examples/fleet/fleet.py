@@ -76,10 +76,16 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def sim_label(seconds: float) -> str:
-    """Simulated elapsed time as `+1d 02:30` / `+02:30` (hours:minutes)."""
+    """Simulated time since a rollout started, labelled: `sim 04:21 h` (`sim 1 d 02:30 h` past a day)."""
     minutes = int(max(0.0, seconds) // 60)
     days, minutes = divmod(minutes, 24 * 60)
-    return (f"+{days}d " if days else "+") + f"{minutes // 60:02d}:{minutes % 60:02d}"
+    return "sim " + (f"{days} d " if days else "") + f"{minutes // 60:02d}:{minutes % 60:02d} h"
+
+
+def sim_span(seconds: float) -> str:
+    """A simulated duration in words: `4 h 21 min`."""
+    minutes = int(max(0.0, seconds) // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 # ---- serve ---------------------------------------------------------------------------------------------
@@ -176,7 +182,7 @@ def cmd_factory(args: argparse.Namespace) -> int:
     (out / "telemetry.db").unlink()  # each device starts its own queue
     for leftover in out.glob("telemetry.db-*"):
         leftover.unlink()
-    print(f"factory image {out}: {result.name} {result.version} (self-test {result.self_test})")
+    print(f"factory image {out}: {result.name} {result.version}, verified and self-tested")
     return 0
 
 
@@ -444,52 +450,9 @@ def fleet_status(folder: Path) -> dict[str, Any]:
 
 
 def _versions(status: dict[str, Any]) -> str:
-    return " ".join(f"{v}:{n}" for v, n in status["versions"].items()) or "-"
-
-
-def _record(decision: dict[str, Any], metric: str) -> dict[str, Any] | None:
-    return next((r for r in decision["records"] if r["metric"] == metric), None)
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def short(record: dict[str, Any]) -> str:
-    """A few words on one gate check: what it measured against what."""
-    metric, stat, limit, n = (
-        record["metric"],
-        record.get("statistic"),
-        record.get("threshold"),
-        record.get("n"),
-    )
-    detail = record["detail"]
-    if detail.startswith("no ") and "yet" in detail:
-        return f"{metric}: no data yet"
-    if metric == "exposure":
-        return (
-            f"exposure {_num(record.get('treatment_value'))}/{_num(record.get('control_value'))} devices, "
-            f"{_num(stat)}/{_num(limit)} device-h"
-        )
-    if metric == "duration":
-        return f"duration {_num(stat)}/{_num(limit)} h"
-    if metric == "accuracy":
-        if record.get("treatment_value") is None:
-            return f"accuracy: {detail}"
-        t, c = 100 * record["treatment_value"], 100 * record["control_value"]
-        bound = "lower" if record["outcome"] == "rollback" else "upper"
-        return f"accuracy {t:.1f}% vs control {c:.1f}% (n={n}), drop {bound} bound {stat:.1f} pp vs {limit:g}"
-    if metric == "latency_p95":
-        if stat is None:
-            return f"latency_p95: {detail.split(',')[0] if 'samples' in detail else detail}"
-        return f"latency p95 ratio {stat:.2f} vs {limit:g}"
-    if metric in ("crash_guardrail", "error_guardrail", "install_failures"):
-        return (
-            f"{metric} bound {_num(stat)} vs max {_num(limit)}" if stat is not None else f"{metric}: {detail}"
-        )
-    if metric in LABEL_FREE and stat is not None:
-        return f"{metric} {_num(stat)} vs {_num(limit)}"
-    return f"{metric}: {detail.split(';')[0]}"
+    """`311 on 1.1.0, 89 on 1.0.0` (the most common version first)."""
+    ranked = sorted(status["versions"].items(), key=lambda item: -item[1])
+    return ", ".join(f"{n} on {v}" for v, n in ranked) or "no device yet"
 
 
 # The gates, in plain words (the summary names the gate that decided).
@@ -509,18 +472,9 @@ GATE_WORDS = {
     "latency_p95": "the latency gate",
     "install_failures": "the install-failure gate",
 }
+
+
 LABEL_FREE = ("class_shift", "confidence_shift", "input_drift", "shadow_agreement", "shadow_failures")
-
-
-def describe_decision(decision: dict[str, Any]) -> str:
-    """One line: the deciding evidence of a gate decision."""
-    records = decision["records"]
-    if decision["outcome"] == "rollback":
-        return "; ".join(short(r) for r in records if r["outcome"] == "rollback")
-    if decision["outcome"] == "promote":
-        wanted = ("exposure", "accuracy", "crash_guardrail", "latency_p95", "duration", *LABEL_FREE)
-        return "; ".join(short(r) for r in records if r["metric"] in wanted)
-    return "waiting on " + "; ".join(short(r) for r in records if r["outcome"] == "hold")
 
 
 def cohorts(plan: dict[str, Any], device_ids: list[str]) -> Counter[str]:
@@ -532,11 +486,15 @@ def cohorts(plan: dict[str, Any], device_ids: list[str]) -> Counter[str]:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Print progress until the rollout reaches `--until` (exit 0), another final state or the timeout."""
+    """Print each evaluation in words until the rollout reaches `--until` (exit 0), another final state or
+    the timeout. Holds that say the same as the last line are printed at most every `--every` seconds."""
+    from edgekit.commands._rollout_words import decision_lines, evaluation_line
+
     started = time.monotonic()
     seen = 0
     last_print = 0.0
-    last_key: tuple[Any, ...] = ()
+    last_line = ""
+    last_fleet = ""
     fleet_dir = Path(args.fleet)
     begin = None
     while True:
@@ -551,30 +509,29 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if entry["decisions"]:
             begin = begin or plan["stage_started_at"]
             seen = max(d["seq"] for d in entry["decisions"])
-        status = fleet_status(fleet_dir)
-        real = time.monotonic() - started
+        fleet = _versions(fleet_status(fleet_dir))
         for decision in fresh:
-            stage = plan["stages"][decision["stage_index"]]
-            key = (decision["stage_index"], decision["outcome"])
-            important = decision["outcome"] != "hold"
-            if important or key != last_key or time.monotonic() - last_print > args.every:
+            line = evaluation_line(decision, plan["stages"])
+            # The figures of a hold change every evaluation; what it waits on less often.
+            waiting = tuple(r["metric"] for r in decision["records"] if r["outcome"] == "hold")
+            kind = line if decision["outcome"] != "hold" else f"{decision['stage_index']} {waiting}"
+            if kind != last_line or time.monotonic() - last_print > args.every:
                 when = sim_label(decision["time"] - (begin or decision["time"]))
                 print(
-                    f"  [{real:4.0f} s | sim {when:>9}] {stage:>3}%  {decision['outcome'].upper():<8} "
-                    f"fleet {_versions(status)}",
-                    flush=True,
+                    f"  [{when}] {line}" + (f"  (fleet: {fleet})" if fleet != last_fleet else ""), flush=True
                 )
-                print(f"      {describe_decision(decision)}", flush=True)
-                last_print = time.monotonic()
-                last_key = key
+                if decision["outcome"] != "hold":
+                    for words in decision_lines(decision, skipped_line=False):
+                        if not words.endswith("-> roll back"):  # the line above says it already
+                            print(f"        {words}", flush=True)
+                last_print, last_line, last_fleet = time.monotonic(), kind, fleet
         state = plan["state"]
         if state == args.until:
-            stage_now = plan["stages"][plan["stage_index"]]
-            print(f"  rollout {plan['rollout_id']}: {state.upper()} at stage {stage_now}%")
             return 0
         if state in ("complete", "rolled_back", "halted"):
             print(f"  rollout {plan['rollout_id']} ended {state}, expected {args.until}", file=sys.stderr)
             return 1
+        real = time.monotonic() - started
         if real > args.timeout:
             print(f"  timed out after {real:.0f} s waiting for {args.until}", file=sys.stderr)
             return 1
@@ -588,13 +545,11 @@ def cmd_wait_fleet(args: argparse.Namespace) -> int:
         status = fleet_status(Path(args.fleet))
         total = sum(status["versions"].values())
         if total >= args.devices and (not args.version or status["versions"].get(args.version) == total):
-            print(
-                f"  fleet ready: {total} devices ({_versions(status)}) in {time.monotonic() - started:.0f} s"
-            )
+            print(f"  fleet: {_versions(status)}")
             return 0
         if time.monotonic() - started > args.timeout:
             print(
-                f"  fleet not ready after {args.timeout:g} s: {total} devices {_versions(status)}",
+                f"  fleet not ready after {args.timeout:g} s: {total} devices ({_versions(status)})",
                 file=sys.stderr,
             )
             return 1
@@ -602,18 +557,97 @@ def cmd_wait_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
-    """Print the arm sizes of the fleet at the rollout's first stage; exit 3 if an arm is below `--min`."""
+    """Say how many devices the rollout's first stage drew into each group; exit 3 if a group is smaller
+    than `--min` (the driver then aborts that rollout and starts another, which draws a new cohort)."""
     plan = api(args.server, "GET", f"/v1/admin/rollouts/{args.rollout}")["plan"]
     arms = cohorts(plan, [f"{args.prefix}-{i:05d}" for i in range(args.devices)])
     stage = plan["stages"][plan["stage_index"]]
-    print(
-        f"  stage {stage}% draws {arms['treatment']} treatment and {arms['control']} control devices "
-        f"of {args.devices} (cohort = SHA-256(salt || device id), the devices' own rule)"
+    treatment = f"{arms['treatment']} device{'s' if arms['treatment'] != 1 else ''}"
+    drew = (
+        f"  the {stage}% stage drew {treatment} for the update and {arms['control']} for the control "
+        f"group, of {args.devices}"
     )
-    return 0 if min(arms["treatment"], arms["control"]) >= args.min else 3
+    if min(arms["treatment"], arms["control"]) >= args.min:
+        print(f"{drew}: rollout {args.rollout} is running")
+        return 0
+    print(f"{drew} (the demo wants at least {args.min} each): drawing a new cohort")
+    return 3
 
 
 # ---- summary -------------------------------------------------------------------------------------------
+def fleet_words(stats: dict[str, int]) -> list[str]:
+    """What the devices did, in words (the counters of `Device.update`, `use` and `upload`)."""
+    checks = []
+    for key, count in sorted(stats.items(), key=lambda item: -item[1]):
+        if key == "update up-to-date":
+            checks.append(f"{count} found nothing new")
+        elif key == "update installed":
+            checks.append(f"{count} installed a release")
+        elif key == "update refused (no-plan)":
+            checks.append(f"{count} found no rollout yet (before the first one started: nothing to do)")
+        elif key.startswith("update refused"):
+            checks.append(f"{count} refused an update ({key.removeprefix('update refused ').strip('()')})")
+    lines = [f"update checks: {', '.join(checks)}"] if checks else []
+    reverts = stats.get("local revert after a server rollback", 0)
+    if reverts:
+        lines.append(f"{reverts} devices went back to their previous release locally after a rollback")
+    errors = sum(v for k, v in stats.items() if k.startswith("predict error"))
+    lines.append(
+        f"{stats.get('predictions', 0)} predictions ({errors} failed), {stats.get('feedback', 0)} feedback "
+        f"labels sent, {stats.get('events uploaded', 0)} telemetry events uploaded"
+    )
+    return lines
+
+
+def _rollout_summary(server: str, rollout_id: str) -> None:
+    """One rollout: its outcome, then each promotion or rollback with every judged check in words."""
+    from edgekit.commands._rollout_words import NAMES, not_judged, record_words
+
+    entry = api(server, "GET", f"/v1/admin/rollouts/{rollout_id}")
+    plan = entry["plan"]
+    decisions = entry["decisions"]
+    begin = decisions[0]["time"]
+    stages = plan["stages"]
+    holds = Counter(stages[d["stage_index"]] for d in decisions if d["outcome"] == "hold")
+    state = {"complete": "complete: every device runs it", "rolled_back": "rolled back"}.get(
+        plan["state"], plan["state"].replace("_", " ")
+    )
+    print(f"rollout {plan['target']['version']} over {plan['baseline']['version']} ({rollout_id}): {state}")
+    skipped: dict[str, str] = {}
+    judged: set[str] = set()
+    for decision in decisions:
+        if decision["outcome"] in ("start", "hold"):
+            continue
+        stage = stages[decision["stage_index"]]
+        verb = "rolled back at" if decision["outcome"] == "rollback" else "promoted from"
+        if decision["outcome"] == "promote" and decision["stage_index"] == len(stages) - 1:
+            verb = "completed at"
+        print(
+            f"  {sim_span(decision['time'] - begin)} of simulated time: {verb} stage {stage}% "
+            f"(after {holds.get(stage, 0)} evaluations that held)"
+        )
+        # A rollback with every check; a promotion with what it rests on here: exposure and the label-free
+        # checks that had data (the watch lines above have every check of every evaluation).
+        exposure = next(r for r in decision["records"] if r["metric"] == "exposure")
+        for record in decision["records"]:
+            why = not_judged(record)
+            if why is not None:
+                skipped.setdefault(record["metric"], why)
+                continue
+            judged.add(record["metric"])
+            shown = record["metric"] in ("exposure", *LABEL_FREE) or decision["outcome"] == "rollback"
+            if shown and record["metric"] not in ("telemetry", "deadline"):
+                print(f"      {record_words(record, exposure)}")
+        if decision["outcome"] == "rollback":
+            for record in decision["records"]:
+                if record["outcome"] == "rollback":
+                    print(f"  rolled back by {GATE_WORDS.get(record['metric'], record['metric'])}")
+    never = {NAMES.get(metric, metric): why for metric, why in skipped.items() if metric not in judged}
+    if never:
+        listed = ", ".join(f"{name} ({why})" for name, why in never.items())
+        print(f"  not judged (no data of that kind): {listed}")
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     """What was shipped (bundles, parity), what the gates decided and why, where the fleet is now."""
     from edgekit.server.tuf_repo import TufRepository
@@ -626,78 +660,26 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if target["path"].startswith("bundles/"):
             print(
                 f"  {custom['name']} {custom['version']:<6} release {custom['release_counter']}  "
-                f"{target['length']:>7} bytes  bundle {custom['bundle_id'][:16]}  "
+                f"{target['length']:>7,} bytes  bundle {custom['bundle_id'][:16]}  "
                 f"{args.notes.get(custom['version'], '')}"
             )
     parity = json.loads((build / "digits.int8.parity.json").read_text())
     output = parity["outputs"][0]
     latency = parity["latency"]
     print(
-        f"parity gate (int8 vs float, {parity['samples']} held-out images): "
-        f"{'passed' if parity['passed'] else 'FAILED'}; agreement {100 * output['agreement']:.2f}%, "
-        f"accuracy {100 * output['accuracy_reference']:.2f}% -> {100 * output['accuracy_candidate']:.2f}% "
-        f"(drop {output['accuracy_drop_pp']:.2f} pp), SQNR {output['sqnr_db']:.1f} dB, "
-        f"{latency['ratio']['1']:.2f}x faster at batch 1"
+        f"parity gate (int8 against float, {parity['samples']} held-out images): "
+        f"{'passed' if parity['passed'] else 'FAILED'}; the two agree on {100 * output['agreement']:.1f}% of "
+        f"images, accuracy {100 * output['accuracy_reference']:.1f}% -> "
+        f"{100 * output['accuracy_candidate']:.1f}%, "
+        f"SQNR {output['sqnr_db']:.0f} dB, {latency['ratio']['1']:.1f}x faster at batch 1"
     )
     for rollout_id in args.rollouts:
-        entry = api(args.server, "GET", f"/v1/admin/rollouts/{rollout_id}")
-        plan = entry["plan"]
-        decisions = entry["decisions"]
-        begin = decisions[0]["time"]
-        holds = Counter(plan["stages"][d["stage_index"]] for d in decisions if d["outcome"] == "hold")
-        print(
-            f"rollout {plan['target']['version']} over {plan['baseline']['version']} ({rollout_id}): "
-            f"{plan['state'].upper()}"
-            + (f" - {plan['reason'].splitlines()[0]}" if plan.get("reason") else "")
-        )
-        for decision in decisions:
-            if decision["outcome"] in ("start", "hold"):
-                continue
-            stage = plan["stages"][decision["stage_index"]]
-            print(
-                f"  sim {sim_label(decision['time'] - begin):>10}  stage {stage:>3}%  "
-                f"{decision['outcome']:<8} (after {holds.get(stage, 0)} holds)"
-            )
-            for record in decision["records"]:
-                if record["metric"] in (
-                    "exposure",
-                    "accuracy",
-                    "crash_rate",
-                    "error_rate",
-                    "latency_p95",
-                    *LABEL_FREE,
-                ) and (decision["outcome"] != "rollback" or record["outcome"] == "rollback"):
-                    print(f"      {record['metric']:<16} {record['outcome']:<8} {_stat(record)}")
-            if decision["outcome"] == "rollback":
-                deciding = [r for r in decision["records"] if r["outcome"] == "rollback"]
-                for record in deciding:
-                    words = GATE_WORDS.get(record["metric"], f"the {record['metric']} gate")
-                    print(f"  rolled back by {words}:\n      {record['detail']}")
+        _rollout_summary(args.server, rollout_id)
     status = fleet_status(Path(args.fleet))
-    stats = status["stats"]
-    print(f"fleet: {sum(status['versions'].values())} devices, running {_versions(status)}")
-    print(
-        "  "
-        + ", ".join(
-            f"{k} {v}" for k, v in sorted(stats.items()) if k.startswith(("update", "local", "predict"))
-        )
-    )
-    print(
-        f"  {stats.get('predictions', 0)} predictions, {stats.get('feedback', 0)} feedback labels sent, "
-        f"{stats.get('events uploaded', 0)} telemetry events uploaded"
-    )
+    print(f"fleet: {sum(status['versions'].values())} devices, {_versions(status)}")
+    for line in fleet_words(status["stats"]):
+        print(f"  {line}")
     return 0
-
-
-def _stat(record: dict[str, Any]) -> str:
-    def fmt(value: Any) -> str:
-        return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    return (
-        f"treatment {fmt(record.get('treatment_value'))} control {fmt(record.get('control_value'))} "
-        f"n={record.get('n')} statistic {fmt(record.get('statistic'))} "
-        f"threshold {fmt(record.get('threshold'))}"
-    )
 
 
 # ---- command line --------------------------------------------------------------------------------------

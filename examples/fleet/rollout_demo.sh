@@ -2,13 +2,18 @@
 # The rollout demo: a fleet of real device runtimes (processes) updates through TUF while the server's gates
 # promote a good release 1% -> 5% -> 25% -> 100% and roll a bad one back at 1%, with no feedback labels (the
 # label-free gates decide; FLEET_FEEDBACK=1 sends labels too). See README.md here.
-# Usage: bash examples/fleet/rollout_demo.sh [BUILD_DIR]   (BUILD_DIR as left by examples/digits/run.sh;
-# edgekit must be on PATH). Writes BUILD_DIR/fleet/ (server data, logs); device stores go to /dev/shm.
+# Usage: bash examples/fleet/rollout_demo.sh [--no-wait] [BUILD_DIR]   (BUILD_DIR as left by
+# examples/digits/run.sh; edgekit must be on PATH). Writes BUILD_DIR/fleet/ (server data, logs); device
+# stores go to /dev/shm.
+# At the end the server and its dashboard stay up until Ctrl-C (which exits 0 and cleans up). Scripts that
+# must not wait pass --no-wait or set FLEET_NO_WAIT=1; when stdin is not a terminal it does not wait either.
 # Environment: FLEET_DEVICES (400), FLEET_PROCESSES (3), FLEET_SPEEDUP (simulated seconds per real second,
 # 600), FLEET_PERIOD (simulated minutes between a device's wake-ups, 120), FLEET_TIMEOUT (real seconds per
-# rollout, 300), FLEET_KEEP_SERVER=1 (keep the server and its dashboard up after the summary, until Ctrl-C).
+# rollout, 300), FLEET_NO_WAIT=1 (stop everything after the summary instead of waiting for Ctrl-C).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+no_wait="${FLEET_NO_WAIT:-0}"
+if [ "${1:-}" = --no-wait ]; then no_wait=1; shift; fi
 build="$(cd "${1:-$here/../digits/build}" && pwd)"
 devices="${FLEET_DEVICES:-400}"
 processes="${FLEET_PROCESSES:-3}"
@@ -66,7 +71,7 @@ for bundle in "$build/digits-1.0.0.ekb" "$demo/releases/digits-1.1.0.ekb" "$demo
   edgekit publish "$bundle" --data "$demo/data" --offline-keys "$demo/offline-keys"
 done
 
-step "3. the rollout server (SQLite), demo gates, clock x$speedup (1 real second = $((speedup / 60)) simulated minutes)"
+step "3. the rollout server (SQLite), demo gates, a simulated clock $speedup times faster than real time (1 real second = $((speedup / 60)) simulated minutes; every time below is simulated)"
 port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 EDGEKIT_ADMIN_TOKEN="$(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
 export EDGEKIT_ADMIN_TOKEN EDGEKIT_SERVER="http://127.0.0.1:$port"
@@ -85,7 +90,7 @@ for _ in range(150):
 else:
     sys.exit("the server did not start; see server.log")
 EOF
-head -n 1 "$demo/server.log"
+echo "server on $EDGEKIT_SERVER (SQLite in $demo/data, gates from $(basename "$here")/demo_gates.json)"
 
 step "4. $devices devices in $processes processes: flashed with 1.0.0, registered, on TUF, reporting telemetry ($([ ${#feedback[@]} -gt 0 ] && echo "no feedback labels" || echo "with feedback labels"); each device sees its own mix of digits)"
 "${fleet[@]}" factory --bundle "$build/digits-1.0.0.ekb" --key "$build/keys/release.pub" --out "$stores/factory" \
@@ -104,22 +109,22 @@ run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --versi
 
 rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPECTED, wait for the fleet
   local id attempt
+  echo "starting $1 over $2: stages 1% -> 5% -> 25% -> 100%, each next to a control group of the same size;" \
+    "below 100% the devices run $1 in shadow next to $2 on half of their inputs"
   for attempt in $(seq 60); do
     id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" "${@:4}" --json \
       | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
-    echo "started $id: $1 over $2, stages 1 -> 5 -> 25 -> 100 %, each with a same-size control group ${*:4}"
-    # A fleet this small can draw a 1% arm with fewer devices than the gates need (min_devices_per_arm, 4):
-    # that stage could only hold until its deadline (two or three devices per arm cannot show a shadow
-    # disagreement beyond doubt when they differ from each other). Abort and start again: a new rollout
-    # draws a new salt (at 400 devices about one start in three has 4 or more devices in both 1% arms).
+    # A fleet this small can draw a 1% group with fewer devices than the gates need (min_devices_per_arm,
+    # 4): that stage could only hold until its deadline (two or three devices per group cannot show a
+    # shadow disagreement beyond doubt when they differ from each other). So the demo draws again: it
+    # aborts that rollout (nothing was installed yet) and starts another, whose new salt draws new groups
+    # (at 400 devices about one start in three has 4 or more devices in both 1% groups).
     "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 4 && break
-    echo "  an arm has fewer than 4 devices: aborting and starting again (a new rollout draws a new salt)"
-    edgekit rollout abort "$id"
+    edgekit rollout abort "$id" >/dev/null
   done
   echo "$id" >>"$demo/rollouts.txt"
   run "${fleet[@]}" watch --server "$EDGEKIT_SERVER" --rollout "$id" --until "$3" --fleet "$demo/status" \
     --timeout "$timeout"
-  edgekit rollout status "$id" --decisions 1
   local want="$1"; [ "$3" = complete ] || want="$2"
   run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version "$want" --timeout 120
 }
@@ -145,11 +150,18 @@ mapfile -t ids <"$demo/rollouts.txt"
   --rollouts "${ids[@]}" --note "1.0.0=baseline, factory image" --note "1.1.0=healthy re-release" \
   --note "1.2.0=label-order bug"
 cpu() { local total=0 pid; for pid in "$@"; do total=$((total + $(ps -o times= -p "$pid" 2>/dev/null || echo 0))); done; echo "$total"; }
-echo "rollout demo took $(( $(date +%s) - started )) s (CPU: server $(cpu "${pids[0]}") s, device processes" \
-  "$(cpu "${pids[@]:1}") s); logs and server data in $demo"
-echo "dashboard: $EDGEKIT_SERVER/dashboard#token=$EDGEKIT_ADMIN_TOKEN  (the token stays in the fragment, never sent)"
-if [ "${FLEET_KEEP_SERVER:-0}" = 1 ]; then
-  for ((i = 1; i < ${#pids[@]}; i++)); do kill "${pids[$i]}" 2>/dev/null || true; done
-  echo "devices stopped; the server keeps running for the dashboard (admin token: \$EDGEKIT_ADMIN_TOKEN=$EDGEKIT_ADMIN_TOKEN). Ctrl-C to stop."
-  wait "${pids[0]}"
+echo "the rollout demo took $(( $(date +%s) - started )) s of real time (CPU: server $(cpu "${pids[0]}") s," \
+  "device processes $(cpu "${pids[@]:1}") s); logs and server data in $demo"
+# Keep the server (and so the dashboard) up for a look, unless told not to or nobody can press Ctrl-C.
+if [ "$no_wait" = 1 ] || [ ! -t 0 ]; then
+  reason="--no-wait"; [ "$no_wait" = 1 ] || reason="stdin is not a terminal"
+  echo "done: the server is stopped ($reason); run it from a terminal without --no-wait to keep the" \
+    "dashboard up until Ctrl-C"
+  exit 0
 fi
+for ((i = 1; i < ${#pids[@]}; i++)); do kill "${pids[$i]}" 2>/dev/null || true; done  # the devices: done
+echo "dashboard: $EDGEKIT_SERVER/dashboard#token=$EDGEKIT_ADMIN_TOKEN"
+echo "  (the token stays in the address's fragment, which the browser never sends; the devices are stopped," \
+  "the server keeps running until Ctrl-C, which stops it and removes the device stores)"
+trap 'exit 0' INT TERM
+wait "${pids[0]}" || true

@@ -17,34 +17,19 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "FINAL_STATES",
     "NAMES",
     "decision_lines",
     "evaluation_line",
+    "exposure_record",
     "not_judged",
     "number",
     "percent",
     "record_words",
-    "snapshot",
-    "state_line",
 ]
 
-# States after which nothing changes any more: `watch` stops by itself there.
-FINAL_STATES = frozenset({"complete", "rolled_back"})
+# A hold's line names at most this many of the checks it waits on (then how many more).
+MAX_WAITING_SHOWN = 3
 
-_STATE_WORDS = {
-    "running": "running",
-    "paused": "paused by an operator",
-    "halted": "halted (devices back on the baseline; waiting for an operator)",
-    "rolled_back": "rolled back",
-    "complete": "complete",
-}
-_DECISION_WORDS = {
-    "start": "rollout started",
-    "promote": "promote to the next stage",
-    "hold": "hold at this stage",
-    "rollback": "roll back",
-}
 # What each check is called in a sentence.
 NAMES = {
     "telemetry": "telemetry",
@@ -194,6 +179,10 @@ def _sprt(record: dict[str, Any], name: str, exposure: dict[str, Any] | None) ->
 def _latency(record: dict[str, Any], name: str) -> str:
     detail, outcome = record.get("detail") or "", record["outcome"]
     ratio, limit = record.get("statistic"), record.get("threshold")
+    if ratio is None and outcome == "rollback":  # an infinite ratio: the update's p95 is off the scale
+        control = record.get("control_value")
+        theirs = f"the control's is {number(control)} ms" if control is not None else "the control's is not"
+        return f"{name}: the update's p95 is slower than the slowest latency bucket, {theirs} -> roll back"
     if ratio is None:
         if "beyond the last bucket" in detail:
             return f"{name}: both groups slower than the slowest latency bucket"
@@ -337,7 +326,8 @@ def record_words(record: dict[str, Any], exposure: dict[str, Any] | None = None)
 
 
 # ---- one evaluation ------------------------------------------------------------------------------------
-def _exposure(decision: dict[str, Any]) -> dict[str, Any] | None:
+def exposure_record(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision's exposure record (devices and device-hours per arm), if it has one."""
     return next((r for r in decision.get("records", []) if r.get("metric") == "exposure"), None)
 
 
@@ -350,7 +340,7 @@ def evaluation_line(decision: dict[str, Any], stages: list[int]) -> str:
     index = decision.get("stage_index", 0)
     stage = stages[index] if 0 <= index < len(stages) else decision.get("stage", "?")
     records = decision.get("records", [])
-    exposure = _exposure(decision)
+    exposure = exposure_record(decision)
     outcome = decision.get("outcome")
     if outcome == "rollback":
         head = "rolling back"
@@ -365,15 +355,32 @@ def evaluation_line(decision: dict[str, Any], stages: list[int]) -> str:
     else:
         head = "holding"
         chosen = [r for r in records if r.get("outcome") == "hold" and r.get("metric") != "exposure"]
-        if exposure is not None:
-            treatment, control = exposure.get("treatment_value"), exposure.get("control_value")
+        treatment = None if exposure is None else exposure.get("treatment_value")
+        if exposure is not None and treatment is not None:  # None: the arms' telemetry is unusable
+            control = exposure.get("control_value")
             verb = "device has" if treatment == 1 else "devices have"
             have = f"{number(treatment)} {verb} the update" + (
                 f", {number(control)} in the control" if control is not None else ""
             )
             chosen = [{"words": have}, *chosen]
-    clauses = [r["words"] if "words" in r else record_words(r, exposure) for r in chosen]
-    return f"stage {stage}%: {head}" + (" - " + "; ".join(_merged(clauses)) if clauses else "")
+    clauses = _merged([r["words"] if "words" in r else record_words(r, exposure) for r in chosen])
+    if outcome not in ("rollback", "promote"):
+        # A line a person can read while it scrolls: a missed deadline first, then the checks that say
+        # how much more data they need (what the wait is for), then the others in gate order; at most
+        # MAX_WAITING_SHOWN of them, then how many more (`edgekit rollout status` says every one).
+        first = 1 if chosen and "words" in chosen[0] else 0
+        waiting = clauses[first:]
+        clauses = clauses[:first] + sorted(waiting, key=_urgency)
+        shown = MAX_WAITING_SHOWN + first
+        if len(clauses) > shown:
+            more = len(clauses) - shown
+            clauses = [*clauses[:shown], f"{more} more check{'s' if more > 1 else ''} waiting"]
+    return f"stage {stage}%: {head}" + (" - " + "; ".join(clauses) if clauses else "")
+
+
+def _urgency(clause: str) -> int:
+    """Sort key of a hold's clauses: a missed deadline, then what more data is needed, then the rest."""
+    return 0 if clause.startswith("past the ") else 1 if "needed" in clause else 2
 
 
 def _merged(clauses: list[str]) -> list[str]:
@@ -398,7 +405,7 @@ def _merged(clauses: list[str]) -> list[str]:
 def decision_lines(decision: dict[str, Any], *, skipped_line: bool = True) -> list[str]:
     """Every judged check of one evaluation, one sentence each; the not-judged ones in one closing line
     (`skipped_line` False leaves it out)."""
-    exposure = _exposure(decision)
+    exposure = exposure_record(decision)
     lines, skipped = [], []
     for record in decision.get("records", []):
         why = not_judged(record)
@@ -409,91 +416,3 @@ def decision_lines(decision: dict[str, Any], *, skipped_line: bool = True) -> li
     if skipped and skipped_line:
         lines.append("not judged (no data of that kind): " + ", ".join(skipped))
     return lines
-
-
-# ---- a rollout's state ---------------------------------------------------------------------------------
-def _latest(entry: dict[str, Any]) -> dict[str, Any] | None:
-    decisions = entry.get("decisions") or []
-    return decisions[-1] if decisions else None
-
-
-def _arms(decision: dict[str, Any] | None) -> tuple[int | None, int | None]:
-    """Devices in the treatment and control arms, as the latest exposure check counted them."""
-    record = _exposure(decision or {})
-    if record is None:
-        return None, None
-    treatment, control = record.get("treatment_value"), record.get("control_value")
-    return None if treatment is None else int(treatment), None if control is None else int(control)
-
-
-def snapshot(entry: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one poll for `watch --json`: stable keys, no decision log."""
-    plan = entry["plan"]
-    decision = _latest(entry)
-    treatment, control = _arms(decision)
-    return {
-        "rollout_id": plan["rollout_id"],
-        "state": plan["state"],
-        "reason": plan.get("reason"),
-        "stage_percent": entry.get("stage_percent"),
-        "stage_number": plan["stage_index"] + 1,
-        "stages": plan["stages"],
-        "devices": {"treatment": treatment, "control": control},
-        "decision": None
-        if decision is None
-        else {
-            "outcome": decision["outcome"],
-            "time": decision["time"],
-            "alert": decision.get("alert"),
-            "checks": {r["metric"]: r.get("outcome") for r in decision.get("records", [])},
-        },
-    }
-
-
-def state_line(entry: dict[str, Any]) -> str:
-    """One line in words: stage, devices per arm, the checks that are not yet ok (in words) and the decision.
-
-    e.g. `digits 1.1.0 over 1.0.0: stage 1% (1 of 4), running; devices: 3 on the update, 3 in the
-    control; checks: 10 of 11 ok, waiting: crashes: no crashes so far, ...; decision: hold at this stage`.
-    """
-    plan = entry["plan"]
-    stages = plan["stages"]
-    state = _STATE_WORDS.get(plan["state"], plan["state"])
-    reason = plan.get("reason") or ""
-    if reason and plan["state"] != "running" and not reason.startswith("rollback: "):
-        state += f": {reason}"  # an operator's or a halt's reason; a gate's rollback is said in the checks
-    parts = [
-        f"{plan['model']} {plan['target']['version']} over {plan['baseline']['version']}: stage "
-        f"{stages[plan['stage_index']]}% ({plan['stage_index'] + 1} of {len(stages)}), {state}"
-    ]
-    decision = _latest(entry)
-    if decision is None:
-        parts.append("no evaluation yet")
-        return "; ".join(parts)
-    treatment, control = _arms(decision)
-    if treatment is not None:
-        devices = f"devices: {treatment} on the update"
-        parts.append(devices + (f", {control} in the control" if control is not None else ""))
-    records = decision.get("records") or []
-    if records:
-        exposure = _exposure(decision)
-        passed = [r for r in records if r.get("outcome") == "pass"]
-        waiting = [record_words(r, exposure) for r in records if r.get("outcome") == "hold"]
-        failed = [record_words(r, exposure) for r in records if r.get("outcome") == "rollback"]
-        if len(passed) == len(records):
-            parts.append(f"checks: all {len(records)} ok")
-        else:
-            words = f"checks: {len(passed)} of {len(records)} ok"
-            if failed:
-                words += ", FAILED: " + ", ".join(failed)
-            if waiting:
-                words += ", waiting: " + ", ".join(waiting)
-            parts.append(words)
-    words = _DECISION_WORDS.get(decision["outcome"], decision["outcome"])
-    if decision["outcome"] == "promote" and decision.get("stage_index") == len(stages) - 1:
-        words = "complete: every device gets the update"
-    if decision.get("stage_index", plan["stage_index"]) != plan["stage_index"]:
-        words += f" (at stage {stages[decision['stage_index']]}%)"
-    alert = decision.get("alert") if decision["outcome"] != "rollback" else None  # a rollback's is its check
-    parts.append(f"decision: {words}" + (f" (alert: {alert})" if alert else ""))
-    return "; ".join(parts)

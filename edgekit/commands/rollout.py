@@ -284,7 +284,7 @@ def watch(ctx: click.Context, rollout_id: str, interval: float, once: bool, as_j
     Stops by itself when the rollout is complete or rolled back; Ctrl-C stops watching (exit 0) and
     leaves the rollout as it is.
     """
-    from edgekit.commands._rollout_words import FINAL_STATES, snapshot, state_line
+    from edgekit.commands._rollout_state import FINAL_STATES, snapshot, state_line
 
     shown = None
     try:

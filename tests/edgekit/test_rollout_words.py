@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgekit.commands._rollout_state import snapshot, state_line
 from edgekit.commands._rollout_words import (
     decision_lines,
     evaluation_line,
     number,
     percent,
     record_words,
-    snapshot,
-    state_line,
 )
 from edgekit.rollout.gates import ArmMetrics, GateConfig, evaluate
 from edgekit.rollout.label_free import ArmEvidence, LabelFreeEvidence
@@ -218,6 +217,8 @@ def test_a_hold_says_what_it_waits_for_and_how_much_exposure_is_missing() -> Non
         "device-hours needed" in line
     )
     assert "p95 latency: 8 timings in the smaller group, 60 needed" in line
+    assert line.endswith(" more checks waiting")  # at most 3 named; `rollout status` says every one
+    assert line.count("; ") == 4, line
 
 
 def test_not_judged_checks_are_one_closing_line_not_one_sentence_each() -> None:
@@ -300,3 +301,13 @@ def test_watch_says_which_check_failed_without_the_raw_reason() -> None:
 def test_an_operators_reason_is_kept() -> None:
     line = state_line(status("rolled_back", "hold", [], reason="aborted by operator"))
     assert "rolled back: aborted by operator;" in line, line
+
+
+def test_a_latency_rollback_off_the_scale_and_a_missed_deadline_are_said_first() -> None:
+    slow = evaluation_line(decisions()["slow"], [1, 5, 25, 100])
+    assert "p95 latency: the update's p95 is slower than the slowest latency bucket" in slow, slow
+    assert slow.endswith("-> roll back")
+    late = evaluation_line(decisions()["late"], [1, 5, 25, 100])
+    assert late.split("; ")[1].startswith("past the 48 h deadline"), late  # after the devices clause
+    missing = evaluation_line(decisions()["no control"], [1, 5, 25, 100])
+    assert "?" not in missing and "None" not in missing, missing

@@ -10,7 +10,6 @@ import gzip
 import io
 import os
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -644,10 +643,8 @@ def test_attack_10_endless_member_stops_at_the_signed_size(
     filler: bytes, bundle: Bundle, keys: Keys, policy: VerifyPolicy, outside: Outside
 ) -> None:
     source = endless_member_stream(bundle, filler)
-    start = time.monotonic()
     with refuses(ContentError, "model.onnx: SHA-256"):
         verify_ekb(source, [keys.trusted.public], destination=outside.dest, policy=policy)
-    assert time.monotonic() - start < 10
     assert source.served <= 4 << 20  # the archive so far, plus at most the read-ahead buffers
     outside.clean_failure()
 

@@ -34,6 +34,7 @@ HOLDER_SOURCE = r'''
 import json, sys
 from pathlib import Path
 
+import device_runtime._install as install_module
 import device_runtime.runtime as runtime_module
 from device_runtime.config import RuntimeConfig
 from device_runtime import errors
@@ -67,14 +68,14 @@ except StoreLockedError as e:
     sys.exit(0)
 say(ready=True)
 if args["op"] == "install":  # pause between extraction into .incoming-* and loading it
-    real_load = runtime_module.load_model
+    real_load = install_module.load_model  # the install path's loader
 
     def paused_load(directory, *a, **k):
         say(paused=str(directory))
         sys.stdin.readline()
         return real_load(directory, *a, **k)
 
-    runtime_module.load_model = paused_load
+    install_module.load_model = paused_load
     try:
         result = holder.install(args["bundle"])
         say(installed=result.version)

@@ -84,6 +84,20 @@ def percent(share: Any) -> str:
     return f"{number(v)}%"
 
 
+def beside(show: Callable[[Any], str], bound: Any, limit: Any) -> str:
+    """`show(bound)`, with more digits when it would read the same as `show(limit)` but is not equal (a
+    bound of 0.1017 said next to a limit of 0.1 reads "0.102", not "0.1")."""
+    text = show(bound)
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in (bound, limit)) or bound == limit:
+        return text
+    scale, suffix = (100.0, "%") if show is percent else (1.0, "")
+    for digits in range(3, 7):
+        if text != show(limit):
+            break
+        text = f"{scale * float(bound):.{digits}g}{suffix}"
+    return text
+
+
 def _need(detail: str) -> str | None:
     """The minimum a holding check quoted in its detail (`need 4`, `need 60 each`), if any."""
     found = re.search(r"need (\d+(?:\.\d+)?)", detail)
@@ -126,12 +140,12 @@ def _guardrail(record: dict[str, Any], name: str) -> str:
         return f"{name}: nothing reported yet"
     if outcome == "rollback":
         return (
-            f"{name}: {so_far} on the update; at least {show(bound)} even at its lower bound, above the "
-            f"{show(limit)} limit -> roll back"
+            f"{name}: {so_far} on the update; at least {beside(show, bound, limit)} even at its lower bound, "
+            f"above the {show(limit)} limit -> roll back"
         )
     if outcome == "pass":
-        return f"{name}: {so_far} on the update, at most {show(bound)} (limit {show(limit)})"
-    rule_out = f"{show(bound)} {unit} (limit {show(limit)})"
+        return f"{name}: {so_far} on the update, at most {beside(show, bound, limit)} (limit {show(limit)})"
+    rule_out = f"{beside(show, bound, limit)} {unit} (limit {show(limit)})"
     return f"{name}: {so_far} so far, but it could still be up to {rule_out}"
 
 
@@ -262,11 +276,12 @@ def _label_free(record: dict[str, Any], name: str) -> str:
         )
     else:
         lead = f"{name}: the {what}"
+    shown = beside(show, bound, limit)
     if outcome == "rollback":
-        return f"{lead} is above the {show(limit)} limit even at its lower bound {show(bound)} -> roll back"
+        return f"{lead} is above the {show(limit)} limit even at its lower bound {shown} -> roll back"
     if outcome == "pass":
-        return f"{lead} is at most {show(bound)}, within the {show(limit)} limit"
-    return f"{lead} could still be {show(bound)}, not yet within the {show(limit)} limit"
+        return f"{lead} is at most {shown}, within the {show(limit)} limit"
+    return f"{lead} could still be {shown}, not yet within the {show(limit)} limit"
 
 
 def record_words(record: dict[str, Any], exposure: dict[str, Any] | None = None) -> str:

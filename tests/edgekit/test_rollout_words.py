@@ -311,3 +311,12 @@ def test_a_latency_rollback_off_the_scale_and_a_missed_deadline_are_said_first()
     assert late.split("; ")[1].startswith("past the 48 h deadline"), late  # after the devices clause
     missing = evaluation_line(decisions()["no control"], [1, 5, 25, 100])
     assert "?" not in missing and "None" not in missing, missing
+
+
+def test_a_bound_next_to_its_limit_gets_the_digits_that_tell_them_apart() -> None:
+    from edgekit.commands._rollout_words import beside
+
+    assert beside(number, 0.1017, 0.1) == "0.102"  # not "0.1 ... above the 0.1 limit"
+    assert beside(percent, 0.1004, 0.1) == "10.04%"
+    assert beside(number, 0.25, 0.1) == number(0.25) and beside(number, 0.1, 0.1) == "0.1"
+    assert beside(number, None, 0.1) == "?"

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit.commands._common import CommandError, emit_result, handle_errors, json_option
+from edgekit.commands.serve import body_timeout_option, header_timeout_option
 
 
 @click.group()
@@ -38,19 +39,11 @@ def deploy() -> None:
     help="Where nginx listens (plain HTTP; the file shows where TLS goes).",
 )
 @click.option("--server-name", default="_", show_default=True, help="nginx's server_name (_: any host name).")
-@click.option(
-    "--header-timeout",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.5, 600),
-    help="Seconds a client has to send its request headers (use the value given to `edgekit serve`).",
+@header_timeout_option(
+    "Seconds a client has to send its request headers (use the value given to `edgekit serve`)."
 )
-@click.option(
-    "--body-timeout",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(0.5, 3600),
-    help="Seconds a client may stall while sending a body (use the value given to `edgekit serve`).",
+@body_timeout_option(
+    "Seconds a client may stall while sending a body (use the value given to `edgekit serve`)."
 )
 @click.option(
     "--metrics-allow",

@@ -11,6 +11,32 @@ import click
 
 from edgekit.commands._common import CommandError, emit_result, handle_errors, json_flag
 
+# The client deadlines' defaults and ranges, once: `edgekit deploy nginx-config` takes the same options so
+# nginx holds clients to what the server would (the defaults are edgekit.server.front.FrontLimits').
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 10.0, 60.0
+
+
+def header_timeout_option(help_text: str) -> Any:
+    """`--header-timeout SECONDS` (default HEADER_TIMEOUT_S)."""
+    return click.option(
+        "--header-timeout",
+        default=HEADER_TIMEOUT_S,
+        show_default=True,
+        type=click.FloatRange(0.5, 600),
+        help=help_text,
+    )
+
+
+def body_timeout_option(help_text: str) -> Any:
+    """`--body-timeout SECONDS` (default BODY_TIMEOUT_S)."""
+    return click.option(
+        "--body-timeout",
+        default=BODY_TIMEOUT_S,
+        show_default=True,
+        type=click.FloatRange(0.5, 3600),
+        help=help_text,
+    )
+
 
 def admin_token(data_dir: Path, env: str) -> tuple[str, str]:
     """The admin token from the environment, else from DATA/keys/admin.token (created 0600 once)."""
@@ -74,20 +100,8 @@ def _token(data_dir: Path, env: str, name: str) -> tuple[str, str]:
     is_flag=True,
     help="UNSAFE outside a lab: serve the dashboard and its data (the fleet's rollouts) without a token.",
 )
-@click.option(
-    "--header-timeout",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.5, 600),
-    help="Seconds a client has to send a request's line and headers (slow clients are closed).",
-)
-@click.option(
-    "--body-timeout",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(0.5, 3600),
-    help="Seconds a client has to send a request's body once its headers are in.",
-)
+@header_timeout_option("Seconds a client has to send a request's line and headers (slow clients are closed).")
+@body_timeout_option("Seconds a client has to send a request's body once its headers are in.")
 @click.option(
     "--max-connections",
     default=10_000,

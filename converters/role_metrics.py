@@ -209,7 +209,7 @@ def role_metrics(
 ) -> dict[str, Any]:
     """The role's own metrics of one output (batch axis first); {} for classification and tensor, whose
     figures the parity contract computes for every output. ``*_scores``: the scores output of a
-    boxes-format detection."""
+    boxes- or ssd-format detection."""
     kind = role.kind
     if kind == "detection":
         return _detection(role, reference, candidate, reference_scores, candidate_scores)

@@ -103,6 +103,12 @@ def parse_role_option(text: str) -> OutputSpec:
                 f"--role {text!r}: {item!r} is not key=value with a known key (keys: {', '.join(ROLE_KEYS)})"
             )
         doc[ROLE_KEYS[key]] = _value(value)
+    if doc.get("format") == "ssd":
+        raise DataError(
+            f"--role {text!r}: format=ssd needs its anchor grid, which only the preprocessing spec can "
+            "declare (outputs[].anchors, see docs/preprocessing-spec.md); declare the role there and pass "
+            "it with --preprocess"
+        )
     try:
         return _parse_output(doc, f"--role {name}")
     except SpecError as e:

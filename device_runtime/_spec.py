@@ -203,7 +203,7 @@ class OutputSpec:
     labels: str | None = None
     top_k: int = 5
     score_threshold: float | None = None
-    format: str | None = None  # detection: yolo | yolo_transposed | boxes (None: yolo)
+    format: str | None = None  # detection: yolo | yolo_transposed | boxes | ssd (None: yolo)
     scores: str | None = None  # detection with format "boxes" or "ssd": the scores output
     anchors: AnchorSpec | None = None  # detection with format "ssd"
     iou_threshold: float | None = None  # detection NMS (None: 0.45)
@@ -479,12 +479,13 @@ def _parse_anchors(value: object, path: str) -> AnchorSpec:
     d = _obj(value, path, _ANCHOR_KEYS[:2], _ANCHOR_KEYS[2:])
     size = _pair(d["size"], f"{path}.size", "size")
     strides = _list(d["strides"], f"{path}.strides", "strides", 1, MAX_LAYERS)
-    scale = d.get("box_scale")
-    if scale is not None:
-        items = _list(scale, f"{path}.box_scale", "box_scale ([x, y, w, h])", 4, 4)
-        scale = tuple(
+    scale = None
+    if d.get("box_scale") is not None:
+        items = _list(d["box_scale"], f"{path}.box_scale", "box_scale ([x, y, w, h])", 4, 4)
+        x, y, w, h = (
             _float(v, f"{path}.box_scale[{i}]", "a box scale", gt=0.0, le=1e6) for i, v in enumerate(items)
         )
+        scale = (x, y, w, h)
     return AnchorSpec(
         size=size,
         strides=tuple(
@@ -493,7 +494,7 @@ def _parse_anchors(value: object, path: str) -> AnchorSpec:
         ),
         per_layer=_int(d.get("per_layer", 2), f"{path}.per_layer", "per_layer", 1, MAX_PER_LAYER),
         offset=_float(d.get("offset", 0.5), f"{path}.offset", "offset", ge=0.0, le=1.0),
-        box_scale=scale,  # type: ignore[arg-type]  # four items, checked above
+        box_scale=scale,
         order=_enum(d.get("order", "xywh"), f"{path}.order", ("xywh", "yxhw")),
         box_size=_enum(d.get("box_size", "linear"), f"{path}.box_size", ("linear", "exp")),
     )

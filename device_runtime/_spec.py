@@ -264,7 +264,8 @@ class PreprocessSpec:
     outputs: tuple[OutputSpec, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-able form, every key present; ``parse_spec(s.to_dict()) == s``."""
+        """Canonical JSON-able form, every key present (but an unset ``anchors``, see :data:`_SINCE`);
+        ``parse_spec(s.to_dict()) == s``."""
         return {"schema": self.schema, "inputs": _plain(self.inputs), "outputs": _plain(self.outputs)}
 
     def to_json(self) -> bytes:
@@ -272,12 +273,21 @@ class PreprocessSpec:
         return canonical_bytes(self.to_dict())
 
 
+# Output keys newer than the devices in the field are written only when set: a spec that does not use them
+# stays byte for byte what it was, and a bundle built now still installs on a device that predates them.
+_SINCE = frozenset({"anchors"})
+
+
 def _plain(value: object) -> Any:
     """Dataclasses to dicts (an input's ``kind`` included), tuples to lists."""
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        out = {
+            f.name: _plain(getattr(value, f.name))
+            for f in fields(value)
+            if f.name not in _SINCE or getattr(value, f.name) is not None
+        }
         return {"kind": value.kind, **out} if isinstance(value, (ImageInputSpec, TensorInputSpec)) else out
     return value
 

@@ -165,3 +165,13 @@ def test_a_bad_ssd_role_is_refused_naming_the_field(doc: dict[str, Any], where: 
         parse_output(doc, doc["name"])
     message = str(caught.value)
     assert message.startswith(where) and rule in message and "fix the spec" in message, message
+
+
+def test_a_spec_without_anchors_is_written_as_before_so_older_devices_still_read_it() -> None:
+    outputs = [{"name": "output0", "kind": "detection"}, {"name": "logits", "kind": "classification"}]
+    written = parse_spec({"schema": SCHEMA, "inputs": [{"name": "input", "kind": "image", "size": [8, 8]}],
+                          "outputs": outputs}).to_dict()  # fmt: skip
+    assert all("anchors" not in o for o in written["outputs"])
+    assert set(written["outputs"][0]) == {"name", "kind", "activation", "labels", "top_k", "score_threshold",
+                                          "format", "scores", "iou_threshold", "max_detections", "class_axis",
+                                          "blank"}  # fmt: skip

@@ -311,12 +311,17 @@ def decode_detections(spec: OutputSpec, sample: np.ndarray, scores: np.ndarray |
         spec.effective_iou_threshold,
         spec.effective_max_detections,
     )
-    if spec.scores is not None and scores is None:
-        raise ValueError(
-            f"output {spec.name!r}: format {spec.effective_format} needs its scores output {spec.scores!r}"
+    fmt = spec.effective_format
+    if fmt in ("boxes", "ssd") and scores is None:
+        raise ValueError(f"output {spec.name!r}: format {fmt} needs its scores output {spec.scores!r}")
+    if fmt == "boxes" and scores is not None:
+        return decode_boxes_scores(
+            sample, scores, score_threshold=score, iou_threshold=iou, max_detections=most
         )
-    if spec.effective_format == "ssd" and spec.anchors is not None and scores is not None:
-        grid: AnchorSpec = spec.anchors
+    if fmt == "ssd" and scores is not None:
+        grid: AnchorSpec | None = spec.anchors
+        if grid is None:
+            raise ValueError(f"output {spec.name!r}: format ssd needs the spec's anchors object")
         return decode_anchor_boxes(
             sample,
             scores,
@@ -329,13 +334,9 @@ def decode_detections(spec: OutputSpec, sample: np.ndarray, scores: np.ndarray |
             iou_threshold=iou,
             max_detections=most,
         )
-    if spec.effective_format == "boxes" and scores is not None:
-        return decode_boxes_scores(
-            sample, scores, score_threshold=score, iou_threshold=iou, max_detections=most
-        )
     return decode_yolo(
         sample,
-        channels_first=spec.effective_format == "yolo",
+        channels_first=fmt == "yolo",
         score_threshold=score,
         iou_threshold=iou,
         max_detections=most,

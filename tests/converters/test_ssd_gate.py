@@ -150,3 +150,11 @@ def test_a_blazeface_whose_boxes_moved_is_refused_on_detection_f1(
     failures = evaluate_gate(metrics, INT8_GATE)
     assert any(f.startswith("regressors: detection recall 0.0000 < 0.9000") for f in failures), failures
     assert any(f.startswith("regressors: detection precision") for f in failures), failures
+
+
+def test_an_ssd_role_on_the_command_line_points_to_the_spec_file() -> None:
+    from converters.errors import DataError
+    from converters.roles import parse_role_option
+
+    with pytest.raises(DataError, match=r"only the preprocessing spec can declare \(outputs\[\]\.anchors"):
+        parse_role_option("regressors=detection,format=ssd,scores=classificators")

@@ -202,7 +202,7 @@ def _role_metrics(
     reference: Mapping[str, np.ndarray],
     candidate: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
-    paired = role.kind == "detection" and role.effective_format == "boxes" and role.scores is not None
+    paired = role.kind == "detection" and role.scores is not None  # formats "boxes" and "ssd"
     try:
         return role_metrics(
             role,

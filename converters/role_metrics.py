@@ -22,8 +22,10 @@ judges what the device will show. Default thresholds (a gate may override any of
     tensor          whole-tensor SQNR, cosine                             Gate: min_sqnr_db 20, min_cosine off
 
 The gate's whole-tensor ``min_sqnr_db`` (and ``min_cosine``) still apply to every output as a floor;
-the role checks come on top. The objective of an output (:func:`role_objective`) is one number, higher
-is better, in [0, 1]: the repair optimises the worst output's objective.
+the role checks come on top. Detections are decoded as the device decodes them, in the output's format
+(a YOLO head, corner boxes with a scores output, or SSD anchor offsets with a logits output). The
+objective of an output (:func:`role_objective`) is one number, higher is better, in [0, 1]: the repair
+optimises the worst output's objective.
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def role_metrics(
 ) -> dict[str, Any]:
     """The role's own metrics of one output (batch axis first); {} for classification and tensor, whose
     figures the parity contract computes for every output. ``*_scores``: the scores output of a
-    boxes-format detection."""
+    boxes- or ssd-format detection."""
     kind = role.kind
     if kind == "detection":
         return _detection(role, reference, candidate, reference_scores, candidate_scores)

@@ -103,6 +103,12 @@ def parse_role_option(text: str) -> OutputSpec:
                 f"--role {text!r}: {item!r} is not key=value with a known key (keys: {', '.join(ROLE_KEYS)})"
             )
         doc[ROLE_KEYS[key]] = _value(value)
+    if doc.get("format") == "ssd":
+        raise DataError(
+            f"--role {text!r}: format=ssd needs its anchor grid, which only the preprocessing spec can "
+            "declare (outputs[].anchors, see docs/preprocessing-spec.md); declare the role there and pass "
+            "it with --preprocess"
+        )
     try:
         return _parse_output(doc, f"--role {name}")
     except SpecError as e:
@@ -140,8 +146,8 @@ def resolve_roles(
     ``samples`` the evaluated sample count when known).
 
     Raises:
-        DataError: a declared role names an output the model lacks, or a boxes-format detection names a
-        missing scores output.
+        DataError: a declared role names an output the model lacks, or a boxes- or ssd-format detection
+        names a missing scores output.
     """
     declared = dict(declared or {})
     unknown = sorted(set(declared) - set(shapes))
@@ -150,8 +156,8 @@ def resolve_roles(
             f"roles are declared for {unknown}, but the model's outputs are {sorted(shapes)}; "
             "name outputs exactly as the model does"
         )
-    # The scores output of a boxes-format detection is judged with its boxes, not guessed at on its own.
-    paired = {r.scores for r in declared.values() if r.kind == "detection" and r.effective_format == "boxes"}
+    # The scores output of a boxes- or ssd-format detection is judged with its boxes, not guessed at alone.
+    paired = {r.scores for r in declared.values() if r.kind == "detection" and r.scores is not None}
     roles = {
         name: declared.get(name)
         or (
@@ -162,7 +168,7 @@ def resolve_roles(
         for name, shape in shapes.items()
     }
     for role in roles.values():
-        if role.kind == "detection" and role.effective_format == "boxes" and role.scores not in shapes:
+        if role.kind == "detection" and role.scores is not None and role.scores not in shapes:
             raise DataError(
                 f"output {role.name!r}: its scores output {role.scores!r} is not among the model's "
                 f"outputs {sorted(shapes)}"

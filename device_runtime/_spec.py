@@ -34,14 +34,27 @@ and duplicate keys are refused, every number is bounded::
                          per-box score floor before NMS, null = 0.25; segmentation: the threshold of a
                          single-channel probability, null = 0.5),
       detection only (null elsewhere):
-      "format": "yolo"|"yolo_transposed"|"boxes" or null = null ("yolo": [B, 4 + C, A] cx cy w h + C class
-                scores; "yolo_transposed": [B, A, 4 + C]; "boxes": this output is [B, A, 4] x1 y1 x2 y2 and
-                "scores" names the [B, A, C] or [B, A] scores output; null = "yolo"),
-      "scores": output name or null = null (required with "format": "boxes", refused otherwise),
+      "format": "yolo"|"yolo_transposed"|"boxes"|"ssd" or null = null ("yolo": [B, 4 + C, A] cx cy w h + C
+                class scores; "yolo_transposed": [B, A, 4 + C]; "boxes": this output is [B, A, 4] x1 y1 x2 y2
+                and "scores" names the [B, A, C] or [B, A] scores output; "ssd": this output is [B, A, 4 + 2K]
+                box offsets from the anchors (then K keypoints, not decoded) and "scores" names the
+                [B, A, C] or [B, A] logits output, sigmoid applied; null = "yolo"),
+      "scores": output name or null = null (required with "format": "boxes" or "ssd", refused otherwise),
+      "anchors": ANCHORS or null = null (required with "format": "ssd", refused otherwise),
       "iou_threshold": float 0..1 or null = null (NMS; null = 0.45),
       "max_detections": int 1..10000 or null = null (after NMS, per image; null = 100),
       segmentation only: "class_axis": int -8..7 or null = null (axis of the class scores; null = -1),
       sequence only: "blank": int 0..1000000 or null = null (CTC blank class; null = 0)}
+
+    ANCHORS (SSD anchors on a grid per stride, as MediaPipe's SsdAnchorsCalculator with fixed anchor size;
+     keys after "strides" are optional, defaults shown):
+     {"size": [H, W] (1..8192, the model input's pixels), "strides": [int 1..8192, ...] (1..16 layers; runs
+      of equal strides share one grid of ceil(H / stride) x ceil(W / stride) cells),
+      "per_layer": int 1..64 = 2 (anchors per cell each layer adds), "offset": float 0..1 = 0.5 (anchor
+      centre within its cell), "box_scale": [x, y, w, h] floats > 0 or null = null (the box coding: an
+      offset of box_scale input units moves the centre by one anchor size; null = [W, H, W, H]),
+      "order": "xywh"|"yxhw" = "xywh" (the first four regressors), "box_size": "linear"|"exp" = "linear"
+      (w = w_raw / w_scale * anchor w, or exp(w_raw / w_scale) * anchor w)}
 
 Names are 1..256 characters without control characters. Channels: 3 for RGB/BGR, 1 for GRAY; ``mean``
 and ``std`` hold one value per channel. ``quantization`` needs dtype uint8 or int8.
@@ -65,6 +78,7 @@ from signing.strict_json import canonical_bytes, parse_strict
 __all__ = [
     "OUTPUT_KINDS",
     "SCHEMA",
+    "AnchorSpec",
     "ImageInputSpec",
     "InputSpec",
     "OutputSpec",
@@ -155,6 +169,28 @@ InputSpec: TypeAlias = ImageInputSpec | TensorInputSpec
 
 
 @dataclass(frozen=True)
+class AnchorSpec:
+    """SSD anchors of a detection in format "ssd" and their box coding (see the module docstring).
+
+    Anchors have a fixed size (1 x 1, normalised); ``box_scale`` None means [W, H, W, H].
+    """
+
+    size: tuple[int, int]
+    strides: tuple[int, ...]
+    per_layer: int = 2
+    offset: float = 0.5
+    box_scale: tuple[float, float, float, float] | None = None
+    order: str = "xywh"
+    box_size: str = "linear"
+
+    @property
+    def effective_box_scale(self) -> tuple[float, float, float, float]:
+        """The box coding's x, y, w, h scales: as given, else the input size [W, H, W, H]."""
+        h, w = self.size
+        return self.box_scale or (float(w), float(h), float(w), float(h))
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     """How to read one model output: its role (``kind``) and that role's decoding parameters.
 
@@ -167,8 +203,9 @@ class OutputSpec:
     labels: str | None = None
     top_k: int = 5
     score_threshold: float | None = None
-    format: str | None = None  # detection: yolo | yolo_transposed | boxes (None: yolo)
-    scores: str | None = None  # detection with format "boxes": the scores output
+    format: str | None = None  # detection: yolo | yolo_transposed | boxes | ssd (None: yolo)
+    scores: str | None = None  # detection with format "boxes" or "ssd": the scores output
+    anchors: AnchorSpec | None = None  # detection with format "ssd"
     iou_threshold: float | None = None  # detection NMS (None: 0.45)
     max_detections: int | None = None  # detection, per image (None: 100)
     class_axis: int | None = None  # segmentation (None: -1)
@@ -227,7 +264,8 @@ class PreprocessSpec:
     outputs: tuple[OutputSpec, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-able form, every key present; ``parse_spec(s.to_dict()) == s``."""
+        """Canonical JSON-able form, every key present (but an unset ``anchors``, see :data:`_SINCE`);
+        ``parse_spec(s.to_dict()) == s``."""
         return {"schema": self.schema, "inputs": _plain(self.inputs), "outputs": _plain(self.outputs)}
 
     def to_json(self) -> bytes:
@@ -235,12 +273,21 @@ class PreprocessSpec:
         return canonical_bytes(self.to_dict())
 
 
+# Output keys newer than the devices in the field are written only when set: a spec that does not use them
+# stays byte for byte what it was, and a bundle built now still installs on a device that predates them.
+_SINCE = frozenset({"anchors"})
+
+
 def _plain(value: object) -> Any:
     """Dataclasses to dicts (an input's ``kind`` included), tuples to lists."""
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        out = {
+            f.name: _plain(getattr(value, f.name))
+            for f in fields(value)
+            if f.name not in _SINCE or getattr(value, f.name) is not None
+        }
         return {"kind": value.kind, **out} if isinstance(value, (ImageInputSpec, TensorInputSpec)) else out
     return value
 
@@ -365,12 +412,17 @@ _IMAGE_KEYS = (
     "quantization",
 )
 _OUTPUT_KINDS = OUTPUT_KINDS
-DETECTION_FORMATS = ("yolo", "yolo_transposed", "boxes")
+DETECTION_FORMATS = ("yolo", "yolo_transposed", "boxes", "ssd")
+PAIRED_FORMATS = ("boxes", "ssd")  # formats whose scores come from a second output, named by "scores"
+MAX_LAYERS = 16
+MAX_PER_LAYER = 64
+_ANCHOR_KEYS = ("size", "strides", "per_layer", "offset", "box_scale", "order", "box_size")
 _LABELLED_KINDS = ("classification", "detection", "segmentation", "regression", "sequence")
 # key: the one kind it belongs to (a non-null value on another kind is refused)
 _KIND_KEYS = {
     "format": "detection",
     "scores": "detection",
+    "anchors": "detection",
     "iou_threshold": "detection",
     "max_detections": "detection",
     "class_axis": "segmentation",
@@ -433,6 +485,31 @@ def _parse_tensor(d: Mapping[str, Any], path: str) -> TensorInputSpec:
     )
 
 
+def _parse_anchors(value: object, path: str) -> AnchorSpec:
+    d = _obj(value, path, _ANCHOR_KEYS[:2], _ANCHOR_KEYS[2:])
+    size = _pair(d["size"], f"{path}.size", "size")
+    strides = _list(d["strides"], f"{path}.strides", "strides", 1, MAX_LAYERS)
+    scale = None
+    if d.get("box_scale") is not None:
+        items = _list(d["box_scale"], f"{path}.box_scale", "box_scale ([x, y, w, h])", 4, 4)
+        x, y, w, h = (
+            _float(v, f"{path}.box_scale[{i}]", "a box scale", gt=0.0, le=1e6) for i, v in enumerate(items)
+        )
+        scale = (x, y, w, h)
+    return AnchorSpec(
+        size=size,
+        strides=tuple(
+            _int(v, f"{path}.strides[{i}]", "a stride (input pixels per cell)", 1, MAX_SIDE)
+            for i, v in enumerate(strides)
+        ),
+        per_layer=_int(d.get("per_layer", 2), f"{path}.per_layer", "per_layer", 1, MAX_PER_LAYER),
+        offset=_float(d.get("offset", 0.5), f"{path}.offset", "offset", ge=0.0, le=1.0),
+        box_scale=scale,
+        order=_enum(d.get("order", "xywh"), f"{path}.order", ("xywh", "yxhw")),
+        box_size=_enum(d.get("box_size", "linear"), f"{path}.box_size", ("linear", "exp")),
+    )
+
+
 def _parse_output(value: object, path: str) -> OutputSpec:
     d = _obj(value, path, ("name", "kind"), ("activation", "labels", "top_k", "score_threshold", *_KIND_KEYS))
     kind = _enum(d["kind"], f"{path}.kind", OUTPUT_KINDS)
@@ -446,11 +523,18 @@ def _parse_output(value: object, path: str) -> OutputSpec:
             _fail(f"{path}.{key}", d[key], f"{key} is for {owner} outputs only, not {kind}")
     fmt = None if d.get("format") is None else _enum(d["format"], f"{path}.format", DETECTION_FORMATS)
     scores = None if d.get("scores") is None else _name(d["scores"], f"{path}.scores")
-    if (fmt == "boxes") != (scores is not None):
+    if (fmt in PAIRED_FORMATS) != (scores is not None):
         _fail(
             f"{path}.scores",
             scores,
-            'format "boxes" needs "scores" (the name of the scores output), and only it takes one',
+            'format "boxes" or "ssd" needs "scores" (the name of the scores output), and only they take one',
+        )
+    anchors = None if d.get("anchors") is None else _parse_anchors(d["anchors"], f"{path}.anchors")
+    if (fmt == "ssd") != (anchors is not None):
+        _fail(
+            f"{path}.anchors",
+            d.get("anchors"),
+            'format "ssd" needs "anchors" (the anchor grid and box coding), and only it takes them',
         )
     iou, most = d.get("iou_threshold"), d.get("max_detections")
     axis, blank = d.get("class_axis"), d.get("blank")
@@ -465,6 +549,7 @@ def _parse_output(value: object, path: str) -> OutputSpec:
         else _float(threshold, f"{path}.score_threshold", "score_threshold", ge=0.0, le=1.0),
         format=fmt,
         scores=scores,
+        anchors=anchors,
         iou_threshold=None
         if iou is None
         else _float(iou, f"{path}.iou_threshold", "iou_threshold", ge=0.0, le=1.0),

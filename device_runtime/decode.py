@@ -5,14 +5,17 @@ exactly what the device will show; there is no second NMS anywhere.
 
 - detection: :func:`box_iou`, :func:`nms` (greedy, class-aware), :func:`decode_yolo` for a YOLO head
   (``[4 + C, A]`` channels first, or ``[A, 4 + C]``: cx, cy, w, h then C class scores per anchor), and
-  :func:`decode_boxes_scores` for separate ``[A, 4]`` corner boxes and ``[A, C]`` (or ``[A]``) scores;
+  :func:`decode_boxes_scores` for separate ``[A, 4]`` corner boxes and ``[A, C]`` (or ``[A]``) scores,
+  :func:`ssd_anchors` and :func:`decode_anchor_boxes` for SSD heads (MediaPipe's BlazeFace): box offsets
+  ``[A, 4 + 2K]`` relative to fixed-size anchors and ``[A, C]`` (or ``[A]``) score logits;
 - segmentation: :func:`segmentation_mask` (argmax over a class axis, or one probability channel
   thresholded);
 - sequence: :func:`ctc_greedy` (argmax per step, repeats collapsed, blanks dropped) and :func:`ctc_text`;
 - embedding: :func:`l2_normalize`;
+- activations: :func:`sigmoid` (also the spec's "sigmoid" activation);
 - every role: :func:`decode_output`, one sample as a small JSON-able summary (what ``predict`` shows).
 
-Boxes are ``x1, y1, x2, y2`` in the model's coordinates (for a YOLO head: the input's pixels).
+Boxes are ``x1, y1, x2, y2`` in the model's coordinates (for a YOLO or SSD head: the input's pixels).
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from device_runtime._spec import OutputSpec
+from device_runtime._spec import AnchorSpec, OutputSpec
 
 __all__ = [
     "Detections",
     "box_iou",
     "ctc_greedy",
     "ctc_text",
+    "decode_anchor_boxes",
     "decode_boxes_scores",
     "decode_detections",
     "decode_output",
@@ -37,6 +41,8 @@ __all__ = [
     "l2_normalize",
     "nms",
     "segmentation_mask",
+    "sigmoid",
+    "ssd_anchors",
 ]
 
 DEFAULT_SCORE_THRESHOLD = 0.25
@@ -176,6 +182,88 @@ def decode_yolo(
     )
 
 
+def ssd_anchors(
+    size: tuple[int, int], strides: Sequence[int], *, per_layer: int = 2, offset: float = 0.5
+) -> np.ndarray:
+    """Fixed-size SSD anchors [A, 4] as cx, cy, w, h normalised to the input (w = h = 1), float32.
+
+    The layout of MediaPipe's SsdAnchorsCalculator with ``fixed_anchor_size``: a run of equal consecutive
+    ``strides`` is one grid of ceil(H / stride) x ceil(W / stride) cells, row by row, and each cell holds
+    ``per_layer`` anchors per layer of the run (BlazeFace: strides 8, 16, 16, 16 and 2 per layer give
+    16 x 16 x 2 + 8 x 8 x 6 = 896), centred at ``offset`` within the cell.
+    """
+    h, w = size
+    grids: list[np.ndarray] = []
+    i = 0
+    while i < len(strides):
+        run = 1
+        while i + run < len(strides) and strides[i + run] == strides[i]:
+            run += 1
+        rows, cols = -(-h // strides[i]), -(-w // strides[i])  # ceil: a partial cell still gets anchors
+        ys, xs = (np.arange(rows) + offset) / rows, (np.arange(cols) + offset) / cols
+        cy, cx = np.meshgrid(ys, xs, indexing="ij")
+        centres = np.repeat(np.stack([cx.ravel(), cy.ravel()], axis=1), run * per_layer, axis=0)
+        grids.append(np.concatenate([centres, np.ones_like(centres)], axis=1))
+        i += run
+    return np.concatenate(grids).astype(np.float32) if grids else np.zeros((0, 4), np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, elementwise, in ``x``'s float dtype: 1 / (1 + exp(-x)) without overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def decode_anchor_boxes(
+    regressors: np.ndarray,
+    logits: np.ndarray,
+    anchors: np.ndarray,
+    *,
+    size: tuple[int, int],
+    box_scale: tuple[float, float, float, float],
+    order: str = "xywh",
+    box_size: str = "linear",
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
+) -> Detections:
+    """Detections of one image from an SSD head: ``regressors`` [A, 4 + 2K], score ``logits`` [A, C] or
+    [A], ``anchors`` [A, 4] (cx, cy, w, h normalised, e.g. :func:`ssd_anchors`).
+
+    The first four regressors (``order`` "xywh", or "yxhw") code the box against its anchor:
+    cx = x / x_scale * anchor w + anchor cx, and w = w_raw / w_scale * anchor w (``box_size`` "linear") or
+    exp(w_raw / w_scale) * anchor w ("exp"), likewise y and h, with ``box_scale`` = (x, y, w, h) scales.
+    Keypoints after them are not decoded. Scores are the sigmoid of the logits; boxes come out in input
+    pixels (``size`` = H, W), then :func:`decode_boxes_scores` thresholds and suppresses.
+    """
+    raw = np.asarray(regressors, np.float64)
+    anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
+    if raw.ndim != 2 or raw.shape[1] < 4 or raw.shape[0] != anchors.shape[0]:
+        raise ValueError(
+            f"SSD regressors are [A, 4 + 2K] with A = {anchors.shape[0]} anchors, got shape {raw.shape}; "
+            "check the anchors' size, strides and per_layer"
+        )
+    columns = (0, 1, 2, 3) if order == "xywh" else (1, 0, 3, 2)
+    x, y, w, h = (raw[:, c] for c in columns)
+    sx, sy, sw, sh = box_scale
+    cx = x / sx * anchors[:, 2] + anchors[:, 0]
+    cy = y / sy * anchors[:, 3] + anchors[:, 1]
+    bw, bh = w / sw, h / sh
+    if box_size == "exp":
+        bw, bh = np.exp(np.clip(bw, None, 30.0)), np.exp(np.clip(bh, None, 30.0))  # 30: no overflow
+    bw, bh = bw * anchors[:, 2], bh * anchors[:, 3]
+    height, width = size
+    corners = np.stack(
+        [(cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height], axis=1
+    )
+    return decode_boxes_scores(
+        corners,
+        sigmoid(np.asarray(logits, np.float64).reshape(anchors.shape[0], -1)),
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+    )
+
+
 def segmentation_mask(
     scores: np.ndarray, *, class_axis: int = -1, threshold: float = DEFAULT_MASK_THRESHOLD
 ) -> np.ndarray:
@@ -217,21 +305,38 @@ def l2_normalize(vectors: np.ndarray, *, axis: int = -1) -> np.ndarray:
 
 def decode_detections(spec: OutputSpec, sample: np.ndarray, scores: np.ndarray | None = None) -> Detections:
     """One image of a detection output decoded with the spec's format and thresholds (``scores``: that
-    image's scores output, for format "boxes")."""
+    image's scores output, for formats "boxes" and "ssd")."""
     score, iou, most = (
         spec.effective_score_threshold,
         spec.effective_iou_threshold,
         spec.effective_max_detections,
     )
-    if spec.effective_format == "boxes":
-        if scores is None:
-            raise ValueError(f"output {spec.name!r}: format boxes needs its scores output {spec.scores!r}")
+    fmt = spec.effective_format
+    if fmt in ("boxes", "ssd") and scores is None:
+        raise ValueError(f"output {spec.name!r}: format {fmt} needs its scores output {spec.scores!r}")
+    if fmt == "boxes" and scores is not None:
         return decode_boxes_scores(
             sample, scores, score_threshold=score, iou_threshold=iou, max_detections=most
         )
+    if fmt == "ssd" and scores is not None:
+        grid: AnchorSpec | None = spec.anchors
+        if grid is None:
+            raise ValueError(f"output {spec.name!r}: format ssd needs the spec's anchors object")
+        return decode_anchor_boxes(
+            sample,
+            scores,
+            ssd_anchors(grid.size, grid.strides, per_layer=grid.per_layer, offset=grid.offset),
+            size=grid.size,
+            box_scale=grid.effective_box_scale,
+            order=grid.order,
+            box_size=grid.box_size,
+            score_threshold=score,
+            iou_threshold=iou,
+            max_detections=most,
+        )
     return decode_yolo(
         sample,
-        channels_first=spec.effective_format == "yolo",
+        channels_first=fmt == "yolo",
         score_threshold=score,
         iou_threshold=iou,
         max_detections=most,
@@ -252,8 +357,8 @@ def decode_output(
     """One sample of an output decoded as its role into a small JSON-able summary.
 
     detection: ``detections`` [{label, class, score, box [x1, y1, x2, y2]}] after NMS (``scores``: the
-    sample of the scores output, format "boxes"); segmentation: mask ``shape`` and each class's pixel
-    ``shares``; sequence: greedy CTC ``tokens`` and ``text`` (with labels as the charset); embedding:
+    sample of the scores output, formats "boxes" and "ssd"); segmentation: mask ``shape`` and each class's
+    pixel ``shares``; sequence: greedy CTC ``tokens`` and ``text`` (with labels as the charset); embedding:
     ``dim`` and L2 ``norm``; regression: ``values`` by label (the first 64); classification and tensor:
     ``shape`` only (classification's top-k is :func:`device_runtime.preprocess.postprocess`'s job).
     """

@@ -32,6 +32,7 @@ from device_runtime._spec import (
     _INT_RANGE,
     OUTPUT_KINDS,
     SCHEMA,
+    AnchorSpec,
     ImageInputSpec,
     InputSpec,
     OutputSpec,
@@ -48,6 +49,7 @@ from device_runtime.errors import InputError, SpecError
 __all__ = [
     "OUTPUT_KINDS",
     "SCHEMA",
+    "AnchorSpec",
     "ImageInputSpec",
     "InputSpec",
     "OutputSpec",
@@ -225,7 +227,9 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
         e = np.exp(x - x.max(axis=-1, keepdims=True))  # shift by the max: no overflow
         return e / e.sum(axis=-1, keepdims=True)
     if activation == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * x))  # equal to 1 / (1 + exp(-x)), without overflow
+        from device_runtime.decode import sigmoid  # the one sigmoid; decode loads with the first output
+
+        return sigmoid(x)
     return x
 
 
@@ -273,7 +277,7 @@ def postprocess(
 
     ``array``: the model output with the batch axis first; a 1-D array is one sample. ``labels``: the
     class names (from the bundle's labels file), one per class (the charset for a sequence). ``scores``:
-    the scores output of a detection in format "boxes". Raises InputError for a scalar output or one
+    the scores output of a detection in format "boxes" or "ssd". Raises InputError for a scalar output or one
     that does not fit its role, and SpecError when the label count does not match the class count.
     """
     from device_runtime.decode import decode_output
@@ -329,12 +333,29 @@ def _static(dim: object) -> int | None:
     return None
 
 
+def _check_anchor_count(out: OutputSpec, j: int, dims: Sequence[object]) -> None:
+    from device_runtime.decode import ssd_anchors
+
+    grid = out.anchors
+    if grid is None or len(dims) != 3 or _static(dims[1]) is None:
+        return
+    count = len(ssd_anchors(grid.size, grid.strides, per_layer=grid.per_layer, offset=grid.offset))
+    if count != _static(dims[1]):
+        _fail(
+            f"outputs[{j}].anchors",
+            {"size": list(grid.size), "strides": list(grid.strides), "per_layer": grid.per_layer},
+            f"they make {count} anchors, but the model's output {out.name!r} has {dims[1]} (shape "
+            f"{list(dims)}): match size, strides and per_layer to the model",
+        )
+
+
 def _class_count(out: OutputSpec, model_outputs: Mapping[str, tuple[Sequence[object], object]]) -> int | None:
     """The static class count of an output as its role reads it (None when dynamic or unknown)."""
     dims = list(model_outputs[out.name][0])
     if out.kind == "detection":
-        if out.effective_format == "boxes" and out.scores is not None:
-            return _static(list(model_outputs[out.scores][0])[-1])
+        if out.scores is not None:  # formats "boxes" and "ssd": [B, A, C] scores, or [B, A] for one class
+            paired = list(model_outputs[out.scores][0])
+            return _static(paired[-1]) if len(paired) >= 3 else 1
         channels = (
             _static(dims[1] if out.effective_format == "yolo" else dims[-1]) if len(dims) == 3 else None
         )
@@ -410,6 +431,8 @@ def check_against_model(
             _fail(f"outputs[{j}].name", out.name, f"the model's outputs are {sorted(model_outputs)}")
         if model_outputs is not None and out.scores is not None and out.scores not in model_outputs:
             _fail(f"outputs[{j}].scores", out.scores, f"the model's outputs are {sorted(model_outputs)}")
+        if model_outputs is not None and out.anchors is not None and out.name in model_outputs:
+            _check_anchor_count(out, j, model_outputs[out.name][0])
         names = (labels or {}).get(out.name)
         if names is not None and model_outputs is not None and len(model_outputs[out.name][0]) > 0:
             classes = _class_count(out, model_outputs)

@@ -75,7 +75,7 @@ BAD_OUTPUTS = [
     bad("detection", "iou_threshold", True, "iou-bool"),
     bad("detection", "max_detections", 0, "max-0"),
     bad("detection", "max_detections", 10001, "max-above-bound"),
-    bad("detection", "format", "ssd", "format-unknown"),
+    bad("detection", "format", "retinanet", "format-unknown"),
     bad("detection", "format", "boxes", "boxes-without-scores", "scores"),
     bad("detection", "scores", "s", "scores-without-boxes"),
     bad("classification", "iou_threshold", 0.5, "iou-on-classification"),

@@ -113,6 +113,40 @@ def test_published_tflite_models_bundle_install_and_predict_as_they_are(
 
 
 @needs_mediapipe
+@pytest.mark.slow
+def test_blazeface_with_its_ssd_spec_predicts_the_astronauts_face_on_the_device(
+    mediapipe: dict[str, Path], photos: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from tests.converters.test_ssd_gate import SPEC
+
+    spec = tmp_path / "face.json"
+    spec.write_text(json.dumps(SPEC))
+    out = tmp_path / "face.ekb"
+    build_bundle(
+        BundleRequest(
+            mediapipe["face-detect"],
+            out,
+            "face",
+            "1.0.0",
+            [keys[0]],
+            preprocess=spec,
+            golden=photos,
+            created=CREATED,
+        )
+    )
+    runtime = Runtime(
+        RuntimeConfig(store_dir=tmp_path / "store", trusted_keys=[keys[1]], device_id="d1", hardware_id="hw")
+    )
+    try:
+        runtime.install(out)
+        (face,) = runtime.predict(photos / "astronaut.jpg").decoded["regressors"]["detections"]
+        assert face["score"] > 0.75 and 36 <= face["box"][0] <= 52 and 12 <= face["box"][1] <= 28, face
+        assert runtime.predict(photos / "coffee.jpg").decoded["regressors"]["detections"] == []
+    finally:
+        runtime.close()
+
+
+@needs_mediapipe
 def test_tflite_requirements_come_from_the_operator_codes(mediapipe: dict[str, Path]) -> None:
     detect = runtime_requirements(mediapipe["face-detect"])
     assert detect.runtime.min_version == "1.14.0"  # DEQUANTIZE v2 is the newest operator version it uses

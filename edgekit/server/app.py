@@ -392,7 +392,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         except (RolloutError, PlanError) as e:
             raise HTTPException(409, str(e)) from e
         # the arm sizes drawn, and a warning when a stage cannot reach what these gates need
-        return {**describe(plan), "cohorts": cohorts.to_dict(config.gates, plan.stage_deadline_hours)}
+        return {**describe(plan), "cohorts": cohorts.to_dict(config.gates)}
 
     @app.get("/v1/admin/rollouts/{rollout_id}")  # admin: BearerTokens
     def rollout(rollout_id: str) -> dict[str, Any]:

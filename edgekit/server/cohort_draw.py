@@ -82,7 +82,7 @@ class CohortDraw:
     min_arm_devices: int
     stages: tuple[StageCohort, ...]
 
-    def warning(self, gates: GateConfig, deadline_hours: float) -> str | None:
+    def warning(self, gates: GateConfig) -> str | None:
         """Why a stage can never be decided (an arm below what the gates need), or None.
 
         The gates' exposure check needs `min_devices_per_arm` devices per arm once its `robust_devices`
@@ -98,11 +98,11 @@ class CohortDraw:
         return (
             f"stage {short.percent}% drew {arm_words(short)}, of {self.registered} registered, and the "
             f"gates need {need} in each group ({why}): the stage will hold until its deadline "
-            f"({deadline_hours:g} h) and then alert; to draw bigger groups, abort this rollout and start it "
-            f"again with --min-arm-devices {need}, or with a larger first stage (--stages)"
+            f"({gates.stage_deadline_hours:g} h) and then alert; to draw bigger groups, abort this rollout "
+            f"and start it again with --min-arm-devices {need}, or with a larger first stage (--stages)"
         )
 
-    def to_dict(self, gates: GateConfig, deadline_hours: float) -> dict[str, Any]:
+    def to_dict(self, gates: GateConfig) -> dict[str, Any]:
         """The `cohorts` of the start's response (docs/scripting.md shows it)."""
         return {
             "registered": self.registered,
@@ -110,7 +110,7 @@ class CohortDraw:
             "min_arm_devices": self.min_arm_devices,
             "gate_min_devices": gates.min_devices_per_arm + gates.robust_devices,
             "stages": [s.to_dict() for s in self.stages],
-            "warning": self.warning(gates, deadline_hours),
+            "warning": self.warning(gates),
         }
 
 

@@ -89,6 +89,7 @@ __all__ = [
     "parse_plan",
     "plan_fields",
     "plan_target_path",
+    "stage_arm",
 ]
 
 State = Literal["running", "paused", "halted", "rolled_back", "complete"]
@@ -514,13 +515,19 @@ def cohort_u(salt: str, device_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _arm(plan: Plan, u: float) -> Arm:
-    p = plan.stage_percent / 100
+def stage_arm(u: float, stage_percent: int, control: bool) -> Arm:
+    """The arm of a device at `u` (`cohort_u`) in a stage of `stage_percent` (see the module docstring);
+    the server counts the arms of registered devices with it when it draws a salt."""
+    p = stage_percent / 100
     if u < p:
         return "treatment"
-    if plan.control and u < 2 * p:  # at 100% every u < 1 is in the treatment: no control
+    if control and u < 2 * p:  # at 100% every u < 1 is in the treatment: no control
         return "control"
     return "other"
+
+
+def _arm(plan: Plan, u: float) -> Arm:
+    return stage_arm(u, plan.stage_percent, plan.control)
 
 
 def arm(plan: Plan, device_id: str) -> Arm:

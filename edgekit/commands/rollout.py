@@ -118,6 +118,15 @@ def rollout(ctx: click.Context, server: str, token_env: str, token_file: Path | 
     show_default=True,
     help="Shadow time at most this share of the active model's inference time (with --shadow-stage).",
 )
+@click.option(
+    "--min-arm-devices",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    show_default=True,
+    help="Draw the cohorts until every stage before the last has at least this many registered devices "
+    "in the update group and in the control group (0: take the first draw); refused when the registered "
+    "fleet cannot give them.",
+)
 @json_option
 @click.pass_context
 def start(
@@ -131,9 +140,14 @@ def start(
     shadow_stages: tuple[int, ...],
     shadow_sample: float,
     shadow_max_cpu: float,
+    min_arm_devices: int,
     as_json: bool,
 ) -> None:
-    """Start rolling TARGET out over BASELINE (with --shadow-stage: shadowing it first in those stages)."""
+    """Start rolling TARGET out over BASELINE (with --shadow-stage: shadowing it first in those stages).
+
+    Says how many registered devices the first stage drew into each group, and warns when they are fewer
+    than the gates need to decide it.
+    """
     try:
         parsed = [int(s) for s in stages.split(",")]
     except ValueError:
@@ -145,6 +159,7 @@ def start(
         "baseline_version": baseline_version,
         "stages": parsed,
         "control": not no_control,
+        "min_arm_devices": min_arm_devices,
     }
     if shadow_stages:
         body["shadow"] = {
@@ -161,6 +176,24 @@ def start(
             f"started {plan['rollout_id']}: {model} {target_version} over {baseline_version}, "
             f"stage {result['stage_percent']}%"
         )
+        cohorts = result.get("cohorts")
+        if cohorts and cohorts["stages"]:
+            click.echo(cohort_line(cohorts))
+        if cohorts and cohorts.get("warning"):
+            click.echo(f"note: {cohorts['warning']}", err=True)
+
+
+def cohort_line(cohorts: dict[str, Any]) -> str:
+    """The first stage's groups in words, from a start's `cohorts`: 'stage 1%: 4 devices in the update
+    group, 5 in the control group, of 300 registered' (and how many draws --min-arm-devices took)."""
+    first = cohorts["stages"][0]
+    treatment = f"{first['treatment']} device{'' if first['treatment'] == 1 else 's'} in the update group"
+    control = "no control group" if first["control"] is None else f"{first['control']} in the control group"
+    line = f"stage {first['percent']}%: {treatment}, {control}, of {cohorts['registered']} registered"
+    if cohorts.get("min_arm_devices"):
+        draws = f"{cohorts['draws']} draw{'s' if cohorts['draws'] != 1 else ''}"
+        line += f" (drawn for at least {cohorts['min_arm_devices']} each: {draws})"
+    return line
 
 
 def _print(entry: dict[str, Any], decisions: int) -> None:

@@ -107,6 +107,8 @@ class RolloutRequest(BaseModel):
     control: bool = True
     deadline_hours: float = Field(default=72.0, gt=0, le=24 * 90)
     shadow: ShadowRequest | None = None
+    # devices per arm every stage before the last must draw among the registered devices (0: any draw)
+    min_arm_devices: int = Field(default=0, ge=0, le=100_000)
 
 
 class _BodyLimit:
@@ -376,7 +378,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.post("/v1/admin/rollouts")  # admin: BearerTokens
     def start(request: RolloutRequest) -> dict[str, Any]:
         try:
-            plan = service.start(
+            plan, cohorts = service.start(
                 request.model,
                 request.channel,
                 request.target_version,
@@ -385,10 +387,12 @@ def create_app(config: ServerConfig) -> FastAPI:
                 control=request.control,
                 deadline_hours=request.deadline_hours,
                 shadow=None if request.shadow is None else request.shadow.model_dump(),
+                min_arm_devices=request.min_arm_devices,
             )
         except (RolloutError, PlanError) as e:
             raise HTTPException(409, str(e)) from e
-        return describe(plan)
+        # the arm sizes drawn, and a warning when a stage cannot reach what these gates need
+        return {**describe(plan), "cohorts": cohorts.to_dict(config.gates)}
 
     @app.get("/v1/admin/rollouts/{rollout_id}")  # admin: BearerTokens
     def rollout(rollout_id: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ same pure `edgekit.rollout.gates.evaluate` gives the same decisions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -16,20 +17,35 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from device_runtime.rollout_plan import parse_plan
 from edgekit.errors import PlanError, RolloutConflictError, RolloutError, UnknownRolloutError
 from edgekit.rollout.gates import DecisionRecord, GateConfig, StageDecision, decide
 from edgekit.rollout.plan import Release, RolloutPlan, release_from_dict, shadow_from_dict
 from edgekit.server.aggregate import Window, current_devices, window_devices
+from edgekit.server.cohort_draw import CohortDraw, draw_cohorts
 from edgekit.server.label_free_window import label_free_evidence
 from edgekit.server.storage import Database, dumps
 from edgekit.server.tuf_repo import TufRepository
 
-__all__ = ["ACTIONS", "RolloutConflictError", "RolloutError", "RolloutService", "UnknownRolloutError"]
+__all__ = [
+    "ACTIONS",
+    "RolloutConflictError",
+    "RolloutError",
+    "RolloutService",
+    "Started",
+    "UnknownRolloutError",
+]
 
 ACTIONS = ("pause", "resume", "abort", "promote")
+
+
+class Started(NamedTuple):
+    """A started rollout: its plan, and the cohorts its salt draws among the registered devices."""
+
+    plan: RolloutPlan
+    cohorts: CohortDraw
 
 
 @dataclass
@@ -184,14 +200,22 @@ class RolloutService:
         control: bool = True,
         deadline_hours: float = 72.0,
         shadow: Mapping[str, Any] | None = None,
-    ) -> RolloutPlan:
+        min_arm_devices: int = 0,
+    ) -> Started:
         """Start rolling `target_version` out over `baseline_version` (`shadow`: the plan's optional
         ``{stages, sample, max_cpu}`` shadow trial).
 
+        The salt is drawn among the registered devices (`edgekit.server.cohort_draw`): with
+        `min_arm_devices` N > 0, until every stage before the last has at least N of them in each arm.
+        The returned cohorts say each such stage's arm sizes either way.
+
         Raises:
             RolloutConflictError: unpublished versions, a non-increasing release counter, a rollout
-                already running for this model and channel, or a plan the contract refuses.
+                already running for this model and channel, a plan the contract refuses, or arms of N
+                devices the registered fleet cannot give (nothing is stored or published then).
         """
+        if min_arm_devices < 0:
+            raise RolloutConflictError(f"min_arm_devices must be >= 0 (devices), got {min_arm_devices}")
         with self._lock:
             now = self.clock()
             releases = self.releases(model)
@@ -232,9 +256,14 @@ class RolloutService:
                 )
             except PlanError as e:
                 raise RolloutConflictError(str(e)) from e
+            # Only arm counts of registered devices choose the salt, never which devices or what they
+            # reported: the arms stay random samples of the fleet (the cohort_draw docstring says why).
+            registered = [str(row[0]) for row in self.db.execute("SELECT device_id FROM devices")]
+            drawn = draw_cohorts(registered, plan.stages, plan.control, min_arm_devices)
+            plan = dataclasses.replace(plan, salt=drawn.salt)
             self._store(plan, now, new=True)
             self._record(plan, {"outcome": "start", "records": [], "alert": None}, now)
-            return plan
+            return Started(plan, drawn)
 
     def act(self, rollout_id: str, action: str, reason: str = "operator") -> RolloutPlan:
         """pause / resume / abort (roll back everyone) / promote (skip the gate: an operator's decision).

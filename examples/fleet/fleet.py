@@ -477,14 +477,6 @@ GATE_WORDS = {
 LABEL_FREE = ("class_shift", "confidence_shift", "input_drift", "shadow_agreement", "shadow_failures")
 
 
-def cohorts(plan: dict[str, Any], device_ids: list[str]) -> Counter[str]:
-    """How many of these devices fall in each arm at the plan's current stage (the devices' own rule)."""
-    from device_runtime.rollout_plan import decide, parse_plan
-
-    parsed = parse_plan(plan)
-    return Counter(decide(parsed, device_id).arm for device_id in device_ids)
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     """Print each evaluation in words until the rollout reaches `--until` (exit 0), another final state or
     the timeout. Holds that say the same as the last line are printed at most every `--every` seconds."""
@@ -554,24 +546,6 @@ def cmd_wait_fleet(args: argparse.Namespace) -> int:
             )
             return 1
         time.sleep(1.0)
-
-
-def cmd_cohort(args: argparse.Namespace) -> int:
-    """Say how many devices the rollout's first stage drew into each group; exit 3 if a group is smaller
-    than `--min` (the driver then aborts that rollout and starts another, which draws a new cohort)."""
-    plan = api(args.server, "GET", f"/v1/admin/rollouts/{args.rollout}")["plan"]
-    arms = cohorts(plan, [f"{args.prefix}-{i:05d}" for i in range(args.devices)])
-    stage = plan["stages"][plan["stage_index"]]
-    treatment = f"{arms['treatment']} device{'s' if arms['treatment'] != 1 else ''}"
-    drew = (
-        f"  the {stage}% stage drew {treatment} for the update and {arms['control']} for the control "
-        f"group, of {args.devices}"
-    )
-    if min(arms["treatment"], arms["control"]) >= args.min:
-        print(f"{drew}: rollout {args.rollout} is running")
-        return 0
-    print(f"{drew} (the demo wants at least {args.min} each): drawing a new cohort")
-    return 3
 
 
 # ---- summary -------------------------------------------------------------------------------------------
@@ -760,14 +734,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="")
     p.add_argument("--timeout", type=float, default=120.0)
     p.set_defaults(run=cmd_wait_fleet)
-
-    p = sub.add_parser("cohort")
-    p.add_argument("--server", required=True)
-    p.add_argument("--rollout", required=True)
-    p.add_argument("--devices", type=int, required=True)
-    p.add_argument("--prefix", default="dev")
-    p.add_argument("--min", type=int, default=1)
-    p.set_defaults(run=cmd_cohort)
 
     p = sub.add_parser("summary")
     p.add_argument("--server", required=True)

@@ -108,20 +108,19 @@ done
 run "${fleet[@]}" wait-fleet --fleet "$demo/status" --devices "$devices" --version 1.0.0 --timeout 180
 
 rollout() {  # TARGET BASELINE EXPECTED [START OPTIONS]: start, watch until EXPECTED, wait for the fleet
-  local id attempt
+  local id
   echo "starting $1 over $2: stages 1% -> 5% -> 25% -> 100%, each next to a control group of the same size;" \
     "below 100% the devices run $1 in shadow next to $2 on half of their inputs"
-  for attempt in $(seq 60); do
-    id="$(edgekit rollout start --model digits --target "$1" --baseline "$2" "${@:4}" --json \
-      | python -c 'import json, sys; print(json.load(sys.stdin)["plan"]["rollout_id"])')"
-    # A fleet this small can draw a 1% group with fewer devices than the gates need (min_devices_per_arm,
-    # 4): that stage could only hold until its deadline (two or three devices per group cannot show a
-    # shadow disagreement beyond doubt when they differ from each other). So the demo draws again: it
-    # aborts that rollout (nothing was installed yet) and starts another, whose new salt draws new groups
-    # (at 400 devices about one start in three has 4 or more devices in both 1% groups).
-    "${fleet[@]}" cohort --server "$EDGEKIT_SERVER" --rollout "$id" --devices "$devices" --min 4 && break
-    edgekit rollout abort "$id" >/dev/null
-  done
+  # A fleet this small often draws a 1% group with fewer devices than the gates need (min_devices_per_arm,
+  # 4): that stage could only hold until its deadline (two or three devices per group cannot show a shadow
+  # disagreement beyond doubt when they differ from each other). --min-arm-devices 4 has the server draw
+  # the rollout's salt until both 1% groups (and every later one) hold 4 or more registered devices.
+  edgekit rollout start --model digits --target "$1" --baseline "$2" --min-arm-devices 4 "${@:4}" --json \
+    >"$demo/started.json" || { cat "$demo/started.json" >&2; return 1; }
+  id="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["plan"]["rollout_id"])' \
+    "$demo/started.json")"
+  python -c 'import json, sys; from edgekit.commands.rollout import cohort_line
+print("  " + cohort_line(json.load(open(sys.argv[1]))["cohorts"]))' "$demo/started.json"
   echo "$id" >>"$demo/rollouts.txt"
   run "${fleet[@]}" watch --server "$EDGEKIT_SERVER" --rollout "$id" --until "$3" --fleet "$demo/status" \
     --timeout "$timeout"

@@ -24,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "fleet" / "rollout_demo.sh"
 TRAIN = ROOT / "examples" / "digits" / "train.py"
+SIM = r"sim (?:\d+ d )?\d\d:\d\d h"  # the demo's simulated clock: `sim 04:21 h`, `sim 1 d 02:30 h` past a day
 
 
 def _edgekit(*args: str | Path) -> None:
@@ -161,11 +162,12 @@ def test_the_rollout_demo_promotes_a_good_release_and_rolls_back_a_bad_one(build
         (25, "promoted to 100%"),
         (100, "complete"),
     ):
-        assert re.search(rf"\[sim \d\d:\d\d h\] stage {stage}%: {then} - ", output), output[-6000:]
+        assert re.search(rf"\[{SIM}\] stage {stage}%: {then} - ", output), output[-6000:]
     # with no feedback label sent at all, by a label-free gate, the statistic and its limit in words
+    bad_rollout = output[output.index("== 6.") :]
     assert re.search(
-        r"\[sim \d\d:\d\d h\] stage 1%: rolling back - \S.* limit even at its lower bound", output
-    )
+        rf"\[{SIM}\] stage 1%: rolling back - \S.* limit even at its lower bound", output
+    ), bad_rollout[-8000:]
     summary = output[output.index("== summary") :]
     assert re.search(r"of simulated time: completed at stage 100%", summary), summary
     assert re.search(r"of simulated time: rolled back at stage 1%", summary), summary

@@ -9,7 +9,8 @@ judges what the device will show. Default thresholds (a gate may override any of
                                                                           max_drop_pp 1.0
     detection       recall of reference detections (IoU >= 0.5, class)     min_recall 0.90
                     precision of candidate detections                     min_precision 0.90
-                    SQNR of the class-score part alone                    min_score_sqnr_db 10
+                    SQNR of the class scores (the whole scores output     min_score_sqnr_db 10
+                    of formats "boxes" and "ssd")
                     reference detections over the set (else vacuous)      min_reference_detections 1
                     box SQNR, detections per image, images with one       reported, not gated
     segmentation    mean IoU of the argmax (or thresholded) masks         min_miou 0.90
@@ -21,11 +22,13 @@ judges what the device will show. Default thresholds (a gate may override any of
     regression      relative error ||x - y|| / ||x||                      max_relative_error 0.05
     tensor          whole-tensor SQNR, cosine                             Gate: min_sqnr_db 20, min_cosine off
 
-The gate's whole-tensor ``min_sqnr_db`` (and ``min_cosine``) still apply to every output as a floor;
-the role checks come on top. Detections are decoded as the device decodes them, in the output's format
-(a YOLO head, corner boxes with a scores output, or SSD anchor offsets with a logits output). The
-objective of an output (:func:`role_objective`) is one number, higher is better, in [0, 1]: the repair
-optimises the worst output's objective.
+The gate's whole-tensor ``min_sqnr_db`` (and ``min_cosine``) still apply to every output as a floor,
+but for the scores output of a "boxes" or "ssd" detection: the detection role judges it (its recall,
+precision and score SQNR; a failure names both outputs), its raw figures are reported, and it is left out
+of the objective. The role checks come on top of the floor. Detections are decoded as the device decodes
+them, in the output's format (a YOLO head, corner boxes with a scores output, or SSD anchor offsets with
+a logits output). The objective of an output (:func:`role_objective`) is one number, higher is better, in
+[0, 1]: the repair optimises the worst output's objective.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ def _detection(
             "iou_threshold": role.effective_iou_threshold,
             "max_detections": role.effective_max_detections,
             "match_iou": MATCH_IOU,
+            **({"scores": role.scores} if role.scores is not None else {}),
         },
     }
 

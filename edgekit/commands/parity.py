@@ -94,6 +94,11 @@ def print_summary(report: dict[str, Any]) -> None:
             f"max err {output['max_abs_error_norm']:.4f} (of max |x|)",
         ]
         click.echo(f"  {output['name']} ({output.get('role', 'tensor')}): " + ", ".join(parts))
+        if output.get("judged_with"):
+            click.echo(
+                f"    judged with its detection output {output['judged_with']!r} (its recall, precision and "
+                "score SQNR): the figures above are shown, not gated"
+            )
         role_line = _role_line(output)
         if role_line:
             click.echo(f"    {role_line}")

@@ -12,7 +12,8 @@ judges what the device will show. Default thresholds (a gate may override any of
                     SQNR of the class scores (the whole scores output     min_score_sqnr_db 10
                     of formats "boxes" and "ssd")
                     reference detections over the set (else vacuous)      min_reference_detections 1
-                    box SQNR, detections per image, images with one       reported, not gated
+                    box SQNR, detections per image, images with one,      reported, not gated
+                    SQNR and max difference of matched detections' scores
     segmentation    mean IoU of the argmax (or thresholded) masks         min_miou 0.90
     embedding       cosine per sample: mean, min                          min_mean_cosine 0.99,
                                                                           min_cosine 0.95
@@ -82,18 +83,23 @@ ROLE_THRESHOLDS: dict[str, dict[str, float]] = {
 def match_detections(reference: Detections, candidate: Detections, *, iou: float = MATCH_IOU) -> int:
     """Greedy matching, candidates by descending score: each takes the unmatched reference detection of
     its class with the highest IoU >= ``iou``. Returns the number of matches (true positives)."""
+    return len(_matches(reference, candidate, iou=iou))
+
+
+def _matches(reference: Detections, candidate: Detections, *, iou: float) -> list[tuple[int, int]]:
+    """The matched (reference, candidate) index pairs of :func:`match_detections`."""
     if len(reference) == 0 or len(candidate) == 0:
-        return 0
+        return []
     overlaps = box_iou(candidate.boxes, reference.boxes)
     overlaps[candidate.classes[:, None] != reference.classes[None, :]] = -1.0
     taken = np.zeros(len(reference), bool)
-    matches = 0
+    matches = []
     for i in np.argsort(-candidate.scores, kind="stable"):
         row = np.where(taken, -1.0, overlaps[i])
         j = int(row.argmax())
         if row[j] >= iou:
             taken[j] = True
-            matches += 1
+            matches.append((j, int(i)))
     return matches
 
 
@@ -107,10 +113,15 @@ def _detection(
     role: OutputSpec, x: np.ndarray, y: np.ndarray, xs: np.ndarray | None, ys: np.ndarray | None
 ) -> dict[str, Any]:
     ref_counts, cand_counts, matched = [], [], 0
+    ref_scores: list[float] = []  # the decoded scores of matched detections, reference and candidate
+    cand_scores: list[float] = []
     for i in range(x.shape[0]):
         r = decode_detections(role, x[i], None if xs is None else xs[i])
         c = decode_detections(role, y[i], None if ys is None else ys[i])
-        matched += match_detections(r, c)
+        pairs = _matches(r, c, iou=MATCH_IOU)
+        matched += len(pairs)
+        ref_scores += [float(r.scores[j]) for j, _ in pairs]
+        cand_scores += [float(c.scores[k]) for _, k in pairs]
         ref_counts.append(len(r))
         cand_counts.append(len(c))
     n_ref, n_cand = sum(ref_counts), sum(cand_counts)
@@ -132,6 +143,11 @@ def _detection(
         "reference_images_with_detections": sum(1 for k in ref_counts if k),
         "candidate_images_with_detections": sum(1 for k in cand_counts if k),
         "score_sqnr_db": sqnr_db(sx, sy),
+        # reported, not gated: the decoded scores (after the sigmoid of an ssd head) of matched detections
+        "matched_score_sqnr_db": sqnr_db(np.array(ref_scores), np.array(cand_scores)) if matched else None,
+        "matched_score_max_difference": float(np.max(np.abs(np.subtract(ref_scores, cand_scores))))
+        if matched
+        else None,
         "box_sqnr_db": sqnr_db(bx, by),
         "decoding": {
             "format": role.effective_format,

@@ -196,6 +196,7 @@ def test_noisy_background_logits_that_find_the_same_faces_pass_below_the_whole_t
     assert scores.judged_with == "regressors" and detection.judged_with is None
     assert detection.role_metrics["f1"] == 1.0 and detection.role_metrics["reference_detections"] == 3
     assert detection.role_metrics["score_sqnr_db"] == pytest.approx(scores.sqnr_db)  # ... shown and guarded
+    assert detection.role_metrics["matched_score_max_difference"] == 0.0  # the faces' scores are untouched
     assert evaluate_gate(metrics, INT8_GATE) == []  # ... and the same faces pass
 
 
@@ -277,3 +278,4 @@ def test_the_report_shows_the_paired_logits_figures_and_says_they_are_judged_wit
     text = CliRunner().invoke(show).output
     assert f"classificators (tensor): SQNR {entry['sqnr_db']:.2f} dB" in text
     assert "judged with its detection output 'regressors'" in text and "not gated" in text
+    assert "matched scores: SQNR 100.00 dB, max difference 0.0000" in text

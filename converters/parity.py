@@ -203,7 +203,9 @@ def paired_scores(roles: Mapping[str, OutputSpec]) -> dict[str, str]:
     return {
         role.scores: role.name
         for role in roles.values()
-        if role.kind == "detection" and role.scores is not None and roles[role.scores].kind == "tensor"
+        if role.kind == "detection"
+        and role.scores is not None
+        and getattr(roles.get(role.scores), "kind", None) == "tensor"
     }
 
 

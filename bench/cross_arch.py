@@ -92,7 +92,7 @@ def _zoo_case(key: str, workdir: Path, quick: bool) -> Case:
         model,
         workdir / "cal.npz",
         workdir / "eval.npz",
-        _declared_roles(key, model),
+        _declared_roles(key, model, inputs.spec),
     )
 
 

@@ -133,19 +133,26 @@ def _one_sample(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _declared_roles(key: str, model: Path) -> dict[str, Any]:
+def _declared_roles(key: str, model: Path, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """The catalog's output roles as the gate's role declarations, where the output's shape fits the role
-    (a two-output BlazeFace head or a one-logit classifier is left to the shape inference)."""
+    (a one-logit classifier is left to the shape inference). A detection that reads a second output's
+    scores (formats "boxes" and "ssd": BlazeFace's regressors with its classificators logits) is declared
+    as the zoo's spec declares it, anchors and all, and its scores output is judged with it; any other
+    model with more than one detection output is left to the shape inference."""
     from device_runtime.engines import load_engine
-    from device_runtime.preprocess import OutputSpec
+    from device_runtime.preprocess import OutputSpec, parse_spec
     from zoo import CATALOG
 
     roles = dict(CATALOG[key].outputs)
     shapes = {o.name: o.shape for o in load_engine(model).outputs}
     declared: dict[str, Any] = {}
+    for output in parse_spec(spec).outputs if spec else ():
+        if output.kind == "detection" and output.scores is not None and output.name in shapes:
+            declared[output.name] = output
+    paired = {output.scores for output in declared.values()}
     for name, role in roles.items():
         shape = shapes.get(name)
-        if shape is None or role == "tensor":
+        if shape is None or role == "tensor" or name in declared or name in paired:
             continue
         if role == "detection" and (list(roles.values()).count("detection") > 1 or len(shape) != 3):
             continue
@@ -195,7 +202,7 @@ def bench_one(key: str, workdir: Path, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] | None = None
     try:
-        options = QuantizeOptions(latency=latency, roles=_declared_roles(key, model))
+        options = QuantizeOptions(latency=latency, roles=_declared_roles(key, model, inputs.spec))
         result = quantize(model, target, workdir / "cal.npz", eval_data=workdir / "eval.npz", options=options)
         report = result.report
     except GateError as e:

@@ -41,6 +41,7 @@ __all__ = [
     "OutputMetrics",
     "compare_outputs",
     "evaluate_gate",
+    "paired_scores",
     "parity_report",
     "run_model",
     "sqnr_db",
@@ -109,6 +110,9 @@ class OutputMetrics:
     role: str = "tensor"
     role_config: dict[str, Any] = field(default_factory=dict)  # the output entry of the spec
     role_metrics: dict[str, Any] = field(default_factory=dict)
+    # The detection output whose role judges this one (its scores output, formats "boxes" and "ssd"): the
+    # figures above are shown, not gated; the detection's recall, precision and score SQNR are.
+    judged_with: str | None = None
 
 
 def _cosine(x: np.ndarray, y: np.ndarray) -> float:
@@ -145,6 +149,7 @@ def compare_outputs(
                 f"output {name!r}: reference shape {x.shape} but candidate shape {candidate[name].shape}"
             )
     resolved = resolve_roles({name: x.shape for name, x in reference.items()}, roles, samples=samples)
+    judged_with = paired_scores(resolved)
     metrics = []
     for name, x in reference.items():
         y = candidate[name]
@@ -186,9 +191,22 @@ def compare_outputs(
                 role=role.kind,
                 role_config=_role_config(role),
                 role_metrics=_role_metrics(role, x, y, reference, candidate),
+                judged_with=judged_with.get(name),
             )
         )
     return metrics
+
+
+def paired_scores(roles: Mapping[str, OutputSpec]) -> dict[str, str]:
+    """Scores output name -> the detection output that reads it (formats "boxes" and "ssd"), for scores
+    outputs without a role of their own: the detection role judges them, with their boxes."""
+    return {
+        role.scores: role.name
+        for role in roles.values()
+        if role.kind == "detection"
+        and role.scores is not None
+        and getattr(roles.get(role.scores), "kind", None) == "tensor"
+    }
 
 
 def _role_config(role: OutputSpec) -> dict[str, Any]:
@@ -221,9 +239,17 @@ def _role_metrics(
 
 
 def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
-    """Return the gate failures (empty when the candidate passes); NaN never passes."""
+    """Return the gate failures (empty when the candidate passes); NaN never passes.
+
+    A scores output paired with a detection output (``judged_with``) is judged by that detection's role
+    alone: its whole-tensor SQNR and cosine are reported, not held to the floor (noise on background
+    logits that changes no detection is not a defect), and a failure of that detection names it.
+    """
+    scores_of = {m.judged_with: m.name for m in metrics if m.judged_with is not None}
     failures = []
     for m in metrics:
+        if m.judged_with is not None:
+            continue
         if (
             gate.min_agreement is not None
             and m.agreement is not None
@@ -244,7 +270,10 @@ def evaluate_gate(metrics: list[OutputMetrics], gate: Gate) -> list[str]:
             failures.append(f"{m.name}: SQNR {m.sqnr_db:.2f} dB < {gate.min_sqnr_db:.2f} dB")
         if gate.min_cosine is not None and not m.cosine >= gate.min_cosine:
             failures.append(f"{m.name}: cosine {m.cosine:.5f} < {gate.min_cosine:.5f}")
-        failures += role_failures(m.name, m.role, m.role_metrics, gate.thresholds_for(m.role))
+        role = role_failures(m.name, m.role, m.role_metrics, gate.thresholds_for(m.role))
+        if m.name in scores_of:
+            role = [f"{f} (boxes from {m.name!r}, scores from {scores_of[m.name]!r})" for f in role]
+        failures += role
     return failures
 
 
@@ -338,7 +367,10 @@ def consistency_failures(consistency: Mapping[str, Mapping[str, float]], target:
 
 
 def _thresholds(m: OutputMetrics, gate: Gate) -> dict[str, float]:
-    """Every threshold this output was judged by (None-valued checks left out)."""
+    """Every threshold this output was judged by (None-valued checks left out; none for a paired scores
+    output, which its detection output's thresholds judge)."""
+    if m.judged_with is not None:
+        return {}
     base: dict[str, float | None] = {"min_sqnr_db": gate.min_sqnr_db, "min_cosine": gate.min_cosine}
     if m.role == "classification":
         base.update(min_agreement=gate.min_agreement)
@@ -352,9 +384,11 @@ def summary_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
 
     ``objective`` is the worst output's role objective (higher is better, in [0, 1]; see
     :func:`converters.role_metrics.role_objective`) and ``objective_metric`` says which it is: the one
-    number a repair search should drive up (whole-tensor SQNR hides a broken detector).
+    number a repair search should drive up (whole-tensor SQNR hides a broken detector). A scores output
+    judged with its detection output (``judged_with``) is left out of every figure: the gate does not hold
+    its raw tensor to a floor, so neither the ladder nor the repair should chase it.
     """
-    outputs = report["outputs"]
+    outputs = [o for o in report["outputs"] if not o.get("judged_with")] or report["outputs"]
     agreements = [o["agreement"] for o in outputs if o["agreement"] is not None]
     drops = [o["accuracy_drop_pp"] for o in outputs if o["accuracy_drop_pp"] is not None]
     objectives = [(*role_objective(o.get("role", "tensor"), o), o["name"]) for o in outputs]

@@ -167,16 +167,24 @@ def _outputs(report: Mapping[str, Any]) -> str:
     for o in outputs:
         drop = _num(o.get("accuracy_drop_pp"))
         max_drop = _num(gate.get("max_drop_pp"))
+        # A scores output judged with its detection output: its raw figures are shown, not gated.
+        paired = o.get("judged_with")
+        floor = {} if paired else gate
+        role = (
+            f"scores of {_e(paired)}: judged with its detection output"
+            if paired
+            else _e(o.get("role", "tensor"))
+        )
         rows.append(
             [
                 _td(_e(o.get("name"))),
-                _td(_e(o.get("role", "tensor"))),
+                _td(role),
                 _td(_pct(o.get("agreement")), _below(o.get("agreement"), gate.get("min_agreement"))),
                 _td(_pct(o.get("accuracy_reference"))),
                 _td(_pct(o.get("accuracy_candidate"))),
                 _td(_fmt(drop, 2, " pp"), drop is not None and max_drop is not None and drop > max_drop),
-                _td(_fmt(o.get("sqnr_db"), 2), _below(o.get("sqnr_db"), gate.get("min_sqnr_db"))),
-                _td(_fmt(o.get("cosine"), 5), _below(o.get("cosine"), gate.get("min_cosine"))),
+                _td(_fmt(o.get("sqnr_db"), 2), _below(o.get("sqnr_db"), floor.get("min_sqnr_db"))),
+                _td(_fmt(o.get("cosine"), 5), _below(o.get("cosine"), floor.get("min_cosine"))),
                 _td(_fmt(o.get("max_abs_error_norm"), 4)),
             ]
         )

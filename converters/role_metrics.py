@@ -9,9 +9,11 @@ judges what the device will show. Default thresholds (a gate may override any of
                                                                           max_drop_pp 1.0
     detection       recall of reference detections (IoU >= 0.5, class)     min_recall 0.90
                     precision of candidate detections                     min_precision 0.90
-                    SQNR of the class-score part alone                    min_score_sqnr_db 10
+                    SQNR of the class scores (the whole scores output     min_score_sqnr_db 10
+                    of formats "boxes" and "ssd")
                     reference detections over the set (else vacuous)      min_reference_detections 1
-                    box SQNR, detections per image, images with one       reported, not gated
+                    box SQNR, detections per image, images with one,      reported, not gated
+                    SQNR and max difference of matched detections' scores
     segmentation    mean IoU of the argmax (or thresholded) masks         min_miou 0.90
     embedding       cosine per sample: mean, min                          min_mean_cosine 0.99,
                                                                           min_cosine 0.95
@@ -21,11 +23,13 @@ judges what the device will show. Default thresholds (a gate may override any of
     regression      relative error ||x - y|| / ||x||                      max_relative_error 0.05
     tensor          whole-tensor SQNR, cosine                             Gate: min_sqnr_db 20, min_cosine off
 
-The gate's whole-tensor ``min_sqnr_db`` (and ``min_cosine``) still apply to every output as a floor;
-the role checks come on top. Detections are decoded as the device decodes them, in the output's format
-(a YOLO head, corner boxes with a scores output, or SSD anchor offsets with a logits output). The
-objective of an output (:func:`role_objective`) is one number, higher is better, in [0, 1]: the repair
-optimises the worst output's objective.
+The gate's whole-tensor ``min_sqnr_db`` (and ``min_cosine``) still apply to every output as a floor,
+but for the scores output of a "boxes" or "ssd" detection: the detection role judges it (its recall,
+precision and score SQNR; a failure names both outputs), its raw figures are reported, and it is left out
+of the objective. The role checks come on top of the floor. Detections are decoded as the device decodes
+them, in the output's format (a YOLO head, corner boxes with a scores output, or SSD anchor offsets with
+a logits output). The objective of an output (:func:`role_objective`) is one number, higher is better, in
+[0, 1]: the repair optimises the worst output's objective.
 """
 
 from __future__ import annotations
@@ -79,18 +83,23 @@ ROLE_THRESHOLDS: dict[str, dict[str, float]] = {
 def match_detections(reference: Detections, candidate: Detections, *, iou: float = MATCH_IOU) -> int:
     """Greedy matching, candidates by descending score: each takes the unmatched reference detection of
     its class with the highest IoU >= ``iou``. Returns the number of matches (true positives)."""
+    return len(_matches(reference, candidate, iou=iou))
+
+
+def _matches(reference: Detections, candidate: Detections, *, iou: float) -> list[tuple[int, int]]:
+    """The matched (reference, candidate) index pairs of :func:`match_detections`."""
     if len(reference) == 0 or len(candidate) == 0:
-        return 0
+        return []
     overlaps = box_iou(candidate.boxes, reference.boxes)
     overlaps[candidate.classes[:, None] != reference.classes[None, :]] = -1.0
     taken = np.zeros(len(reference), bool)
-    matches = 0
+    matches = []
     for i in np.argsort(-candidate.scores, kind="stable"):
         row = np.where(taken, -1.0, overlaps[i])
         j = int(row.argmax())
         if row[j] >= iou:
             taken[j] = True
-            matches += 1
+            matches.append((j, int(i)))
     return matches
 
 
@@ -104,10 +113,15 @@ def _detection(
     role: OutputSpec, x: np.ndarray, y: np.ndarray, xs: np.ndarray | None, ys: np.ndarray | None
 ) -> dict[str, Any]:
     ref_counts, cand_counts, matched = [], [], 0
+    ref_scores: list[float] = []  # the decoded scores of matched detections, reference and candidate
+    cand_scores: list[float] = []
     for i in range(x.shape[0]):
         r = decode_detections(role, x[i], None if xs is None else xs[i])
         c = decode_detections(role, y[i], None if ys is None else ys[i])
-        matched += match_detections(r, c)
+        pairs = _matches(r, c, iou=MATCH_IOU)
+        matched += len(pairs)
+        ref_scores += [float(r.scores[j]) for j, _ in pairs]
+        cand_scores += [float(c.scores[k]) for _, k in pairs]
         ref_counts.append(len(r))
         cand_counts.append(len(c))
     n_ref, n_cand = sum(ref_counts), sum(cand_counts)
@@ -129,6 +143,11 @@ def _detection(
         "reference_images_with_detections": sum(1 for k in ref_counts if k),
         "candidate_images_with_detections": sum(1 for k in cand_counts if k),
         "score_sqnr_db": sqnr_db(sx, sy),
+        # reported, not gated: the decoded scores (after the sigmoid of an ssd head) of matched detections
+        "matched_score_sqnr_db": sqnr_db(np.array(ref_scores), np.array(cand_scores)) if matched else None,
+        "matched_score_max_difference": float(np.max(np.abs(np.subtract(ref_scores, cand_scores))))
+        if matched
+        else None,
         "box_sqnr_db": sqnr_db(bx, by),
         "decoding": {
             "format": role.effective_format,
@@ -136,6 +155,7 @@ def _detection(
             "iou_threshold": role.effective_iou_threshold,
             "max_detections": role.effective_max_detections,
             "match_iou": MATCH_IOU,
+            **({"scores": role.scores} if role.scores is not None else {}),
         },
     }
 

@@ -36,7 +36,8 @@ import numpy as np
 from zoo import _media
 from zoo.fetch import fetch, fetch_side_file
 
-__all__ = ["ModelInputs", "inputs_for", "magika_features", "magika_labels", "ocr_charset", "ocr_lines"]
+__all__ = ["BLAZEFACE_OUTPUT", "ModelInputs", "inputs_for", "magika_features", "magika_labels", "ocr_charset",
+           "ocr_lines"]
 
 SCHEMA = "edgekit.preprocess/v1"
 
@@ -93,6 +94,17 @@ def _nudenet(quick: bool) -> ModelInputs:
     )
 
 
+# BlazeFace's output as MediaPipe's face_detection_short_range graph reads it (see docs/preprocessing-spec.md,
+# "SSD anchors"): SsdAnchorsCalculator's 896 fixed-size anchors (strides 8, 16, 16, 16, 2 per layer), box
+# coding scaled by the 128-pixel input, sigmoid scores from the classificators logits, min score 0.5 and
+# NMS at overlap 0.3.
+BLAZEFACE_OUTPUT: dict[str, Any] = {
+    "name": "regressors", "kind": "detection", "format": "ssd", "scores": "classificators",
+    "anchors": {"size": [128, 128], "strides": [8, 16, 16, 16], "per_layer": 2, "offset": 0.5},
+    "score_threshold": 0.5, "iou_threshold": 0.3,
+}
+
+
 def _face_detection(quick: bool) -> ModelInputs:
     n = 16 if quick else 64
     calibration = [_media.resize(p, 128, 128) for p in _media.photo_variants(n // 2, seed=4)]
@@ -105,7 +117,8 @@ def _face_detection(quick: bool) -> ModelInputs:
         "mediapipe-face-detection-short",
         {"input": _stack(calibration, 1 / 127.5, -1)},
         {"input": _stack(faces + others, 1 / 127.5, -1)},
-        _image_spec("input", (128, 128), ("classificators", "detection"), rescale=1 / 127.5, mean=1.0),
+        {**_image_spec("input", (128, 128), ("regressors", "detection"), rescale=1 / 127.5, mean=1.0),
+         "outputs": [BLAZEFACE_OUTPUT, {"name": "classificators", "kind": "tensor"}]},
         {"has_face": [True] * len(faces) + [False] * len(others)},
     )
 

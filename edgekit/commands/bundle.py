@@ -382,7 +382,11 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
             "passed": report.get("passed"),
             "samples": report.get("samples"),
             "outputs": [
-                {k: o.get(k) for k in ("name", "agreement", "sqnr_db", "accuracy_drop_pp")}
+                {
+                    **{k: o.get(k) for k in ("name", "agreement", "sqnr_db", "accuracy_drop_pp")},
+                    # a scores output judged with its detection output: its SQNR is shown, not gated
+                    **({"judged_with": o["judged_with"]} if o.get("judged_with") else {}),
+                }
                 for o in report.get("outputs", [])
             ],
         }
@@ -404,6 +408,11 @@ def inspect(bundle_path: Path, as_json: bool) -> None:
                 f"{'n/a' if agreement is None else f'{100 * agreement:.2f}%'}, "
                 f"SQNR {output['sqnr_db']:.1f} dB ({summary['parity']['samples']} samples, "
                 f"{'PASS' if summary['parity']['passed'] else 'FAIL'})"
+                + (
+                    f"; judged with its detection output {output['judged_with']!r}, not by its own SQNR"
+                    if output.get("judged_with")
+                    else ""
+                )
             )
 
 

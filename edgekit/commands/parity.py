@@ -94,6 +94,11 @@ def print_summary(report: dict[str, Any]) -> None:
             f"max err {output['max_abs_error_norm']:.4f} (of max |x|)",
         ]
         click.echo(f"  {output['name']} ({output.get('role', 'tensor')}): " + ", ".join(parts))
+        if output.get("judged_with"):
+            click.echo(
+                f"    judged with its detection output {output['judged_with']!r} (its recall, precision and "
+                "score SQNR): the figures above are shown, not gated"
+            )
         role_line = _role_line(output)
         if role_line:
             click.echo(f"    {role_line}")
@@ -105,11 +110,17 @@ def _role_line(output: dict[str, Any]) -> str:
     """The role's own figures in one line ('' for classification and tensor)."""
     m, role = output.get("role_metrics") or {}, output.get("role")
     if role == "detection":
+        matched = (
+            f", matched scores: SQNR {m['matched_score_sqnr_db']:.2f} dB, max difference "
+            f"{m['matched_score_max_difference']:.4f}"
+            if m.get("matched_score_sqnr_db") is not None
+            else ""
+        )
         return (
             f"detections: recall {m['recall']:.3f}, precision {m['precision']:.3f}, class-score SQNR "
             f"{m['score_sqnr_db']:.2f} dB, box SQNR {m['box_sqnr_db']:.2f} dB, detections "
             f"{m['reference_detections']} -> {m['candidate_detections']}, images with a detection "
-            f"{m['reference_images_with_detections']} -> {m['candidate_images_with_detections']}"
+            f"{m['reference_images_with_detections']} -> {m['candidate_images_with_detections']}{matched}"
         )
     if role == "segmentation":
         return f"mask mean IoU {m['miou']:.4f}, pixel agreement {m['pixel_agreement']:.4f}"

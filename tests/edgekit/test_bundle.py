@@ -174,6 +174,34 @@ def test_verify_and_inspect_commands(ekb: Path, keys: Path) -> None:
     assert {f["name"] for f in document["files"]} >= {"model.onnx", "labels.txt", "golden/golden.json"}
 
 
+def test_inspect_says_a_paired_scores_output_is_judged_with_its_detection_output(
+    digits_onnx: Path, keys: Path, tmp_path: Path
+) -> None:
+    # A detector's parity report as `edgekit parity` writes it: the logits output's SQNR is below the 20 dB
+    # floor and the report passed, because the detection output judges it; inspect says so.
+    row = {"agreement": None, "accuracy_drop_pp": None}
+    report = {
+        "schema": "edgekit.parity/v1",
+        "passed": True,
+        "samples": 7,
+        "outputs": [
+            {**row, "name": "regressors", "sqnr_db": 23.0},
+            {**row, "name": "classificators", "sqnr_db": 12.4, "judged_with": "regressors"},
+        ],
+    }
+    (tmp_path / "parity.json").write_text(json.dumps(report))
+    out = tmp_path / "face.ekb"
+    assert build(digits_onnx, out, keys, "--parity", str(tmp_path / "parity.json")).exit_code == 0
+    shown = run("inspect", str(out))
+    assert "parity regressors: agreement n/a, SQNR 23.0 dB (7 samples, PASS)\n" in shown.output
+    assert (
+        "parity classificators: agreement n/a, SQNR 12.4 dB (7 samples, PASS); judged with its detection "
+        "output 'regressors', not by its own SQNR" in shown.output
+    )
+    outputs = json.loads(run("inspect", str(out), "--json").output)["parity"]["outputs"]
+    assert "judged_with" not in outputs[0] and outputs[1]["judged_with"] == "regressors"
+
+
 def test_co_signing_reaches_a_two_of_two_threshold(ekb: Path, keys: Path, tmp_path: Path) -> None:
     two = tmp_path / "two.ekb"
     assert run("sign", str(ekb), "--key", str(keys / "second.key"), "-o", str(two)).exit_code == 0

@@ -69,6 +69,7 @@ class Flow:
     inputs: ModelInputs
     roles: list[str]  # --role options, OUTPUT=ROLE[,key=value]
     signature: list[str] = field(default_factory=list)  # --state / --batch-axis options
+    preprocess: Path | None = None  # --preprocess: a spec whose outputs declare roles --role cannot (ssd)
     gaps: list[str] = field(default_factory=list)
     quantize_report: dict[str, Any] | None = None
     refusal: str | None = None  # the int8 refusal, when the flow fell back to fp16
@@ -101,7 +102,7 @@ class Flow:
         suffix = model.suffix
         target, report = self.work / f"int8{suffix}", self.work / "quantize-int8.json"
         common = ["--calibration", self.cal, "--eval", self.eval, "--skip-latency", *self.signature,
-                  *[f"--role={r}" for r in self.roles]]
+                  *[f"--role={r}" for r in self.roles], *self._spec_option()]
         result = run_cli(["quantize", model, "-o", target, *common, "--report", report])
         if result.exit_code == 0:
             self.quantize_report = json.loads(report.read_text())
@@ -128,11 +129,14 @@ class Flow:
         """``edgekit parity`` with the roles declared; the gate must pass."""
         report = self.work / "parity.json"
         result = run_cli(["parity", reference, candidate, "--data", self.eval, *self.signature,
-                          *[f"--role={r}" for r in self.roles], "--report", report])
+                          *[f"--role={r}" for r in self.roles], *self._spec_option(), "--report", report])
         assert result.exit_code == 0, result.output
         document: dict[str, Any] = json.loads(report.read_text())
         assert document["passed"]
         return document
+
+    def _spec_option(self) -> list[object]:
+        return ["--preprocess", self.preprocess] if self.preprocess is not None else []
 
     def bundle(self, model: Path, outputs: list[dict[str, Any]], labels: list[str] | None = None) -> Path:
         """keygen + ``edgekit bundle`` with a tensor spec carrying the output roles, labels, golden data and

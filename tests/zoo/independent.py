@@ -69,6 +69,49 @@ def detection_recall_precision(ref: np.ndarray, cand: np.ndarray) -> tuple[float
     return (matched / n_ref if n_ref else 1.0), (matched / n_cand if n_cand else 1.0), n_ref, n_cand
 
 
+def blazeface_anchors() -> list[tuple[float, float]]:
+    """The 896 anchor centres of MediaPipe's face_detection_short_range graph, written from its
+    SsdAnchorsCalculator options: a 16 x 16 grid with 2 anchors per cell, then an 8 x 8 grid with 6."""
+    centres = []
+    for cells, per_cell in ((16, 2), (8, 6)):
+        for row in range(cells):
+            for column in range(cells):
+                centres += [((column + 0.5) / cells, (row + 0.5) / cells)] * per_cell
+    return centres
+
+
+def blazeface_detections(regressors: np.ndarray, logits: np.ndarray) -> list[tuple[np.ndarray, float, int]]:
+    """One image of BlazeFace ([896, 16] regressors, [896, 1] logits) -> [(box x1y1x2y2 in 128-pixel input
+    coordinates, score, 0)]: MediaPipe's decoding (scale 128, sigmoid, score >= 0.5), NMS at IoU 0.3."""
+    candidates = []
+    for a, (ax, ay) in enumerate(blazeface_anchors()):
+        score = 1.0 / (1.0 + np.exp(-float(logits[a][0])))
+        if score < 0.5:
+            continue
+        x, y, w, h = (float(v) for v in regressors[a][:4])
+        cx, cy = x / 128 + ax, y / 128 + ay
+        box = np.array([cx - w / 256, cy - h / 256, cx + w / 256, cy + h / 256]) * 128
+        candidates.append((box, score, 0))
+    candidates.sort(key=lambda d: -d[1])
+    kept: list[tuple[np.ndarray, float, int]] = []
+    for box, score, c in candidates:
+        if all(iou(k[0], box) <= 0.3 for k in kept):
+            kept.append((box, score, c))
+    return kept[:100]
+
+
+def blazeface_recall_precision(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]
+                               ) -> tuple[float, float]:
+    """(recall, precision) of the candidate's faces against the reference's over a batch."""
+    matched = n_ref = n_cand = 0
+    for i in range(len(ref["regressors"])):
+        r = blazeface_detections(ref["regressors"][i], ref["classificators"][i])
+        c = blazeface_detections(cand["regressors"][i], cand["classificators"][i])
+        matched += greedy_matches(r, c)
+        n_ref, n_cand = n_ref + len(r), n_cand + len(c)
+    return (matched / n_ref if n_ref else 1.0), (matched / n_cand if n_cand else 1.0)
+
+
 def masks(probabilities: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
     """Per-pixel 0/1 masks of a one-channel probability output (channel axis squeezed)."""
     return (np.squeeze(probabilities) >= threshold).astype(np.int64).reshape(probabilities.shape[0], -1)

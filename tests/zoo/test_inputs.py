@@ -15,7 +15,7 @@ import pytest
 
 from device_runtime.engines import Engine, load_engine
 from device_runtime.errors import EngineError
-from device_runtime.preprocess import check_against_model, parse_spec, preprocess_image
+from device_runtime.preprocess import check_against_model, parse_spec, postprocess, preprocess_image
 from tests.zoo.conftest import fetched
 from zoo import _media
 from zoo.inputs import ModelInputs, inputs_for, ocr_charset
@@ -141,6 +141,25 @@ def test_face_detector_fires_on_the_astronaut_and_not_on_objects(engine, data) -
     faces = np.array(inputs.truth["has_face"])
     assert (scores[faces] > 0.75).all(), scores
     assert (scores[~faces] < 0.5).mean() >= 0.75, scores
+
+
+def test_the_zoo_spec_decodes_one_face_per_face_crop_and_none_on_the_objects(engine, data) -> None:
+    inputs = data("mediapipe-face-detection-short")
+    (regressors, classificators) = parse_spec(inputs.spec).outputs
+    assert (regressors.format, regressors.scores, classificators.kind) == ("ssd", "classificators", "tensor")
+    runs = _one_by_one(engine("mediapipe-face-detection-short"), "input", inputs.evaluation["input"])
+    found = []
+    for r in runs:
+        (prediction,) = postprocess(regressors, r["regressors"], labels=["face"], scores=r["classificators"])
+        assert prediction.decoded is not None
+        found.append(prediction.decoded["detections"])
+    faces = np.array(inputs.truth["has_face"])
+    for detections in (d for d, face in zip(found, faces, strict=True) if face):
+        (face,) = detections  # one face, centred in the crop and at least a quarter of its side
+        x1, y1, x2, y2 = face["box"]
+        assert face["label"] == "face" and 32 <= (x1 + x2) / 2 <= 96 and 32 <= (y1 + y2) / 2 <= 96, face
+        assert min(x2 - x1, y2 - y1) >= 32, face
+    assert not any(d for d, face in zip(found, faces, strict=True) if not face), found
 
 
 def test_face_landmarks_land_on_the_face_crop(engine, data) -> None:

@@ -12,6 +12,7 @@ masks, cosines, relative error, agreement), and the typed prediction is checked 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,34 @@ def test_yolov8_detector_ships_with_the_same_detections(tmp_path: Path) -> None:
         assert (got["class"], got["label"]) == (cls, labels[cls])
         assert got["score"] == pytest.approx(score, abs=1e-5)
         np.testing.assert_allclose(got["box"], box, atol=0.01)
+    assert not flow.gaps, flow.gaps
+
+
+@pytest.mark.slow
+def test_mediapipe_face_detector_ships_with_the_same_faces_judged_by_its_ssd_role(tmp_path: Path) -> None:
+    # BlazeFace's anchors can only be declared in a spec file: the zoo's spec, whose outputs declare
+    # regressors as an ssd detection reading the classificators logits
+    flow, source = _flow("mediapipe-face-detection-short", tmp_path, [])
+    flow.preprocess = tmp_path / "spec.json"
+    flow.preprocess.write_text(json.dumps(flow.inputs.spec))
+    float_model, shipped, report = _ship(flow, source)
+    ref = raw_outputs(float_model, flow.inputs.evaluation)
+    cand = raw_outputs(shipped, flow.inputs.evaluation)
+    recall, precision = ind.blazeface_recall_precision(ref, cand)
+    metrics = output_entry(report, "regressors")["role_metrics"]
+    assert metrics["reference_detections"] == sum(flow.inputs.truth["has_face"])  # one per face crop
+    assert (metrics["recall"], metrics["precision"]) == (pytest.approx(recall), pytest.approx(precision))
+    logits = output_entry(report, "classificators")
+    assert logits["judged_with"] == "regressors" and logits["thresholds"] == {}  # judged with its boxes
+
+    regressors, classificators = flow.inputs.spec["outputs"]
+    outputs = [{**regressors, "labels": "labels.txt"}, classificators]
+    runtime = flow.install(flow.bundle(shipped, outputs, ["face"]))
+    shown = flow.predict(runtime, 0).decoded["regressors"]["detections"]
+    mine = ind.blazeface_detections(cand["regressors"][0], cand["classificators"][0])
+    assert len(shown) == len(mine) == 1
+    assert shown[0]["label"] == "face" and shown[0]["score"] == pytest.approx(mine[0][1], abs=1e-5)
+    np.testing.assert_allclose(shown[0]["box"], mine[0][0], atol=0.01)
     assert not flow.gaps, flow.gaps
 
 

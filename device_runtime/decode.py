@@ -20,6 +20,7 @@ Boxes are ``x1, y1, x2, y2`` in the model's coordinates (for a YOLO or SSD head:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from device_runtime._spec import AnchorSpec, OutputSpec
 
 __all__ = [
     "Detections",
+    "anchors_of",
     "box_iou",
     "ctc_greedy",
     "ctc_text",
@@ -208,6 +210,15 @@ def ssd_anchors(
     return np.concatenate(grids).astype(np.float32) if grids else np.zeros((0, 4), np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def anchors_of(grid: AnchorSpec) -> np.ndarray:
+    """:func:`ssd_anchors` of a spec's anchors object, computed once per spec (about 0.1 ms for BlazeFace's
+    896, which every `predict` would otherwise pay); read-only, since every caller shares it."""
+    anchors = ssd_anchors(grid.size, grid.strides, per_layer=grid.per_layer, offset=grid.offset)
+    anchors.flags.writeable = False
+    return anchors
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """The logistic function, elementwise, in ``x``'s float dtype: 1 / (1 + exp(-x)) without overflow."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -325,7 +336,7 @@ def decode_detections(spec: OutputSpec, sample: np.ndarray, scores: np.ndarray |
         return decode_anchor_boxes(
             sample,
             scores,
-            ssd_anchors(grid.size, grid.strides, per_layer=grid.per_layer, offset=grid.offset),
+            anchors_of(grid),
             size=grid.size,
             box_scale=grid.effective_box_scale,
             order=grid.order,

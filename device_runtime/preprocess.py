@@ -334,12 +334,12 @@ def _static(dim: object) -> int | None:
 
 
 def _check_anchor_count(out: OutputSpec, j: int, dims: Sequence[object]) -> None:
-    from device_runtime.decode import ssd_anchors
+    from device_runtime.decode import anchors_of
 
     grid = out.anchors
     if grid is None or len(dims) != 3 or _static(dims[1]) is None:
         return
-    count = len(ssd_anchors(grid.size, grid.strides, per_layer=grid.per_layer, offset=grid.offset))
+    count = len(anchors_of(grid))
     if count != _static(dims[1]):
         _fail(
             f"outputs[{j}].anchors",
